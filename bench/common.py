@@ -1,0 +1,142 @@
+"""What the fan-out benchmark's parent and its load workers say to each other, and token minting.
+
+The parent writes one JSON command per line to a worker's stdin; the worker answers each with one
+JSON reply per line on its stdout. The first command is always :class:`Setup`, answered by
+:class:`Ready`. A worker exits when its stdin closes (the parent went away), after :class:`Close`,
+or when its deadline passes, whichever comes first.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import jwt
+import msgspec
+
+BROADCAST_EVENT: Final = "bench.broadcast"
+USER_EVENT: Final = "bench.user"
+
+
+def user_id(prefix: str, index: int) -> str:
+    """The user id of connection ``index`` (one connection per user)."""
+    return f"{prefix}{index}"
+
+
+def mint_token(secret: str, user: str, ttl: int, topics: list[str], now: int) -> str:
+    """An HS256 JWT for ``user``: claims ``sub``, ``iat``, ``exp`` and, if any, ``topics``."""
+    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
+    if topics:
+        claims["topics"] = topics
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# Parent -> worker
+
+
+class Setup(msgspec.Struct, tag=True, frozen=True):
+    """Who the worker is and what it connects. Answered by :class:`Ready`."""
+
+    worker: int
+    url: str
+    source_ip: str
+    first: int
+    count: int
+    concurrency: int
+    connect_timeout: float
+    deadline: float
+    cpus: list[int]
+    user_prefix: str
+    device_prefix: str
+    token_ttl: int
+    topics: list[str]
+    token_secret: str | None = None
+    tokens: list[str] = []
+
+
+class Ramp(msgspec.Struct, tag=True, frozen=True):
+    """Open every connection (bounded concurrency). Answered by :class:`Ramped`."""
+
+
+class CollectBroadcast(msgspec.Struct, tag=True, frozen=True):
+    """Wait until every open connection got broadcast ``seq`` or ``timeout`` passes.
+
+    Answered by :class:`BroadcastArrivals`.
+    """
+
+    seq: int
+    timeout: float
+
+
+class CollectUser(msgspec.Struct, tag=True, frozen=True):
+    """Hand over the user-targeted arrivals recorded so far. Answered by :class:`UserArrivals`."""
+
+
+class GetStatus(msgspec.Struct, tag=True, frozen=True):
+    """Answered by :class:`Status`."""
+
+
+class Close(msgspec.Struct, tag=True, frozen=True):
+    """Close every connection with 1000 and exit. Answered by :class:`Status`, then EOF."""
+
+    timeout: float
+
+
+Command = Setup | Ramp | CollectBroadcast | CollectUser | GetStatus | Close
+
+
+# Worker -> parent
+
+
+class Ready(msgspec.Struct, tag=True, frozen=True):
+    worker: int
+    pid: int
+
+
+class Ramped(msgspec.Struct, tag=True, frozen=True):
+    """Result of a ramp: ``handshake_ns`` holds connect-to-welcome times of the successes."""
+
+    worker: int
+    ok: int
+    failed: int
+    errors: dict[str, int]
+    seconds: float
+    handshake_ns: list[int]
+    connected: list[int]
+
+
+class BroadcastArrivals(msgspec.Struct, tag=True, frozen=True):
+    """Arrival times (``time.time_ns()``) of broadcast ``seq``, one per connection that got it."""
+
+    worker: int
+    seq: int
+    arrivals: list[int]
+    missing: int
+    duplicates: int
+
+
+class UserArrivals(msgspec.Struct, tag=True, frozen=True):
+    """``(seq, time.time_ns())`` of every user-targeted message received, in arrival order."""
+
+    worker: int
+    arrivals: list[tuple[int, int]]
+    duplicates: int
+    acks_sent: int
+
+
+class Status(msgspec.Struct, tag=True, frozen=True):
+    worker: int
+    open: int
+    closed: dict[str, int]
+    protocol_errors: int
+    pings_answered: int
+    unexpected_frames: int
+
+
+class WorkerFailed(msgspec.Struct, tag=True, frozen=True):
+    """The worker hit an error it cannot recover from; it exits after sending this."""
+
+    worker: int
+    error: str
+
+
+Reply = Ready | Ramped | BroadcastArrivals | UserArrivals | Status | WorkerFailed

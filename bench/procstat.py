@@ -1,0 +1,151 @@
+"""Resident memory, CPU time and CPU affinity of processes, from ``/proc`` (Linux only).
+
+Figures are summed over a set of PIDs, so one node and a group of worker nodes are measured the same
+way. ``Pss`` (proportional set size) is reported beside ``VmRSS`` because pages shared between
+forked workers are counted once per process in RSS but split between them in PSS.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Memory and cumulative CPU time of a set of processes at one instant."""
+
+    rss_kib: int
+    pss_kib: int | None
+    cpu_seconds: float
+
+
+def _status_field(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise LookupError(f"{name} not in /proc/{pid}/status")
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of ``pid`` in KiB."""
+    return _status_field(pid, "VmRSS")
+
+
+def pss_kib(pid: int) -> int | None:
+    """``Pss`` of ``pid`` in KiB, or ``None`` where ``smaps_rollup`` is not readable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` (all its threads) in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # After "pid (comm) ": state is field 3, utime field 14, stime field 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def sample(pids: list[int]) -> Sample:
+    """Sum memory and CPU over ``pids``."""
+    pss_values = [pss_kib(p) for p in pids]
+    pss = None if any(v is None for v in pss_values) else sum(v or 0 for v in pss_values)
+    return Sample(
+        rss_kib=sum(rss_kib(p) for p in pids),
+        pss_kib=pss,
+        cpu_seconds=sum(cpu_seconds(p) for p in pids),
+    )
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` in the process tree (not ``pid`` itself)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def affinity(pid: int) -> list[int]:
+    """CPUs the main thread of ``pid`` may run on."""
+    return sorted(os.sched_getaffinity(pid))
+
+
+def pin(pid: int, cpus: list[int]) -> None:
+    """Restrict every thread of ``pid`` to ``cpus``; threads started later inherit it."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def parse_cpus(spec: str) -> list[int]:
+    """``"0"``, ``"1,3"``, ``"2-5"`` → a sorted list of CPU numbers."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(cpus)
+
+
+def machine_info() -> dict[str, object]:
+    """What a benchmark figure depends on: CPU model and count, memory, kernel, Python."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = _meminfo_total()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "cpu_model": model,
+        "nproc": os.cpu_count(),
+        "mem_total_gib": round(mem_kib / 1024 / 1024, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "nofile_limit": {"soft": soft, "hard": hard},
+        "hostname": platform.node(),
+    }
+
+
+def _meminfo_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
