@@ -1,0 +1,183 @@
+// Type declarations for the pushsvc browser client (pushsvc.js). Wire protocol: DESIGN.md §5.
+
+/** A token, or a function asked for a fresh one before every connection attempt. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** The server's `{"type":"error"}` frame, sent before it closes a connection. */
+export interface ServerError {
+  code: string;
+  message: string;
+}
+
+export interface StateChange {
+  state: ConnectionState;
+  /** WebSocket close code that caused "reconnecting" or "closed". */
+  code?: number;
+  reason?: string;
+  /** The server's error frame that came before the close, if any. */
+  error?: ServerError | null;
+  /** Failed attempts so far ("reconnecting"). */
+  attempt?: number;
+  /** Milliseconds until the next attempt ("reconnecting"). */
+  delay?: number;
+  /** Present on "open". */
+  session?: string | null;
+  node?: string | null;
+}
+
+export interface WelcomeFrame {
+  type: "welcome";
+  session: string;
+  node: string;
+  user: string;
+  heartbeat: number;
+  replayed: number;
+}
+
+export interface PushMessage<T = unknown> {
+  type: "msg";
+  id: string;
+  stream: string;
+  offset: string;
+  event: string;
+  data: T;
+  /** Unix milliseconds when it was published. */
+  ts: number;
+  ack: boolean;
+  replay: boolean;
+}
+
+export interface ClientEvents {
+  state: StateChange;
+  message: PushMessage;
+  welcome: WelcomeFrame;
+  error: ServerError;
+}
+
+/** The subset of the Storage interface the client uses. */
+export interface KeyValueStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem?(key: string): void;
+}
+
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export interface ClientOptions {
+  token: TokenSource;
+  /** ws:// or wss:// URL, or a path on the page's host; default `/ws` on the page's host. */
+  url?: string;
+  /** Device id; default a per-browser id kept in localStorage. */
+  device?: string;
+  /** The patient, when the token is not a JWT naming it in `sub` (used to key stored offsets). */
+  user?: string;
+  /** Default localStorage, or memory when it is unavailable. */
+  storage?: KeyValueStorage;
+  WebSocket?: new (url: string) => WebSocketLike;
+  /** Random source in [0, 1) for the backoff jitter. */
+  random?: () => number;
+  /** Milliseconds; the first retry waits up to this long (default 500). */
+  backoffBase?: number;
+  /** Milliseconds; no retry waits longer (default 30000). */
+  backoffCap?: number;
+  /** Milliseconds open before the backoff starts over (default 5000). */
+  stableAfter?: number;
+  /** Milliseconds to gather acks into one frame (default 25). */
+  ackDelay?: number;
+  /** Most ids in one ack frame (default 100). */
+  ackBatch?: number;
+  /** Message ids remembered for dedupe (default 2048). */
+  dedupeSize?: number;
+  /** Server silence, in heartbeats, after which the connection is dead (default 2.5). */
+  heartbeatFactor?: number;
+  /** Milliseconds from dialing to the welcome frame (default 10000). */
+  connectTimeout?: number;
+}
+
+export declare const NO_RECONNECT_CODES: readonly number[];
+export declare const LOCAL_CODES: Readonly<{ heartbeatTimeout: number; connectTimeout: number }>;
+export declare const RESUME_LIMIT: number;
+export declare const DEFAULTS: Readonly<Required<Pick<ClientOptions,
+  "backoffBase" | "backoffCap" | "stableAfter" | "ackDelay" | "ackBatch" | "dedupeSize" |
+  "heartbeatFactor" | "connectTimeout">>>;
+
+export declare function shouldReconnect(code: number): boolean;
+export declare function backoffDelay(attempt: number, base?: number, cap?: number,
+  random?: () => number): number;
+
+export declare class Backoff {
+  constructor(options?: { base?: number; cap?: number; random?: () => number });
+  readonly attempt: number;
+  next(): number;
+  reset(): void;
+}
+
+export declare class DedupeWindow {
+  constructor(size?: number);
+  readonly size: number;
+  readonly length: number;
+  has(id: string): boolean;
+  /** True when `id` was seen before; records it otherwise. */
+  check(id: string): boolean;
+}
+
+export declare function parseOffset(offset: unknown): [string, string] | null;
+/** -1, 0 or 1; NaN when either offset is not "<ms>-<seq>". */
+export declare function compareOffsets(a: unknown, b: unknown): number;
+export declare function laterOffset(current: string | null | undefined, incoming: string): string;
+export declare function mergeOffsets(base: Record<string, string>,
+  update: Record<string, unknown>): Record<string, string>;
+export declare function resumeFor(offsets: Record<string, string>, limit?: number): Record<string, string>;
+export declare function tokenSubject(token: unknown): string | null;
+
+export declare class MemoryStorage implements KeyValueStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+export declare function defaultStorage(): KeyValueStorage;
+export declare function deviceId(storage: KeyValueStorage): string;
+
+export declare class OffsetStore {
+  constructor(storage: KeyValueStorage, device: string, user: string);
+  readonly key: string;
+  load(): Record<string, string>;
+  save(offsets: Record<string, string>): void;
+}
+
+export declare function defaultUrl(location?: { protocol: string; host: string }, path?: string): string;
+
+export declare class PushClient {
+  constructor(options: ClientOptions);
+  readonly url: string;
+  readonly device: string;
+  readonly state: ConnectionState;
+  readonly session: string | null;
+  readonly node: string | null;
+  readonly user: string | null;
+  /** Seconds between server pings, from the welcome frame. */
+  readonly heartbeat: number | null;
+  /** This tab's resume point per stream. */
+  readonly offsets: Readonly<Record<string, string>>;
+  on<K extends keyof ClientEvents>(type: K, listener: (event: ClientEvents[K]) => void): () => void;
+  off<K extends keyof ClientEvents>(type: K, listener: (event: ClientEvents[K]) => void): void;
+  /** Starts the session (again, after close()). */
+  connect(): this;
+  /** Ends the session; pending acks are sent first when the socket is open. */
+  close(code?: number, reason?: string): void;
+  /** Skips the rest of the backoff wait. */
+  retryNow(): void;
+}
+
+/** Creates a client and starts it. */
+export declare function connect(options: ClientOptions): PushClient;

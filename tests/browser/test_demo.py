@@ -1,0 +1,262 @@
+"""The outpatient demo page in a real browser, against a real node.
+
+What a patient sees: the page connects, every tab of the patient shows a queue call once, another
+patient's page shows nothing of it, the connection indicator tells the truth when the session is
+closed or the node goes away. Screenshots land in test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support import NodeHandle, start_node
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 10_000  # the longest any page state may take to appear
+
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 2,
+    "is_mobile": True,
+    "has_touch": True,
+}
+DESKTOP: dict[str, Any] = {"viewport": {"width": 1280, "height": 900}}
+
+
+@contextmanager
+def browser_context(browser: Any, options: dict[str, Any]) -> Iterator[Any]:
+    """A fresh browser profile (its own localStorage, so its own device id)."""
+    context = browser.new_context(**options)
+    context.set_default_timeout(WAIT_MS)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def open_page(context: Any, url: str) -> Any:
+    """Opens `url` in a new tab; any uncaught script error in the tab fails the test at the end."""
+    page = context.new_page()
+    page.script_errors = []
+    page.on("pageerror", lambda error: page.script_errors.append(str(error)))
+    page.goto(url)
+    return page
+
+
+def no_script_errors(*pages: Any) -> None:
+    for page in pages:
+        assert page.script_errors == [], f"{page.url}: {page.script_errors}"
+
+
+def wait_open(page: Any) -> None:
+    page.wait_for_selector('#connection[data-state="open"]', timeout=WAIT_MS)
+
+
+def feed_item(page: Any, message_id: str) -> Any:
+    return page.locator(f'#feed li[data-id="{message_id}"]')
+
+
+def wait_shown(page: Any, message_id: str) -> None:
+    feed_item(page, message_id).wait_for(timeout=WAIT_MS)
+
+
+def shot(page: Any, artifacts: Path, name: str, *, full_page: bool = False) -> Path:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def demo_url(node: NodeHandle, **query: str) -> str:
+    return f"{node.http_url}/demo/?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def to_user(user: str, event: str, data: Any) -> dict[str, Any]:
+    return {"to": {"users": [user]}, "event": event, "data": data}
+
+
+def test_client_module_and_types_are_served(node: NodeHandle) -> None:
+    for path, kind, needle in [
+        ("/client/pushsvc.js", "javascript", b"export class PushClient"),
+        ("/client/pushsvc.d.ts", "", b"export declare class PushClient"),
+        ("/demo/", "text/html", b'id="connection"'),
+        ("/demo/demo.js", "javascript", b'from "/client/pushsvc.js"'),
+        ("/demo/demo.css", "text/css", b".status-title"),
+    ]:
+        with urllib.request.urlopen(node.http_url + path, timeout=5) as response:
+            assert response.status == 200, path
+            assert kind in response.headers.get("content-type", ""), path
+            assert needle in response.read(), path
+
+
+def test_page_connects(browser: Any, node: NodeHandle, artifacts: Path) -> None:
+    with browser_context(browser, PHONE) as context:
+        page = open_page(context, demo_url(node, user="p-connect"))
+        wait_open(page)
+        assert page.locator("#connection-text").inner_text() == "Live updates on"
+        assert page.locator("#patient").inner_text() == "Patient p-connect"
+        assert page.locator("#operator").is_visible()  # dev mode: the operator panel is there
+        shot(page, artifacts, "connected-phone")
+        no_script_errors(page)
+
+
+def test_page_with_a_given_token(browser: Any, node: NodeHandle) -> None:
+    token = node.token("p-token")
+    with browser_context(browser, DESKTOP) as context:
+        page = open_page(context, demo_url(node, token=token))
+        wait_open(page)
+        assert page.locator("#patient").inner_text() == "Patient p-token"
+        assert not page.locator("#operator").is_visible()
+        sent = node.publish(to_user("p-token", "rx.ready", {"window": "4"}))
+        wait_shown(page, sent["id"])
+        assert "window 4" in page.locator("#rx-card").inner_text()
+        no_script_errors(page)
+
+
+def test_two_tabs_of_one_patient_show_the_call_and_another_patient_does_not(
+    browser: Any, node: NodeHandle, artifacts: Path
+) -> None:
+    with browser_context(browser, PHONE) as mine, browser_context(browser, PHONE) as theirs:
+        tab1 = open_page(mine, demo_url(node, user="p1"))
+        tab2 = open_page(mine, demo_url(node, user="p1"))  # same browser: same device id
+        other = open_page(theirs, demo_url(node, user="p2"))
+        for page in (tab1, tab2, other):
+            wait_open(page)
+        devices = {p.evaluate("window.pushsvcDemo.client.device") for p in (tab1, tab2)}
+        assert len(devices) == 1
+        sessions = {p.evaluate("window.pushsvcDemo.client.session") for p in (tab1, tab2)}
+        assert len(sessions) == 2
+
+        call = node.publish(
+            to_user("p1", "queue.called", {"clinic": "205", "room": "205", "position": 1})
+        )
+        assert call["online_sessions"] == 2
+        for page in (tab1, tab2):
+            wait_shown(page, call["id"])
+            assert page.locator("#status").get_attribute("data-kind") == "called"
+            assert page.locator("#status-title").inner_text() == "Please go to room 205"
+            page.wait_for_function(  # said aloud by screen readers
+                "document.getElementById('announce-urgent').textContent.includes('room 205')"
+            )
+
+        # The other patient's page: a message of its own arrives, p1's call never does.
+        mine_for_p2 = node.publish(
+            to_user("p2", "queue.position", {"clinic": "205", "position": 4})
+        )
+        wait_shown(other, mine_for_p2["id"])
+        assert feed_item(other, call["id"]).count() == 0
+        assert other.locator("#status-title").inner_text() == "Number 4 in line"
+        for page in (tab1, tab2):
+            assert feed_item(page, mine_for_p2["id"]).count() == 0
+            assert feed_item(page, call["id"]).count() == 1
+
+        shot(tab1, artifacts, "called-phone-tab1")
+        shot(tab2, artifacts, "called-phone-tab2")
+        shot(other, artifacts, "other-patient-phone")
+        no_script_errors(tab1, tab2, other)
+
+
+def test_every_event_kind_through_the_operator_panel(
+    browser: Any, node: NodeHandle, artifacts: Path
+) -> None:
+    with browser_context(browser, PHONE) as context:
+        page = open_page(context, demo_url(node, user="p3"))
+        wait_open(page)
+        assert page.locator("#op-user").input_value() == "p3"
+
+        def send(event: str, fields: dict[str, str]) -> None:
+            before = page.locator("#feed li").count()
+            page.select_option("#op-event", event)
+            for selector, value in fields.items():
+                page.fill(selector, value)
+            page.click("#op-send")
+            page.wait_for_function(
+                f"document.querySelectorAll('#feed li').length === {before + 1}", timeout=WAIT_MS
+            )
+            assert page.locator("#operator-result").inner_text().startswith("Sent ")
+
+        send("queue.position", {"#op-clinic": "205", "#op-position": "3"})
+        assert page.locator("#status-title").inner_text() == "Number 3 in line"
+        send("lab.ready", {"#op-test": "Full blood count"})
+        assert "Full blood count" in page.locator("#lab-card").inner_text()
+        send("rx.ready", {"#op-window": "2"})
+        assert "window 2" in page.locator("#rx-card").inner_text()
+        send("custom", {"#op-custom-event": "visit.note", "#op-custom-data": '{"text": "Hi"}'})
+        generic = page.locator('#feed li[data-event="visit.note"]')
+        assert json.loads(generic.locator("pre").inner_text()) == {"text": "Hi"}
+        send("queue.position", {"#op-clinic": "205", "#op-position": "1"})
+        assert page.locator("#status-title").inner_text() == "You are next"
+        send("queue.called", {"#op-clinic": "205", "#op-room": "205"})
+        assert page.locator("#status-title").inner_text() == "Please go to room 205"
+
+        page.select_option("#op-event", "custom")
+        page.fill("#op-custom-data", "{not json")
+        page.click("#op-send")
+        page.wait_for_function(
+            "document.getElementById('operator-result').textContent.includes('not valid JSON')"
+        )
+
+        page.evaluate("window.scrollTo(0, 0)")
+        shot(page, artifacts, "demo-phone")
+        shot(page, artifacts, "demo-phone-full", full_page=True)
+        no_script_errors(page)
+
+
+def test_a_reload_shows_each_message_once(browser: Any, node: NodeHandle) -> None:
+    with browser_context(browser, DESKTOP) as context:
+        page = open_page(context, demo_url(node, user="p4"))
+        wait_open(page)
+        first = node.publish(to_user("p4", "lab.ready", {"test": "Glucose"}))
+        wait_shown(page, first["id"])
+        page.wait_for_timeout(300)  # let the ack go out
+        page.reload()
+        wait_open(page)
+        second = node.publish(to_user("p4", "rx.ready", {"window": "1"}))
+        wait_shown(page, second["id"])
+        page.wait_for_timeout(300)  # anything replayed twice would be on the page by now
+        assert feed_item(page, first["id"]).count() == 1
+        assert feed_item(page, second["id"]).count() == 1
+        assert page.locator("#feed li").count() == 2
+        no_script_errors(page)
+
+
+def test_a_session_closed_by_the_operator_stays_closed(
+    browser: Any, node: NodeHandle, artifacts: Path
+) -> None:
+    with browser_context(browser, PHONE) as context:
+        page = open_page(context, demo_url(node, user="p5"))
+        wait_open(page)
+        session = page.evaluate("window.pushsvcDemo.client.session")
+        request = urllib.request.Request(
+            f"{node.internal_url}/v1/sessions/{session}",
+            method="DELETE",
+            headers={"Authorization": f"Bearer {node.api_key}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status < 300
+        page.wait_for_selector('#connection[data-state="closed"]', timeout=WAIT_MS)
+        assert page.locator("#connection").get_attribute("data-code") == "4010"
+        assert "disconnected by the hospital" in page.locator("#notice").inner_text()
+        page.wait_for_timeout(1500)  # longer than the first backoff steps: no reconnect
+        assert page.locator("#connection").get_attribute("data-state") == "closed"
+        shot(page, artifacts, "closed-by-operator-phone")
+        no_script_errors(page)
+
+
+def test_the_page_says_so_when_its_node_goes_away(browser: Any, artifacts: Path) -> None:
+    with start_node() as lonely, browser_context(browser, PHONE) as context:
+        page = open_page(context, demo_url(lonely, user="p6"))
+        wait_open(page)
+        lonely.proc.kill()
+        lonely.proc.wait(timeout=10)
+        page.wait_for_selector('#connection[data-state="reconnecting"]', timeout=WAIT_MS)
+        assert page.locator("#notice").is_visible()
+        assert "Trying again" in page.locator("#notice").inner_text()
+        shot(page, artifacts, "reconnecting-phone")
+        no_script_errors(page)
