@@ -1,0 +1,1 @@
+"""The ``pushsvc`` command: one module per noun."""

@@ -1,0 +1,84 @@
+"""``pushsvc serve``: run a node (or ``--workers K`` nodes sharing the client port)."""
+
+from __future__ import annotations
+
+import resource
+import secrets
+from typing import Annotated
+
+import typer
+
+from cli.settings import build, err, fail
+from pushsvc.errors import ConfigError
+from pushsvc.settings import Settings
+from pushsvc.telemetry import logging as jsonlog
+
+Opt = typer.Option
+
+
+def serve(
+    port: Annotated[int | None, Opt(help="Client listener port (WebSocket, demo). [8080]")] = None,
+    internal_port: Annotated[int | None, Opt(help="Internal API port. [8081]")] = None,
+    host: Annotated[str | None, Opt(help="Client listener address. [127.0.0.1]")] = None,
+    internal_host: Annotated[str | None, Opt(help="Internal API address. [127.0.0.1]")] = None,
+    node_id: Annotated[str | None, Opt(help="Node id. [hostname:pid]")] = None,
+    redis_url: Annotated[str | None, Opt(help="Redis URL; absent: in-memory broker.")] = None,
+    workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
+    max_connections: Annotated[int | None, Opt(help="Sessions per node. [100000]")] = None,
+    token_secret: Annotated[str | None, Opt(help="HS256 secret for client tokens.")] = None,
+    api_keys: Annotated[str | None, Opt(help="Comma-separated internal API keys.")] = None,
+    heartbeat: Annotated[float | None, Opt(help="Seconds between server pings. [25]")] = None,
+    hello_timeout: Annotated[float | None, Opt(help="Seconds to wait for hello. [10]")] = None,
+    ack_timeout: Annotated[float | None, Opt(help="Seconds before redelivery. [10]")] = None,
+    max_attempts: Annotated[int | None, Opt(help="Writes before closing with 4011. [5]")] = None,
+    history_size: Annotated[int | None, Opt(help="Entries kept per stream. [1000]")] = None,
+    history_ttl: Annotated[int | None, Opt(help="Seconds history is kept. [86400]")] = None,
+    outbox_cap: Annotated[int | None, Opt(help="Bytes buffered per session. [1 MiB]")] = None,
+    max_frame_size: Annotated[int | None, Opt(help="Largest client frame. [64 KiB]")] = None,
+    drain_timeout: Annotated[float | None, Opt(help="Seconds to wait on drain. [10]")] = None,
+    log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
+    dev: Annotated[
+        bool | None, Opt("--dev", help="Dev mode: demo API on, secrets generated if missing.")
+    ] = None,
+) -> None:
+    """Run a pushsvc node: the client listener and the internal API."""
+    settings = build(**{k: v for k, v in locals().items() if k != "api_keys"},
+                     **({"api_keys": api_keys} if api_keys is not None else {}))  # fmt: skip
+    if settings.dev:
+        settings = _dev_secrets(settings)
+    try:
+        settings.require_secrets()
+    except ConfigError as exc:
+        fail(exc.message)
+    jsonlog.setup(settings.log_level)
+    _raise_fd_limit(settings)
+    if settings.workers > 1:
+        from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
+
+        raise typer.Exit(run_workers(settings))
+    from pushsvc.server import run  # noqa: PLC0415 - keeps `pushsvc --help` fast
+
+    run(settings)
+
+
+def _dev_secrets(settings: Settings) -> Settings:
+    changes: dict[str, object] = {}
+    if not settings.token_secret:
+        changes["token_secret"] = secrets.token_urlsafe(32)
+    if not settings.api_keys:
+        changes["api_keys"] = ["dev-" + secrets.token_urlsafe(16)]
+        err.print(f"[yellow]dev mode:[/] API key {changes['api_keys'][0]}")  # type: ignore[index]
+    return settings.model_copy(update=changes) if changes else settings
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    usable = hard - 64  # listeners, broker connections, logs
+    if settings.max_connections > usable:
+        err.print(
+            f"[yellow]warning:[/] --max-connections {settings.max_connections} exceeds what one "
+            f"process can hold ({usable} with an open-files limit of {hard}); "
+            "run more --workers or raise the limit"
+        )

@@ -1,0 +1,33 @@
+"""Building the process's one :class:`Settings` from env and flags, and reporting bad ones."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from pushsvc.errors import ConfigError
+from pushsvc.settings import Settings
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def build(**flags: Any) -> Settings:
+    """Settings from ``PUSHSVC_*`` env, overridden by the flags that were given (not None)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"invalid settings: {problems}")
+    except ConfigError as exc:
+        fail(exc.message)

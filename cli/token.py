@@ -1,0 +1,27 @@
+"""``pushsvc token``: mint a client token with the configured secret."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.settings import build, fail
+from pushsvc.auth import TokenIssuer
+from pushsvc.errors import AuthError
+
+
+def token(
+    user: Annotated[str, typer.Option(help="Patient (user) id: the token's sub.")],
+    topic: Annotated[list[str] | None, typer.Option(help="A topic the token may read.")] = None,
+    ttl: Annotated[int, typer.Option(help="Seconds the token is valid.")] = 3600,
+    token_secret: Annotated[str | None, typer.Option(help="[env PUSHSVC_TOKEN_SECRET]")] = None,
+) -> None:
+    """Mint a client token (HS256 JWT) for USER."""
+    settings = build(token_secret=token_secret)
+    if not settings.token_secret:
+        fail("no token secret: set PUSHSVC_TOKEN_SECRET or pass --token-secret")
+    try:
+        print(TokenIssuer(settings.token_secret).mint(user, topic or [], ttl))
+    except AuthError as exc:
+        fail(exc.message)

@@ -1,0 +1,1 @@
+"""The monitor process: reconciliation, canaries and alerts (``pushsvc monitor``)."""

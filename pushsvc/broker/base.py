@@ -1,0 +1,229 @@
+"""The broker interfaces a node depends on, and the records they exchange.
+
+A :class:`Broker` is one object with five parts, each a small interface:
+
+- :class:`Broker.publish` appends a message to the history of each of its streams *and* puts its
+  envelope on the bus as one atomic step, so every node sees a stream's envelopes in offset order.
+- :class:`History` reads a stream's entries back (resume, offline inbox, catch-up).
+- :class:`Bus` carries envelopes and operator commands to every node.
+- :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
+- :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
+- :class:`Idempotency` remembers publish keys for their window.
+
+Calling contract: ``await start()`` before anything else, ``await close()`` at the end (both
+idempotent). ``up`` is False while the broker cannot be reached; publishing then raises
+:class:`pushsvc.errors.BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import msgspec
+
+from pushsvc.core.trail import Trail
+from pushsvc.types import Envelope, HistoryEntry, Message
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    id: str
+    client_addr: str
+    internal_addr: str
+    pid: int
+    version: str
+    started: float
+    heartbeat: float
+    state: str = "up"  # up | draining
+    connections: int = 0
+    users: int = 0
+    broker_lag: float = 0.0
+
+
+class SessionInfo(msgspec.Struct, kw_only=True):
+    id: str
+    node: str
+    user: str
+    device: str
+    remote: str
+    connected_at: float
+    topics: list[str] = []
+    sent: int = 0
+    acked: int = 0
+    pending: int = 0
+    outbox_bytes: int = 0
+    last_ack: float | None = None
+    rtt: float | None = None
+
+
+class Command(msgspec.Struct, kw_only=True, frozen=True):
+    """An operator command for one node: close a session, or drain."""
+
+    kind: str  # "close_session" | "drain"
+    node: str
+    session: str = ""
+    code: int = 4010
+    reason: str = ""
+
+
+# Ledger events: what nodes write, batched, and what trails are built from.
+class Published(msgspec.Struct, tag="published", frozen=True):
+    message_id: str
+    event: str
+    ts: float
+    expires: float
+    ack: bool
+    streams: dict[str, str]
+
+
+class Sent(msgspec.Struct, tag="sent", frozen=True):
+    message_id: str
+    device: str
+    session: str
+    node: str
+    at: float
+    attempt: int
+
+
+class SentCount(msgspec.Struct, tag="sent_count", frozen=True):
+    """Writes of an ``ack: false`` message on one node (no per-device detail)."""
+
+    message_id: str
+    node: str
+    count: int
+
+
+class Acked(msgspec.Struct, tag="acked", frozen=True):
+    message_id: str
+    device: str
+    session: str
+    node: str
+    at: float
+
+
+LedgerEvent = Published | Sent | SentCount | Acked
+
+
+class History(abc.ABC):
+    @abc.abstractmethod
+    async def read(self, stream: str, after: str | None, limit: int) -> list[HistoryEntry]:
+        """Entries of ``stream`` after offset ``after`` (from the oldest kept when None),
+        oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def last_offset(self, stream: str) -> str | None:
+        """The newest offset of ``stream``, or None when it has no history."""
+
+
+class Bus(abc.ABC):
+    @abc.abstractmethod
+    def subscribe(
+        self,
+        on_envelope: Callable[[Envelope], None],
+        on_command: Callable[[Command], None],
+    ) -> None:
+        """Deliver every envelope and every command to the callbacks, in bus order.
+
+        Call before ``start()``; one subscriber per broker."""
+
+    @abc.abstractmethod
+    async def send_command(self, command: Command) -> None:
+        """Deliver ``command`` to the node it names."""
+
+
+class Registry(abc.ABC):
+    @abc.abstractmethod
+    async def register(self, node: NodeInfo, ttl: float) -> None:
+        """Add or refresh ``node``; it disappears ``ttl`` seconds after its last refresh."""
+
+    @abc.abstractmethod
+    async def deregister(self, node_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeInfo]: ...
+
+    @abc.abstractmethod
+    async def add_sessions(self, sessions: list[SessionInfo]) -> None:
+        """Record sessions opened on their nodes; each lives as long as its node does."""
+
+    @abc.abstractmethod
+    async def remove_sessions(self, node_id: str, session_ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def sessions(
+        self, user: str | None = None, node: str | None = None, limit: int = 100
+    ) -> list[SessionInfo]:
+        """Sessions of live nodes, filtered by ``user`` and ``node``, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def find_session(self, session_id: str) -> SessionInfo | None: ...
+
+
+class Ledger(abc.ABC):
+    @abc.abstractmethod
+    async def record(self, events: list[LedgerEvent]) -> None:
+        """Apply a batch of events. Idempotent per (message, session) for sent/acked."""
+
+    @abc.abstractmethod
+    async def trail(self, message_id: str) -> Trail | None: ...
+
+    @abc.abstractmethod
+    async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
+        """Those of ``message_ids`` that ``device`` has acked."""
+
+
+class Idempotency(abc.ABC):
+    @abc.abstractmethod
+    async def claim(self, key: str, ttl: float) -> bytes | None:
+        """Claim ``key``. None: it is yours, publish then :meth:`settle` or :meth:`release`.
+        Otherwise the stored value: a settled result, or ``b""`` while another claim is open."""
+
+    @abc.abstractmethod
+    async def settle(self, key: str, result: bytes, ttl: float) -> None: ...
+
+    @abc.abstractmethod
+    async def release(self, key: str) -> None: ...
+
+
+class Broker(abc.ABC):
+    history: History
+    bus: Bus
+    registry: Registry
+    ledger: Ledger
+    idempotency: Idempotency
+
+    @property
+    @abc.abstractmethod
+    def up(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(
+        self, items: list[tuple[Message, list[str]]], origin: str
+    ) -> list[dict[str, str]]:
+        """Append each message to its streams and put its envelope on the bus, atomically per
+        message and in order. Returns each message's offsets by stream."""
+
+
+__all__ = [
+    "Acked",
+    "Broker",
+    "Bus",
+    "Command",
+    "History",
+    "Idempotency",
+    "Ledger",
+    "LedgerEvent",
+    "NodeInfo",
+    "Published",
+    "Registry",
+    "Sent",
+    "SentCount",
+    "SessionInfo",
+    "Trail",
+]

@@ -1,0 +1,271 @@
+"""The embedded broker: every part of :mod:`pushsvc.broker.base` kept in this process.
+
+It is a real implementation, not a stand-in: one node with no Redis runs on it, and it passes the
+same contract suite as the Redis broker. Expiry is checked against ``clock()`` when data is read and
+swept as it is written, so nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pushsvc.broker.base import (
+    Acked,
+    Broker,
+    Bus,
+    Command,
+    History,
+    Idempotency,
+    Ledger,
+    LedgerEvent,
+    NodeInfo,
+    Published,
+    Registry,
+    Sent,
+    SentCount,
+    SessionInfo,
+)
+from pushsvc.core import offsets
+from pushsvc.core.trail import Trail
+from pushsvc.types import Envelope, HistoryEntry, Message
+
+Clock = Callable[[], float]
+
+
+class MemoryHistory(History):
+    def __init__(self, size: int, ttl: float, clock: Clock) -> None:
+        self._size = size
+        self._ttl = ttl
+        self._clock = clock
+        self._streams: dict[str, deque[HistoryEntry]] = {}
+        self._last: dict[str, offsets.Position] = {}
+
+    def append(self, stream: str, message: Message) -> str:
+        now_ms = int(self._clock() * 1000)
+        position = offsets.next_position(self._last.get(stream, offsets.ZERO), now_ms)
+        self._last[stream] = position
+        offset = offsets.format_position(position)
+        entries = self._streams.get(stream)
+        if entries is None:
+            entries = self._streams[stream] = deque(maxlen=self._size)
+        entries.append(HistoryEntry(offset, message))
+        self._trim(entries, now_ms)
+        return offset
+
+    def _trim(self, entries: deque[HistoryEntry], now_ms: int) -> None:
+        horizon = now_ms - int(self._ttl * 1000)
+        while entries and entries[0].message.ts < horizon:
+            entries.popleft()
+
+    async def read(self, stream: str, after: str | None, limit: int) -> list[HistoryEntry]:
+        entries = self._streams.get(stream)
+        if not entries:
+            return []
+        self._trim(entries, int(self._clock() * 1000))
+        start = offsets.parse(after) if after is not None else None
+        out = []
+        for entry in entries:
+            if start is None or offsets.parse(entry.offset) > start:
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def last_offset(self, stream: str) -> str | None:
+        entries = self._streams.get(stream)
+        return entries[-1].offset if entries else None
+
+
+class MemoryBus(Bus):
+    def __init__(self) -> None:
+        self._on_envelope: Callable[[Envelope], None] | None = None
+        self._on_command: Callable[[Command], None] | None = None
+
+    def subscribe(
+        self, on_envelope: Callable[[Envelope], None], on_command: Callable[[Command], None]
+    ) -> None:
+        self._on_envelope = on_envelope
+        self._on_command = on_command
+
+    def deliver(self, envelope: Envelope) -> None:
+        if self._on_envelope is not None:
+            self._on_envelope(envelope)
+
+    async def send_command(self, command: Command) -> None:
+        if self._on_command is not None:
+            self._on_command(command)
+
+
+class MemoryRegistry(Registry):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self._sessions: dict[str, dict[str, SessionInfo]] = {}  # node -> session id -> info
+
+    def _alive(self, node_id: str, now: float) -> bool:
+        held = self._nodes.get(node_id)
+        return held is not None and held[1] > now
+
+    async def register(self, node: NodeInfo, ttl: float) -> None:
+        self._nodes[node.id] = (node, self._clock() + ttl)
+
+    async def deregister(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+        self._sessions.pop(node_id, None)
+
+    async def nodes(self) -> list[NodeInfo]:
+        now = self._clock()
+        return [info for info, until in self._nodes.values() if until > now]
+
+    async def add_sessions(self, sessions: list[SessionInfo]) -> None:
+        for info in sessions:
+            self._sessions.setdefault(info.node, {})[info.id] = info
+
+    async def remove_sessions(self, node_id: str, session_ids: list[str]) -> None:
+        held = self._sessions.get(node_id, {})
+        for session_id in session_ids:
+            held.pop(session_id, None)
+
+    async def sessions(
+        self, user: str | None = None, node: str | None = None, limit: int = 100
+    ) -> list[SessionInfo]:
+        now = self._clock()
+        out: list[SessionInfo] = []
+        for node_id in sorted(self._sessions):
+            if (node is not None and node_id != node) or not self._alive(node_id, now):
+                continue
+            for info in self._sessions[node_id].values():
+                if user is None or info.user == user:
+                    out.append(info)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def find_session(self, session_id: str) -> SessionInfo | None:
+        now = self._clock()
+        for node_id, infos in self._sessions.items():
+            info = infos.get(session_id)
+            if info is not None and self._alive(node_id, now):
+                return info
+        return None
+
+
+class MemoryLedger(Ledger):
+    """Trails by message id; each kept until its message expires plus ``retention`` seconds."""
+
+    def __init__(self, retention: float, clock: Clock) -> None:
+        self._retention = retention
+        self._clock = clock
+        self._trails: dict[str, Trail] = {}
+        self._acked: dict[tuple[str, str], float] = {}  # (device, message) -> until
+        self._expiry: deque[tuple[float, str]] = deque()
+
+    async def record(self, events: list[LedgerEvent]) -> None:
+        for event in events:
+            match event:
+                case Published():
+                    self._trails[event.message_id] = Trail(
+                        event.message_id,
+                        event.event,
+                        event.ts,
+                        event.expires,
+                        event.ack,
+                        dict(event.streams),
+                    )
+                    self._expiry.append((event.expires + self._retention, event.message_id))
+                case Sent():
+                    trail = self._trails.get(event.message_id)
+                    if trail is not None:
+                        trail.record_sent(
+                            event.device, event.session, event.node, event.at, event.attempt
+                        )
+                case SentCount():
+                    trail = self._trails.get(event.message_id)
+                    if trail is not None:
+                        by_node = trail.sent_by_node
+                        by_node[event.node] = by_node.get(event.node, 0) + event.count
+                case Acked():
+                    trail = self._trails.get(event.message_id)
+                    if trail is not None:
+                        trail.record_acked(event.device, event.session, event.node, event.at)
+                        self._acked[(event.device, event.message_id)] = (
+                            trail.expires_at + self._retention
+                        )
+        self._sweep()
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, message_id = self._expiry.popleft()
+            trail = self._trails.pop(message_id, None)
+            if trail is not None:
+                for d in trail.deliveries.values():
+                    self._acked.pop((d.device, message_id), None)
+
+    async def trail(self, message_id: str) -> Trail | None:
+        return self._trails.get(message_id)
+
+    async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
+        return {m for m in message_ids if (device, m) in self._acked}
+
+
+class MemoryIdempotency(Idempotency):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._keys: dict[str, tuple[bytes, float]] = {}
+
+    async def claim(self, key: str, ttl: float) -> bytes | None:
+        now = self._clock()
+        held = self._keys.get(key)
+        if held is not None and held[1] > now:
+            return held[0]
+        if len(self._keys) > 10_000:
+            self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+        self._keys[key] = (b"", now + ttl)
+        return None
+
+    async def settle(self, key: str, result: bytes, ttl: float) -> None:
+        self._keys[key] = (result, self._clock() + ttl)
+
+    async def release(self, key: str) -> None:
+        self._keys.pop(key, None)
+
+
+class MemoryBroker(Broker):
+    """The whole broker in this process. ``clock`` returns unix seconds."""
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 86_400,
+        ledger_retention: float = 3600,
+        clock: Clock = time.time,
+    ) -> None:
+        self.history = self._history = MemoryHistory(history_size, history_ttl, clock)
+        self.bus = self._bus = MemoryBus()
+        self.registry = MemoryRegistry(clock)
+        self.ledger = MemoryLedger(ledger_retention, clock)
+        self.idempotency = MemoryIdempotency(clock)
+
+    @property
+    def up(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def publish(
+        self, items: list[tuple[Message, list[str]]], origin: str
+    ) -> list[dict[str, str]]:
+        results = []
+        for message, streams in items:
+            placed = {stream: self._history.append(stream, message) for stream in streams}
+            self._bus.deliver(Envelope(message, placed, origin))
+            results.append(placed)
+        return results

@@ -1,0 +1,1 @@
+"""HTTP edges: the client listener's plain routes and the internal API (FastAPI)."""

@@ -1,0 +1,304 @@
+"""The internal API (DESIGN §6): publish, trails, tokens, nodes, sessions, health, metrics.
+
+Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
+<api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
+``{"error": {"code", "message"}}`` with a 4xx status for bad input, 503 when the broker is down.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pushsvc import __version__
+from pushsvc.auth import api_key_ok
+from pushsvc.broker.base import Command
+from pushsvc.core import trail as trails
+from pushsvc.errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyConflict
+from pushsvc.http.models import BatchRequest, PublishRequest, TokenRequest
+from pushsvc.node.gateway import Node
+from pushsvc.node.publish import Outgoing, Publisher
+from pushsvc.telemetry import metrics
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    metrics.http_errors.labels(str(status)).inc()
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``limit`` bytes with 413, before they are read whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = _error(413, "body_too_large", f"request body exceeds {self.limit} bytes")
+            await response(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise ApiError(
+                        413, "body_too_large", f"request body exceeds {self.limit} bytes"
+                    )
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except ApiError as exc:
+            if not started:
+                await _error(exc.status, exc.code, exc.message)(scope, receive, send)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """Validate the raw body as JSON of ``model``, whatever the Content-Type says."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for an endpoint that validates with :func:`parse`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    }
+
+
+def create_app(node: Node) -> FastAPI:
+    """The internal API of ``node``."""
+    settings = node.settings
+    app = FastAPI(
+        title="pushsvc internal API",
+        version=__version__,
+        description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
+    )
+
+    def require_key(request: Request) -> None:
+        if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
+            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
+
+    app.include_router(_messages(node), dependencies=[Depends(require_key)])
+    app.include_router(_cluster(node), dependencies=[Depends(require_key)])
+    _operations(app, node)
+    _error_answers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_size)
+    return app
+
+
+def _messages(node: Node) -> APIRouter:
+    settings = node.settings
+    publisher = Publisher(node)
+    v1 = APIRouter(prefix="/v1", tags=["messages"])
+
+    def outgoing(req: PublishRequest, index: int | None = None) -> Outgoing:
+        try:
+            return req.outgoing(settings.default_ttl, settings.max_message_size)
+        except ValueError as exc:
+            where = "" if index is None else f"messages[{index}]: "
+            raise ApiError(413, "message_too_large", where + str(exc)) from None
+
+    async def run(items: list[Outgoing]) -> list[dict[str, Any]]:
+        try:
+            results = await publisher.publish(items)
+        except BrokerUnavailable as exc:
+            raise ApiError(503, exc.slug, exc.message + "; retry with the same key") from None
+        except IdempotencyConflict as exc:
+            raise ApiError(409, exc.slug, exc.message) from None
+        except BrokerError as exc:
+            raise ApiError(503, exc.slug, exc.message) from None
+        return [msgspec.to_builtins(r) for r in results]
+
+    @v1.post(
+        "/messages", status_code=202, summary="Publish one message",
+        openapi_extra=body_of(PublishRequest),
+    )  # fmt: skip
+    async def publish(request: Request) -> dict[str, Any]:
+        req = await parse(request, PublishRequest)
+        (result,) = await run([outgoing(req)])
+        return result
+
+    @v1.post(
+        "/messages/batch", status_code=202, summary="Publish up to 1000 messages in order",
+        openapi_extra=body_of(BatchRequest),
+    )  # fmt: skip
+    async def publish_batch(request: Request) -> dict[str, Any]:
+        req = await parse(request, BatchRequest)
+        items = [outgoing(m, i) for i, m in enumerate(req.messages)]
+        return {"results": await run(items)}
+
+    @v1.get("/messages/{message_id}", summary="A message's delivery trail")
+    async def message_trail(message_id: str) -> dict[str, Any]:
+        found = await node.broker.ledger.trail(message_id[:64])
+        if found is None:
+            raise ApiError(
+                404, "not_found", f"no message {message_id[:64]!r} (or its trail expired)"
+            )
+        return {
+            "id": found.id,
+            "event": found.event,
+            "published_at": found.published_at,
+            "expires_at": found.expires_at,
+            "ack": found.ack,
+            "streams": found.streams,
+            "state": trails.state(found, time.time()),
+            "devices": [
+                {
+                    "device": d.device,
+                    "session": d.session,
+                    "node": d.node,
+                    "sent_at": d.sent_at,
+                    "acked_at": d.acked_at,
+                    "attempts": d.attempts,
+                }
+                for d in sorted(found.deliveries.values(), key=lambda d: d.sent_at or 0.0)
+            ],
+            "sent_by_node": found.sent_by_node,
+        }
+
+    return v1
+
+
+def _cluster(node: Node) -> APIRouter:
+    settings = node.settings
+    v1 = APIRouter(prefix="/v1", tags=["cluster"])
+
+    @v1.post("/tokens", summary="Mint a client token", openapi_extra=body_of(TokenRequest))
+    async def mint(request: Request) -> dict[str, Any]:
+        req = await parse(request, TokenRequest)
+        ttl = req.ttl or settings.token_ttl
+        try:
+            token = node.tokens.mint(req.user, req.topics, ttl)
+        except AuthError as exc:
+            raise ApiError(422, exc.slug, exc.message) from None
+        return {"token": token, "user": req.user, "topics": req.topics, "expires_in": ttl}
+
+    @v1.get("/nodes", summary="Every live node of the cluster")
+    async def nodes() -> dict[str, Any]:
+        found = await node.broker.registry.nodes()
+        return {"nodes": [msgspec.to_builtins(n) for n in sorted(found, key=lambda n: n.id)]}
+
+    @v1.get("/sessions", summary="Sessions across all nodes")
+    async def sessions(
+        user: str | None = None,
+        node_id: Annotated[str | None, Query(alias="node")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict[str, Any]:
+        found = {s.id: s for s in await node.broker.registry.sessions(user, node_id, limit)}
+        if node_id in (None, node.id):  # this node's sessions with live counters
+            for local in node.sessions.values():
+                if (user is None or local.user == user) and (
+                    local.id in found or len(found) < limit
+                ):
+                    found[local.id] = node.describe(local)
+        listed = sorted(found.values(), key=lambda s: s.connected_at)[:limit]
+        return {"sessions": [msgspec.to_builtins(s) for s in listed]}
+
+    @v1.delete("/sessions/{session_id}", status_code=202, summary="Close a session (4010)")
+    async def kick(session_id: str) -> dict[str, Any]:
+        holder = node.id if session_id in node.sessions else None
+        if holder is None:
+            info = await node.broker.registry.find_session(session_id[:64])
+            holder = info.node if info is not None else None
+        if holder is None:
+            raise ApiError(404, "not_found", f"no open session {session_id[:64]!r}")
+        await node.broker.bus.send_command(
+            Command(kind="close_session", node=holder, session=session_id, code=4010)
+        )
+        return {"session": session_id, "node": holder, "closing": True}
+
+    return v1
+
+
+def _operations(app: FastAPI, node: Node) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        reasons = [
+            reason
+            for reason, bad in (
+                ("broker_down", not node.broker.up),
+                ("draining", node.draining),
+                ("not_started", not node.started),
+            )
+            if bad
+        ]
+        body = {"status": "not_ready" if reasons else "ready", "node": node.id, "reasons": reasons}
+        return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error_answers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "malformed_json", "request body is not valid JSON")
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]}
+            for e in errors[:20]
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        summary = f"{'.'.join(first['loc'])}: {first['msg']}"
+        return _error(422, "invalid_body", summary, details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, slug, str(exc.detail))

@@ -1,0 +1,64 @@
+"""Batches the node's writes to the broker — ledger events and session records — off the hot path.
+
+The fan-out and the ack handler only append to lists; :meth:`Accounting.run` flushes them every
+``interval`` seconds in one round trip per kind. While the broker is down the batches are kept
+(up to ``limit`` events, oldest dropped first and counted) and written when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pushsvc.broker.base import Broker, LedgerEvent, SessionInfo
+from pushsvc.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+class Accounting:
+    def __init__(self, broker: Broker, node_id: str, interval: float, limit: int = 200_000) -> None:
+        self._broker = broker
+        self._node_id = node_id
+        self._interval = interval
+        self._limit = limit
+        self.events: list[LedgerEvent] = []
+        self.opened: list[SessionInfo] = []
+        self.closed: list[str] = []
+        self.dropped = 0
+
+    def record(self, event: LedgerEvent) -> None:
+        self.events.append(event)
+
+    async def run(self) -> None:
+        """Flush every ``interval`` until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what has accumulated; keep it for the next flush if the broker fails."""
+        events, opened, closed = self.events, self.opened, self.closed
+        if not (events or opened or closed):
+            return
+        self.events, self.opened, self.closed = [], [], []
+        registry = self._broker.registry
+        try:
+            if events:
+                await self._broker.ledger.record(events)
+                events = []
+            if opened:
+                await registry.add_sessions(opened)
+                opened = []
+            if closed:
+                await registry.remove_sessions(self._node_id, closed)
+                closed = []
+        except (BrokerError, OSError) as exc:
+            log.warning("accounting flush failed, will retry", extra={"error": str(exc)})
+            self.events[:0] = events
+            self.opened[:0] = opened
+            self.closed[:0] = closed
+            overflow = len(self.events) - self._limit
+            if overflow > 0:
+                del self.events[:overflow]
+                self.dropped += overflow

@@ -1,0 +1,93 @@
+"""Fan-out: envelopes from the bus to the local sessions that read their streams.
+
+One task consumes envelopes in bus order. For each stream of an envelope the frame is encoded and
+framed once, then written to every local reader in a plain loop (DESIGN §9: no task per client,
+no ``gather``), yielding to the event loop every :data:`YIELD_EVERY` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pushsvc.broker.base import SentCount
+from pushsvc.core import frames, offsets
+from pushsvc.telemetry import metrics
+
+if TYPE_CHECKING:
+    from pushsvc.node.gateway import Node
+    from pushsvc.types import Envelope
+
+YIELD_EVERY = 2000
+
+
+class FanOut:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._queue: deque[Envelope] = deque()
+        self._ready = asyncio.Event()
+        self.delivered = 0
+        self.lag = 0.0  # publish to arrival of the last envelope, seconds
+
+    def submit(self, envelope: Envelope) -> None:
+        """Bus callback: queue ``envelope`` for delivery (never blocks)."""
+        self._queue.append(envelope)
+        self._ready.set()
+
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    async def run(self) -> None:
+        """Deliver queued envelopes in order until cancelled."""
+        queue = self._queue
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while queue:
+                await self.deliver(queue.popleft())
+
+    async def deliver(self, envelope: Envelope) -> None:
+        node = self._node
+        message = envelope.message
+        started = time.perf_counter()
+        now = time.time()
+        self.lag = max(0.0, now - message.ts / 1000)
+        metrics.broker_lag.set(self.lag)
+        if message.expires <= now * 1000:
+            return
+        written = 0
+        visited = 0
+        seen: set[str] | None = set() if len(envelope.offsets) > 1 else None
+        for stream, offset in envelope.offsets.items():
+            readers = node.index.get(stream)
+            if not readers:
+                continue
+            position = offsets.parse(offset)
+            frame = frames.ws_text_frame(
+                frames.encode_msg(
+                    message.id, stream, offset, message.event, message.data, message.ts,
+                    message.ack, False,
+                )
+            )  # fmt: skip
+            for session_id, session in list(readers.items()):
+                if seen is not None:
+                    if session_id in seen:
+                        continue
+                    seen.add(session_id)
+                if session.offer(stream, position, message, frame):
+                    written += 1
+                    if message.ack:
+                        node.track(session, message, frame, now, replay=False)
+                visited += 1
+                if visited % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        if written:
+            metrics.sent.inc(written)
+            if not message.ack:
+                node.accounting.record(SentCount(message.id, node.id, written))
+            done = time.time()
+            metrics.delivery_latency.observe(max(0.0, done - message.ts / 1000))
+            metrics.fanout_duration.observe(time.perf_counter() - started)
+            self.delivered += written

@@ -1,0 +1,424 @@
+"""The node: its client listener, its sessions and the background work that keeps them honest.
+
+Lifecycle: ``await node.start()`` binds the client listener and starts the background tasks
+(fan-out, housekeeping, accounting, registry heartbeat); ``await node.drain()`` stops accepting and
+closes every session with 1001 so clients resume elsewhere; ``await node.close()`` drains (if not
+done), flushes the accounting, deregisters and cancels every task. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, assert_never
+
+from pushsvc import __version__
+from pushsvc.auth import TokenIssuer
+from pushsvc.broker.base import Acked, Broker, Command, NodeInfo, Sent, SessionInfo
+from pushsvc.core import frames, offsets, replay
+from pushsvc.core.acks import AckLedger
+from pushsvc.core.flow import TokenBucket, slow_consumer
+from pushsvc.core.index import SubscriberIndex
+from pushsvc.core.streams import is_user_stream, subscriptions
+from pushsvc.errors import AuthError, BrokerError, FrameError
+from pushsvc.http.client_routes import ClientRoutes
+from pushsvc.node.accounting import Accounting
+from pushsvc.node.fanout import FanOut
+from pushsvc.node.session import Phase, Session
+from pushsvc.settings import Settings
+from pushsvc.telemetry import metrics
+from pushsvc.telemetry.logging import ContextAdapter
+from pushsvc.types import HistoryEntry, Message
+
+log = logging.getLogger(__name__)
+
+PING_FRAME = frames.ws_text_frame(frames.PING)
+PONG_FRAME = frames.ws_text_frame(frames.PONG)
+
+AckPayload = tuple[bytes, int]  # (framed message, publish time in ms)
+
+
+class Node:
+    """One node. Construct, then ``await start()``; see the module docstring."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.id = settings.node_id
+        self.loop = asyncio.get_event_loop_policy().get_event_loop()
+        self.sessions: dict[str, Session] = {}
+        self.index: SubscriberIndex[Session] = SubscriberIndex()
+        self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
+        self.tokens = TokenIssuer(settings.token_secret)
+        self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
+        self.fanout = FanOut(self)
+        self.over_cap: set[Session] = set()
+        self.draining = False
+        self.started = 0.0
+        self.client_addr = ""
+        self.internal_addr = f"{settings.internal_host}:{settings.internal_port}"
+        self.log = ContextAdapter(log, {"node": self.id})
+        self._pings: deque[tuple[float, Session]] = deque()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._all_closed = asyncio.Event()
+        self.routes = ClientRoutes(self)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start the broker, bind the client listener (or serve ``sock``), start background work."""
+        self.loop = asyncio.get_running_loop()
+        self.broker.bus.subscribe(self.fanout.submit, self.command)
+        await self.broker.start()
+        s = self.settings
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: Session(self), sock=sock)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: Session(self), s.host, s.port, reuse_port=s.workers > 1, backlog=4096
+            )
+        bound = self._server.sockets[0].getsockname()
+        self.client_addr = f"{bound[0]}:{bound[1]}"
+        self.started = time.time()
+        for job in (
+            self.fanout.run(),
+            self._housekeeping(),
+            self.accounting.run(),
+            self._heartbeat(),
+        ):
+            self.spawn(job)
+        await self._register()
+        metrics.info.labels(self.id, __version__).set(1)
+        metrics.broker_up.set(1 if self.broker.up else 0)
+        metrics.watch_gc()
+        gc.collect()
+        gc.freeze()
+        self.log.info("node started", extra={"client": self.client_addr, "pid": os.getpid()})
+
+    async def drain(self) -> None:
+        """Stop accepting; close every session with 1001 and wait for them (``drain_timeout``)."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        await self._register()
+        for session in list(self.sessions.values()):
+            session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
+        if self.sessions:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), self.settings.drain_timeout)
+        self.log.info("node drained", extra={"left": len(self.sessions)})
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self.drain()
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.accounting.flush()
+            await self.broker.registry.deregister(self.id)
+        except Exception:  # the broker may be gone at shutdown; nothing else to do
+            self.log.warning("could not flush or deregister at shutdown", exc_info=True)
+        await self.broker.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.log.info("node stopped")
+
+    def spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``job`` as a tracked task: cancelled by :meth:`close`, its failure logged."""
+        task = self.loop.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", exc_info=task.exception())
+
+    @property
+    def ready(self) -> bool:
+        return self._server is not None and not self.draining and self.broker.up
+
+    # -- frames from sessions ---------------------------------------------------------------
+
+    def frame_received(self, session: Session, frame: frames.ClientFrame) -> None:
+        session.ping_sent = None if not isinstance(frame, frames.Pong) else session.ping_sent
+        match frame:
+            case frames.Hello():
+                if session.phase != Phase.HELLO:
+                    raise_in(
+                        session, FrameError("hello was already received", slug="duplicate_hello")
+                    )
+                    return
+                self._hello(session, frame)
+            case frames.Ack():
+                if session.phase < Phase.REPLAY:
+                    raise_in(session, FrameError("ack before hello", slug="hello_expected"))
+                    return
+                self._acked(session, frame.ids)
+            case frames.Ping():
+                session.write(PONG_FRAME)
+            case frames.Pong():
+                if session.ping_sent is not None:
+                    session.rtt = time.monotonic() - session.ping_sent
+                    session.ping_sent = None
+            case _:
+                assert_never(frame)
+
+    def _hello(self, session: Session, hello: frames.Hello) -> None:
+        try:
+            claims = self.tokens.verify(hello.token)
+            resume = {stream: offsets.parse(o) for stream, o in hello.resume.items()}
+        except AuthError as exc:
+            metrics.connections_opened.labels("unauthorized").inc()
+            session.close(exc.code, exc.slug, exc.message)
+            return
+        except FrameError as exc:
+            metrics.connections_opened.labels("protocol_error").inc()
+            session.close(exc.code, exc.slug, exc.message)
+            return
+        session.id = secrets.token_hex(8)
+        session.user = claims.user
+        session.device = hello.device or session.id
+        session.topics = claims.topics
+        session.streams = subscriptions(claims.user, claims.topics)
+        session.phase = Phase.REPLAY
+        session.buffer = []
+        s = self.settings
+        session.bucket = TokenBucket.full(
+            s.client_frame_rate, s.client_frame_burst, time.monotonic()
+        )
+        session.hello_accepted()
+        self.sessions[session.id] = session
+        self.index.add(session.id, session.streams, session)
+        metrics.connections.set(len(self.sessions))
+        wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
+        self.spawn(self._replay(session, wanted, resume))
+
+    async def _replay(
+        self, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+    ) -> None:
+        """Send the welcome and what the session missed, then switch it to live."""
+        now_ms = int(time.time() * 1000)
+        chosen: list[tuple[str, HistoryEntry]] = []
+        try:
+            for stream in session.streams:
+                since = wanted.get(stream)
+                if since is None and not is_user_stream(stream):
+                    continue
+                after = None if is_user_stream(stream) else since
+                entries = await self.broker.history.read(stream, after, self.settings.history_size)
+                owed = [e.message.id for e in entries if e.message.ack]
+                acked = await self.broker.ledger.acked_ids(session.device, owed) if owed else set()
+                picked = replay.select(stream, entries, since, acked.__contains__, now_ms)
+                chosen.extend((stream, e) for e in picked)
+        except (BrokerError, OSError) as exc:
+            self.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
+            session.close(1011, "internal_error", "could not read history, reconnect")
+            return
+        if session.phase != Phase.REPLAY:
+            return
+        s = self.settings
+        session.write(
+            frames.ws_text_frame(
+                frames.encode_welcome(session.id, self.id, session.user, s.heartbeat, len(chosen))
+            )
+        )
+        now = time.time()
+        last = session.last
+        last.update(positions)
+        for stream, entry in chosen:
+            m = entry.message
+            frame = frames.ws_text_frame(
+                frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
+            )
+            session.write(frame)
+            session.sent += 1
+            position = offsets.parse(entry.offset)
+            if position > last.get(stream, offsets.ZERO):
+                last[stream] = position
+            if m.ack:
+                self.track(session, m, frame, now, replay=True)
+        if chosen:
+            metrics.replayed.inc(len(chosen))
+            metrics.sent.inc(len(chosen))
+        buffered, session.buffer = session.buffer or [], None
+        session.phase = Phase.LIVE
+        for stream, position, message, frame in buffered:
+            if session.offer(stream, position, message, frame) and message.ack:
+                self.track(session, message, frame, now, replay=False)
+        self._pings.append((time.monotonic() + s.heartbeat, session))
+        self.accounting.opened.append(self.describe(session))
+        metrics.connections_opened.labels("ok").inc()
+        self.log.info(
+            "session opened",
+            extra={
+                "session": session.id, "user": session.user, "device": session.device,
+                "remote": session.remote, "replayed": len(chosen),
+            },
+        )  # fmt: skip
+
+    def track(
+        self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
+    ) -> None:
+        """Owe an ack for ``message`` written to ``session`` and put the write in the trail."""
+        attempt = self.acks.sent(session.id, message.id, (frame, message.ts), now)
+        self.accounting.record(Sent(message.id, session.device, session.id, self.id, now, attempt))
+
+    def _acked(self, session: Session, ids: list[str]) -> None:
+        settled = self.acks.acked(session.id, ids)
+        if not settled:
+            return
+        now = time.time()
+        session.acked += len(settled)
+        session.last_ack = now
+        metrics.acked.inc(len(settled))
+        for message_id in settled:
+            self.accounting.record(Acked(message_id, session.device, session.id, self.id, now))
+        # ack latency needs the publish time: message ids start with it (see publish.new_id)
+        for message_id in settled:
+            metrics.ack_latency.observe(max(0.0, now - int(message_id[:12], 16) / 1000))
+
+    def session_closed(self, session: Session, code: int, phase: Phase) -> None:
+        """Called by a session when its connection is gone."""
+        self.over_cap.discard(session)
+        if not session.id:  # never said a valid hello
+            if code not in (4001, 4002, 4003, 4004):  # those were counted when decided
+                metrics.connections_opened.labels("abandoned").inc()
+            metrics.connections_closed.labels(str(code)).inc()
+            return
+        self.sessions.pop(session.id, None)
+        self.index.remove(session.id, session.streams)
+        self.acks.forget_session(session.id)
+        self.accounting.closed.append(session.id)
+        metrics.connections.set(len(self.sessions))
+        metrics.connections_closed.labels(str(code)).inc()
+        if not self.sessions:
+            self._all_closed.set()
+        duration = time.time() - session.connected_at
+        metrics.connection_duration.observe(duration)
+        self.log.info(
+            "session closed",
+            extra={
+                "session": session.id, "user": session.user, "device": session.device,
+                "code": code, "duration": round(duration, 3), "sent": session.sent,
+                "acked": session.acked,
+            },
+        )  # fmt: skip
+
+    # -- background work --------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        s = self.settings
+        interval = max(0.02, min(0.5, s.ack_timeout / 5, s.heartbeat / 5))
+        while True:
+            await asyncio.sleep(interval)
+            self.tick(time.time(), time.monotonic())
+
+    def tick(self, now: float, mono: float) -> None:
+        """Redeliver what is due, close exhausted and slow sessions, send heartbeats."""
+        redeliver, exhausted = self.acks.due(now)
+        for r in redeliver:
+            session = self.sessions.get(r.session)
+            if session is None:
+                continue
+            session.write(r.payload[0])
+            self.accounting.record(
+                Sent(r.message_id, session.device, session.id, self.id, now, r.attempt)
+            )
+        if redeliver:
+            metrics.redeliveries.inc(len(redeliver))
+        for session_id in exhausted:
+            session = self.sessions.get(session_id)
+            self.acks.forget_session(session_id)
+            if session is not None:
+                session.close(4011, "not_acknowledged", "deliveries were not acknowledged")
+        for session in list(self.over_cap):
+            if slow_consumer(
+                session.outbox_bytes(), self.settings.outbox_cap, session.over_since(),
+                self.settings.outbox_grace, mono,
+            ):  # fmt: skip
+                self.over_cap.discard(session)
+                metrics.outbox_overflows.inc()
+                session.close(4008, "slow_consumer", "the client does not read fast enough")
+        pings = self._pings
+        heartbeat = self.settings.heartbeat
+        while pings and pings[0][0] <= mono:
+            _, session = pings.popleft()
+            if session.phase != Phase.LIVE:
+                continue
+            if session.ping_sent is not None:
+                session.close(4009, "heartbeat_timeout", "no pong in time")
+                continue
+            session.ping_sent = mono
+            session.write(PING_FRAME)
+            pings.append((mono + heartbeat, session))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_interval)
+            try:
+                await self._register()
+            except (BrokerError, OSError) as exc:
+                self.log.warning("registry heartbeat failed", extra={"error": str(exc)})
+            metrics.broker_up.set(1 if self.broker.up else 0)
+
+    async def _register(self) -> None:
+        users = len({s.user for s in self.sessions.values()})
+        info = NodeInfo(
+            id=self.id, client_addr=self.client_addr, internal_addr=self.internal_addr,
+            pid=os.getpid(), version=__version__, started=self.started, heartbeat=time.time(),
+            state="draining" if self.draining else "up", connections=len(self.sessions),
+            users=users, broker_lag=self.fanout.lag,
+        )  # fmt: skip
+        await self.broker.registry.register(info, ttl=self.settings.registry_interval * 3)
+
+    # -- operator commands ------------------------------------------------------------------
+
+    def command(self, command: Command) -> None:
+        """Bus callback for operator commands addressed to this node."""
+        if command.node not in (self.id, "*"):
+            return
+        if command.kind == "close_session":
+            session = self.sessions.get(command.session)
+            if session is not None:
+                session.close(
+                    command.code, "closed_by_operator", command.reason or "closed by operator"
+                )
+        elif command.kind == "drain":
+            self.spawn(self.drain())
+
+    def describe(self, session: Session) -> SessionInfo:
+        """The session's registry record, with its live counters."""
+        return SessionInfo(
+            id=session.id, node=self.id, user=session.user, device=session.device,
+            remote=session.remote, connected_at=session.connected_at, topics=list(session.topics),
+            sent=session.sent, acked=session.acked, pending=self.acks.pending(session.id),
+            outbox_bytes=session.outbox_bytes(), last_ack=session.last_ack, rtt=session.rtt,
+        )  # fmt: skip
+
+    # -- the client listener's plain HTTP requests ------------------------------------------
+
+    def http_request(self, session: Session, method: bytes, url: bytes, body: bytes) -> None:
+        self.routes.handle(session, method, url, body)
+
+
+def raise_in(session: Session, exc: FrameError) -> None:
+    metrics.frames_rejected.labels(exc.slug).inc()
+    session.close(exc.code, exc.slug, exc.message)

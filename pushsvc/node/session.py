@@ -1,0 +1,414 @@
+"""One client connection: an asyncio protocol that pumps bytes through two parsers.
+
+First HTTP (httptools): a ``GET /ws`` upgrade becomes a WebSocket session; any other request is
+answered by :mod:`pushsvc.http.client_routes` and the connection closed. Then WebSocket frames
+(the sans-io ``websockets`` protocol): text frames are decoded by :mod:`pushsvc.core.frames` and
+handed to the node; server frames are written straight to the transport, pre-framed, so a
+broadcast is encoded once per node.
+
+Life of a session: HTTP → HELLO (waiting for the hello, ``hello_timeout``) → REPLAY (welcome and
+replay being prepared; live messages are buffered) → LIVE → CLOSING → CLOSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import httptools
+import msgspec
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State as WsState
+from websockets.server import ServerProtocol
+
+from pushsvc.core import frames
+from pushsvc.core.flow import TokenBucket
+from pushsvc.core.handshake import HandshakeRefused, check_upgrade
+from pushsvc.errors import FrameError
+from pushsvc.telemetry import metrics
+
+if TYPE_CHECKING:
+    from pushsvc.core.offsets import Position
+    from pushsvc.node.gateway import Node
+    from pushsvc.types import Message
+
+log = logging.getLogger(__name__)
+_ws_log = logging.getLogger("websockets.server")
+
+CLOSE_TIMEOUT = 2.0
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Phase(enum.IntEnum):
+    HTTP = 0
+    HELLO = 1
+    REPLAY = 2
+    LIVE = 3
+    CLOSING = 4
+    CLOSED = 5
+
+
+class _Frames(ServerProtocol):
+    """websockets' sans-io protocol, already open, that reports an oversized frame as 4004."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == 1009 and self.state is WsState.OPEN:
+            self.send_text(frames.encode_error("frame_too_large", reason or "frame too large"))
+            metrics.frames_rejected.labels("frame_too_large").inc()
+            code, reason = 4004, "frame too large"
+        super().fail(code, reason)
+
+
+class Session(asyncio.Protocol):
+    """A client connection. The node calls :meth:`offer`, :meth:`write` and :meth:`close`."""
+
+    __slots__ = (
+        "_body",
+        "_close_code",
+        "_http",
+        "_method",
+        "_over",
+        "_timer",
+        "_url",
+        "_ws",
+        "acked",
+        "bucket",
+        "buffer",
+        "connected_at",
+        "device",
+        "headers",
+        "id",
+        "last",
+        "last_ack",
+        "node",
+        "phase",
+        "ping_sent",
+        "remote",
+        "rtt",
+        "sent",
+        "streams",
+        "topics",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.phase = Phase.HTTP
+        self.transport: asyncio.Transport | None = None
+        self._http: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._ws: _Frames | None = None
+        self._url = b""
+        self._method = b""
+        self._body: bytearray | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._close_code = 1006
+        self._over: float | None = None  # when the outbox went over its cap
+        self.id = ""
+        self.user = ""
+        self.device = ""
+        self.topics: tuple[str, ...] = ()
+        self.streams: tuple[str, ...] = ()
+        self.last: dict[str, Position] = {}
+        self.buffer: list[tuple[str, Position, Message, bytes]] | None = None
+        self.remote = ""
+        self.connected_at = 0.0
+        self.sent = 0
+        self.acked = 0
+        self.last_ack: float | None = None
+        self.rtt: float | None = None
+        self.ping_sent: float | None = None
+        self.bucket: TokenBucket | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        peer = self.transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._timer = self.node.loop.call_later(self.node.settings.hello_timeout, self._no_hello)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ws is not None:
+            self._ws.receive_data(data)
+            self._pump()
+            return
+        if self._http is None:
+            return
+        try:
+            self._http.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _BodyTooLarge):
+                self._http_answer(413, b"request body too large")
+            else:
+                self._http_answer(400, b"malformed HTTP request")
+        except httptools.HttpParserError:
+            self._http_answer(400, b"malformed HTTP request")
+
+    def eof_received(self) -> bool | None:
+        if self._ws is not None:
+            self._ws.receive_eof()
+            self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        was = self.phase
+        self.phase = Phase.CLOSED
+        self.transport = None
+        if was >= Phase.HELLO:
+            self.node.session_closed(self, self._close_code, was)
+
+    def pause_writing(self) -> None:
+        self._over = time.monotonic()
+        self.node.over_cap.add(self)
+
+    def resume_writing(self) -> None:
+        self._over = None
+        self.node.over_cap.discard(self)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > 4096:
+            raise httptools.HttpParserError("URL too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) > 64 or len(value) > 8192:
+            raise httptools.HttpParserError("headers too large")
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is None:
+            self._body = bytearray()
+        self._body += body
+        if len(self._body) > self.node.settings.max_body_size:
+            raise _BodyTooLarge("body too large")
+
+    def on_message_complete(self) -> None:
+        assert self._http is not None
+        if self._http.should_upgrade():
+            return  # feed_data raises HttpParserUpgrade next: see _upgrade
+        self._method = self._http.get_method()
+        path = httptools.parse_url(self._url).path
+        if path == b"/ws":
+            self._http_answer(426, b"this endpoint speaks WebSocket only")
+            return
+        self.node.http_request(self, self._method, self._url, bytes(self._body or b""))
+
+    # -- HTTP phase -------------------------------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        assert self._http is not None
+        method = self._http.get_method()
+        path = httptools.parse_url(self._url).path
+        if path != b"/ws":
+            self._http_answer(404, b"not found")
+            return
+        try:
+            response = check_upgrade(method, self.headers)
+        except HandshakeRefused as exc:
+            self._http_answer(exc.status, exc.message.encode())
+            return
+        if self.node.draining or len(self.node.sessions) >= self.node.settings.max_connections:
+            metrics.connections_opened.labels("refused").inc()
+            self._http_answer(503, b"node is not accepting connections")
+            return
+        self._http = None
+        self.headers = {}
+        self._ws = _Frames(
+            state=WsState.OPEN, max_size=self.node.settings.max_frame_size, logger=_ws_log
+        )
+        self.phase = Phase.HELLO
+        self.connected_at = time.time()
+        assert self.transport is not None
+        self.transport.write(response)
+        self.transport.set_write_buffer_limits(high=self.node.settings.outbox_cap)
+        if rest:
+            self.data_received(rest)
+
+    def http_answer(self, status: int, content_type: bytes, body: bytes) -> None:
+        """Answer the HTTP request this connection carries, then close it."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        reason = _REASONS.get(status, b"Status")
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            status, reason, content_type, len(body),
+        )  # fmt: skip
+        self.transport.write(
+            head
+            + b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+            + (body if self._method != b"HEAD" else b"")
+        )
+        self.transport.close()
+
+    def _http_answer(self, status: int, message: bytes) -> None:
+        body = msgspec.json.encode(
+            {"error": {"code": _SLUGS.get(status, "error"), "message": message.decode()}}
+        )
+        self.http_answer(status, b"application/json", body)
+
+    def hello_accepted(self) -> None:
+        """The node accepted the hello: stop the hello timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _no_hello(self) -> None:
+        self._timer = None
+        if self.phase == Phase.HTTP:
+            if self.transport is not None:
+                self.transport.abort()
+        elif self.phase == Phase.HELLO:
+            metrics.connections_opened.labels("hello_timeout").inc()
+            self.close(4002, "hello_timeout", "no hello frame in time")
+
+    # -- WebSocket phase --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        for event in ws.events_received():
+            if not isinstance(event, Frame):
+                continue  # handshake events: the handshake was ours, none arrive
+            if self.phase >= Phase.CLOSING and event.opcode is not Opcode.CLOSE:
+                continue
+            self._frame(event)
+        self._flush()
+        if ws.close_expected() and self.transport is not None:
+            if ws.close_rcvd is not None and self._close_code == 1006:
+                self._close_code = ws.close_rcvd.code
+            if ws.state is WsState.CLOSED or ws.close_rcvd is not None:
+                self.transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is Opcode.TEXT:
+            if not frame.fin:
+                self._reject(FrameError("fragmented messages are not accepted", slug="fragmented"))
+                return
+            bucket = self.bucket
+            if bucket is not None:
+                wait = bucket.take(time.monotonic())
+                if wait > 0 and self.transport is not None:
+                    # Backpressure, not punishment: stop reading this socket for a while.
+                    metrics.frames_rejected.labels("rate_limited").inc()
+                    self.transport.pause_reading()
+                    self.node.loop.call_later(wait, self._resume_reading)
+            try:
+                decoded = frames.decode_client_frame(frame.data)
+            except FrameError as exc:
+                self._reject(exc)
+                return
+            self.node.frame_received(self, decoded)
+        elif op is Opcode.BINARY or op is Opcode.CONT:
+            self._reject(FrameError("only JSON text frames are accepted", slug="binary_frame"))
+        elif op is Opcode.CLOSE and self._close_code == 1006:
+            ws = self._ws
+            self._close_code = ws.close_rcvd.code if ws and ws.close_rcvd else 1005
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _reject(self, exc: FrameError) -> None:
+        metrics.frames_rejected.labels(exc.slug).inc()
+        self.close(exc.code, exc.slug, exc.message)
+
+    def _flush(self) -> None:
+        ws = self._ws
+        transport = self.transport
+        if ws is None or transport is None:
+            return
+        for chunk in ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif not transport.is_closing():
+                transport.close()  # the protocol asks for EOF: close the TCP connection
+
+    # -- what the node calls ----------------------------------------------------------------
+
+    def write(self, payload: bytes) -> None:
+        """Write a pre-framed server frame (see :func:`frames.ws_text_frame`)."""
+        transport = self.transport
+        if transport is not None and self.phase < Phase.CLOSING:
+            transport.write(payload)
+
+    def offer(self, stream: str, position: Position, message: Message, frame: bytes) -> bool:
+        """Give a live message to this session; True when it was written now."""
+        if self.phase == Phase.LIVE:
+            last = self.last.get(stream)
+            if last is not None and position <= last:
+                return False  # already replayed, or a duplicate
+            self.last[stream] = position
+            transport = self.transport
+            if transport is None:
+                return False
+            transport.write(frame)
+            self.sent += 1
+            return True
+        if self.phase == Phase.REPLAY and self.buffer is not None:
+            self.buffer.append((stream, position, message, frame))
+        return False
+
+    def outbox_bytes(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def over_since(self) -> float | None:
+        return self._over
+
+    def close(self, code: int, slug: str = "", message: str = "") -> None:
+        """Send an error frame (when ``slug``) and a close frame with ``code``, then close.
+
+        The TCP connection is aborted if the client does not complete the close handshake within
+        a couple of seconds.
+        """
+        if self.phase >= Phase.CLOSING or self.transport is None:
+            return
+        ws = self._ws
+        self.phase = Phase.CLOSING
+        self._close_code = code
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.node.loop.call_later(CLOSE_TIMEOUT, self._abort)
+        if ws is None:
+            self.transport.close()
+            return
+        try:
+            if slug:
+                ws.send_text(frames.encode_error(slug, message or slug))
+            ws.send_close(code, message[:120])
+        except InvalidState:
+            pass  # the protocol is already closing: the code it carries stands
+        self._flush()
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_REASONS = {
+    200: b"OK", 202: b"Accepted", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 413: b"Payload Too Large",
+    422: b"Unprocessable Entity", 426: b"Upgrade Required", 503: b"Service Unavailable",
+}  # fmt: skip
+_SLUGS = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+    426: "upgrade_required", 503: "unavailable",
+}  # fmt: skip

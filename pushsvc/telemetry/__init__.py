@@ -1,0 +1,1 @@
+"""Metrics, logs and traces. Recorded by the pumps (node, http), from the core's effects."""

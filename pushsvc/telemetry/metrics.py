@@ -1,0 +1,103 @@
+"""Prometheus metrics of a node (DESIGN §8). Names are a contract: extend, don't rename.
+
+No label carries unbounded values; per-session detail goes through ``GET /v1/sessions``.
+The fan-out path increments counters once per message per node, never once per connection.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
+
+connections = Gauge("pushsvc_connections", "Open client sessions", registry=REGISTRY)
+connections_opened = Counter(
+    "pushsvc_connections_opened",
+    "Client connections by result of the handshake and hello",
+    ["result"],
+    registry=REGISTRY,
+)
+connections_closed = Counter(
+    "pushsvc_connections_closed", "Closed client connections by close code", ["code"],
+    registry=REGISTRY,
+)  # fmt: skip
+connection_duration = Histogram(
+    "pushsvc_connection_duration_seconds", "Lifetime of client sessions",
+    buckets=DURATION_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+published = Counter(
+    "pushsvc_messages_published", "Messages accepted by the publish API", registry=REGISTRY
+)
+sent = Counter("pushsvc_messages_sent", "Message frames written to sockets", registry=REGISTRY)
+acked = Counter("pushsvc_messages_acked", "First acks of a message by a session", registry=REGISTRY)
+redeliveries = Counter(
+    "pushsvc_redeliveries", "Messages written again for lack of an ack", registry=REGISTRY
+)
+replayed = Counter(
+    "pushsvc_messages_replayed", "Messages replayed on resume or from the inbox", registry=REGISTRY
+)
+delivery_latency = Histogram(
+    "pushsvc_delivery_latency_seconds", "Publish to the last socket write of a node's fan-out",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+ack_latency = Histogram(
+    "pushsvc_ack_latency_seconds", "Publish to ack", buckets=LATENCY_BUCKETS, registry=REGISTRY
+)
+fanout_duration = Histogram(
+    "pushsvc_fanout_duration_seconds", "Time to write one message to every local session",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+outbox_overflows = Counter(
+    "pushsvc_outbox_overflows", "Sessions closed as slow consumers (4008)", registry=REGISTRY
+)
+broker_up = Gauge("pushsvc_broker_up", "1 while the broker is reachable", registry=REGISTRY)
+broker_lag = Gauge(
+    "pushsvc_broker_lag_seconds", "Publish to arrival on this node's bus, last message",
+    registry=REGISTRY,
+)  # fmt: skip
+frames_rejected = Counter(
+    "pushsvc_client_frames_rejected", "Client frames refused, by reason", ["reason"],
+    registry=REGISTRY,
+)  # fmt: skip
+http_errors = Counter(
+    "pushsvc_http_errors", "Internal API error answers by status", ["status"], registry=REGISTRY
+)
+gc_pause = Histogram(
+    "pushsvc_gc_pause_seconds", "Garbage collector pauses", ["generation"],
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+gc_pause_max = Gauge(
+    "pushsvc_gc_pause_max_seconds", "Longest garbage collector pause since start",
+    registry=REGISTRY,
+)  # fmt: skip
+info = Gauge("pushsvc_node_info", "Node identity", ["node", "version"], registry=REGISTRY)
+
+_gc_started = 0.0
+_gc_max = 0.0
+
+
+def _gc_callback(phase: str, details: dict[str, int]) -> None:
+    global _gc_started, _gc_max
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    pause = time.perf_counter() - _gc_started
+    gc_pause.labels(str(details.get("generation", 0))).observe(pause)
+    if pause > _gc_max:
+        _gc_max = pause
+        gc_pause_max.set(pause)
+
+
+def watch_gc() -> None:
+    """Start timing garbage collector pauses (idempotent)."""
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
