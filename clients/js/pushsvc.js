@@ -338,7 +338,11 @@ export class PushClient {
     this.pendingOffsets = {};
     this.lastError = null;
     this.timers = { ack: null, retry: null, connect: null, alive: null, stable: null };
-    this.onOnline = () => this.retryNow();
+    // Back online, or a phone's tab shown again after its timers were frozen: don't sit out the
+    // rest of a backoff wait.
+    this.onWake = () => {
+      if (globalThis.document?.visibilityState !== "hidden") this.retryNow();
+    };
   }
 
   on(type, listener) {
@@ -378,7 +382,7 @@ export class PushClient {
     if (!this.stopped) return this;
     this.stopped = false;
     this.backoff.reset();
-    globalThis.addEventListener?.("online", this.onOnline);
+    this.listenForWake(true);
     this.dial("connecting");
     return this;
   }
@@ -390,13 +394,19 @@ export class PushClient {
     this.flushAcks();
     const ws = this.detach();
     this.clearTimers();
-    globalThis.removeEventListener?.("online", this.onOnline);
+    this.listenForWake(false);
     try {
       ws?.close(code, reason);
     } catch {
       // Already closing.
     }
     this.setState("closed", { code, reason });
+  }
+
+  listenForWake(on) {
+    const method = on ? "addEventListener" : "removeEventListener";
+    globalThis[method]?.("online", this.onWake);
+    globalThis.document?.[method]?.("visibilitychange", this.onWake);
   }
 
   /** Skips the rest of the backoff wait, e.g. when the browser comes back online. */
@@ -603,7 +613,7 @@ export class PushClient {
     const error = this.lastError;
     if (!shouldReconnect(code)) {
       this.stopped = true;
-      globalThis.removeEventListener?.("online", this.onOnline);
+      this.listenForWake(false);
       this.setState("closed", { code, reason, error });
       return;
     }

@@ -121,9 +121,12 @@ class Bus(abc.ABC):
         self,
         on_envelope: Callable[[Envelope], None],
         on_command: Callable[[Command], None],
+        on_resync: Callable[[], None] | None = None,
     ) -> None:
         """Deliver every envelope and every command to the callbacks, in bus order.
 
+        ``on_resync`` is called each time the subscription is re-established after it was lost:
+        envelopes may have been missed meanwhile, and the node catches up from history.
         Call before ``start()``; one subscriber per broker."""
 
     @abc.abstractmethod

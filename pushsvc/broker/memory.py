@@ -84,7 +84,10 @@ class MemoryBus(Bus):
         self._on_command: Callable[[Command], None] | None = None
 
     def subscribe(
-        self, on_envelope: Callable[[Envelope], None], on_command: Callable[[Command], None]
+        self,
+        on_envelope: Callable[[Envelope], None],
+        on_command: Callable[[Command], None],
+        on_resync: Callable[[], None] | None = None,
     ) -> None:
         self._on_envelope = on_envelope
         self._on_command = on_command

@@ -53,7 +53,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[NodeHandle]:
-    with start_node() as handle:
+    with start_node(dev=True) as handle:
         yield handle
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support import NodeHandle, start_node
+
+from tests.support import UNIT, NodeHandle, start_node
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = 10_000  # the longest any page state may take to appear
+WAIT_MS = int(10_000 * UNIT)  # the longest any page state may take to appear
 
 PHONE: dict[str, Any] = {
     "viewport": {"width": 390, "height": 844},
@@ -250,13 +251,32 @@ def test_a_session_closed_by_the_operator_stays_closed(
 
 
 def test_the_page_says_so_when_its_node_goes_away(browser: Any, artifacts: Path) -> None:
-    with start_node() as lonely, browser_context(browser, PHONE) as context:
+    with start_node(dev=True) as lonely, browser_context(browser, PHONE) as context:
         page = open_page(context, demo_url(lonely, user="p6"))
         wait_open(page)
-        lonely.proc.kill()
-        lonely.proc.wait(timeout=10)
+        lonely.kill()
         page.wait_for_selector('#connection[data-state="reconnecting"]', timeout=WAIT_MS)
         assert page.locator("#notice").is_visible()
         assert "Trying again" in page.locator("#notice").inner_text()
         shot(page, artifacts, "reconnecting-phone")
         no_script_errors(page)
+
+
+def test_a_topic_message_reaches_the_pages_with_that_topic(browser: Any, node: NodeHandle) -> None:
+    with browser_context(browser, DESKTOP) as context:
+        board = open_page(context, demo_url(node, user="p7", topics="clinic-207"))
+        outside = open_page(context, demo_url(node, user="p8"))
+        for page in (board, outside):
+            wait_open(page)
+        board.select_option("#op-to", "topics")
+        assert board.locator("#op-topic").input_value() == "clinic-207"
+        board.select_option("#op-event", "custom")
+        board.fill("#op-custom-event", "clinic.delay")
+        board.fill("#op-custom-data", '{"minutes": 20}')
+        board.click("#op-send")
+        board.locator('#feed li[data-event="clinic.delay"]').wait_for(timeout=WAIT_MS)
+        # p8 has no such topic: a message of its own arrives, the topic's never does.
+        own = node.publish(to_user("p8", "queue.position", {"clinic": "207", "position": 2}))
+        wait_shown(outside, own["id"])
+        assert outside.locator('#feed li[data-event="clinic.delay"]').count() == 0
+        no_script_errors(board, outside)

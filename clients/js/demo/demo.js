@@ -213,16 +213,22 @@ function onMessage(msg) {
 
 // ---- operator panel (development mode only) -------------------------------------------------
 
-function setUpOperator(user) {
+function setUpOperator(user, topics) {
   const form = $("operator-form");
   const select = $("op-event");
+  const to = $("op-to");
   $("op-user").value = user;
+  if (topics.length > 0) $("op-topic").value = topics[0];
   const showFields = () => {
     for (const field of form.querySelectorAll("[data-for]")) {
       field.hidden = !field.dataset.for.split(" ").includes(select.value);
     }
+    for (const field of form.querySelectorAll("[data-to]")) {
+      field.hidden = field.dataset.to !== to.value;
+    }
   };
   select.addEventListener("change", showFields);
+  to.addEventListener("change", showFields);
   showFields();
 
   form.addEventListener("submit", async (event) => {
@@ -253,7 +259,12 @@ function setUpOperator(user) {
           return;
         }
     }
-    const body = { to: { users: [String(f.get("user")).trim()] }, event: name, data };
+    const target = {
+      users: { users: [String(f.get("user")).trim()] },
+      topics: { topics: [String(f.get("topic")).trim()] },
+      all: { all: true },
+    }[to.value];
+    const body = { to: target, event: name, data };
     $("op-send").disabled = true;
     try {
       const response = await fetch("/demo/api/publish", {
@@ -310,7 +321,7 @@ async function main() {
       first = undefined;
       return ready ?? demoToken(user, topics);
     };
-    setUpOperator(user);
+    setUpOperator(user, topics);
   } else {
     $("start").hidden = false;
     $("connection-text").textContent = "Not connected";
