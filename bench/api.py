@@ -89,21 +89,43 @@ class ApiClient:
             head.append(f"Authorization: Bearer {self.api_key}")
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._connect()
-            try:
-                sent_ns = time.time_ns()
-                t0 = time.perf_counter_ns()
-                conn.writer.write(request)
-                status, payload, keep = await _read_response(conn.reader)
-                elapsed = time.perf_counter_ns() - t0
-            except BaseException:
-                conn.writer.close()
-                raise
+            while True:
+                conn, reused = self._take()
+                if conn is None:
+                    conn = await self._connect()
+                try:
+                    sent_ns = time.time_ns()
+                    t0 = time.perf_counter_ns()
+                    conn.writer.write(request)
+                    status, payload, keep = await _read_response(conn.reader)
+                    elapsed = time.perf_counter_ns() - t0
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    conn.writer.close()
+                    # A kept-alive connection the server closed while idle: nothing was read,
+                    # so the server did not take the request. Retry once on a fresh one.
+                    partial = getattr(exc, "partial", b"")
+                    if reused and not partial:
+                        continue
+                    raise
+                except BaseException:
+                    conn.writer.close()
+                    raise
+                break
             if keep:
                 self._idle.append(conn)
             else:
                 conn.writer.close()
         return Response(status, payload, sent_ns, elapsed)
+
+    def _take(self) -> tuple[_Conn | None, bool]:
+        """An idle connection the server has not closed, if any, and whether it is reused."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reader.at_eof() or conn.writer.is_closing():
+                conn.writer.close()
+                continue
+            return conn, True
+        return None, False
 
     async def _connect(self) -> _Conn:
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=2**24)

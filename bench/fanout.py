@@ -35,6 +35,7 @@ import secrets
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ from bench.common import (
     UserArrivals,
     user_id,
 )
+from bench.profile import Profile
 from bench.report import Row, print_table, rows_json, write_json
 from bench.workers import REPO_ROOT, WorkerGroup
 
@@ -107,6 +109,8 @@ class Options:
     json_path: Path
     label: str
     check: bool
+    profile: str
+    profile_format: str
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -161,6 +165,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
     m.add_argument("--json", type=Path, help="result file (default bench/results/fanout-*.json)")
     m.add_argument("--label", default="", help="free text stored in the JSON")
     m.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    m.add_argument(
+        "--profile",
+        choices=["none", "ramp", "broadcast", "user"],
+        default="none",
+        help="record a py-spy profile of the server during one phase",
+    )
+    m.add_argument(
+        "--profile-format",
+        choices=["flamegraph", "speedscope", "raw"],
+        default="flamegraph",
+        help="py-spy output: flame graph SVG, speedscope JSON, or collapsed stacks text",
+    )
     a = p.parse_args(argv)
 
     if not a.start_server and not (a.client_url and a.internal_url):
@@ -211,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         json_path=json_path,
         label=a.label,
         check=a.check,
+        profile=a.profile,
+        profile_format=a.profile_format,
     )
 
 
@@ -412,6 +430,7 @@ async def broadcast_phase(
         pids = target.pids()
         s0 = procstat.sample(pids)
         c0 = procstat.sample(group.pids)
+        k0 = procstat.core_times()
         body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq}}
         resp = await api.post_json("/v1/messages", body)
         if resp.status != 202:
@@ -423,6 +442,7 @@ async def broadcast_phase(
         )
         s1 = procstat.sample(pids)
         c1 = procstat.sample(group.pids)
+        cores = procstat.core_shares(k0, procstat.core_times())
         lat_ms = sorted((t - resp.sent_ns) / 1e6 for r in got for t in r.arrivals)
         answer = resp.json()
         online = answer.get("online_sessions") if isinstance(answer, dict) else None
@@ -442,6 +462,7 @@ async def broadcast_phase(
             "last_ms": last,
             "server_cpu_ms": (s1.cpu_seconds - s0.cpu_seconds) * 1e3,
             "client_cpu_ms": client_cpu_ms,
+            "core_shares": cores,
             "server_cpu_per_delivery_us": (s1.cpu_seconds - s0.cpu_seconds)
             * 1e6
             / max(received, 1),
@@ -577,7 +598,7 @@ async def user_phase(
         ),
         Row(
             "user-targeted delivered exactly once",
-            f"{missing} missing · {dup_ids} duplicates · {len(errors)} publish errors",
+            f"{missing} missing · {dup_ids} duplicates · {sum(errors.values())} publish errors",
             "0 · 0",
             met=missing == 0 and dup_ids == 0 and not errors,
         ),
@@ -647,6 +668,32 @@ def server_view(before: stats.Samples, after: stats.Samples) -> dict[str, object
 # -- the run ------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def phase(
+    name: str, opts: Options, target: Target, gc_max: dict[str, float | None], res: Results
+) -> AsyncIterator[None]:
+    """Profile phase ``name`` if asked to, and note the server's worst GC pause after it."""
+    prof = None
+    if opts.profile == name:
+        ext = {"flamegraph": "svg", "speedscope": "speedscope.json", "raw": "txt"}[
+            opts.profile_format
+        ]
+        out = opts.json_path.with_suffix(f".{name}.{ext}")
+        prof = Profile.start(target.pids(), out, opts.profile_format)
+        if prof is None:
+            res.notes.append("py-spy not found: no profile taken")
+        else:
+            log(f"profiling the server during {name} with py-spy")
+    try:
+        yield
+    finally:
+        if prof is not None:
+            path = prof.stop()
+            res.doc["profile"] = str(path) if path else None
+            log(f"profile: {path or f'none written, see {prof.log}'}")
+        gc_max[name] = stats.gauge_max(await scrape(target), "pushsvc_gc_pause_max_seconds")
+
+
 async def attach_or_start(opts: Options) -> Target:
     if not opts.start_server:
         if not opts.server_pids:
@@ -711,11 +758,16 @@ async def measure(opts: Options, target: Target, res: Results) -> None:
             if overlap:
                 res.notes.append(f"server and clients share CPUs {sorted(overlap)}")
             metrics_before = await scrape(target)
-            connected = await ramp_phase(opts, target, group, res)
+            gc_max: dict[str, float | None] = {}
+            async with phase("ramp", opts, target, gc_max, res):
+                connected = await ramp_phase(opts, target, group, res)
             if not connected:
                 raise RuntimeError("no connection was opened")
-            await broadcast_phase(opts, target, group, api, res)
-            await user_phase(opts, group, api, connected, res)
+            async with phase("broadcast", opts, target, gc_max, res):
+                await broadcast_phase(opts, target, group, api, res)
+            async with phase("user", opts, target, gc_max, res):
+                await user_phase(opts, group, api, connected, res)
+            res.doc["gc_max_seconds_after_phase"] = gc_max
             metrics_after = await scrape(target)
             gc_figures(metrics_before, metrics_after, res)
             res.doc["server_metrics"] = server_view(metrics_before, metrics_after)

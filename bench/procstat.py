@@ -69,6 +69,51 @@ def sample(pids: list[int]) -> Sample:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CoreTimes:
+    """Cumulative time of one CPU from ``/proc/stat``, in clock ticks."""
+
+    busy: int
+    idle: int
+    softirq: int
+    steal: int
+
+
+def core_times() -> dict[int, CoreTimes]:
+    """Per-CPU cumulative times. ``busy`` counts everything but idle and iowait (steal too)."""
+    out: dict[int, CoreTimes] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name, *values = line.split()
+        v = [int(x) for x in values] + [0] * 10
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        idle = v[3] + v[4]
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        out[int(name[3:])] = CoreTimes(busy=busy, idle=idle, softirq=v[6], steal=v[7])
+    return out
+
+
+def core_shares(
+    before: dict[int, CoreTimes], after: dict[int, CoreTimes]
+) -> dict[int, dict[str, float]]:
+    """Share of wall time each CPU spent busy / in softirq / stolen between two readings."""
+    out: dict[int, dict[str, float]] = {}
+    for cpu, a in after.items():
+        b = before.get(cpu)
+        if b is None:
+            continue
+        total = (a.busy - b.busy) + (a.idle - b.idle)
+        if total <= 0:
+            continue
+        out[cpu] = {
+            "busy": (a.busy - b.busy) / total,
+            "softirq": (a.softirq - b.softirq) / total,
+            "steal": (a.steal - b.steal) / total,
+        }
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """All processes below ``pid`` in the process tree (not ``pid`` itself)."""
     children: dict[int, list[int]] = {}
