@@ -1,16 +1,19 @@
-"""The outpatient demo page in a real browser, against a real node.
+"""The outpatient demo page in a real browser, against real nodes.
 
 What a patient sees: the page connects, every tab of the patient shows a queue call once, another
 patient's page shows nothing of it, the connection indicator tells the truth when the session is
-closed or the node goes away. Screenshots land in test-artifacts/browser/.
+closed or the node goes away, and when its node dies the page carries on with another node of the
+cluster and shows everything sent meanwhile, once. Screenshots land in test-artifacts/browser/.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +283,128 @@ def test_a_topic_message_reaches_the_pages_with_that_topic(browser: Any, node: N
         wait_shown(outside, own["id"])
         assert outside.locator('#feed li[data-event="clinic.delay"]').count() == 0
         no_script_errors(board, outside)
+
+
+class SwitchingProxy:
+    """A local TCP port forwarding to a node that the test can switch, like a load balancer.
+
+    The page is loaded through it, so "the same host:port" can lead to another node after a
+    failure. ``point_to(None)`` refuses new connections (accepts and closes them at once).
+    """
+
+    def __init__(self, target: int) -> None:
+        self._target: int | None = target
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def point_to(self, port: int | None) -> None:
+        self._target = port
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            target = self._target
+            if target is None:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", target), timeout=2 * UNIT)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):  # one side gone: the other goes too, as through a balancer
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5 * UNIT)
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_node_dies_and_the_page_carries_on_with_another_showing_everything_once(
+    browser: Any, artifacts: Path
+) -> None:
+    pytest.importorskip("pushsvc.broker.redis", reason="the Redis broker (clusters) comes later")
+    from tests.support import start_redis  # noqa: PLC0415 - only this test needs redis
+
+    with (
+        start_redis() as redis,
+        start_node(dev=True, redis_url=redis.url) as first,
+        start_node(dev=True, redis_url=redis.url) as second,
+        browser_context(browser, PHONE) as context,
+    ):
+        proxy = SwitchingProxy(first.port)
+        try:
+            page = open_page(context, f"{proxy.url}/demo/?user=p9")
+            wait_open(page)
+            assert page.evaluate("window.pushsvcDemo.client.node") == first.node_id
+
+            # Published on the other node, delivered live through the bus.
+            before = second.publish(
+                to_user("p9", "queue.position", {"clinic": "205", "position": 5})
+            )
+            wait_shown(page, before["id"])
+
+            proxy.point_to(None)  # the balancer has nowhere to send the page for now
+            first.kill()
+            page.wait_for_selector('#connection[data-state="reconnecting"]', timeout=WAIT_MS)
+            meanwhile = [
+                second.publish(to_user("p9", "queue.position", {"clinic": "205", "position": n}))
+                for n in (4, 3, 2, 1)
+            ]
+            meanwhile.append(
+                second.publish(
+                    to_user("p9", "queue.called", {"clinic": "205", "room": "205", "position": 1})
+                )
+            )
+            proxy.point_to(second.port)
+
+            wait_open(page)
+            assert page.evaluate("window.pushsvcDemo.client.node") == second.node_id
+            for sent in meanwhile:
+                wait_shown(page, sent["id"])
+            page.wait_for_timeout(500)  # a duplicate would have arrived with the replay
+            for sent in [before, *meanwhile]:
+                assert feed_item(page, sent["id"]).count() == 1, sent
+            assert page.locator("#feed li").count() == 1 + len(meanwhile)
+            assert page.locator("#status-title").inner_text() == "Please go to room 205"
+            shot(page, artifacts, "reconnected-other-node-phone", full_page=True)
+            no_script_errors(page)
+        finally:
+            proxy.close()

@@ -101,7 +101,7 @@ function render(msg) {
         "The doctor is ready to see you now.",
       );
       document.title = `Room ${room} — your turn`;
-      if (!msg.restored && !msg.replay) navigator.vibrate?.([200, 100, 200]);
+      if (!msg.restored) navigator.vibrate?.([200, 100, 200]);
       return { summary: `It is your turn. Please go to room ${room}.`, urgent: true };
     }
     case "rx.ready": {
@@ -208,7 +208,8 @@ function onMessage(msg) {
   if (pageUser !== null) keep(pageUser, msg);
   const said = render(msg);
   addToFeed(msg, said);
-  announce(said.summary, said.urgent && !msg.replay);
+  // A call that arrives with a replay was missed while offline: it is still urgent.
+  announce(said.summary, said.urgent);
 }
 
 // ---- operator panel (development mode only) -------------------------------------------------
