@@ -25,7 +25,7 @@ import httpx
 
 UNIT = float(os.environ.get("PUSHSVC_TEST_UNIT", "1.0"))
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN_SECRET = "test-secret-" + "x" * 40
+TOKEN_SECRET = "test-secret-" + "x" * 60
 API_KEY = "test-key"
 
 
@@ -58,7 +58,7 @@ class NodeHandle:
     api_key: str = API_KEY
     token_secret: str = TOKEN_SECRET
     log_path: Path = field(default_factory=Path)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def client_url(self) -> str:

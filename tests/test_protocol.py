@@ -1,0 +1,442 @@
+"""The wire protocol against a real node process, with real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.support import UNIT, NodeHandle, start_node, wait_until
+from tests.wire import Wire
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeHandle]:
+    with start_node(
+        hello_timeout=0.5 * UNIT, ack_timeout=0.4 * UNIT, max_attempts=3, heartbeat=30,
+        max_frame_size=4096, outbox_cap=4096, outbox_grace=0.2, client_frame_rate=50,
+        client_frame_burst=100,
+    ) as handle:  # fmt: skip
+        yield handle
+
+
+def uid(prefix: str = "p") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def to_user(user: str, event: str = "queue.called", **data: Any) -> dict[str, Any]:
+    return {"to": {"users": [user]}, "event": event, "data": data}
+
+
+# -- delivery and isolation -------------------------------------------------------------------
+
+
+async def test_two_tabs_of_one_patient_both_receive_and_both_acks_show(node: NodeHandle) -> None:
+    user = uid()
+    tab1 = await Wire.open(node.client_url, node.token(user), device="phone")
+    tab2 = await Wire.open(node.client_url, node.token(user), device="laptop")
+    assert tab1.welcome["user"] == user and tab1.welcome["session"] != tab2.welcome["session"]
+    published = node.publish(to_user(user, clinic="205", room="205", position=1))
+    m1, m2 = await tab1.recv_msg(), await tab2.recv_msg()
+    for m in (m1, m2):
+        assert m["id"] == published["id"]
+        assert m["stream"] == f"user:{user}" and m["offset"] == published["streams"][f"user:{user}"]
+        assert m["data"] == {"clinic": "205", "room": "205", "position": 1}
+        assert m["ack"] is True and m["replay"] is False
+    assert published["online_sessions"] == 2
+    await tab1.ack(m1["id"])
+    await tab2.ack(m2["id"])
+    trail = wait_until(lambda: (t := node.trail(m1["id"]))["state"] == "acked" and t)
+    devices = {d["device"]: d for d in trail["devices"]}
+    assert set(devices) == {"phone", "laptop"}
+    assert all(d["acked_at"] >= d["sent_at"] and d["attempts"] == 1 for d in devices.values())
+    await tab1.close()
+    await tab2.close()
+
+
+async def test_a_patient_never_receives_another_patients_messages(node: NodeHandle) -> None:
+    alice, bob = uid("alice"), uid("bob")
+    a = await Wire.open(node.client_url, node.token(alice))
+    node.publish(to_user(bob, "lab.ready", test="glucose"))
+    node.publish({"to": {"topics": ["secret-clinic"]}, "event": "queue.position", "data": {}})
+    await a.silent(0.4 * UNIT)
+    mine = node.publish(to_user(alice, "rx.ready", window=2))
+    assert (await a.recv_msg())["id"] == mine["id"]
+    # a forged resume of bob's stream replays nothing of bob's
+    a2 = await Wire.open(node.client_url, node.token(alice), resume={f"user:{bob}": "0-0"})
+    assert a2.welcome["replayed"] == 1  # alice's own unacked message only
+    assert (await a2.recv_msg())["stream"] == f"user:{alice}"
+    await a2.silent()
+    await a.close()
+    await a2.close()
+
+
+async def test_topics_reach_only_tokens_that_list_them(node: NodeHandle) -> None:
+    topic = uid("clinic")
+    board = await Wire.open(node.client_url, node.token(uid(), [topic]))
+    other = await Wire.open(node.client_url, node.token(uid(), ["another-clinic"]))
+    result = node.publish({"to": {"topics": [topic]}, "event": "queue.position", "data": {"n": 3}})
+    got = await board.recv_msg()
+    assert got["id"] == result["id"] and got["stream"] == f"topic:{topic}"
+    assert got["ack"] is False  # topics default to no ack
+    await other.silent()
+    everyone = node.publish({"to": {"all": True}, "event": "notice", "data": "closing at 18:00"})
+    for client in (board, other):
+        m = await client.recv_msg()
+        assert (
+            m["id"] == everyone["id"] and m["stream"] == "all" and m["data"] == "closing at 18:00"
+        )
+    await board.close()
+    await other.close()
+
+
+async def test_resume_replays_exactly_the_missed_messages_then_live(node: NodeHandle) -> None:
+    user, topic = uid(), uid("board")
+    token = node.token(user, [topic])
+    first = await Wire.open(node.client_url, token, device="d")
+    seen = []
+    for i in range(3):
+        node.publish(to_user(user, n=i))
+        seen.append(await first.recv_msg())
+    node.publish({"to": {"topics": [topic]}, "event": "queue.position", "data": {"n": 0}})
+    topic_msg = await first.recv_msg()
+    await first.ack(*(m["id"] for m in seen))
+    wait_until(lambda: node.trail(seen[-1]["id"])["state"] == "acked")
+    await first.close()
+    missed = [node.publish(to_user(user, n=i)) for i in range(3, 6)]
+    missed_topic = node.publish(
+        {"to": {"topics": [topic]}, "event": "queue.position", "data": {"n": 1}}
+    )
+    resume = {f"user:{user}": seen[-1]["offset"], f"topic:{topic}": topic_msg["offset"]}
+    again = await Wire.open(node.client_url, token, device="d", resume=resume)
+    assert again.welcome["replayed"] == 4
+    replayed = await again.messages(4)
+    assert all(m["replay"] for m in replayed)
+    assert [m["id"] for m in replayed] == [m["id"] for m in missed] + [missed_topic["id"]]
+    live = node.publish(to_user(user, n=6))
+    got = await again.recv_msg()
+    assert got["id"] == live["id"] and got["replay"] is False
+    await again.silent()
+    await again.close()
+
+
+async def test_offline_inbox_delivers_unacked_messages_when_a_device_connects(
+    node: NodeHandle,
+) -> None:
+    user = uid()
+    waiting = [node.publish(to_user(user, "rx.ready", window=i)) for i in range(2)]
+    node.publish({**to_user(user, "fyi"), "ack": False})  # fire-and-forget: not in the inbox
+    node.publish({**to_user(user, "stale"), "ttl": 1})
+    await asyncio.sleep(1.1)
+    phone = await Wire.open(node.client_url, node.token(user), device="phone")
+    assert phone.welcome["replayed"] == 2
+    got = await phone.messages(2)
+    assert [m["id"] for m in got] == [w["id"] for w in waiting]
+    assert all(m["replay"] and m["ack"] for m in got)
+    await phone.ack(*(m["id"] for m in got))
+    wait_until(lambda: node.trail(got[1]["id"])["state"] == "acked")
+    await phone.close()
+    # the same device again: nothing owed; another device of the patient still gets its inbox
+    phone = await Wire.open(node.client_url, node.token(user), device="phone")
+    assert phone.welcome["replayed"] == 0
+    tablet = await Wire.open(node.client_url, node.token(user), device="tablet")
+    assert tablet.welcome["replayed"] == 2
+    await phone.close()
+    await tablet.close()
+
+
+async def test_unacked_messages_are_redelivered_then_the_session_is_closed_4011(
+    node: NodeHandle,
+) -> None:
+    user = uid()
+    client = await Wire.open(node.client_url, node.token(user), device="slow")
+    published = node.publish(to_user(user, "lab.ready", test="x"))
+    code, _, frames = await client.closed(timeout=5 * UNIT)
+    msgs = [f for f in frames if f["type"] == "msg"]
+    assert [m["id"] for m in msgs] == [published["id"]] * 3  # max_attempts writes
+    assert frames[-1] == {
+        "type": "error",
+        "code": "not_acknowledged",
+        "message": "deliveries were not acknowledged",
+    }
+    assert code == 4011
+    trail = wait_until(lambda: (t := node.trail(published["id"]))["devices"] and t)
+    assert trail["devices"][0]["attempts"] == 3 and trail["state"] == "delivered"
+    # it is still owed to the device: the next connection gets it, and acking settles it
+    back = await Wire.open(node.client_url, node.token(user), device="slow")
+    m = await back.recv_msg()
+    assert m["id"] == published["id"] and m["replay"] is True
+    await back.ack(m["id"])
+    wait_until(lambda: node.trail(published["id"])["state"] == "acked")
+    await back.close()
+
+
+async def test_idempotent_publish_appends_once(node: NodeHandle) -> None:
+    user = uid()
+    body = {**to_user(user, "rx.ready", window=1), "idempotency_key": uid("key")}
+    first, second = node.publish(body), node.publish(body)
+    assert first["id"] == second["id"] and first["streams"] == second["streams"]
+    assert second["duplicate"] is True and first["duplicate"] is False
+    client = await Wire.open(node.client_url, node.token(user))
+    assert client.welcome["replayed"] == 1
+    await client.recv_msg()
+    await client.silent()
+    await client.close()
+
+
+async def test_batch_publish_keeps_order(node: NodeHandle) -> None:
+    user = uid()
+    client = await Wire.open(node.client_url, node.token(user))
+    r = node.api(
+        "POST", "/v1/messages/batch", json={"messages": [to_user(user, n=i) for i in range(20)]}
+    )
+    assert r.status_code == 202
+    ids = [x["id"] for x in r.json()["results"]]
+    got = await client.messages(20)
+    assert [m["id"] for m in got] == ids
+    assert [m["data"]["n"] for m in got] == list(range(20))
+    await client.close()
+
+
+# -- close codes ------------------------------------------------------------------------------
+
+
+def _forged(user: str) -> str:
+    return jwt.encode(
+        {"sub": user, "exp": int(time.time()) + 60}, "another-secret-" + "y" * 32, algorithm="HS256"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_token", "slug"),
+    [
+        (lambda n: "garbage", "invalid_token"),
+        (lambda n: _forged("p1"), "invalid_token"),
+        (lambda n: jwt.encode({"sub": "p1", "exp": int(time.time()) - 10}, n.token_secret, algorithm="HS256"), "token_expired"),
+        (lambda n: jwt.encode({"sub": "p1"}, n.token_secret, algorithm="HS256"), "invalid_token"),
+        (lambda n: jwt.encode({"sub": "bad user", "exp": int(time.time()) + 60}, n.token_secret, algorithm="HS256"), "invalid_token"),
+        (lambda n: jwt.encode({"sub": "p1", "exp": int(time.time()) + 60, "topics": "x"}, n.token_secret, algorithm="HS256"), "invalid_token"),
+        (lambda n: jwt.encode({"sub": "p1", "exp": int(time.time()) + 60}, n.token_secret, algorithm="HS512"), "invalid_token"),
+    ],
+)  # fmt: skip
+async def test_4001_bad_tokens(node: NodeHandle, make_token: Any, slug: str) -> None:
+    client = await Wire.open(node.client_url, None)
+    await client.send({"type": "hello", "token": make_token(node), "device": "d"})
+    code, _, frames = await client.closed()
+    assert code == 4001
+    assert frames == [{"type": "error", "code": slug, "message": frames[0]["message"]}]
+
+
+async def test_4002_no_hello_in_time(node: NodeHandle) -> None:
+    client = await Wire.open(node.client_url, None)
+    started = time.monotonic()
+    code, _, frames = await client.closed()
+    assert code == 4002 and frames[0]["code"] == "hello_timeout"
+    assert time.monotonic() - started >= 0.4 * UNIT
+
+
+@pytest.mark.parametrize(
+    ("frame", "slug"),
+    [
+        ("not json at all", "malformed_json"),
+        ('{"type":"ack","ids":["a"', "malformed_json"),
+        ("[1,2,3]", "not_an_object"),
+        ('"hello"', "not_an_object"),
+        ("null", "not_an_object"),
+        ('{"type":"subscribe","topic":"x"}', "unknown_frame_type"),
+        ('{"type":"ack","ids":"nope"}', "invalid_frame"),
+        ('{"type":"hello","token":"x"}', "duplicate_hello"),
+        (b"\x00\x01binary", "binary_frame"),
+        ('{"type":"hello","token":"t","resume":{"all":"yesterday"}}', "duplicate_hello"),
+    ],
+)
+async def test_4003_protocol_errors_after_hello(
+    node: NodeHandle, frame: str | bytes, slug: str
+) -> None:
+    client = await Wire.open(node.client_url, node.token(uid()))
+    await client.send(frame)
+    code, _, frames = await client.closed()
+    assert code == 4003
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == slug
+
+
+@pytest.mark.parametrize(
+    ("frame", "slug"),
+    [
+        ('{"type":"ack","ids":["x"]}', "hello_expected"),
+        ("{}", "unknown_frame_type"),
+    ],
+)
+async def test_4003_before_hello(node: NodeHandle, frame: str, slug: str) -> None:
+    client = await Wire.open(node.client_url, None)
+    await client.send(frame)
+    code, _, frames = await client.closed()
+    assert (code, frames[-1]["code"]) == (4003, slug)
+
+
+async def test_4003_invalid_resume_offset(node: NodeHandle) -> None:
+    client = await Wire.open(node.client_url, None)
+    await client.send({"type": "hello", "token": node.token(uid()), "resume": {"all": "yesterday"}})
+    code, _, frames = await client.closed()
+    assert (code, frames[-1]["code"]) == (4003, "invalid_offset")
+
+
+async def test_4004_frame_too_large(node: NodeHandle) -> None:
+    client = await Wire.open(node.client_url, node.token(uid()))
+    await client.send('{"type":"ack","ids":["' + "x" * 5000 + '"]}')
+    code, _, frames = await client.closed()
+    assert code == 4004 and frames[-1]["code"] == "frame_too_large"
+
+
+async def test_4009_heartbeat_timeout() -> None:
+    with start_node(heartbeat=0.3 * UNIT) as quick:
+        client = await Wire.open(quick.client_url, quick.token(uid()))
+        code, _, frames = await client.closed()  # never answers the pings
+        assert code == 4009
+        assert [f["type"] for f in frames] == ["ping", "error"] and frames[-1][
+            "code"
+        ] == "heartbeat_timeout"
+        # a client that answers stays connected
+        alive = await Wire.open(quick.client_url, quick.token(uid()))
+        for _ in range(4):
+            assert (await alive.recv())["type"] == "ping"
+            await alive.send({"type": "pong"})
+        sessions = quick.api("GET", "/v1/sessions").json()["sessions"]
+        assert [s["id"] for s in sessions] == [alive.welcome["session"]]
+        assert sessions[0]["rtt"] is not None
+        await alive.close()
+
+
+async def test_4010_closed_by_operator(node: NodeHandle) -> None:
+    user = uid()
+    client = await Wire.open(node.client_url, node.token(user))
+    session = client.welcome["session"]
+    listed = node.api("GET", "/v1/sessions", params={"user": user}).json()["sessions"]
+    assert [s["id"] for s in listed] == [session] and listed[0]["node"] == node.node_id
+    r = node.api("DELETE", f"/v1/sessions/{session}")
+    assert r.status_code == 202 and r.json()["node"] == node.node_id
+    code, _, frames = await client.closed()
+    assert code == 4010 and frames[-1]["code"] == "closed_by_operator"
+    assert node.api("DELETE", f"/v1/sessions/{session}").status_code == 404
+
+
+async def test_1001_on_drain_and_client_listener_refuses_while_draining() -> None:
+    with start_node(drain_timeout=5) as draining:
+        client = await Wire.open(draining.client_url, draining.token(uid()))
+        draining.proc.terminate()
+        code, _, frames = await client.closed()
+        assert code == 1001 and frames[-1]["code"] == "node_draining"
+        assert draining.proc.wait(10 * UNIT) == 0
+        assert '"session closed"' in draining.log() and '"code": 1001' in draining.log().replace(
+            '"code":1001', '"code": 1001'
+        )
+
+
+def _raw_ws(port: int) -> socket.socket:
+    """A client that upgrades, says hello and then never reads."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return s
+
+
+def _masked(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    header = (
+        bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    )
+    return header + mask + body
+
+
+async def test_4008_slow_consumer_is_closed_and_others_are_unaffected(node: NodeHandle) -> None:
+    user, fine = uid("slow"), uid("fine")
+    stuck = _raw_ws(node.port)
+    stuck.sendall(_masked(f'{{"type":"hello","token":"{node.token(user)}"}}'.encode()))
+    ok = await Wire.open(node.client_url, node.token(fine))
+
+    def overflowed() -> bool:
+        text = httpx.get(node.internal_url + "/metrics").text
+        return 'pushsvc_connections_closed_total{code="4008"}' in text
+
+    body = {**to_user(user, "bulk", blob="z" * 3000), "ack": False}
+    for _ in range(40):
+        r = node.api("POST", "/v1/messages/batch", json={"messages": [body] * 100})
+        assert r.status_code == 202
+        if overflowed():
+            break
+    wait_until(overflowed)
+    assert not any(s["user"] == user for s in node.api("GET", "/v1/sessions").json()["sessions"])
+    m = node.publish(to_user(fine, "rx.ready"))
+    assert (await ok.recv_msg())["id"] == m["id"]
+    stuck.close()
+    await ok.close()
+
+
+async def test_a_flooding_client_does_not_starve_others(node: NodeHandle) -> None:
+    flooder = await Wire.open(node.client_url, node.token(uid("flood")))
+    user = uid()
+    calm = await Wire.open(node.client_url, node.token(user))
+
+    async def flood() -> None:
+        for _ in range(3000):
+            await flooder.ws.send('{"type":"ping"}')
+
+    task = asyncio.create_task(flood())
+    latencies = []
+    for i in range(5):
+        started = time.monotonic()
+        node.publish(to_user(user, n=i))
+        await calm.recv_msg(timeout=2 * UNIT)
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.05)
+    task.cancel()
+    assert max(latencies) < 1.0 * UNIT, latencies
+    await calm.close()
+    await flooder.ws.close()
+
+
+# -- plain HTTP on the client listener --------------------------------------------------------
+
+
+def test_client_listener_http(node: NodeHandle) -> None:
+    base = node.http_url
+    assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+    js = httpx.get(base + "/client/pushsvc.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert httpx.get(base + "/demo/").status_code == 200
+    for bad in (
+        "/demo/../../pyproject.toml",
+        "/client/..%2f..%2fpyproject.toml",
+        "/nope",
+        "/demo/missing.js",
+    ):
+        r = httpx.get(base + bad)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", bad
+    plain = httpx.get(base + "/ws")
+    assert plain.status_code == 426 and plain.json()["error"]["code"] == "upgrade_required"
+    # the demo API exists in dev mode only
+    r = httpx.post(base + "/demo/api/token", json={"user": "p1"})
+    assert r.status_code == 404
+
+
+def test_demo_api_in_dev_mode() -> None:
+    with start_node(dev=True) as dev:
+        r = httpx.post(dev.http_url + "/demo/api/token", json={"user": "p1", "topics": ["c1"]})
+        assert r.status_code == 200 and r.json()["user"] == "p1"
+        r = httpx.post(dev.http_url + "/demo/api/publish", json=to_user("p1", "rx.ready", window=1))
+        assert r.status_code == 202 and r.json()["id"]
+        for body in (b"{", b'{"user":"not valid!"}', b"[]"):
+            r = httpx.post(dev.http_url + "/demo/api/token", content=body)
+            assert r.status_code == 422 and "error" in r.json()
