@@ -80,6 +80,7 @@ class Options:
     start_server: bool
     server_cmd: str
     server_args: list[str]
+    server_workers: int
     server_env: dict[str, str]
     client_urls: list[str]
     internal_urls: list[str]
@@ -127,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="command template for --start-server; {pushsvc} {python} {port} {internal_port}",
     )
     g.add_argument("--server-arg", action="append", default=[], help="extra server argument")
+    g.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="with --start-server: pass --workers K; worker i's internal port is the base + i",
+    )
     g.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--client-url", action="append", default=[], help="ws://host:port/ws (repeat)")
     g.add_argument("--internal-url", action="append", default=[], help="http://host:port (repeat)")
@@ -198,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         start_server=a.start_server,
         server_cmd=a.server_cmd,
         server_args=a.server_arg,
+        server_workers=a.server_workers,
         server_env=env,
         client_urls=a.client_url,
         internal_urls=a.internal_url,
@@ -718,11 +726,13 @@ async def attach_or_start(opts: Options) -> Target:
         **opts.server_env,
     }
     log_path = opts.json_path.with_suffix(".server.log")
-    started = server.start(opts.server_cmd, env, opts.server_cpus, log_path, opts.server_args)
+    started = server.start(
+        opts.server_cmd, env, opts.server_cpus, log_path, opts.server_args, opts.server_workers
+    )
     log(f"started server pid {started.pid}: {' '.join(started.command)} (log {log_path})")
     target = Target(
         [started.client_url],
-        [started.internal_url],
+        started.internal_urls,
         api_key,
         secret,
         [started.pid],

@@ -37,6 +37,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A port ``p`` such that ``p .. p+count-1`` are all free right now."""
+    for _ in range(100):
+        base = free_port(host)
+        if base + count > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -57,7 +78,7 @@ class StartedServer:
     proc: subprocess.Popen[bytes]
     command: list[str]
     client_url: str
-    internal_url: str
+    internal_urls: list[str]
     log_path: Path
     log: IO[bytes] = field(repr=False)
 
@@ -89,10 +110,16 @@ def start(
     cpus: list[int],
     log_path: Path,
     extra_args: list[str],
+    workers: int = 1,
 ) -> StartedServer:
     """Start the server from ``template`` (``{pushsvc}``, ``{python}``, ``{port}``,
-    ``{internal_port}`` are filled in) pinned to ``cpus``; the caller must :meth:`stop` it."""
-    port, internal_port = free_port(), free_port()
+    ``{internal_port}`` are filled in) pinned to ``cpus``; the caller must :meth:`stop` it.
+
+    With ``workers`` > 1 the server gets ``--workers K`` and worker ``i`` is expected on internal
+    port ``internal_port + i``."""
+    port, internal_port = free_port(), free_port_run(workers)
+    if workers > 1:
+        extra_args = ["--workers", str(workers), *extra_args]
     command = (
         shlex.split(
             template.format(
@@ -125,28 +152,29 @@ def start(
         proc=proc,
         command=argv,
         client_url=f"ws://127.0.0.1:{port}/ws",
-        internal_url=f"http://127.0.0.1:{internal_port}",
+        internal_urls=[f"http://127.0.0.1:{internal_port + i}" for i in range(workers)],
         log_path=log_path,
         log=log,
     )
 
 
 async def wait_ready(server: StartedServer, limit_s: float) -> float:
-    """Poll ``/readyz`` until it answers 200; return the seconds it took.
+    """Poll ``/readyz`` of every internal URL until each answers 200; return the seconds it took.
 
     Raises ``RuntimeError`` with the log tail if the process exits or time runs out.
     """
     start_t = time.monotonic()
     deadline = start_t + limit_s
-    async with ApiClient(server.internal_url, None, size=1) as api:
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {server.proc.returncode}:\n{server.log_tail()}"
-                )
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                resp = await api.get("/readyz")
-                if resp.status == 200:
-                    return time.monotonic() - start_t
-            await asyncio.sleep(0.2)
+    waiting = list(server.internal_urls)
+    while waiting and time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            async with ApiClient(waiting[0], None, size=1) as api:
+                if (await api.get("/readyz")).status == 200:
+                    waiting.pop(0)
+                    continue
+        await asyncio.sleep(0.2)
+    if not waiting:
+        return time.monotonic() - start_t
     raise RuntimeError(f"server not ready after {limit_s:.0f} s:\n{server.log_tail()}")
