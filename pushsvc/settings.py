@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     workers: int = Field(1, ge=1, le=64)
     max_connections: int = Field(100_000, ge=1)
+    reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")
     dev: bool = False
 
     # secrets

@@ -85,7 +85,7 @@ class Node:
             self._server = await self.loop.create_server(lambda: Session(self), sock=sock)
         else:
             self._server = await self.loop.create_server(
-                lambda: Session(self), s.host, s.port, reuse_port=s.workers > 1, backlog=4096
+                lambda: Session(self), s.host, s.port, reuse_port=s.reuse_port, backlog=4096
             )
         bound = self._server.sockets[0].getsockname()
         self.client_addr = f"{bound[0]}:{bound[1]}"
