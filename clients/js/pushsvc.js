@@ -420,6 +420,10 @@ export class PushClient {
   async dial(state) {
     const generation = ++this.generation;
     if (this.state !== state) this.setState(state, { attempt: this.backoff.attempt });
+    // One deadline from here to the welcome frame, a hanging token request included.
+    this.timers.connect = setTimeout(() => {
+      this.abandon(LOCAL_CODES.connectTimeout, "no welcome in time");
+    }, this.options.connectTimeout);
     let token;
     try {
       token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
@@ -437,9 +441,6 @@ export class PushClient {
       return;
     }
     this.ws = ws;
-    this.timers.connect = setTimeout(() => {
-      this.abandon(LOCAL_CODES.connectTimeout, "no welcome in time");
-    }, this.options.connectTimeout);
     ws.onopen = () => {
       if (generation !== this.generation) return;
       const hello = { type: "hello", token, device: this.device };

@@ -402,3 +402,38 @@ describe("heartbeat", () => {
     assert.equal(states.filter((s) => s.state === "reconnecting").length, 1);
   });
 });
+
+describe("token", () => {
+  test("a token request that hangs counts against the connect timeout", async () => {
+    let calls = 0;
+    const made = makeClient({ token: () => (++calls === 1 ? new Promise(() => {}) : "t2") });
+    made.client.connect();
+    await settle();
+    assert.equal(ScriptedSocket.all.length, 0);
+    mock.timers.tick(10000);
+    assert.equal(made.states.at(-1).state, "reconnecting");
+    mock.timers.tick(made.states.at(-1).delay);
+    await settle();
+    ScriptedSocket.last().accept();
+    assert.equal(ScriptedSocket.last().sent[0].token, "t2");
+  });
+
+  test("a failing token request is retried with backoff", async () => {
+    let calls = 0;
+    const made = makeClient({
+      token: async () => {
+        calls += 1;
+        if (calls === 1) throw new Error("503");
+        return "t2";
+      },
+    });
+    made.client.connect();
+    await settle();
+    assert.equal(made.states.at(-1).state, "reconnecting");
+    assert.match(made.states.at(-1).reason, /503/);
+    mock.timers.tick(made.states.at(-1).delay);
+    await settle();
+    ScriptedSocket.last().accept();
+    assert.equal(ScriptedSocket.last().sent[0].token, "t2");
+  });
+});
