@@ -237,13 +237,8 @@ def test_a_session_closed_by_the_operator_stays_closed(
         page = open_page(context, demo_url(node, user="p5"))
         wait_open(page)
         session = page.evaluate("window.pushsvcDemo.client.session")
-        request = urllib.request.Request(
-            f"{node.internal_url}/v1/sessions/{session}",
-            method="DELETE",
-            headers={"Authorization": f"Bearer {node.api_key}"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status < 300
+        closed = node.api("DELETE", f"/v1/sessions/{session}")
+        assert closed.status_code < 300, closed.text
         page.wait_for_selector('#connection[data-state="closed"]', timeout=WAIT_MS)
         assert page.locator("#connection").get_attribute("data-code") == "4010"
         assert "disconnected by the hospital" in page.locator("#notice").inner_text()
