@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Close codes after which the client must not reconnect with the same token.
 TERMINAL_CLOSE_CODES = frozenset({4001, 4002, 4010})
+#: The most streams a hello's ``resume`` may name.
+RESUME_LIMIT = 64
 #: Local stand-in for "connection lost without a close frame" (network error, silent server).
 ABNORMAL_CLOSURE = 1006
 
@@ -185,6 +187,24 @@ def offset_after(new: str, old: str | None) -> bool:
     if a is None or b is None:
         return new != old
     return a > b
+
+
+def resume_for(offsets: Mapping[str, str], limit: int = RESUME_LIMIT) -> dict[str, str]:
+    """The ``resume`` map for a hello: at most ``limit`` streams (the server refuses more).
+
+    When there are more, ``user:*`` and ``all`` are kept first (they hold what is addressed to the
+    patient), then the streams with the most recent offsets.
+    """
+    if len(offsets) <= limit:
+        return dict(offsets)
+
+    def rank(item: tuple[str, str]) -> tuple[int, tuple[int, int]]:
+        stream, offset = item
+        mine = stream.startswith("user:") or stream == "all"
+        ms, seq = parse_offset(offset) or (-1, -1)
+        return (0 if mine else 1, (-ms, -seq))
+
+    return dict(sorted(offsets.items(), key=rank)[:limit])
 
 
 class StreamOffsets:
@@ -430,14 +450,16 @@ class PushClient:
                 raise ClientClosed("client was closed") from None
 
     async def ack(self, ids: Iterable[str]) -> None:
-        """Ack ``ids`` now if a connection is open, else as soon as the next one is."""
+        """Ack ``ids``: they join the next batch (sent within ``ack_interval``, or at once when 100
+        are queued) on the open connection, or on the next one when none is open.
+
+        Batching keeps a consumer that acks one message at a time under the node's frame rate.
+        """
         if self._closing:
             raise ClientClosed("client was closed")
         for msg_id in ids:
             self._seen.mark_acked(msg_id)
             self._queue_ack(msg_id)
-        while self._pending_acks and await self._flush_acks():
-            pass
 
     async def ping(self, timeout: float = 5.0) -> float:  # noqa: ASYNC109
         """Send an application ping; return the round trip in seconds once the pong arrives."""
@@ -580,7 +602,7 @@ class PushClient:
     async def _converse(self, ws: ClientConnection, token: str) -> _Outcome:
         """Say hello, then read frames until the connection ends (raises ConnectionClosed)."""
         await ws.send(
-            _encode(_Hello(token=token, device=self._device, resume=self._offsets.snapshot()))
+            _encode(_Hello(token=token, device=self._device, resume=resume_for(self.offsets)))
         )
         loop = asyncio.get_running_loop()
         idle = self._open_timeout  # until the welcome; then derived from the heartbeat

@@ -273,19 +273,26 @@ async def test_duplicates_are_not_yielded_but_are_acked_again(scripted: Any) -> 
     assert server.acked.count("m1") == 2
 
 
-async def test_manual_ack(scripted: Any) -> None:
+async def test_manual_ack_one_at_a_time_still_goes_in_batches(scripted: Any) -> None:
+    ids = [f"m{i}" for i in range(50)]
+
     async def script(c: Conn) -> None:
         await c.welcome()
-        await c.msg("m1")
+        for i, msg_id in enumerate(ids):
+            await c.msg(msg_id, f"1-{i}")
         await c.drain()
 
     server = await scripted(script)
     async with fast(server.url, auto_ack=False) as client:
-        msg = await client.receive(UNIT)
+        first = await client.receive(UNIT)
         await asyncio.sleep(0.2)
         assert server.acked == []
-        await client.ack([msg.id])
-        await eventually(lambda: server.acked == ["m1"])
+        await client.ack([first.id])
+        for _ in ids[1:]:
+            await client.ack([(await client.receive(UNIT)).id])
+        await eventually(lambda: len(server.acked) == len(ids))
+    assert server.acked == ids
+    assert len([f for f in server.frames if f["type"] == "ack"]) <= 5
 
 
 async def test_close_flushes_pending_acks_and_is_idempotent(scripted: Any) -> None:

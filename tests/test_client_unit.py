@@ -27,6 +27,7 @@ from pushsvc.client import (
     ending_for,
     offset_after,
     parse_offset,
+    resume_for,
 )
 from pushsvc.core.backoff import MAX_EXPONENT, backoff_ceiling, backoff_delay
 
@@ -158,6 +159,35 @@ def test_stream_offsets_snapshot_is_a_copy() -> None:
     snap = offsets.snapshot()
     snap["all"] = "8-0"
     assert offsets.snapshot() == {"all": "1-0"}
+
+
+def test_resume_for_keeps_everything_up_to_the_limit() -> None:
+    offsets = {f"topic:t{i}": f"{i}-0" for i in range(64)}
+    assert resume_for(offsets) == offsets
+    assert resume_for(offsets) is not offsets
+
+
+def test_resume_for_keeps_the_patient_streams_then_the_most_recent() -> None:
+    offsets = {
+        "topic:old": "1-0",
+        "topic:new": "9-0",
+        "user:p1": "2-0",
+        "topic:mid": "5-0",
+        "all": "1-5",
+        "topic:opaque": "x",
+        "topic:newer": "9-1",
+    }
+    table = [
+        (2, {"user:p1", "all"}),
+        (3, {"user:p1", "all", "topic:newer"}),
+        (4, {"user:p1", "all", "topic:newer", "topic:new"}),
+        (6, {"user:p1", "all", "topic:newer", "topic:new", "topic:mid", "topic:old"}),
+        (7, set(offsets)),
+    ]
+    for limit, kept in table:
+        result = resume_for(offsets, limit)
+        assert set(result) == kept
+        assert all(result[s] == offsets[s] for s in result)
 
 
 # --- dedupe window -------------------------------------------------------------------------------
