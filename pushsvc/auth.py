@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import jwt
 
-from pushsvc.core.streams import valid_name
+from pushsvc.core.streams import MAX_TOPICS, valid_name
 from pushsvc.errors import AuthError
 
 ALGORITHM = "HS256"
-MAX_TOPICS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +33,8 @@ class TokenIssuer:
     def mint(self, user: str, topics: list[str] | tuple[str, ...] = (), ttl: int = 3600) -> str:
         if not valid_name(user):
             raise AuthError(f"invalid user id {user[:64]!r}", slug="invalid_user")
+        if len(topics) > MAX_TOPICS:
+            raise AuthError(f"a token lists at most {MAX_TOPICS} topics", slug="invalid_topic")
         bad = [t for t in topics if not valid_name(t)]
         if bad:
             raise AuthError(f"invalid topic {bad[0][:64]!r}", slug="invalid_topic")

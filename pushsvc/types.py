@@ -28,11 +28,17 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):
-    """What the bus carries: one message and its offset in each stream it was appended to."""
+    """What the bus carries: one message and its offset in each stream it was appended to.
+
+    ``seq`` numbers every envelope on the bus (1, 2, 3, …, cluster-wide): a node that sees a
+    jump knows it missed envelopes and catches up from history. 0 means "not numbered" (an
+    envelope rebuilt from history during a catch-up).
+    """
 
     message: Message
     offsets: dict[StreamName, Offset]
     origin: NodeId = ""
+    seq: int = 0
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):

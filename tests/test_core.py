@@ -313,3 +313,12 @@ def test_subscriber_index() -> None:
     index.remove("s1", ("user:p1", "all"))
     assert index.get("user:p1") is None
     assert sorted(index.streams()) == ["all", "topic:c", "user:p2"]
+
+
+def test_a_session_can_resume_every_stream_its_token_allows() -> None:
+    topics = [f"t{i}" for i in range(streams.MAX_TOPICS)]
+    resume = {s: "1-0" for s in streams.subscriptions("p1", topics)}
+    hello = frames.decode_client_frame(
+        msgspec.json.encode({"type": "hello", "token": "t", "resume": resume})
+    )
+    assert isinstance(hello, frames.Hello) and len(hello.resume) == streams.MAX_TOPICS + 2

@@ -133,6 +133,10 @@ class Bus(abc.ABC):
     async def send_command(self, command: Command) -> None:
         """Deliver ``command`` to the node it names."""
 
+    @abc.abstractmethod
+    async def position(self) -> int:
+        """The ``seq`` of the newest envelope put on the bus (0 before the first)."""
+
 
 class Registry(abc.ABC):
     @abc.abstractmethod

@@ -82,6 +82,7 @@ class MemoryBus(Bus):
     def __init__(self) -> None:
         self._on_envelope: Callable[[Envelope], None] | None = None
         self._on_command: Callable[[Command], None] | None = None
+        self.seq = 0
 
     def subscribe(
         self,
@@ -95,6 +96,9 @@ class MemoryBus(Bus):
     def deliver(self, envelope: Envelope) -> None:
         if self._on_envelope is not None:
             self._on_envelope(envelope)
+
+    async def position(self) -> int:
+        return self.seq
 
     async def send_command(self, command: Command) -> None:
         if self._on_command is not None:
@@ -269,6 +273,7 @@ class MemoryBroker(Broker):
         results = []
         for message, streams in items:
             placed = {stream: self._history.append(stream, message) for stream in streams}
-            self._bus.deliver(Envelope(message, placed, origin))
+            self._bus.seq += 1
+            self._bus.deliver(Envelope(message, placed, origin, self._bus.seq))
             results.append(placed)
         return results

@@ -13,10 +13,11 @@ from typing import Annotated
 
 import msgspec
 
+from pushsvc.core.streams import MAX_TOPICS
 from pushsvc.errors import FrameError
 
 MAX_IDS = 1000
-MAX_RESUME = 64
+MAX_RESUME = MAX_TOPICS + 2  # every stream a session can read
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]

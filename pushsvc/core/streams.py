@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 ALL = "all"
+MAX_TOPICS = 64  # topics one token may list; a session reads them + its user stream + all
 USER_PREFIX = "user:"
 TOPIC_PREFIX = "topic:"
 

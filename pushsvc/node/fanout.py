@@ -28,13 +28,30 @@ class FanOut:
         self._node = node
         self._queue: deque[Envelope] = deque()
         self._ready = asyncio.Event()
+        self._held: list[Envelope] | None = None
         self.delivered = 0
         self.lag = 0.0  # publish to arrival of the last envelope, seconds
 
     def submit(self, envelope: Envelope) -> None:
-        """Bus callback: queue ``envelope`` for delivery (never blocks)."""
+        """Queue ``envelope`` for delivery (never blocks); held back while catching up."""
+        if self._held is not None:
+            self._held.append(envelope)
+            return
         self._queue.append(envelope)
         self._ready.set()
+
+    def hold(self) -> None:
+        """Keep new envelopes back until :meth:`release` (idempotent)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self, first: list[Envelope]) -> None:
+        """Queue ``first``, then everything held back, and deliver normally again."""
+        held, self._held = self._held or [], None
+        self._queue.extend(first)
+        self._queue.extend(held)
+        if self._queue:
+            self._ready.set()
 
     def backlog(self) -> int:
         return len(self._queue)

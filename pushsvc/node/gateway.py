@@ -31,6 +31,7 @@ from pushsvc.core.streams import is_user_stream, subscriptions
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node.accounting import Accounting
+from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.session import Phase, Session
 from pushsvc.settings import Settings
@@ -60,6 +61,7 @@ class Node:
         self.tokens = TokenIssuer(settings.token_secret)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
         self.fanout = FanOut(self)
+        self.catchup = CatchUp(self)
         self.over_cap: set[Session] = set()
         self.draining = False
         self.started = 0.0
@@ -78,8 +80,9 @@ class Node:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Start the broker, bind the client listener (or serve ``sock``), start background work."""
         self.loop = asyncio.get_running_loop()
-        self.broker.bus.subscribe(self.fanout.submit, self.command)
+        self.broker.bus.subscribe(self.catchup.envelope, self.command, self.catchup.resync)
         await self.broker.start()
+        self.catchup.seq = await self.broker.bus.position()
         s = self.settings
         if sock is not None:
             self._server = await self.loop.create_server(lambda: Session(self), sock=sock)
@@ -92,6 +95,7 @@ class Node:
         self.started = time.time()
         for job in (
             self.fanout.run(),
+            self.catchup.watch(),
             self._housekeeping(),
             self.accounting.run(),
             self._heartbeat(),
@@ -333,6 +337,7 @@ class Node:
 
     def tick(self, now: float, mono: float) -> None:
         """Redeliver what is due, close exhausted and slow sessions, send heartbeats."""
+        metrics.broker_up.set(1 if self.broker.up else 0)
         redeliver, exhausted = self.acks.due(now)
         for r in redeliver:
             session = self.sessions.get(r.session)

@@ -64,6 +64,12 @@ broker_lag = Gauge(
     "pushsvc_broker_lag_seconds", "Publish to arrival on this node's bus, last message",
     registry=REGISTRY,
 )  # fmt: skip
+catchups = Counter(
+    "pushsvc_bus_catchups", "Catch-ups from history after the bus lost envelopes", registry=REGISTRY
+)
+catchup_messages = Counter(
+    "pushsvc_bus_catchup_messages", "History entries re-read by catch-ups", registry=REGISTRY
+)
 frames_rejected = Counter(
     "pushsvc_client_frames_rejected", "Client frames refused, by reason", ["reason"],
     registry=REGISTRY,

@@ -1,0 +1,83 @@
+"""Every Redis key and channel name pushsvc uses, and what lives there.
+
+All names start with one prefix (default ``pushsvc:``, written ``{p}`` below), so several
+deployments can share a Redis. Nothing outside this module spells a key. For each key: its type and
+content; its TTL; who writes it → who reads it.
+
+``{p}stream:<stream>`` — stream; entry id = the offset, field ``m`` = the Message as JSON.
+    ``history_ttl`` after the last append, trimmed to exactly ``history_size`` entries.
+    The publish script (any node) → history reads (resume, offline inbox, catch-up).
+``{p}bus`` — pub/sub channel; one Envelope JSON per published message, in publish order.
+    The publish script → every node's bus reader.
+``{p}bus:seq`` — string; the ``seq`` of the newest envelope (INCR). No TTL.
+    The publish script → ``Bus.position()``.
+``{p}commands`` — pub/sub channel; Command JSON.
+    ``Bus.send_command`` (API, CLI) → every node's bus reader.
+``{p}nodes`` — sorted set; member = node id, score = its heartbeat expiry (unix s).
+    Members are pruned :data:`NODE_PRUNE_AFTER` seconds after that expiry.
+    ``register`` → ``nodes()`` and the session lookups (which nodes to look at).
+``{p}node:<node>`` — string; NodeInfo JSON. The heartbeat TTL (3 × ``registry_interval``):
+    a node is live while this key exists. ``register`` → ``nodes()``, liveness checks.
+``{p}sessions:<node>`` — hash; session id → SessionInfo JSON. The node's heartbeat TTL, refreshed
+    by ``register``: the sessions of a node that died vanish with it.
+    ``add_sessions`` / ``remove_sessions`` → ``sessions()``, ``find_session()``.
+``{p}user-sessions:<user>`` — hash; session id → node id. :data:`USER_INDEX_TTL` after its last
+    addition; entries of dead nodes are pruned when read.
+    ``add_sessions`` / ``remove_sessions`` → ``sessions(user=...)``.
+``{p}trail:<message id>`` — hash (fields below). The message's expiry + ledger retention
+    (``history_ttl`` + retention until its Published record arrives).
+    The ledger script → ``trail()``, ``acked_ids()``.
+``{p}idem:<key>`` — string; ``""`` while claimed (the claim TTL), then the publish result
+    (``idempotency_ttl``). ``claim`` / ``settle`` / ``release`` → ``claim``.
+
+Fields of ``{p}trail:<id>``::
+
+    p               Published record, JSON (first one wins)
+    d:<session>     [device, node] of that delivery, JSON (first record wins)
+    s:<session>     sent_at, unix seconds (first Sent wins)
+    n:<session>     attempts (the highest Sent attempt)
+    a:<session>     acked_at, unix seconds (first Acked wins)
+    k:<device>      "1" once the device acked (for ``acked_ids``)
+    c:<node>        writes of an ``ack: false`` message on that node (summed SentCounts)
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "pushsvc:"
+
+#: How long a user's session index outlives its last addition. Entries are removed with their
+#: sessions and pruned when read; this bound only reclaims users whose node died and who never
+#: came back.
+USER_INDEX_TTL = 7 * 86_400
+
+#: How long a dead node's id stays in ``{p}nodes`` after its heartbeat expired (clock skew margin).
+NODE_PRUNE_AFTER = 60.0
+
+
+class Keyspace:
+    """Key and channel names under one prefix. Pure string building: no I/O."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        self.bus = prefix + "bus"
+        self.bus_seq = prefix + "bus:seq"
+        self.commands = prefix + "commands"
+        self.nodes = prefix + "nodes"
+
+    def stream(self, stream: str) -> str:
+        return f"{self.prefix}stream:{stream}"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
+
+    def node_sessions(self, node_id: str) -> str:
+        return f"{self.prefix}sessions:{node_id}"
+
+    def user_sessions(self, user: str) -> str:
+        return f"{self.prefix}user-sessions:{user}"
+
+    def trail(self, message_id: str) -> str:
+        return f"{self.prefix}trail:{message_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"
