@@ -317,7 +317,7 @@ def test_subscriber_index() -> None:
 
 def test_a_session_can_resume_every_stream_its_token_allows() -> None:
     topics = [f"t{i}" for i in range(streams.MAX_TOPICS)]
-    resume = {s: "1-0" for s in streams.subscriptions("p1", topics)}
+    resume = dict.fromkeys(streams.subscriptions("p1", topics), "1-0")
     hello = frames.decode_client_frame(
         msgspec.json.encode({"type": "hello", "token": "t", "resume": resume})
     )
