@@ -72,6 +72,8 @@ BASELINE_HANDSHAKE = "Socket.IO 190-265 · FastAPI 554 · bare ASGI 296"
 
 CLIENT_BOUND_SHARE = 0.85
 CLIENT_BOUND_MIN_MS = 20.0
+DISTURBED_SHARE = 0.10
+QUIET_PROBE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Options:
     label: str
     check: bool
     profile: str
+    quiet_wait: float
     profile_format: str
 
 
@@ -164,6 +167,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     m.add_argument("--broadcasts", type=int, default=5)
     m.add_argument("--broadcast-interval", type=float, default=1.0)
     m.add_argument("--collect-timeout", type=float, default=10.0)
+    m.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each broadcast, wait up to this many seconds for other processes on the "
+        "machine to go quiet (0: don't)",
+    )
     m.add_argument("--user-rate", type=float, default=200.0, help="user messages per second")
     m.add_argument("--user-duration", type=float, default=10.0, help="seconds (0 to skip)")
     m.add_argument("--user-drain", type=float, default=15.0, help="seconds to wait for stragglers")
@@ -236,6 +246,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         label=a.label,
         check=a.check,
         profile=a.profile,
+        quiet_wait=a.quiet_wait,
         profile_format=a.profile_format,
     )
 
@@ -350,13 +361,13 @@ async def ramp_phase(opts: Options, target: Target, group: WorkerGroup, res: Res
     pids = target.pids()
     await asyncio.sleep(opts.settle)
     before = procstat.sample(pids)
-    clients_before = procstat.sample(group.pids)
     log(f"ramping {opts.connections} connections over {len(group.workers)} processes")
+    window = procstat.Window(pids, group.pids)
     t0 = time.perf_counter()
     ramped = await group.call(Ramp(), Ramped)
     wall = time.perf_counter() - t0
+    ramp_cpu = window.close()
     at_end = procstat.sample(pids)
-    clients_after = procstat.sample(group.pids)
     await asyncio.sleep(opts.settle)
     pids = target.pids()
     after = procstat.sample(pids)
@@ -389,7 +400,7 @@ async def ramp_phase(opts: Options, target: Target, group: WorkerGroup, res: Res
         "per_worker_seconds": [r.seconds for r in ramped],
         "handshakes_per_second": ok / wall if wall else None,
         "connect_to_welcome_ms": stats.summary(hs_ms),
-        "client_cpu_seconds": clients_after.cpu_seconds - clients_before.cpu_seconds,
+        "cpu": ramp_cpu,
     }
     res.doc["memory"] = {
         "server_pids": pids,
@@ -430,86 +441,144 @@ async def ramp_phase(opts: Options, target: Target, group: WorkerGroup, res: Res
     return sorted(i for r in ramped for i in r.connected)
 
 
+@dataclass
+class BroadcastRun:
+    """One broadcast: latencies from the publish request to each client, and who used the CPUs."""
+
+    seq: int
+    received: int
+    missing: int
+    duplicates: int
+    online_sessions: object
+    publish_http_ms: float
+    first_ms: float
+    p50_ms: float
+    p99_ms: float
+    last_ms: float
+    waited_for_quiet_s: float
+    cpu: dict[str, object]
+
+    @property
+    def disturbed(self) -> bool:
+        """Other processes used more than :data:`DISTURBED_SHARE` of a CPU meanwhile."""
+        other = self.cpu.get("other_cpu_seconds")
+        window = self.cpu.get("seconds")
+        return (
+            isinstance(other, float)
+            and isinstance(window, float)
+            and (other > DISTURBED_SHARE * window)
+        )
+
+    @property
+    def client_bound(self) -> bool:
+        """The load clients were busy for most of the latency window."""
+        client = self.cpu.get("client_cpu_seconds")
+        return (
+            self.last_ms >= CLIENT_BOUND_MIN_MS
+            and isinstance(client, float)
+            and client * 1e3 >= CLIENT_BOUND_SHARE * self.last_ms
+        )
+
+
+async def wait_quiet(target: Target, group: WorkerGroup, limit_s: float) -> float:
+    """Wait (up to ``limit_s``) until other processes use less than :data:`DISTURBED_SHARE`
+    of a CPU over a short probe; return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        window = procstat.Window(target.pids(), group.pids)
+        await asyncio.sleep(QUIET_PROBE_S)
+        other = window.close()["other_cpu_seconds"]
+        if isinstance(other, float) and other < DISTURBED_SHARE * QUIET_PROBE_S:
+            break
+    return time.monotonic() - start
+
+
+async def broadcast_once(
+    seq: int, opts: Options, target: Target, group: WorkerGroup, api: ApiClient
+) -> BroadcastRun | str:
+    """Publish broadcast ``seq`` and collect its arrivals; a string says why it failed."""
+    waited = await wait_quiet(target, group, opts.quiet_wait) if opts.quiet_wait else 0.0
+    window = procstat.Window(target.pids(), group.pids)
+    body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq}}
+    resp = await api.post_json("/v1/messages", body)
+    if resp.status != 202:
+        return f"broadcast {seq}: HTTP {resp.status} {resp.body[:200]!r}"
+    got = await group.call(
+        CollectBroadcast(seq=seq, timeout=opts.collect_timeout), BroadcastArrivals
+    )
+    cpu = window.close()
+    lat_ms = sorted((t - resp.sent_ns) / 1e6 for r in got for t in r.arrivals)
+    answer = resp.json()
+    return BroadcastRun(
+        seq=seq,
+        received=len(lat_ms),
+        missing=sum(r.missing for r in got),
+        duplicates=sum(r.duplicates for r in got),
+        online_sessions=answer.get("online_sessions") if isinstance(answer, dict) else None,
+        publish_http_ms=resp.elapsed_ns / 1e6,
+        first_ms=lat_ms[0] if lat_ms else math.nan,
+        p50_ms=stats.quantile(lat_ms, 0.5),
+        p99_ms=stats.quantile(lat_ms, 0.99),
+        last_ms=lat_ms[-1] if lat_ms else math.nan,
+        waited_for_quiet_s=waited,
+        cpu=cpu,
+    )
+
+
 async def broadcast_phase(
     opts: Options, target: Target, group: WorkerGroup, api: ApiClient, res: Results
 ) -> None:
-    runs: list[dict[str, object]] = []
+    runs: list[BroadcastRun] = []
     for seq in range(1, opts.broadcasts + 1):
-        pids = target.pids()
-        s0 = procstat.sample(pids)
-        c0 = procstat.sample(group.pids)
-        k0 = procstat.core_times()
-        body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq}}
-        resp = await api.post_json("/v1/messages", body)
-        if resp.status != 202:
-            res.notes.append(f"broadcast {seq}: HTTP {resp.status} {resp.body[:200]!r}")
-            log(res.notes[-1])
+        run = await broadcast_once(seq, opts, target, group, api)
+        if isinstance(run, str):
+            res.notes.append(run)
+            log(run)
             continue
-        got = await group.call(
-            CollectBroadcast(seq=seq, timeout=opts.collect_timeout), BroadcastArrivals
-        )
-        s1 = procstat.sample(pids)
-        c1 = procstat.sample(group.pids)
-        cores = procstat.core_shares(k0, procstat.core_times())
-        lat_ms = sorted((t - resp.sent_ns) / 1e6 for r in got for t in r.arrivals)
-        answer = resp.json()
-        online = answer.get("online_sessions") if isinstance(answer, dict) else None
-        received = len(lat_ms)
-        last = lat_ms[-1] if lat_ms else math.nan
-        client_cpu_ms = (c1.cpu_seconds - c0.cpu_seconds) * 1e3
-        run: dict[str, object] = {
-            "seq": seq,
-            "received": received,
-            "missing": sum(r.missing for r in got),
-            "duplicates": sum(r.duplicates for r in got),
-            "online_sessions": online,
-            "publish_http_ms": resp.elapsed_ns / 1e6,
-            "first_ms": lat_ms[0] if lat_ms else math.nan,
-            "p50_ms": stats.quantile(lat_ms, 0.5),
-            "p99_ms": stats.quantile(lat_ms, 0.99),
-            "last_ms": last,
-            "server_cpu_ms": (s1.cpu_seconds - s0.cpu_seconds) * 1e3,
-            "client_cpu_ms": client_cpu_ms,
-            "core_shares": cores,
-            "server_cpu_per_delivery_us": (s1.cpu_seconds - s0.cpu_seconds)
-            * 1e6
-            / max(received, 1),
-        }
         runs.append(run)
+        cpu = run.cpu
         log(
-            f"broadcast {seq}: last {last:.1f} ms, p50 {run['p50_ms']:.1f} ms, "
-            f"{received} received, {run['missing']} missing, {run['duplicates']} duplicates"
+            f"broadcast {seq}: last {run.last_ms:.1f} ms, p50 {run.p50_ms:.1f} ms, "
+            f"{run.received} received, {run.missing} missing, {run.duplicates} duplicates; "
+            f"CPU s server {cpu['server_cpu_seconds']:.2f} clients {cpu['client_cpu_seconds']:.2f}"
+            f" other {cpu['other_cpu_seconds']:.2f}" + (" (disturbed)" if run.disturbed else "")
         )
         await asyncio.sleep(opts.broadcast_interval)
 
-    lasts = [float(str(r["last_ms"])) for r in runs]
-    p50s = [float(str(r["p50_ms"])) for r in runs]
-    missing = sum(int(str(r["missing"])) for r in runs)
-    dups = sum(int(str(r["duplicates"])) for r in runs)
+    lasts = [r.last_ms for r in runs]
+    quiet = [r.last_ms for r in runs if not r.disturbed]
+    missing = sum(r.missing for r in runs)
+    dups = sum(r.duplicates for r in runs)
     med = stats.median(lasts)
-    worst = max(lasts) if lasts else math.nan
     res.doc["broadcast"] = {
-        "runs": runs,
-        "last_ms_min": min(lasts) if lasts else None,
+        "runs": [
+            {**asdict(r), "disturbed": r.disturbed, "client_bound": r.client_bound} for r in runs
+        ],
+        "last_ms_min": min(lasts, default=math.nan),
         "last_ms_median": med,
-        "last_ms_max": worst,
-        "p50_ms_median": stats.median(p50s),
+        "last_ms_max": max(lasts, default=math.nan),
+        "last_ms_median_undisturbed": stats.median(quiet),
+        "p50_ms_median": stats.median([r.p50_ms for r in runs]),
+        "server_cpu_per_delivery_us_median": stats.median(
+            [float(str(r.cpu["server_cpu_seconds"])) * 1e6 / max(r.received, 1) for r in runs]
+        ),
         "missing_total": missing,
         "duplicates_total": dups,
     }
-    bound = [
-        r
-        for r in runs
-        if float(str(r["last_ms"])) >= CLIENT_BOUND_MIN_MS
-        and float(str(r["client_cpu_ms"])) >= CLIENT_BOUND_SHARE * float(str(r["last_ms"]))
-    ]
+    disturbed = sum(r.disturbed for r in runs)
+    if disturbed:
+        res.notes.append(
+            f"{disturbed} of {len(runs)} broadcasts ran while other processes used more than "
+            f"{DISTURBED_SHARE:.0%} of a CPU; median of the others: {stats.median(quiet):.1f} ms"
+        )
+    bound = sum(r.client_bound for r in runs)
     if bound:
         res.notes.append(
-            f"{len(bound)} of {len(runs)} broadcasts may be client-bound: the load clients used "
+            f"{bound} of {len(runs)} broadcasts may be client-bound: the load clients used "
             f"≥ {CLIENT_BOUND_SHARE:.0%} of the latency window in CPU, so those figures are upper "
             "bounds on the server's"
         )
-    spread = f"min {min(lasts):.0f} · max {worst:.0f} ms" if lasts else ""
+    spread = f"min {min(lasts):.0f} · max {max(lasts):.0f} ms" if lasts else ""
     res.rows += [
         Row(
             f"broadcast publish → last client (median of {len(runs)})",
@@ -519,7 +588,9 @@ async def broadcast_phase(
             med <= TARGET_BROADCAST_MS,
         ),
         Row("broadcast publish → last client (range)", spread),
-        Row("broadcast publish → median client", f"{stats.median(p50s):.1f} ms"),
+        Row(
+            "broadcast publish → median client", f"{stats.median([r.p50_ms for r in runs]):.1f} ms"
+        ),
         Row(
             "broadcast delivered exactly once",
             f"{missing} missing · {dups} duplicates",
@@ -530,7 +601,12 @@ async def broadcast_phase(
 
 
 async def user_phase(
-    opts: Options, group: WorkerGroup, api: ApiClient, connected: list[int], res: Results
+    opts: Options,
+    target: Target,
+    group: WorkerGroup,
+    api: ApiClient,
+    connected: list[int],
+    res: Results,
 ) -> None:
     total = int(opts.user_rate * opts.user_duration)
     if total <= 0 or not connected:
@@ -555,6 +631,7 @@ async def user_phase(
 
     log(f"user-targeted: {total} messages at {opts.user_rate:g}/s")
     loop = asyncio.get_running_loop()
+    window = procstat.Window(target.pids(), group.pids)
     start = loop.time()
     async with asyncio.TaskGroup() as tg:
         for seq in range(total):
@@ -563,6 +640,7 @@ async def user_phase(
                 await asyncio.sleep(delay)
             tg.create_task(one(seq, user_id(opts.user_prefix, rng.choice(connected))))
     publish_seconds = loop.time() - start
+    publish_cpu = window.close()
 
     arrivals: dict[int, int] = {}
     dup_ids = 0
@@ -585,6 +663,7 @@ async def user_phase(
         "requested": total,
         "rate_per_second": opts.user_rate,
         "publish_seconds": publish_seconds,
+        "cpu_while_publishing": publish_cpu,
         "accepted": len(sent),
         "errors": dict(errors),
         "received": len(lat),
@@ -776,7 +855,7 @@ async def measure(opts: Options, target: Target, res: Results) -> None:
             async with phase("broadcast", opts, target, gc_max, res):
                 await broadcast_phase(opts, target, group, api, res)
             async with phase("user", opts, target, gc_max, res):
-                await user_phase(opts, group, api, connected, res)
+                await user_phase(opts, target, group, api, connected, res)
             res.doc["gc_max_seconds_after_phase"] = gc_max
             metrics_after = await scrape(target)
             gc_figures(metrics_before, metrics_after, res)

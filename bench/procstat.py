@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class CoreTimes:
 
     busy: int
     idle: int
+    task: int
+    """user + nice + system: time spent running processes and kernel threads."""
     softirq: int
     steal: int
 
@@ -90,7 +93,8 @@ def core_times() -> dict[int, CoreTimes]:
         # user nice system idle iowait irq softirq steal guest guest_nice
         idle = v[3] + v[4]
         busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-        out[int(name[3:])] = CoreTimes(busy=busy, idle=idle, softirq=v[6], steal=v[7])
+        task = v[0] + v[1] + v[2]
+        out[int(name[3:])] = CoreTimes(busy=busy, idle=idle, task=task, softirq=v[6], steal=v[7])
     return out
 
 
@@ -112,6 +116,46 @@ def core_shares(
             "steal": (a.steal - b.steal) / total,
         }
     return out
+
+
+class Window:
+    """CPU accounting over an interval: the server's, the load clients', and everyone else's.
+
+    ``other_cpu_seconds`` is the process time of every task on the machine that is neither the
+    server, a load worker nor this benchmark: other people's work that competes for the CPUs.
+    """
+
+    def __init__(self, server: list[int], clients: list[int]) -> None:
+        self.server = server
+        self.clients = clients
+        self.own = [os.getpid()]
+        self._t0 = time.monotonic()
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float, dict[int, CoreTimes]]:
+        return (
+            sample(self.server).cpu_seconds if self.server else 0.0,
+            sample(self.clients).cpu_seconds,
+            sample(self.own).cpu_seconds,
+            core_times(),
+        )
+
+    def close(self) -> dict[str, object]:
+        """Figures since the window was opened (seconds, and shares of wall time per CPU)."""
+        s0, c0, o0, k0 = self._start
+        s1, c1, o1, k1 = self._read()
+        task = sum(k1[c].task - k0[c].task for c in k1 if c in k0) / CLK_TCK
+        softirq = sum(k1[c].softirq - k0[c].softirq for c in k1 if c in k0) / CLK_TCK
+        ours = (s1 - s0) + (c1 - c0) + (o1 - o0)
+        return {
+            "seconds": time.monotonic() - self._t0,
+            "server_cpu_seconds": s1 - s0,
+            "client_cpu_seconds": c1 - c0,
+            "benchmark_cpu_seconds": o1 - o0,
+            "softirq_seconds": softirq,
+            "other_cpu_seconds": max(0.0, task - ours),
+            "cores": core_shares(k0, k1),
+        }
 
 
 def descendants(pid: int) -> list[int]:

@@ -55,6 +55,8 @@ STDIN_LIMIT = 64 * 1024 * 1024
 
 HANDSHAKE, HELLO, OPEN, CLOSED = range(4)
 
+_now_ns = time.time_ns
+
 
 class HandshakeFailed(Exception):
     """A connection did not reach ``welcome``; the message is the failure's category."""
@@ -74,8 +76,10 @@ class Worker:
         self.acks_sent = 0
         self.transports = 0
         self.all_lost = asyncio.Event()
-        self.last_payload = b""
-        self.last_obj: dict[str, Any] = {}
+        # The last data chunk that was exactly one ``msg`` frame, and that message: a broadcast
+        # reaches every connection as the same bytes, so it is parsed once per process.
+        self.last_frame = b""
+        self.last_msg: dict[str, Any] = {}
         self.bcast: dict[int, list[int]] = {}
         self.bcast_dups: Counter[int] = Counter()
         self.bcast_count: Counter[int] = Counter()
@@ -255,7 +259,12 @@ class Conn(asyncio.Protocol):
         self._fail("lost before welcome")
 
     def data_received(self, data: bytes) -> None:
-        t = time.time_ns()
+        t = _now_ns()
+        w = self.worker
+        whole = self.codec.idle
+        if whole and data == w.last_frame and self.state == OPEN:
+            w.on_msg(self, w.last_msg, t)
+            return
         if self.state == HANDSHAKE:
             data = self._handshake(data)
             if not data:
@@ -263,13 +272,17 @@ class Conn(asyncio.Protocol):
         try:
             frames = self.codec.feed(data)
         except wsproto.WsProtocolError:
-            self.worker.protocol_errors += 1
+            w.protocol_errors += 1
             self._fail("protocol error")
             self.abort()
             return
+        whole = whole and len(frames) == 1 and self.codec.idle
         for opcode, payload in frames:
             if opcode == wsproto.OP_TEXT:
-                self._text(payload, t)
+                msg = self._text(payload, t)
+                if whole and msg is not None:
+                    w.last_frame = data
+                    w.last_msg = msg
             elif opcode == wsproto.OP_PING:
                 self._write(wsproto.encode_frame(wsproto.OP_PONG, payload))
                 self.worker.pings_answered += 1
@@ -306,25 +319,22 @@ class Conn(asyncio.Protocol):
         self.send_text(orjson.dumps(hello))
         return buf[end + 4 :]
 
-    def _text(self, payload: bytes, t: int) -> None:
+    def _text(self, payload: bytes, t: int) -> dict[str, Any] | None:
+        """Handle one text message; return it if it is a ``msg``."""
         w = self.worker
-        if payload == w.last_payload:
-            obj = w.last_obj
-        else:
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                w.protocol_errors += 1
-                return
-            if not isinstance(obj, dict):
-                w.unexpected_frames += 1
-                return
-            w.last_payload = payload
-            w.last_obj = obj
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            w.protocol_errors += 1
+            return None
+        if not isinstance(obj, dict):
+            w.unexpected_frames += 1
+            return None
         kind = obj.get("type")
         if kind == "msg":
             w.on_msg(self, obj, t)
-        elif kind == "ping":
+            return obj
+        if kind == "ping":
             self.send_text(PONG)
             w.pings_answered += 1
         elif kind == "welcome":
@@ -335,6 +345,7 @@ class Conn(asyncio.Protocol):
             self._fail(f"error {obj.get('code')}")
         elif kind != "pong":
             w.unexpected_frames += 1
+        return None
 
     def _fail(self, reason: str) -> None:
         if not self.welcomed.done():

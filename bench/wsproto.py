@@ -129,6 +129,11 @@ class ClientCodec:
         self._frag: list[bytes] = []
         self._frag_op = 0
 
+    @property
+    def idle(self) -> bool:
+        """True when no partial frame or fragmented message is buffered."""
+        return not self._buf and not self._frag
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add received bytes; return the complete messages as ``(opcode, payload)``.
 
