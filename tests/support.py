@@ -170,8 +170,12 @@ def start_node(*args: str, **settings: Any) -> Iterator[NodeHandle]:
 
 @dataclass
 class RedisServer:
+    """A redis-server of our own. ``persistent``: append-only file, fsync always, so a restart
+    keeps everything (how production runs it)."""
+
     port: int
     dir: Path
+    persistent: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -181,9 +185,11 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server)"
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else [
+            "--appendonly", "no"]  # fmt: skip
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
+             "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_until(self.ping, 10 * UNIT)
@@ -207,11 +213,18 @@ class RedisServer:
         time.sleep(down_for)
         self.start()
 
+    def command(self, *args: str) -> str:
+        """Run one command with redis-cli; return its output."""
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not installed"
+        out = subprocess.run([cli, "-p", str(self.port), *args], capture_output=True, check=True)
+        return out.stdout.decode()
+
 
 @contextlib.contextmanager
-def start_redis() -> Iterator[RedisServer]:
+def start_redis(persistent: bool = False) -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="pushsvc-redis-") as tmp:
-        server = RedisServer(free_port(), Path(tmp))
+        server = RedisServer(free_port(), Path(tmp), persistent)
         server.start()
         try:
             yield server
