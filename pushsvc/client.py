@@ -337,6 +337,7 @@ class PushClient:
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._closed = asyncio.Event()
         self.state = State.CLOSED
         self.welcome: Welcome | None = None  # from the current or last connection
         self.last_error: ServerError | None = None
@@ -389,22 +390,27 @@ class PushClient:
     async def close(self) -> None:
         """Flush pending acks (briefly), close the connection with 1000 and cancel every task.
 
-        Idempotent. Messages still queued are dropped unacked; the server delivers them again.
+        Idempotent; a second call waits for the first. Messages still queued are dropped unacked
+        (the server delivers them again).
         """
         if self._closing:
+            await self._closed.wait()
             return
         self._closing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                while await self._flush_acks():
-                    pass
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        self._fail_pongs()
-        self._set_state(State.CLOSED)
-        self._wake_consumer()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while await self._flush_acks():
+                        pass
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks)
+            self._fail_pongs()
+            self._set_state(State.CLOSED)
+            self._wake_consumer()
+            self._closed.set()
 
     # ASYNC109 is silenced on wait_open/receive/ping: a per-call timeout is what they offer.
     async def wait_open(self, timeout: float | None = None) -> Welcome:  # noqa: ASYNC109
@@ -462,7 +468,10 @@ class PushClient:
             self._queue_ack(msg_id)
 
     async def ping(self, timeout: float = 5.0) -> float:  # noqa: ASYNC109
-        """Send an application ping; return the round trip in seconds once the pong arrives."""
+        """Send an application ping; return the round trip in seconds once the pong arrives.
+
+        Raises NotConnected when no connection is open or it closes first, TimeoutError.
+        """
         if self._closing:
             raise ClientClosed("client was closed")
         ws = self._ws

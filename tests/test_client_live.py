@@ -20,9 +20,11 @@ from websockets.exceptions import ConnectionClosed
 
 from pushsvc.client import (
     ClientClosed,
+    ClientError,
     ClosedByOperator,
     ConnectionEnded,
     ConnectionLost,
+    NotConnected,
     PushClient,
     State,
     Unauthorized,
@@ -320,14 +322,15 @@ async def test_close_flushes_pending_acks_and_is_idempotent(scripted: Any) -> No
     assert client_tasks() == []
 
 
-async def test_close_wakes_a_waiting_consumer(scripted: Any) -> None:
+async def test_close_wakes_a_waiting_consumer_and_concurrent_closers(scripted: Any) -> None:
     server = await scripted(welcome_and_drain)
     client = fast(server.url)
     await client.start()
     await client.wait_open(UNIT)
     consumer = asyncio.create_task(anext(client, None))
     await asyncio.sleep(0.05)
-    await client.close()
+    await asyncio.gather(client.close(), client.close())
+    assert client_tasks() == []
     assert await asyncio.wait_for(consumer, UNIT) is None
 
 
@@ -472,6 +475,32 @@ async def test_token_provider_is_called_for_every_connection(scripted: Any) -> N
     async with fast(server.url, token) as client:
         await eventually(lambda: client.connections == 2)
     assert [h["token"] for h in server.hellos] == ["t1", "t2"]
+
+
+async def test_a_failing_token_provider_is_retried(scripted: Any) -> None:
+    calls = 0
+
+    async def token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("token service unavailable")
+        return f"t{calls}"
+
+    server = await scripted(welcome_and_drain)
+    async with fast(server.url, token) as client:
+        await client.wait_open(UNIT)
+    assert [h["token"] for h in server.hellos] == ["t2"]
+
+
+async def test_misuse_before_start_and_before_open(scripted: Any) -> None:
+    server = await scripted(welcome_and_drain)
+    client = fast(server.url)
+    with pytest.raises(ClientError):
+        await client.receive(UNIT)
+    with pytest.raises(NotConnected):
+        await client.ping(UNIT)
+    await client.close()
 
 
 async def test_reconnect_now_drops_and_resumes_at_once(scripted: Any) -> None:
