@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli.listen import listen
 from cli.serve import serve
 from cli.token import token
 
@@ -16,3 +17,4 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(token)
+app.command()(listen)

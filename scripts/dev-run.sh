@@ -28,7 +28,7 @@ cat <<EOT
 
   Watch p1 with the Python client:
     set -a; . .run/dev.env; set +a
-    .venv/bin/python -m pushsvc.client --url ws://127.0.0.1:${port}/ws --user p1
+    .venv/bin/pushsvc listen --url ws://127.0.0.1:${port}/ws --user p1
 
 EOT
 exec .venv/bin/pushsvc serve --dev --port "$port" --internal-port "$internal"
