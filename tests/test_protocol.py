@@ -440,3 +440,17 @@ def test_demo_api_in_dev_mode() -> None:
         for body in (b"{", b'{"user":"not valid!"}', b"[]"):
             r = httpx.post(dev.http_url + "/demo/api/token", content=body)
             assert r.status_code == 422 and "error" in r.json()
+
+
+async def test_an_ack_just_before_a_reconnect_is_not_redelivered(node: NodeHandle) -> None:
+    user = uid()
+    for _ in range(3):
+        first = await Wire.open(node.client_url, node.token(user), device="quick")
+        m = node.publish(to_user(user, "rx.ready"))
+        got = await first.recv_msg()
+        await first.ack(got["id"])
+        await first.close()
+        again = await Wire.open(node.client_url, node.token(user), device="quick",
+                                resume={f"user:{user}": got["offset"]})  # fmt: skip
+        assert again.welcome["replayed"] == 0, m
+        await again.close()

@@ -229,7 +229,10 @@ class Node:
                 after = None if is_user_stream(stream) else since
                 entries = await self.broker.history.read(stream, after, self.settings.history_size)
                 owed = [e.message.id for e in entries if e.message.ack]
-                acked = await self.broker.ledger.acked_ids(session.device, owed) if owed else set()
+                acked: set[str] = set()
+                if owed:
+                    await self.accounting.flush()  # acks this node holds must count too
+                    acked = await self.broker.ledger.acked_ids(session.device, owed)
                 picked = replay.select(stream, entries, since, acked.__contains__, now_ms)
                 chosen.extend((stream, e) for e in picked)
         except (BrokerError, OSError) as exc:
