@@ -360,6 +360,7 @@ async def scrape(target: Target) -> stats.Samples:
 async def ramp_phase(opts: Options, target: Target, group: WorkerGroup, res: Results) -> list[int]:
     pids = target.pids()
     await asyncio.sleep(opts.settle)
+    waited = await wait_quiet(target, group, opts.quiet_wait) if opts.quiet_wait else 0.0
     before = procstat.sample(pids)
     log(f"ramping {opts.connections} connections over {len(group.workers)} processes")
     window = procstat.Window(pids, group.pids)
@@ -401,7 +402,14 @@ async def ramp_phase(opts: Options, target: Target, group: WorkerGroup, res: Res
         "handshakes_per_second": ok / wall if wall else None,
         "connect_to_welcome_ms": stats.summary(hs_ms),
         "cpu": ramp_cpu,
+        "waited_for_quiet_s": waited,
     }
+    other = ramp_cpu["other_cpu_seconds"]
+    if isinstance(other, float) and other > DISTURBED_SHARE * wall:
+        res.notes.append(
+            f"other processes used {other:.1f} CPU-seconds during the {wall:.1f} s ramp: "
+            "handshake CPU and memory are the server's own, the ramp time is not"
+        )
     res.doc["memory"] = {
         "server_pids": pids,
         "rss_before_kib": before.rss_kib,
@@ -755,11 +763,51 @@ def server_view(before: stats.Samples, after: stats.Samples) -> dict[str, object
 # -- the run ------------------------------------------------------------------------------------
 
 
+class GcTrail:
+    """The server's garbage collections per phase, from ``pushsvc_gc_pause_seconds``."""
+
+    HIST = "pushsvc_gc_pause_seconds"
+
+    def __init__(self, start: stats.Samples) -> None:
+        self._last = self._read(start)
+        self.phases: dict[str, dict[str, object]] = {}
+
+    def _read(self, samples: stats.Samples) -> tuple[dict[str, float], dict[str, float]]:
+        return (
+            stats.by_label(samples, self.HIST + "_count", "generation"),
+            stats.by_label(samples, self.HIST + "_sum", "generation"),
+        )
+
+    def record(self, name: str, samples: stats.Samples) -> None:
+        counts, sums = self._read(samples)
+        prev_counts, prev_sums = self._last
+        self._last = (counts, sums)
+        self.phases[name] = {
+            "max_pause_seconds_so_far": stats.gauge_max(samples, "pushsvc_gc_pause_max_seconds"),
+            "generations": {
+                gen: {
+                    "collections": counts[gen] - prev_counts.get(gen, 0.0),
+                    "seconds": sums.get(gen, 0.0) - prev_sums.get(gen, 0.0),
+                }
+                for gen in sorted(counts)
+            },
+        }
+
+    def seconds(self, name: str) -> tuple[float, float]:
+        """Collections and pause seconds (all generations) during phase ``name``."""
+        gens = self.phases.get(name, {}).get("generations", {})
+        assert isinstance(gens, dict)
+        return (
+            sum(float(g["collections"]) for g in gens.values()),
+            sum(float(g["seconds"]) for g in gens.values()),
+        )
+
+
 @contextlib.asynccontextmanager
 async def phase(
-    name: str, opts: Options, target: Target, gc_max: dict[str, float | None], res: Results
+    name: str, opts: Options, target: Target, gc: GcTrail, res: Results
 ) -> AsyncIterator[None]:
-    """Profile phase ``name`` if asked to, and note the server's worst GC pause after it."""
+    """Profile phase ``name`` if asked to, and record the server's collections during it."""
     prof = None
     if opts.profile == name:
         ext = {"flamegraph": "svg", "speedscope": "speedscope.json", "raw": "txt"}[
@@ -778,7 +826,7 @@ async def phase(
             path = prof.stop()
             res.doc["profile"] = str(path) if path else None
             log(f"profile: {path or f'none written, see {prof.log}'}")
-        gc_max[name] = stats.gauge_max(await scrape(target), "pushsvc_gc_pause_max_seconds")
+        gc.record(name, await scrape(target))
 
 
 async def attach_or_start(opts: Options) -> Target:
@@ -847,16 +895,26 @@ async def measure(opts: Options, target: Target, res: Results) -> None:
             if overlap:
                 res.notes.append(f"server and clients share CPUs {sorted(overlap)}")
             metrics_before = await scrape(target)
-            gc_max: dict[str, float | None] = {}
-            async with phase("ramp", opts, target, gc_max, res):
+            gc = GcTrail(metrics_before)
+            async with phase("ramp", opts, target, gc, res):
                 connected = await ramp_phase(opts, target, group, res)
             if not connected:
                 raise RuntimeError("no connection was opened")
-            async with phase("broadcast", opts, target, gc_max, res):
+            async with phase("broadcast", opts, target, gc, res):
                 await broadcast_phase(opts, target, group, api, res)
-            async with phase("user", opts, target, gc_max, res):
+            async with phase("user", opts, target, gc, res):
                 await user_phase(opts, target, group, api, connected, res)
-            res.doc["gc_max_seconds_after_phase"] = gc_max
+            res.doc["gc_by_phase"] = gc.phases
+            collections, seconds = gc.seconds("ramp")
+            if collections:
+                ok = max(1, len(connected))
+                res.rows.append(
+                    Row(
+                        "server GC during the ramp",
+                        f"{collections:.0f} collections, {seconds * 1e3:.0f} ms "
+                        f"({seconds * 1e6 / ok:.0f} µs per handshake)",
+                    )
+                )
             metrics_after = await scrape(target)
             gc_figures(metrics_before, metrics_after, res)
             res.doc["server_metrics"] = server_view(metrics_before, metrics_after)

@@ -90,3 +90,12 @@ def metric_total(samples: Samples, name: str) -> float | None:
     """Sum of ``name`` over all its label sets, or ``None`` if absent."""
     values = [v for _, v in samples.get(name, [])]
     return sum(values) if values else None
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """``name`` summed per value of ``label`` (series without the label count under ``""``)."""
+    out: dict[str, float] = {}
+    for labels, value in samples.get(name, []):
+        key = labels.get(label, "")
+        out[key] = out.get(key, 0.0) + value
+    return out
