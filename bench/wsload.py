@@ -19,7 +19,9 @@ import contextlib
 import errno
 import gc
 import os
+import random
 import resource
+import socket
 import sys
 import time
 from collections import Counter
@@ -57,6 +59,9 @@ HANDSHAKE, HELLO, OPEN, CLOSED = range(4)
 
 _now_ns = time.time_ns
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
+PORT_TRIES = 20
+
 
 class HandshakeFailed(Exception):
     """A connection did not reach ``welcome``; the message is the failure's category."""
@@ -75,6 +80,8 @@ class Worker:
         self.unexpected_frames = 0
         self.acks_sent = 0
         self.transports = 0
+        self.address = (self.target.host, self.target.port)
+        self._ports = SourcePorts()
         self.all_lost = asyncio.Event()
         # The last data chunk that was exactly one ``msg`` frame, and that message: a broadcast
         # reaches every connection as the same bytes, so it is parsed once per process.
@@ -142,6 +149,11 @@ class Worker:
                 else:
                     times.append(time.perf_counter_ns() - t0)
 
+        infos = await loop.getaddrinfo(
+            self.target.host, self.target.port, family=socket.AF_INET, type=socket.SOCK_STREAM
+        )
+        host, port = infos[0][4][:2]
+        self.address = (str(host), int(port))
         start = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
             for _ in range(min(s.concurrency, s.count)):
@@ -162,19 +174,56 @@ class Worker:
         s = self.setup
         welcomed: asyncio.Future[None] = loop.create_future()
         conn = Conn(self, slot, welcomed)
+        sock: socket.socket | None = None
         try:
             async with asyncio.timeout(s.connect_timeout):
-                await loop.create_connection(
-                    lambda: conn, self.target.host, self.target.port, local_addr=(s.source_ip, 0)
-                )
+                sock = await self._connect(loop)
+                await loop.create_connection(lambda: conn, sock=sock)
                 await welcomed
         except TimeoutError:
             conn.abort()
+            if sock is not None:
+                sock.close()
             raise HandshakeFailed("timeout") from None
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             raise HandshakeFailed(f"connect {name}") from None
         self.conns[slot] = conn
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A socket connected to the target from ``source_ip`` and a port of our choosing.
+
+        Choosing source ports ourselves (sequentially from a random start) keeps connect() O(1):
+        left to the kernel, each connect from one address to one destination scans past the
+        ports already taken, which makes a ramp of many thousands quadratic.
+        """
+        for _ in range(PORT_TRIES):
+            try:
+                sock = _client_socket(self.setup.source_ip, self._ports.take())
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue  # a listener on 0.0.0.0 or a socket still in TIME_WAIT
+                raise
+            try:
+                await loop.sock_connect(sock, self.address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    continue  # the same 4-tuple is still in TIME_WAIT
+                raise
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = _client_socket(self.setup.source_ip, 0)
+        try:
+            await loop.sock_connect(sock, self.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def collect_broadcast(self, cmd: CollectBroadcast) -> BroadcastArrivals:
         deadline = time.monotonic() + cmd.timeout
@@ -371,6 +420,40 @@ class Conn(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+class SourcePorts:
+    """Source ports handed out in sequence from a random start, wrapping within [low, high)."""
+
+    def __init__(self, low: int = 1024, high: int = 65536) -> None:
+        self.low = low
+        self.high = high
+        self.next = random.randrange(low, high)
+
+    def take(self) -> int:
+        port = self.next
+        self.next = port + 1 if port + 1 < self.high else self.low
+        return port
+
+
+def _client_socket(source_ip: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket bound to ``(source_ip, port)``.
+
+    With ``port`` 0 the kernel picks the port at connect time (``IP_BIND_ADDRESS_NO_PORT``), by
+    the whole 4-tuple rather than among ports free for every destination.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if port == 0:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source_ip, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _raise_fd_limit() -> None:
