@@ -7,15 +7,18 @@ forked workers are counted once per process in RSS but split between them in PSS
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,12 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return sorted(out)
+
+
+def die_with_parent() -> None:
+    """In a child before ``exec``: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shlex
 import shutil
@@ -24,8 +23,6 @@ from typing import IO
 
 from bench import procstat
 from bench.api import ApiClient
-
-PR_SET_PDEATHSIG = 1
 
 DEFAULT_CMD = "{pushsvc} serve --dev --port {port} --internal-port {internal_port}"
 
@@ -56,11 +53,6 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
                 s.close()
         return base
     raise RuntimeError(f"no run of {count} free ports found")
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def pushsvc_executable() -> str:
@@ -143,7 +135,7 @@ def start(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl, no locks taken)
+        preexec_fn=procstat.die_with_parent,  # noqa: PLW1509 (only prctl, no locks taken)
         start_new_session=True,
     )
     if cpus and argv is command:

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
+from bench import procstat
 from bench.common import Command, Ready, Reply, Setup, WorkerFailed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ class WorkerProc:
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO_ROOT,
             limit=LINE_LIMIT,
+            preexec_fn=procstat.die_with_parent,  # prctl only, safe before exec
         )
         return cls(index, proc)
 
