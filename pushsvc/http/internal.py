@@ -27,7 +27,9 @@ from pushsvc.errors import AuthError, BrokerError, BrokerUnavailable, Idempotenc
 from pushsvc.http.models import BatchRequest, PublishRequest, TokenRequest
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing, Publisher
-from pushsvc.telemetry import metrics
+from pushsvc.telemetry import metrics, tracing
+
+PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
 
 
 class ApiError(Exception):
@@ -129,6 +131,7 @@ def create_app(node: Node) -> FastAPI:
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
+    app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
     return app
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pushsvc.broker.base import SentCount
 from pushsvc.core import frames, offsets
-from pushsvc.telemetry import metrics
+from pushsvc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
@@ -74,6 +74,8 @@ class FanOut:
         metrics.broker_lag.set(self.lag)
         if message.expires <= now * 1000:
             return
+        traced = tracing.tracer is not None
+        span = tracing.process(message, envelope.offsets, node.id) if traced else None
         written = 0
         visited = 0
         seen: set[str] | None = set() if len(envelope.offsets) > 1 else None
@@ -102,9 +104,13 @@ class FanOut:
                     await asyncio.sleep(0)
         if written:
             metrics.sent.inc(written)
-            if not message.ack:
+            if message.ack:
+                metrics.ack_requested.inc(written)
+            else:
                 node.accounting.record(SentCount(message.id, node.id, written))
             done = time.time()
             metrics.delivery_latency.observe(max(0.0, done - message.ts / 1000))
             metrics.fanout_duration.observe(time.perf_counter() - started)
             self.delivered += written
+        if span is not None:
+            tracing.processed(span, message, envelope.offsets, node.id, written)

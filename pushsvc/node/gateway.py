@@ -35,7 +35,7 @@ from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.session import Phase, Session
 from pushsvc.settings import Settings
-from pushsvc.telemetry import metrics
+from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
 from pushsvc.types import HistoryEntry, Message
 
@@ -105,6 +105,8 @@ class Node:
         metrics.info.labels(self.id, __version__).set(1)
         metrics.broker_up.set(1 if self.broker.up else 0)
         metrics.watch_gc()
+        metrics.watch_node(self)
+        tracing.configure(self.id)
         gc.collect()
         gc.freeze()
         self.log.info("node started", extra={"client": self.client_addr, "pid": os.getpid()})
@@ -138,6 +140,7 @@ class Node:
             await self.broker.registry.deregister(self.id)
         except Exception:  # the broker may be gone at shutdown; nothing else to do
             self.log.warning("could not flush or deregister at shutdown", exc_info=True)
+        tracing.flush()
         await self.broker.close()
         if self._server is not None:
             await self._server.wait_closed()
@@ -264,6 +267,9 @@ class Node:
                 self.track(session, m, frame, now, replay=True)
         if chosen:
             metrics.replayed.inc(len(chosen))
+            metrics.ack_requested.inc(sum(1 for _, e in chosen if e.message.ack))
+            if tracing.tracer is not None:
+                tracing.replayed(self.id, [(stream, e.message) for stream, e in chosen])
             metrics.sent.inc(len(chosen))
         buffered, session.buffer = session.buffer or [], None
         session.phase = Phase.LIVE
@@ -296,6 +302,8 @@ class Node:
         session.acked += len(settled)
         session.last_ack = now
         metrics.acked.inc(len(settled))
+        if tracing.tracer is not None:
+            tracing.acked(self.id, session.id, settled, time.time_ns())
         for message_id in settled:
             self.accounting.record(Acked(message_id, session.device, session.id, self.id, now))
         # ack latency needs the publish time: message ids start with it (see publish.new_id)
@@ -308,14 +316,14 @@ class Node:
         if not session.id:  # never said a valid hello
             if code not in (4001, 4002, 4003, 4004):  # those were counted when decided
                 metrics.connections_opened.labels("abandoned").inc()
-            metrics.connections_closed.labels(str(code)).inc()
+            metrics.connections_closed.labels(metrics.close_code(code)).inc()
             return
         self.sessions.pop(session.id, None)
         self.index.remove(session.id, session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
         metrics.connections.set(len(self.sessions))
-        metrics.connections_closed.labels(str(code)).inc()
+        metrics.connections_closed.labels(metrics.close_code(code)).inc()
         if not self.sessions:
             self._all_closed.set()
         duration = time.time() - session.connected_at

@@ -17,7 +17,7 @@ import msgspec
 
 from pushsvc.broker.base import Published
 from pushsvc.errors import IdempotencyConflict
-from pushsvc.telemetry import metrics
+from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import Message
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class Publisher:
         results: list[Result | None] = [None] * len(items)
         fresh: list[tuple[int, Message, Outgoing]] = []
         claimed: list[str] = []
+        sends = tracing.sends(node.id)
         try:
             for i, item in enumerate(items):
                 if item.idempotency_key is not None:
@@ -73,20 +74,24 @@ class Publisher:
                         continue
                     claimed.append(item.idempotency_key)
                 ttl = min(item.ttl, settings.history_ttl)
+                message_id = new_id(now_ms)
                 message = Message(
-                    id=new_id(now_ms),
+                    id=message_id,
                     event=item.event,
                     data=msgspec.Raw(item.data),
                     ts=now_ms,
                     ack=item.ack,
                     expires=now_ms + ttl * 1000,
+                    traceparent=sends.start(message_id, item.event, item.streams),
                 )
                 fresh.append((i, message, item))
             placed = await node.broker.publish([(m, it.streams) for _, m, it in fresh], node.id)
-        except BaseException:
+        except BaseException as exc:
+            sends.fail(exc)
             for key in claimed:
                 await node.broker.idempotency.release(key)
             raise
+        sends.end()
         for (i, message, item), offsets in zip(fresh, placed, strict=True):
             node.accounting.record(
                 Published(message.id, message.event, message.ts / 1000, message.expires / 1000,
