@@ -6,6 +6,7 @@ import typer
 
 from cli.listen import listen
 from cli.serve import serve
+from cli.targets import prometheus_targets
 from cli.token import token
 
 app = typer.Typer(
@@ -18,3 +19,4 @@ app = typer.Typer(
 app.command()(serve)
 app.command()(token)
 app.command()(listen)
+app.command("prometheus-targets")(prometheus_targets)

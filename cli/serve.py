@@ -36,6 +36,22 @@ def serve(
     outbox_cap: Annotated[int | None, Opt(help="Bytes buffered per session. [1 MiB]")] = None,
     max_frame_size: Annotated[int | None, Opt(help="Largest client frame. [64 KiB]")] = None,
     drain_timeout: Annotated[float | None, Opt(help="Seconds to wait on drain. [10]")] = None,
+    default_ttl: Annotated[int | None, Opt(help="Message ttl when none given, s. [86400]")] = None,
+    outbox_grace: Annotated[
+        float | None, Opt(help="Seconds a session may stay over cap. [5]")
+    ] = None,
+    max_body_size: Annotated[int | None, Opt(help="Largest HTTP body, bytes. [1 MiB]")] = None,
+    max_message_size: Annotated[int | None, Opt(help="Largest encoded data. [64 KiB]")] = None,
+    client_frame_rate: Annotated[float | None, Opt(help="Client frames per second. [50]")] = None,
+    client_frame_burst: Annotated[int | None, Opt(help="Client frame burst. [200]")] = None,
+    idempotency_ttl: Annotated[int | None, Opt(help="Seconds keys are kept. [86400]")] = None,
+    token_ttl: Annotated[int | None, Opt(help="Default token lifetime, s. [3600]")] = None,
+    ledger_flush_interval: Annotated[float | None, Opt(help="Accounting flush, s. [0.05]")] = None,
+    registry_interval: Annotated[float | None, Opt(help="Node heartbeat period, s. [2]")] = None,
+    static_dir: Annotated[
+        str | None, Opt(help="Browser client and demo files. [clients/js]")
+    ] = None,
+    reuse_port: Annotated[bool | None, Opt("--reuse-port", help="Bind with SO_REUSEPORT.")] = None,
     log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
     dev: Annotated[
         bool | None, Opt("--dev", help="Dev mode: demo API on, secrets generated if missing.")
@@ -68,6 +84,8 @@ def _dev_secrets(settings: Settings) -> Settings:
     if not settings.api_keys:
         changes["api_keys"] = ["dev-" + secrets.token_urlsafe(16)]
         err.print(f"[yellow]dev mode:[/] API key {changes['api_keys'][0]}")  # type: ignore[index]
+    if "token_secret" in changes:
+        err.print(f"[yellow]dev mode:[/] token secret {changes['token_secret']}")
     return settings.model_copy(update=changes) if changes else settings
 
 

@@ -186,3 +186,12 @@ def test_no_raw_body_gets_a_500(node: NodeHandle, raw: bytes) -> None:
     for path in ("/v1/messages", "/v1/messages/batch", "/v1/tokens"):
         r = node.api("POST", path, content=raw)
         assert 400 <= r.status_code < 500 or r.status_code == 202, (path, raw, r.text)
+
+
+def test_one_key_twice_in_a_batch_publishes_once(node: NodeHandle) -> None:
+    item = {**GOOD, "idempotency_key": "same-key-in-one-batch"}
+    r = node.api("POST", "/v1/messages/batch", json={"messages": [item, GOOD, item]})
+    assert r.status_code == 202
+    first, other, repeat = r.json()["results"]
+    assert repeat["id"] == first["id"] and repeat["duplicate"] is True
+    assert other["id"] != first["id"]

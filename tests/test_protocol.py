@@ -454,3 +454,51 @@ async def test_an_ack_just_before_a_reconnect_is_not_redelivered(node: NodeHandl
                                 resume={f"user:{user}": got["offset"]})  # fmt: skip
         assert again.welcome["replayed"] == 0, m
         await again.close()
+
+
+async def test_invalid_utf8_is_a_protocol_error(node: NodeHandle) -> None:
+    user = uid()
+    raw = _raw_ws(node.port)
+    raw.settimeout(5)
+    raw.recv(4096)  # the 101
+    raw.sendall(_masked(f'{{"type":"hello","token":"{node.token(user)}"}}'.encode()))
+    raw.sendall(_masked(b'{"type":"ack","ids":["\xff\xfe"]}'))
+    data = b""
+    while b"\x88" not in data:  # until the close frame
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    raw.close()
+    assert b"\x88" in data
+    close = data[data.index(b"\x88") :]
+    code = int.from_bytes(close[2:4], "big")
+    assert code in (1007, 4003)  # the WebSocket layer's "invalid data" or our protocol error
+
+
+async def test_4004_is_counted_under_its_code(node: NodeHandle) -> None:
+    client = await Wire.open(node.client_url, node.token(uid()))
+    await client.send('{"type":"ack","ids":["' + "x" * 5000 + '"]}')
+    code, _, _ = await client.closed()
+    assert code == 4004
+    wait_until(
+        lambda: (
+            'pushsvc_connections_closed_total{code="4004"}'
+            in httpx.get(node.internal_url + "/metrics").text
+        )
+    )
+
+
+async def test_replayed_fire_and_forget_messages_show_in_the_trail(node: NodeHandle) -> None:
+    topic = uid("board")
+    first = await Wire.open(node.client_url, node.token(uid(), [topic]))
+    node.publish({"to": {"topics": [topic]}, "event": "queue.position", "data": {"n": 1}})
+    seen = await first.recv_msg()
+    await first.close()
+    later = node.publish({"to": {"topics": [topic]}, "event": "queue.position", "data": {"n": 2}})
+    again = await Wire.open(
+        node.client_url, node.token(uid(), [topic]), resume={f"topic:{topic}": seen["offset"]}
+    )
+    assert (await again.recv_msg())["id"] == later["id"]
+    wait_until(lambda: node.trail(later["id"])["state"] == "delivered")
+    await again.close()

@@ -2,8 +2,9 @@
 
 A :class:`Broker` is one object with five parts, each a small interface:
 
-- :class:`Broker.publish` appends a message to the history of each of its streams *and* puts its
-  envelope on the bus as one atomic step, so every node sees a stream's envelopes in offset order.
+- :class:`Broker.publish` appends a message to the history of each of its streams, puts its
+  envelope on the bus and starts its delivery trail as one atomic step, so every node sees a
+  stream's envelopes in offset order and an accepted message always has a trail.
 - :class:`History` reads a stream's entries back (resume, offline inbox, catch-up).
 - :class:`Bus` carries envelopes and operator commands to every node.
 - :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
@@ -213,8 +214,9 @@ class Broker(abc.ABC):
     async def publish(
         self, items: list[tuple[Message, list[str]]], origin: str
     ) -> list[dict[str, str]]:
-        """Append each message to its streams and put its envelope on the bus, atomically per
-        message and in order. Returns each message's offsets by stream."""
+        """Append each message to its streams, put its envelope on the bus and start its trail
+        (the :class:`Published` record, as if recorded to the ledger), atomically per message and
+        in order. Returns each message's offsets by stream."""
 
 
 __all__ = [

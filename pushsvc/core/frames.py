@@ -53,6 +53,8 @@ def decode_client_frame(data: bytes | bytearray | memoryview | str) -> ClientFra
     """Decode one client frame; raise :class:`FrameError` (close 4003) saying what is wrong."""
     try:
         frame: ClientFrame = _decoder.decode(data)
+    except UnicodeDecodeError:
+        raise FrameError("frame is not valid UTF-8", slug="malformed_json") from None
     except msgspec.DecodeError as exc:
         raise _explain(data, exc) from None
     return frame
@@ -62,7 +64,7 @@ def _explain(data: bytes | bytearray | memoryview | str, exc: msgspec.DecodeErro
     # The error path only: find out which of the usual mistakes this is.
     try:
         value = _any.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return FrameError("frame is not valid JSON", slug="malformed_json")
     if not isinstance(value, dict):
         return FrameError("frame must be a JSON object", slug="not_an_object")

@@ -18,7 +18,7 @@ import msgspec
 import orjson
 from pydantic import ValidationError
 
-from pushsvc.errors import AuthError, BrokerUnavailable, PublishError
+from pushsvc.errors import AuthError, BrokerError, PublishError
 from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
 
@@ -88,7 +88,7 @@ class ClientRoutes:
             session.http_answer(422, JSON, error_body("invalid_body", str(exc)[:500]))
         except AuthError as exc:
             session.http_answer(422, JSON, error_body(exc.slug, exc.message))
-        except BrokerUnavailable as exc:
+        except BrokerError as exc:
             session.http_answer(503, JSON, error_body(exc.slug, exc.message))
         except PublishError as exc:
             session.http_answer(409, JSON, error_body(exc.slug, exc.message))

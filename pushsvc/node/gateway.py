@@ -22,7 +22,7 @@ from typing import Any, assert_never
 
 from pushsvc import __version__
 from pushsvc.auth import TokenIssuer
-from pushsvc.broker.base import Acked, Broker, Command, NodeInfo, Sent, SessionInfo
+from pushsvc.broker.base import Acked, Broker, Command, NodeInfo, Sent, SentCount, SessionInfo
 from pushsvc.core import frames, offsets, replay
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.flow import TokenBucket, slow_consumer
@@ -93,6 +93,8 @@ class Node:
         bound = self._server.sockets[0].getsockname()
         self.client_addr = f"{bound[0]}:{bound[1]}"
         self.started = time.time()
+        # A node restarted under the same id must not bring back its dead sessions.
+        await self.broker.registry.deregister(self.id)
         for job in (
             self.fanout.run(),
             self.catchup.watch(),
@@ -265,6 +267,8 @@ class Node:
                 last[stream] = position
             if m.ack:
                 self.track(session, m, frame, now, replay=True)
+            else:
+                self.accounting.record(SentCount(m.id, self.id, 1))
         if chosen:
             metrics.replayed.inc(len(chosen))
             metrics.ack_requested.inc(sum(1 for _, e in chosen if e.message.ack))

@@ -64,15 +64,22 @@ class Publisher:
         results: list[Result | None] = [None] * len(items)
         fresh: list[tuple[int, Message, Outgoing]] = []
         claimed: list[str] = []
+        first_of: dict[str, int] = {}  # key -> index of its first item in this batch
+        repeats: list[tuple[int, int]] = []
         sends = tracing.sends(node.id)
         try:
             for i, item in enumerate(items):
-                if item.idempotency_key is not None:
-                    earlier = await self._claim(item.idempotency_key)
+                key = item.idempotency_key
+                if key is not None and key in first_of:
+                    repeats.append((i, first_of[key]))
+                    continue
+                if key is not None:
+                    first_of[key] = i
+                    earlier = await self._claim(key)
                     if earlier is not None:
                         results[i] = earlier
                         continue
-                    claimed.append(item.idempotency_key)
+                    claimed.append(key)
                 ttl = min(item.ttl, settings.history_ttl)
                 message_id = new_id(now_ms)
                 message = Message(
@@ -88,8 +95,8 @@ class Publisher:
             placed = await node.broker.publish([(m, it.streams) for _, m, it in fresh], node.id)
         except BaseException as exc:
             sends.fail(exc)
-            for key in claimed:
-                await node.broker.idempotency.release(key)
+            for held in claimed:
+                await node.broker.idempotency.release(held)
             raise
         sends.end()
         for (i, message, item), offsets in zip(fresh, placed, strict=True):
@@ -105,6 +112,10 @@ class Publisher:
                     msgspec.json.encode(Result(message.id, offsets, 0)),
                     settings.idempotency_ttl,
                 )
+        for i, first in repeats:
+            done = results[first]
+            assert done is not None
+            results[i] = Result(done.id, done.streams, done.online_sessions, duplicate=True)
         metrics.published.inc(len(fresh))
         return [r for r in results if r is not None]
 

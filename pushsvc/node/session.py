@@ -289,6 +289,10 @@ class Session(asyncio.Protocol):
                 continue
             self._frame(event)
         self._flush()
+        if ws.close_sent is not None and self.phase < Phase.CLOSING:
+            self.phase = Phase.CLOSING  # the protocol itself closed (4004, 1002, 1007)
+            self._close_code = ws.close_sent.code
+            self._timer = self._timer or self.node.loop.call_later(CLOSE_TIMEOUT, self._abort)
         if ws.close_expected() and self.transport is not None:
             if ws.close_rcvd is not None and self._close_code == 1006:
                 self._close_code = ws.close_rcvd.code

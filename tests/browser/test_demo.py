@@ -356,7 +356,7 @@ def test_a_node_dies_and_the_page_carries_on_with_another_showing_everything_onc
     browser: Any, artifacts: Path
 ) -> None:
     pytest.importorskip("pushsvc.broker.redis", reason="the Redis broker (clusters) comes later")
-    from tests.support import start_redis  # noqa: PLC0415 - only this test needs redis
+    from tests.support import start_redis
 
     with (
         start_redis() as redis,
