@@ -112,13 +112,19 @@ def prometheus_targets(
 
 async def _watch(settings: Settings, output: Path | None, every: float) -> None:
     last: bytes | None = None
+    failing = False
     while True:
         started = time.monotonic()
         try:
             nodes = await read_nodes(settings)
         except (BrokerError, OSError) as exc:
-            err.print(f"[yellow]warning:[/] cannot read the registry, keeping the last list: {exc}")
+            if not failing:  # once per outage, not once per refresh
+                err.print(f"[yellow]warning:[/] cannot read the registry, keeping the list: {exc}")
+            failing = True
         else:
+            if failing:
+                err.print("registry readable again")
+            failing = False
             content = render(nodes)
             if content != last:
                 _unroutable(nodes)
