@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 from rich.table import Table
+
+
+def log(msg: str) -> None:
+    print(f"[fanout {datetime.now(UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +68,10 @@ def write_json(path: Path, doc: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     option = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
     path.write_bytes(orjson.dumps(_clean(doc), option=option) + b"\n")
+
+
+@dataclass
+class Results:
+    doc: dict[str, object] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

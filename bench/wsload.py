@@ -1,9 +1,10 @@
 """Load worker: thousands of light WebSocket client connections in one process.
 
 Started by ``bench.fanout`` as ``python -m bench.wsload``; speaks the line protocol of
-``bench.common`` on stdin/stdout. Every connection binds its source address to the worker's
-``source_ip`` (one address of 127.0.0.0/8 per worker spreads the ephemeral ports), sends ``hello``
-with its own token, and counts as open once ``welcome`` arrives. Open connections answer
+``bench.common`` on stdin/stdout. Every connection binds to the worker's ``source_ip`` (one
+address of 127.0.0.0/8 per worker) and a port chosen by ``bench.sourceports``, sends ``hello``
+with its own token, and counts as open once ``welcome`` arrives (``bench.wsconn``). Open
+connections answer
 ``{"type":"ping"}`` and WebSocket pings, ack every message that asks for it, and record the arrival
 time (``time.time_ns()``, taken when the bytes are handed over by the event loop) of the benchmark's
 broadcast and user-targeted messages.
@@ -19,13 +20,12 @@ import contextlib
 import errno
 import gc
 import os
-import random
 import resource
 import socket
 import sys
 import time
 from collections import Counter
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import orjson
@@ -51,20 +51,10 @@ from bench.common import (
     mint_token,
     user_id,
 )
+from bench.sourceports import SourcePorts, connect_from
+from bench.wsconn import OPEN, Conn, HandshakeFailed
 
-PONG = orjson.dumps({"type": "pong"})
 STDIN_LIMIT = 64 * 1024 * 1024
-
-HANDSHAKE, HELLO, OPEN, CLOSED = range(4)
-
-_now_ns = time.time_ns
-
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
-PORT_TRIES = 20
-
-
-class HandshakeFailed(Exception):
-    """A connection did not reach ``welcome``; the message is the failure's category."""
 
 
 class Worker:
@@ -177,8 +167,9 @@ class Worker:
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(s.connect_timeout):
-                sock = await self._connect(loop)
+                sock = await connect_from(loop, s.source_ip, self._ports, self.address)
                 await loop.create_connection(lambda: conn, sock=sock)
+                sock = None  # the transport owns it now
                 await welcomed
         except TimeoutError:
             conn.abort()
@@ -191,39 +182,6 @@ class Worker:
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             raise HandshakeFailed(f"connect {name}") from None
         self.conns[slot] = conn
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
-        """A socket connected to the target from ``source_ip`` and a port of our choosing.
-
-        Choosing source ports ourselves (sequentially from a random start) keeps connect() O(1):
-        left to the kernel, each connect from one address to one destination scans past the
-        ports already taken, which makes a ramp of many thousands quadratic.
-        """
-        for _ in range(PORT_TRIES):
-            try:
-                sock = _client_socket(self.setup.source_ip, self._ports.take())
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    continue  # a listener on 0.0.0.0 or a socket still in TIME_WAIT
-                raise
-            try:
-                await loop.sock_connect(sock, self.address)
-            except OSError as exc:
-                sock.close()
-                if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-                    continue  # the same 4-tuple is still in TIME_WAIT
-                raise
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        sock = _client_socket(self.setup.source_ip, 0)
-        try:
-            await loop.sock_connect(sock, self.address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     async def collect_broadcast(self, cmd: CollectBroadcast) -> BroadcastArrivals:
         deadline = time.monotonic() + cmd.timeout
@@ -274,186 +232,6 @@ class Worker:
         for conn in self.conns.values():
             conn.abort()
         return self.status()
-
-
-class Conn(asyncio.Protocol):
-    """One client connection: handshake, hello, then frames."""
-
-    __slots__ = ("codec", "head", "key", "slot", "state", "transport", "welcomed", "worker")
-
-    def __init__(self, worker: Worker, slot: int, welcomed: asyncio.Future[None]) -> None:
-        self.worker = worker
-        self.slot = slot
-        self.welcomed = welcomed
-        self.state = HANDSHAKE
-        self.transport: asyncio.Transport | None = None
-        self.key = wsproto.new_key()
-        self.head = b""
-        self.codec = wsproto.ClientCodec()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.worker.transports += 1
-        self.transport.write(wsproto.handshake_request(self.worker.target, self.key))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.state != CLOSED:
-            if self.state == OPEN:
-                self.worker.closed["lost"] += 1
-            self.state = CLOSED
-        self.transport = None
-        self.worker.transports -= 1
-        if not self.worker.transports:
-            self.worker.all_lost.set()
-        self._fail("lost before welcome")
-
-    def data_received(self, data: bytes) -> None:
-        t = _now_ns()
-        w = self.worker
-        whole = self.codec.idle
-        if whole and data == w.last_frame and self.state == OPEN:
-            w.on_msg(self, w.last_msg, t)
-            return
-        if self.state == HANDSHAKE:
-            data = self._handshake(data)
-            if not data:
-                return
-        try:
-            frames = self.codec.feed(data)
-        except wsproto.WsProtocolError:
-            w.protocol_errors += 1
-            self._fail("protocol error")
-            self.abort()
-            return
-        whole = whole and len(frames) == 1 and self.codec.idle
-        for opcode, payload in frames:
-            if opcode == wsproto.OP_TEXT:
-                msg = self._text(payload, t)
-                if whole and msg is not None:
-                    w.last_frame = data
-                    w.last_msg = msg
-            elif opcode == wsproto.OP_PING:
-                self._write(wsproto.encode_frame(wsproto.OP_PONG, payload))
-                self.worker.pings_answered += 1
-            elif opcode == wsproto.OP_CLOSE:
-                code = wsproto.close_payload(payload)
-                self._fail(f"closed {code} before welcome")
-                if self.state == OPEN:
-                    self.worker.closed[str(code)] += 1
-                self.close(1000)
-            elif opcode != wsproto.OP_PONG:
-                self.worker.unexpected_frames += 1
-
-    def _handshake(self, data: bytes) -> bytes:
-        buf = self.head + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            self.head = buf
-            return b""
-        self.head = b""
-        try:
-            wsproto.parse_handshake_response(buf[:end], self.key)
-        except wsproto.WsProtocolError as exc:
-            self._fail(f"handshake: {exc}")
-            self.abort()
-            return b""
-        self.state = HELLO
-        s = self.worker.setup
-        index = s.first + self.slot
-        hello = {
-            "type": "hello",
-            "token": self.worker.tokens[self.slot],
-            "device": f"{s.device_prefix}{index}",
-        }
-        self.send_text(orjson.dumps(hello))
-        return buf[end + 4 :]
-
-    def _text(self, payload: bytes, t: int) -> dict[str, Any] | None:
-        """Handle one text message; return it if it is a ``msg``."""
-        w = self.worker
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            w.protocol_errors += 1
-            return None
-        if not isinstance(obj, dict):
-            w.unexpected_frames += 1
-            return None
-        kind = obj.get("type")
-        if kind == "msg":
-            w.on_msg(self, obj, t)
-            return obj
-        if kind == "ping":
-            self.send_text(PONG)
-            w.pings_answered += 1
-        elif kind == "welcome":
-            self.state = OPEN
-            if not self.welcomed.done():
-                self.welcomed.set_result(None)
-        elif kind == "error":
-            self._fail(f"error {obj.get('code')}")
-        elif kind != "pong":
-            w.unexpected_frames += 1
-        return None
-
-    def _fail(self, reason: str) -> None:
-        if not self.welcomed.done():
-            self.welcomed.set_exception(HandshakeFailed(reason))
-            # Retrieved by the ramp; mark it so a late failure is not logged as unretrieved.
-            self.welcomed.exception()
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def send_text(self, payload: bytes) -> None:
-        self._write(wsproto.encode_frame(wsproto.OP_TEXT, payload))
-
-    def close(self, code: int) -> None:
-        """Send a close frame and close the transport after it is written."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wsproto.encode_frame(wsproto.OP_CLOSE, code.to_bytes(2, "big")))
-            self.transport.close()
-        if self.state == OPEN:
-            self.state = CLOSED
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
-class SourcePorts:
-    """Source ports handed out in sequence from a random start, wrapping within [low, high)."""
-
-    def __init__(self, low: int = 1024, high: int = 65536) -> None:
-        self.low = low
-        self.high = high
-        self.next = random.randrange(low, high)
-
-    def take(self) -> int:
-        port = self.next
-        self.next = port + 1 if port + 1 < self.high else self.low
-        return port
-
-
-def _client_socket(source_ip: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket bound to ``(source_ip, port)``.
-
-    With ``port`` 0 the kernel picks the port at connect time (``IP_BIND_ADDRESS_NO_PORT``), by
-    the whole 4-tuple rather than among ports free for every destination.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if port == 0:
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((source_ip, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _raise_fd_limit() -> None:

@@ -1,0 +1,114 @@
+"""The node (or nodes) under test as one run sees them: URLs, credentials, PIDs, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+
+from bench import procstat, server, stats
+from bench.api import ApiClient
+from bench.options import Options
+from bench.report import log
+from bench.workers import WorkerGroup
+
+DISTURBED_SHARE = 0.10
+QUIET_PROBE_S = 0.3
+
+
+@dataclass
+class Node:
+    """What the run talks to, however it was obtained."""
+
+    client_urls: list[str]
+    internal_urls: list[str]
+    api_key: str | None
+    token_secret: str | None
+    root_pids: list[int]
+    include_children: bool
+    started: server.StartedServer | None = None
+
+    def pids(self) -> list[int]:
+        pids = [p for p in self.root_pids if procstat.alive(p)]
+        if self.include_children:
+            for pid in list(pids):
+                pids.extend(procstat.descendants(pid))
+        return sorted(set(pids))
+
+
+async def scrape(node: Node) -> stats.Samples:
+    """Merge ``/metrics`` of every internal URL (values of the same series are listed apart)."""
+    merged: stats.Samples = {}
+    for url in node.internal_urls:
+        try:
+            async with ApiClient(url, None, size=1) as api:
+                resp = await api.get("/metrics")
+        except OSError as exc:
+            log(f"GET {url}/metrics failed: {exc}")
+            continue
+        if resp.status != 200:
+            log(f"GET {url}/metrics: HTTP {resp.status}")
+            continue
+        for name, values in stats.parse_metrics(resp.body.decode()).items():
+            merged.setdefault(name, []).extend(values)
+    return merged
+
+
+async def wait_quiet(node: Node, group: WorkerGroup, limit_s: float) -> float:
+    """Wait (up to ``limit_s``) until other processes use less than :data:`DISTURBED_SHARE`
+    of a CPU over a short probe; return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        window = procstat.Window(node.pids(), group.pids)
+        await asyncio.sleep(QUIET_PROBE_S)
+        other = window.close()["other_cpu_seconds"]
+        if isinstance(other, float) and other < DISTURBED_SHARE * QUIET_PROBE_S:
+            break
+    return time.monotonic() - start
+
+
+async def attach_or_start(opts: Options) -> Node:
+    if not opts.start_server:
+        if not opts.server_pids:
+            log("no --server-pid: memory and CPU figures will be missing")
+        if opts.pin_server:
+            for pid in opts.server_pids:
+                procstat.pin(pid, opts.server_cpus)
+        return Node(
+            opts.client_urls,
+            opts.internal_urls,
+            opts.api_key,
+            opts.token_secret,
+            opts.server_pids,
+            opts.include_children,
+        )
+    secret = opts.token_secret or secrets.token_urlsafe(32)
+    api_key = opts.api_key or secrets.token_urlsafe(24)
+    env = {
+        "PUSHSVC_API_KEYS": api_key,
+        "PUSHSVC_TOKEN_SECRET": secret,
+        "PUSHSVC_HEARTBEAT": f"{opts.heartbeat:g}",
+        **opts.server_env,
+    }
+    log_path = opts.json_path.with_suffix(".server.log")
+    started = server.start(
+        opts.server_cmd, env, opts.server_cpus, log_path, opts.server_args, opts.server_workers
+    )
+    log(f"started server pid {started.pid}: {' '.join(started.command)} (log {log_path})")
+    node = Node(
+        [started.client_url],
+        started.internal_urls,
+        api_key,
+        secret,
+        [started.pid],
+        opts.include_children,
+        started,
+    )
+    try:
+        ready = await server.wait_ready(started, 60.0)
+    except BaseException:
+        started.stop()
+        raise
+    log(f"server ready after {ready:.1f} s")
+    return node
