@@ -16,7 +16,7 @@ content; its TTL; who writes it → who reads it.
 ``{p}nodes`` — sorted set; member = node id, score = its heartbeat expiry (unix s).
     Members are pruned :data:`NODE_PRUNE_AFTER` seconds after that expiry.
     ``register`` → ``nodes()`` and the session lookups (which nodes to look at).
-``{p}node:<node>`` — string; NodeInfo JSON. The heartbeat TTL (3 × ``registry_interval``):
+``{p}node:<node>`` — string; NodeInfo JSON. The heartbeat TTL (3 x ``registry_interval``):
     a node is live while this key exists. ``register`` → ``nodes()``, liveness checks.
 ``{p}sessions:<node>`` — hash; session id → SessionInfo JSON. The node's heartbeat TTL, refreshed
     by ``register``: the sessions of a node that died vanish with it.

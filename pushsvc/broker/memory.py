@@ -160,7 +160,11 @@ class MemoryRegistry(Registry):
 
 
 class MemoryLedger(Ledger):
-    """Trails by message id; each kept until its message expires plus ``retention`` seconds."""
+    """Trails by message id; each kept until its message expires plus ``retention`` seconds.
+
+    Records may arrive in any order: a Sent, SentCount or Acked whose Published has not arrived
+    yet is held (up to ``retention`` seconds) and applied when it does.
+    """
 
     def __init__(self, retention: float, clock: Clock) -> None:
         self._retention = retention
@@ -168,39 +172,45 @@ class MemoryLedger(Ledger):
         self._trails: dict[str, Trail] = {}
         self._acked: dict[tuple[str, str], float] = {}  # (device, message) -> until
         self._expiry: deque[tuple[float, str]] = deque()
+        self._early: dict[str, list[Sent | SentCount | Acked]] = {}  # before their Published
+        self._early_expiry: deque[tuple[float, str]] = deque()
 
     async def record(self, events: list[LedgerEvent]) -> None:
         for event in events:
-            match event:
-                case Published():
-                    self._trails[event.message_id] = Trail(
-                        event.message_id,
-                        event.event,
-                        event.ts,
-                        event.expires,
-                        event.ack,
-                        dict(event.streams),
-                    )
-                    self._expiry.append((event.expires + self._retention, event.message_id))
-                case Sent():
-                    trail = self._trails.get(event.message_id)
-                    if trail is not None:
-                        trail.record_sent(
-                            event.device, event.session, event.node, event.at, event.attempt
-                        )
-                case SentCount():
-                    trail = self._trails.get(event.message_id)
-                    if trail is not None:
-                        by_node = trail.sent_by_node
-                        by_node[event.node] = by_node.get(event.node, 0) + event.count
-                case Acked():
-                    trail = self._trails.get(event.message_id)
-                    if trail is not None:
-                        trail.record_acked(event.device, event.session, event.node, event.at)
-                        self._acked[(event.device, event.message_id)] = (
-                            trail.expires_at + self._retention
-                        )
+            if isinstance(event, Published):
+                self.start(event)
+                continue
+            trail = self._trails.get(event.message_id)
+            if trail is not None:
+                self._apply(trail, event)
+                continue
+            held = self._early.setdefault(event.message_id, [])
+            if not held:
+                self._early_expiry.append((self._clock() + self._retention, event.message_id))
+            held.append(event)
         self._sweep()
+
+    def start(self, event: Published) -> None:
+        """Start a trail (the first Published record of a message wins)."""
+        if event.message_id in self._trails:
+            return
+        trail = self._trails[event.message_id] = Trail(
+            event.message_id, event.event, event.ts, event.expires, event.ack, dict(event.streams)
+        )
+        self._expiry.append((event.expires + self._retention, event.message_id))
+        for early in self._early.pop(event.message_id, ()):
+            self._apply(trail, early)
+
+    def _apply(self, trail: Trail, event: Sent | SentCount | Acked) -> None:
+        match event:
+            case Sent():
+                trail.record_sent(event.device, event.session, event.node, event.at, event.attempt)
+            case SentCount():
+                by_node = trail.sent_by_node
+                by_node[event.node] = by_node.get(event.node, 0) + event.count
+            case Acked():
+                trail.record_acked(event.device, event.session, event.node, event.at)
+                self._acked[(event.device, event.message_id)] = trail.expires_at + self._retention
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -210,6 +220,8 @@ class MemoryLedger(Ledger):
             if trail is not None:
                 for d in trail.deliveries.values():
                     self._acked.pop((d.device, message_id), None)
+        while self._early_expiry and self._early_expiry[0][0] <= now:
+            self._early.pop(self._early_expiry.popleft()[1], None)
 
     async def trail(self, message_id: str) -> Trail | None:
         return self._trails.get(message_id)
@@ -254,7 +266,7 @@ class MemoryBroker(Broker):
         self.history = self._history = MemoryHistory(history_size, history_ttl, clock)
         self.bus = self._bus = MemoryBus()
         self.registry = MemoryRegistry(clock)
-        self.ledger = MemoryLedger(ledger_retention, clock)
+        self.ledger = self._ledger = MemoryLedger(ledger_retention, clock)
         self.idempotency = MemoryIdempotency(clock)
 
     @property
@@ -273,6 +285,10 @@ class MemoryBroker(Broker):
         results = []
         for message, streams in items:
             placed = {stream: self._history.append(stream, message) for stream in streams}
+            m = message
+            self._ledger.start(
+                Published(m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, placed)
+            )
             self._bus.seq += 1
             self._bus.deliver(Envelope(message, placed, origin, self._bus.seq))
             results.append(placed)

@@ -1,0 +1,119 @@
+"""The cluster broker: every part of :mod:`pushsvc.broker.base` kept in Redis.
+
+Modules: ``link`` (command connections, error mapping, scripts by SHA), ``scripts`` (the Lua),
+``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys). Key names and the
+keyspace are documented in :mod:`pushsvc.broker.keys`.
+
+Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages: each message is
+appended to its streams, numbered, announced on the bus and given its trail inside one atomic
+script run, so every subscriber sees a stream's envelopes in offset order, a message accepted by a
+node that dies right after still has its trail, and a batch costs one round trip per chunk.
+
+Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
+could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
+about ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pushsvc.broker.base import Broker, Published
+from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
+from pushsvc.broker.redis.bus import RedisBus
+from pushsvc.broker.redis.history import RedisHistory
+from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLedger
+from pushsvc.broker.redis.link import Arg, Link
+from pushsvc.broker.redis.registry import RedisRegistry
+from pushsvc.broker.redis.scripts import PUBLISH
+from pushsvc.errors import ConfigError
+from pushsvc.settings import Settings
+from pushsvc.types import Message
+
+PUBLISH_CHUNK = 128  # messages per script run: bounds how long one run holds the server
+
+_encode = msgspec.json.Encoder().encode
+
+
+class RedisBroker(Broker):
+    """The broker of a cluster node. Construct, :meth:`Bus.subscribe`, then ``await start()``.
+
+    ``ledger_retention``: seconds a trail outlives its message. ``prefix``: of every key and
+    channel. ``timeout``: socket connect and read timeout, seconds.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger_retention: float = 3600,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 1.0,
+    ) -> None:
+        if not settings.redis_url:
+            raise ConfigError("the Redis broker needs a redis_url")
+        self.keys = keys = Keyspace(prefix)
+        self._link = link = Link(settings.redis_url, timeout)
+        self._maxlen = settings.history_size
+        self._ttl = settings.history_ttl
+        self._retention_ms = int(ledger_retention * 1000)
+        self.history = RedisHistory(link, keys, settings.history_ttl)
+        self.bus = self._bus = RedisBus(link, keys)
+        self.registry = RedisRegistry(link, keys, settings.registry_interval * 3)
+        self.ledger = RedisLedger(
+            link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
+        )
+        self.idempotency = RedisIdempotency(link, keys)
+        self._started = False
+        self._closed = False
+
+    @property
+    def up(self) -> bool:
+        return self._started and not self._closed and self._bus.connected and self._link.reachable
+
+    async def start(self) -> None:
+        """Connect and subscribe (waits up to ``2 * timeout`` for the subscription; when Redis
+        is not there yet, returns with ``up`` False and keeps trying)."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        await self._bus.start(wait=2 * self._link.timeout)
+
+    async def close(self) -> None:
+        """Stop the bus reader and close every connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._bus.close()
+        await self._link.aclose()
+
+    async def publish(
+        self, items: list[tuple[Message, list[str]]], origin: str
+    ) -> list[dict[str, str]]:
+        results: list[dict[str, str]] = []
+        head: list[Arg] = [self._maxlen, self._ttl, self.keys.bus, _encode(origin)]
+        for start in range(0, len(items), PUBLISH_CHUNK):
+            chunk = items[start : start + PUBLISH_CHUNK]
+            keys: list[Arg] = [self.keys.bus_seq]
+            args = list(head)
+            for message, streams in chunk:
+                keys.append(self.keys.trail(message.id))
+                keys += [self.keys.stream(s) for s in streams]
+                expire_at = message.expires + self._retention_ms
+                args += (len(streams), _encode(message), published_head(message), expire_at)
+                args += [_encode(s) for s in streams]
+            ids = iter(await self._link.run(PUBLISH, keys, args))
+            for _, streams in chunk:
+                results.append({stream: next(ids).decode() for stream in streams})
+        return results
+
+
+def published_head(message: Message) -> bytes:
+    """The Published record of ``message`` as JSON, cut before the value of its last field,
+    ``streams``: the publish script appends the offsets and the closing brace."""
+    m = message
+    record = _encode(Published(m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, {}))
+    return record[: -len(b"{}}")]
+
+
+__all__ = ["RedisBroker"]

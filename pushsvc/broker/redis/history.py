@@ -1,0 +1,64 @@
+"""Stream history in Redis Streams: entry ids are the offsets, field ``m`` the message as JSON.
+
+Entries are appended by the publish script (:mod:`pushsvc.broker.redis.scripts`) and read here.
+Like the memory history, a read leaves out entries published more than ``ttl`` seconds ago.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from pushsvc.broker.base import History
+from pushsvc.broker.keys import Keyspace
+from pushsvc.broker.redis.link import Link
+from pushsvc.core import offsets
+from pushsvc.types import HistoryEntry, Message
+
+#: Redis stream ids are two unsigned 64-bit integers.
+_U64_MAX = (1 << 64) - 1
+
+
+def range_start(after: str | None) -> str | None:
+    """The XRANGE start for entries after ``after``; None when nothing can follow it.
+
+    Raises :class:`pushsvc.errors.FrameError` when ``after`` is not an offset.
+    """
+    if after is None:
+        return "-"
+    ms, seq = offsets.parse(after)
+    if ms > _U64_MAX or (ms == _U64_MAX and seq >= _U64_MAX):
+        return None
+    if seq >= _U64_MAX:
+        return f"{ms + 1}-0"
+    return f"({ms}-{seq}"
+
+
+class RedisHistory(History):
+    def __init__(self, link: Link, keys: Keyspace, ttl: float) -> None:
+        self._link = link
+        self._keys = keys
+        self._ttl_ms = int(ttl * 1000)
+        self._decoder = msgspec.json.Decoder(Message)
+
+    async def read(self, stream: str, after: str | None, limit: int) -> list[HistoryEntry]:
+        start = range_start(after)
+        if start is None or limit <= 0:
+            return []
+        key = self._keys.stream(stream)
+        reply = await self._link.call("XRANGE", key, start, "+", "COUNT", limit)
+        horizon = int(time.time() * 1000) - self._ttl_ms
+        entries = [self._entry(item) for item in reply]
+        return [e for e in entries if e.message.ts >= horizon]
+
+    async def last_offset(self, stream: str) -> str | None:
+        reply = await self._link.call("XREVRANGE", self._keys.stream(stream), "+", "-", "COUNT", 1)
+        return reply[0][0].decode() if reply else None
+
+    def _entry(self, item: Any) -> HistoryEntry:
+        """One raw XRANGE item, ``[id, [field, value, ...]]``."""
+        entry_id, fields = item
+        value = fields[fields.index(b"m") + 1]
+        return HistoryEntry(entry_id.decode(), self._decoder.decode(value))

@@ -1,0 +1,469 @@
+"""The broker contract: one suite, run unchanged against MemoryBroker and RedisBroker.
+
+The redis parameter runs on a real redis-server (one per module, flushed before each test). The
+memory bus calls back synchronously and the Redis bus from its reader task, so tests wait for what
+the bus delivers with :meth:`Recorder.until`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pytest
+
+from pushsvc.broker.base import (
+    Acked,
+    Broker,
+    Command,
+    NodeInfo,
+    Published,
+    Sent,
+    SentCount,
+    SessionInfo,
+)
+from pushsvc.broker.memory import MemoryBroker
+from pushsvc.core import offsets
+from pushsvc.core.trail import state
+from pushsvc.settings import Settings
+from pushsvc.types import Envelope, Message
+from tests.support import UNIT, RedisServer, start_redis
+
+OpenBroker = Callable[..., Awaitable[Broker]]
+_ids = itertools.count()
+
+
+@dataclass
+class Recorder:
+    """A bus subscriber that keeps what it is given."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    resyncs: int = 0
+
+    def envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def command(self, command: Command) -> None:
+        self.commands.append(command)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+    async def until(self, check: Callable[[], object], timeout: float = 5 * UNIT) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.005)
+
+
+def message(*, ack: bool = True, ttl_ms: int = 60_000, data: Any = None) -> Message:
+    now = int(time.time() * 1000)
+    raw = msgspec.json.encode({"n": next(_ids)} if data is None else data)
+    return Message(f"m{next(_ids)}-{secrets.token_hex(4)}", "queue.called", msgspec.Raw(raw), now,
+                   ack, now + ttl_ms)  # fmt: skip
+
+
+def node(node_id: str, **changes: Any) -> NodeInfo:
+    return NodeInfo(id=node_id, client_addr="127.0.0.1:1", internal_addr="127.0.0.1:2", pid=1,
+                    version="t", started=1.0, heartbeat=time.time(), **changes)  # fmt: skip
+
+
+def session(session_id: str, node_id: str, user: str, device: str = "") -> SessionInfo:
+    return SessionInfo(id=session_id, node=node_id, user=user, device=device or session_id,
+                       remote="127.0.0.1:9", connected_at=time.time(), topics=["t"])  # fmt: skip
+
+
+def positions(offs: list[str]) -> list[tuple[int, int]]:
+    return [offsets.parse(o) for o in offs]
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with start_redis() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroker]:
+    """Opens started brokers of the parametrized kind; closes them after the test."""
+    kind: str = request.param
+    url = ""
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.command("FLUSHALL")
+        url = server.url
+    opened: list[Broker] = []
+
+    async def open_(*, subscriber: Recorder | None = None, history_size: int = 1000,
+                    history_ttl: int = 86_400, ledger_retention: float = 3600) -> Broker:  # fmt: skip
+        broker: Broker
+        if kind == "memory":
+            broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl,
+                                  ledger_retention=ledger_retention)  # fmt: skip
+        else:
+            from pushsvc.broker.redis import RedisBroker
+
+            settings = Settings(redis_url=url, history_size=history_size, history_ttl=history_ttl,
+                                node_id="contract")  # fmt: skip
+            broker = RedisBroker(settings, ledger_retention=ledger_retention)
+        if subscriber is not None:
+            broker.bus.subscribe(subscriber.envelope, subscriber.command, subscriber.resync)
+        await broker.start()
+        opened.append(broker)
+        return broker
+
+    yield open_
+    for broker in opened:
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(open_broker: OpenBroker) -> Broker:
+    return await open_broker()
+
+
+# -- publish, bus, history ------------------------------------------------------------------------
+
+
+async def test_publish_returns_ordered_offsets_and_the_bus_carries_them(
+    open_broker: OpenBroker,
+) -> None:
+    rec = Recorder()
+    broker = await open_broker(subscriber=rec)
+    m1, m2, m3 = message(), message(ack=False), message()
+    items = [(m1, ["user:p1", "topic:c205"]), (m2, ["user:p1"]), (m3, ["topic:c205", "all"])]
+    placed = await broker.publish(items, origin="node-a")
+    assert [list(p) for p in placed] == [
+        ["user:p1", "topic:c205"],
+        ["user:p1"],
+        ["topic:c205", "all"],
+    ]
+    assert positions([placed[0]["user:p1"], placed[1]["user:p1"]]) == sorted(
+        positions([placed[0]["user:p1"], placed[1]["user:p1"]])
+    )
+    assert offsets.parse(placed[0]["user:p1"]) < offsets.parse(placed[1]["user:p1"])
+    assert offsets.parse(placed[0]["topic:c205"]) < offsets.parse(placed[2]["topic:c205"])
+    await rec.until(lambda: len(rec.envelopes) >= 3)
+    assert [(e.message, e.offsets, e.origin) for e in rec.envelopes] == [
+        (m, p, "node-a") for (m, _), p in zip(items, placed, strict=True)
+    ]
+    assert bytes(rec.envelopes[0].message.data) == bytes(m1.data)
+    seqs = [e.seq for e in rec.envelopes]
+    assert seqs == list(range(seqs[0], seqs[0] + 3)) and seqs[0] >= 1
+    assert await broker.bus.position() == seqs[-1]
+
+
+async def test_publish_starts_each_trail(broker: Broker) -> None:
+    m1, m2 = message(), message(ack=False)
+    placed = await broker.publish([(m1, ["user:p1", "all"]), (m2, [])], origin="node-a")
+    for m, streams in zip((m1, m2), placed, strict=True):
+        trail = await broker.ledger.trail(m.id)
+        assert trail is not None
+        assert (trail.id, trail.event, trail.ack, trail.streams) == (m.id, m.event, m.ack, streams)
+        assert (trail.published_at, trail.expires_at) == (m.ts / 1000, m.expires / 1000)
+        assert state(trail, time.time()) == "pending"
+    # the node records the same Published later: the first record stays
+    await broker.ledger.record(
+        [published(m1, {"user:p1": "1-0"}), Sent(m1.id, "d", "s", "a", 1.0, 1)]
+    )
+    trail = await broker.ledger.trail(m1.id)
+    assert trail is not None and trail.streams == placed[0] and set(trail.deliveries) == {"s"}
+
+
+async def test_offsets_keep_growing_across_publishes(open_broker: OpenBroker) -> None:
+    rec = Recorder()
+    broker = await open_broker(subscriber=rec)
+    placed = []
+    for _ in range(5):
+        placed += await broker.publish([(message(), ["user:p2"])], origin="n")
+    offs = [p["user:p2"] for p in placed]
+    assert positions(offs) == sorted(set(positions(offs)))
+    await rec.until(lambda: len(rec.envelopes) >= 5)
+    assert [e.offsets["user:p2"] for e in rec.envelopes] == offs
+
+
+async def test_empty_publish_and_empty_position(broker: Broker) -> None:
+    assert await broker.publish([], origin="n") == []
+    assert await broker.bus.position() == 0
+
+
+async def test_history_reads_exactly_what_follows_an_offset(broker: Broker) -> None:
+    sent = [message() for _ in range(10)]
+    placed = await broker.publish([(m, ["user:h"]) for m in sent], origin="n")
+    offs = [p["user:h"] for p in placed]
+    everything = await broker.history.read("user:h", None, 100)
+    assert [e.offset for e in everything] == offs
+    assert [e.message for e in everything] == sent
+    after = await broker.history.read("user:h", offs[3], 4)
+    assert [e.offset for e in after] == offs[4:8]
+    assert [e.message.id for e in after] == [m.id for m in sent[4:8]]
+    assert [e.offset for e in await broker.history.read("user:h", None, 3)] == offs[:3]
+    assert await broker.history.read("user:h", offs[-1], 10) == []
+    assert [e.offset for e in await broker.history.read("user:h", "0-0", 2)] == offs[:2]
+    assert await broker.history.last_offset("user:h") == offs[-1]
+    assert await broker.history.read("user:nobody", None, 10) == []
+    assert await broker.history.last_offset("user:nobody") is None
+
+
+async def test_history_keeps_the_newest_history_size_entries(open_broker: OpenBroker) -> None:
+    broker = await open_broker(history_size=5)
+    placed = await broker.publish([(message(), ["topic:small"]) for _ in range(12)], origin="n")
+    placed += await broker.publish([(message(), ["topic:small"])], origin="n")
+    kept = await broker.history.read("topic:small", None, 100)
+    assert [e.offset for e in kept] == [p["topic:small"] for p in placed[-5:]]
+
+
+# -- ledger ---------------------------------------------------------------------------------------
+
+
+def published(m: Message, streams: dict[str, str] | None = None) -> Published:
+    return Published(
+        m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, streams or {"user:p": "1-0"}
+    )
+
+
+async def test_trail_follows_published_sent_acked(broker: Broker) -> None:
+    m = message()
+    ledger = broker.ledger
+    assert await ledger.trail(m.id) is None
+    await ledger.record([published(m, {"user:p": "5-0"})])
+    trail = await ledger.trail(m.id)
+    assert trail is not None
+    assert (trail.id, trail.event, trail.ack, trail.streams) == (
+        m.id,
+        m.event,
+        True,
+        {"user:p": "5-0"},
+    )
+    assert (trail.published_at, trail.expires_at) == (m.ts / 1000, m.expires / 1000)
+    now = time.time()
+    assert (trail.deliveries, state(trail, now)) == ({}, "pending")
+    await ledger.record([
+        Sent(m.id, "phone", "s1", "node-a", 100.5, 1),
+        Sent(m.id, "laptop", "s2", "node-b", 100.75, 1),
+    ])  # fmt: skip
+    trail = await ledger.trail(m.id)
+    assert trail is not None and state(trail, now) == "delivered"
+    await ledger.record([Sent(m.id, "phone", "s1", "node-a", 110.5, 2)])  # a redelivery
+    await ledger.record([Acked(m.id, "phone", "s1", "node-a", 111.25)])
+    trail = await ledger.trail(m.id)
+    assert trail is not None and state(trail, now) == "partially_acked"
+    s1, s2 = trail.deliveries["s1"], trail.deliveries["s2"]
+    assert (s1.device, s1.node, s1.sent_at, s1.acked_at, s1.attempts) == (
+        "phone",
+        "node-a",
+        100.5,
+        111.25,
+        2,
+    )
+    assert (s2.device, s2.node, s2.sent_at, s2.acked_at, s2.attempts) == (
+        "laptop",
+        "node-b",
+        100.75,
+        None,
+        1,
+    )
+    await ledger.record([Acked(m.id, "laptop", "s2", "node-b", 112.0)])
+    trail = await ledger.trail(m.id)
+    assert trail is not None and state(trail, now) == "acked"
+    assert trail.sent_by_node == {}
+
+
+async def test_trail_per_session_of_one_device_and_idempotent_records(broker: Broker) -> None:
+    m = message()
+    sent = Sent(m.id, "phone", "s1", "node-a", 10.0, 1)
+    await broker.ledger.record([published(m), sent, sent])
+    # the phone reconnected: a new session on another node, then acked there
+    await broker.ledger.record([Sent(m.id, "phone", "s9", "node-b", 20.0, 1),
+                                Acked(m.id, "phone", "s9", "node-b", 21.0),
+                                Acked(m.id, "phone", "s9", "node-b", 25.0)])  # fmt: skip
+    trail = await broker.ledger.trail(m.id)
+    assert trail is not None
+    assert set(trail.deliveries) == {"s1", "s9"}
+    s1, s9 = trail.deliveries["s1"], trail.deliveries["s9"]
+    assert (s1.sent_at, s1.acked_at, s1.attempts) == (10.0, None, 1)
+    assert (s9.node, s9.sent_at, s9.acked_at, s9.attempts) == ("node-b", 20.0, 21.0, 1)
+    assert state(trail, time.time()) == "acked"
+
+
+async def test_records_may_arrive_before_their_published(broker: Broker) -> None:
+    m, quiet = message(), message(ack=False)
+    ledger = broker.ledger
+    await ledger.record([Sent(m.id, "phone", "s1", "node-b", 10.0, 1)])
+    await ledger.record([Acked(m.id, "tablet", "s2", "node-b", 11.0),
+                         SentCount(quiet.id, "node-b", 4)])  # fmt: skip
+    assert await ledger.trail(m.id) is None  # nothing to show before the Published record
+    await ledger.record([published(m), published(quiet)])
+    trail = await ledger.trail(m.id)
+    assert trail is not None
+    phone, tablet = trail.deliveries["s1"], trail.deliveries["s2"]
+    assert (phone.device, phone.node, phone.sent_at, phone.acked_at, phone.attempts) == (
+        "phone",
+        "node-b",
+        10.0,
+        None,
+        1,
+    )
+    assert (tablet.device, tablet.sent_at, tablet.acked_at, tablet.attempts) == (
+        "tablet",
+        None,
+        11.0,
+        1,
+    )
+    assert state(trail, time.time()) == "partially_acked"
+    quiet_trail = await ledger.trail(quiet.id)
+    assert quiet_trail is not None and quiet_trail.sent_by_node == {"node-b": 4}
+    assert await ledger.acked_ids("tablet", [m.id]) == {m.id}
+
+
+async def test_sent_counts_add_up_per_node(broker: Broker) -> None:
+    m = message(ack=False)
+    await broker.ledger.record([published(m), SentCount(m.id, "node-a", 3),
+                                SentCount(m.id, "node-b", 1)])  # fmt: skip
+    await broker.ledger.record([SentCount(m.id, "node-a", 2)])
+    trail = await broker.ledger.trail(m.id)
+    assert trail is not None
+    assert trail.sent_by_node == {"node-a": 5, "node-b": 1}
+    assert trail.deliveries == {} and state(trail, time.time()) == "delivered"
+
+
+async def test_acked_ids_are_per_device(broker: Broker) -> None:
+    m1, m2, m3 = message(), message(), message()
+    await broker.ledger.record([published(m1), published(m2), published(m3),
+                                Acked(m1.id, "phone", "s1", "a", 1.0),
+                                Acked(m2.id, "laptop", "s2", "a", 1.0),
+                                Sent(m3.id, "phone", "s1", "a", 1.0, 1)])  # fmt: skip
+    assert await broker.ledger.acked_ids("phone", [m1.id, m2.id, m3.id, "unknown"]) == {m1.id}
+    assert await broker.ledger.acked_ids("laptop", [m1.id, m2.id]) == {m2.id}
+    assert await broker.ledger.acked_ids("watch", [m1.id]) == set()
+    assert await broker.ledger.acked_ids("phone", []) == set()
+
+
+async def test_trails_expire_after_message_expiry_plus_retention(open_broker: OpenBroker) -> None:
+    broker = await open_broker(ledger_retention=0.2 * UNIT)
+    m = message(ttl_ms=0)
+    await broker.ledger.record([published(m), Acked(m.id, "phone", "s1", "a", 1.0)])
+    assert await broker.ledger.trail(m.id) is not None
+    await asyncio.sleep(0.5 * UNIT)
+    await broker.ledger.record([])  # the memory ledger sweeps as it is written
+    assert await broker.ledger.trail(m.id) is None
+    assert await broker.ledger.acked_ids("phone", [m.id]) == set()
+
+
+# -- registry -------------------------------------------------------------------------------------
+
+
+async def test_nodes_live_while_their_heartbeat_does(broker: Broker) -> None:
+    registry = broker.registry
+    await registry.register(node("node-a"), ttl=0.3 * UNIT)
+    await registry.register(node("node-b"), ttl=30)
+    assert sorted(n.id for n in await registry.nodes()) == ["node-a", "node-b"]
+    await registry.register(node("node-b", connections=7, state="draining"), ttl=30)
+    b = next(n for n in await registry.nodes() if n.id == "node-b")
+    assert (b.connections, b.state) == (7, "draining")
+    await asyncio.sleep(0.6 * UNIT)
+    assert [n.id for n in await registry.nodes()] == ["node-b"]
+    await registry.register(node("node-a"), ttl=30)  # it came back
+    assert sorted(n.id for n in await registry.nodes()) == ["node-a", "node-b"]
+    await registry.deregister("node-b")
+    assert [n.id for n in await registry.nodes()] == ["node-a"]
+
+
+async def test_sessions_filter_by_user_and_node(broker: Broker) -> None:
+    registry = broker.registry
+    await registry.register(node("node-a"), ttl=30)
+    await registry.register(node("node-b"), ttl=30)
+    s1, s2, s3 = (
+        session("s1", "node-a", "u1"),
+        session("s2", "node-b", "u1"),
+        session("s3", "node-a", "u2"),
+    )
+    await registry.add_sessions([s1, s2, s3])
+
+    async def ids(**query: Any) -> set[str]:
+        return {s.id for s in await registry.sessions(**query)}
+
+    assert await ids() == {"s1", "s2", "s3"}
+    assert await ids(user="u1") == {"s1", "s2"}
+    assert await ids(node="node-a") == {"s1", "s3"}
+    assert await ids(user="u1", node="node-b") == {"s2"}
+    assert await ids(user="nobody") == set()
+    assert await ids(node="node-z") == set()
+    assert len(await registry.sessions(limit=2)) == 2
+    assert len(await registry.sessions(user="u1", limit=1)) == 1
+    assert await registry.find_session("s3") == s3
+    assert await registry.find_session("s404") is None
+    await registry.remove_sessions("node-a", ["s1", "s404"])
+    assert await registry.find_session("s1") is None
+    assert await ids(user="u1") == {"s2"}
+    assert await ids() == {"s2", "s3"}
+
+
+async def test_sessions_vanish_with_their_node(broker: Broker) -> None:
+    registry = broker.registry
+    await registry.register(node("node-a"), ttl=0.3 * UNIT)
+    await registry.register(node("node-b"), ttl=30)
+    await registry.add_sessions([session("s1", "node-a", "u1"), session("s2", "node-b", "u1")])
+    assert (await registry.find_session("s1")) is not None
+    await asyncio.sleep(0.6 * UNIT)  # node-a stopped heartbeating
+    assert [s.id for s in await registry.sessions(user="u1")] == ["s2"]
+    assert [s.id for s in await registry.sessions()] == ["s2"]
+    assert await registry.sessions(node="node-a") == []
+    assert await registry.find_session("s1") is None
+    await registry.deregister("node-b")  # a clean goodbye takes its sessions along
+    assert await registry.sessions() == []
+    assert await registry.find_session("s2") is None
+
+
+# -- idempotency ----------------------------------------------------------------------------------
+
+
+async def test_idempotency_claim_settle_release(broker: Broker) -> None:
+    keys = broker.idempotency
+    assert await keys.claim("k1", 30) is None
+    assert await keys.claim("k1", 30) == b""  # claimed, not settled yet
+    await keys.settle("k1", b'{"id":"m1"}', 30)
+    assert await keys.claim("k1", 30) == b'{"id":"m1"}'
+    assert await keys.claim("k2", 30) is None
+    await keys.release("k2")
+    assert await keys.claim("k2", 30) is None
+    await keys.release("never-claimed")
+
+
+async def test_idempotency_claims_expire(broker: Broker) -> None:
+    keys = broker.idempotency
+    assert await keys.claim("short", 0.2 * UNIT) is None
+    await asyncio.sleep(0.4 * UNIT)
+    assert await keys.claim("short", 30) is None
+    await keys.settle("settled", b"r", 0.2 * UNIT)
+    await asyncio.sleep(0.4 * UNIT)
+    assert await keys.claim("settled", 30) is None
+
+
+# -- commands and lifecycle -----------------------------------------------------------------------
+
+
+async def test_commands_reach_the_subscriber(open_broker: OpenBroker) -> None:
+    rec = Recorder()
+    broker = await open_broker(subscriber=rec)
+    close = Command(kind="close_session", node="node-b", session="s1", code=4010, reason="ops")
+    drain = Command(kind="drain", node="*")
+    await broker.bus.send_command(close)
+    await broker.bus.send_command(drain)
+    await rec.until(lambda: len(rec.commands) >= 2)
+    assert rec.commands == [close, drain]
+    assert rec.resyncs == 0
+
+
+async def test_start_and_close_are_idempotent(open_broker: OpenBroker) -> None:
+    broker = await open_broker()
+    await broker.start()
+    assert broker.up
+    await broker.close()
+    await broker.close()

@@ -1,0 +1,153 @@
+"""The Redis broker when Redis goes away: fast failures, then resubscription and a resync.
+
+Each test has a redis-server of its own, which it stops, restarts, freezes or whose pub/sub
+clients it kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pushsvc.broker.base import Command
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.errors import BrokerUnavailable
+from pushsvc.settings import Settings
+from tests.support import UNIT, RedisServer, start_redis
+from tests.test_broker_contract import Recorder, message
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with start_redis() as s:
+        try:
+            yield s
+        finally:
+            if s.proc is not None:
+                s.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+async def subscribed(server: RedisServer) -> AsyncIterator[tuple[RedisBroker, Recorder]]:
+    rec = Recorder()
+    broker = RedisBroker(Settings(redis_url=server.url, node_id="faults"))
+    broker.bus.subscribe(rec.envelope, rec.command, rec.resync)
+    await broker.start()
+    try:
+        yield broker, rec
+    finally:
+        await broker.close()
+
+
+def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
+    """One call into every part of the broker."""
+    return [
+        lambda: broker.publish([(message(), ["user:p"])], origin="faults"),
+        lambda: broker.history.read("user:p", None, 10),
+        lambda: broker.history.last_offset("user:p"),
+        broker.bus.position,
+        lambda: broker.bus.send_command(Command(kind="drain", node="x")),
+        broker.registry.nodes,
+        lambda: broker.registry.find_session("s1"),
+        lambda: broker.ledger.trail("m1"),
+        lambda: broker.ledger.acked_ids("phone", ["m1"]),
+        lambda: broker.idempotency.claim("k", 30),
+    ]
+
+
+async def assert_unavailable_fast(broker: RedisBroker, within: float, sample: int = 0) -> None:
+    """Every operation (or the first ``sample``) raises BrokerUnavailable ``within`` seconds."""
+    for operation in operations(broker)[: sample or None]:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await operation()
+        assert time.monotonic() - started < within
+
+
+async def assert_delivers(broker: RedisBroker, rec: Recorder) -> None:
+    before = len(rec.envelopes)
+    placed = await broker.publish([(message(), ["user:p"])], origin="faults")
+    await rec.until(lambda: len(rec.envelopes) > before)
+    assert rec.envelopes[-1].offsets == placed[0]
+
+
+async def test_stopped_redis_fails_fast_then_the_bus_resyncs(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    broker, rec = subscribed
+    assert broker.up
+    await assert_delivers(broker, rec)
+    server.stop()
+    await rec.until(lambda: not broker.up, 2 * UNIT)
+    await assert_unavailable_fast(broker, 2 * UNIT)
+    assert not broker.up and rec.resyncs == 0
+    server.start()
+    await rec.until(lambda: broker.up and rec.resyncs == 1, 10 * UNIT)
+    await assert_delivers(broker, rec)  # the publish script is loaded again as needed
+    assert rec.resyncs == 1
+
+
+async def test_killed_subscription_is_reestablished(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    broker, rec = subscribed
+    await assert_delivers(broker, rec)
+    for kills in (1, 2):
+        assert server.command("CLIENT", "KILL", "TYPE", "pubsub").strip() == "1"
+        await rec.until(lambda: rec.resyncs == kills and broker.up, 5 * UNIT)  # noqa: B023
+        await assert_delivers(broker, rec)
+
+
+async def test_a_frozen_redis_is_noticed_and_survived(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    broker, rec = subscribed
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
+    try:
+        await assert_unavailable_fast(broker, 1.5 * UNIT, sample=3)  # each one waits a timeout
+        await rec.until(lambda: not broker.up, 4 * UNIT)  # the bus's PING went unanswered
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    await rec.until(lambda: broker.up and rec.resyncs >= 1, 10 * UNIT)
+    await assert_delivers(broker, rec)
+
+
+async def test_starting_while_redis_is_down(server: RedisServer) -> None:
+    server.stop()
+    rec = Recorder()
+    broker = RedisBroker(Settings(redis_url=server.url, node_id="early"))
+    broker.bus.subscribe(rec.envelope, rec.command, rec.resync)
+    started = time.monotonic()
+    await broker.start()
+    try:
+        assert time.monotonic() - started < 3 * UNIT
+        assert not broker.up
+        await assert_unavailable_fast(broker, 2 * UNIT)
+        server.start()
+        await rec.until(lambda: broker.up and rec.resyncs == 1, 10 * UNIT)
+        await assert_delivers(broker, rec)
+    finally:
+        await broker.close()
+    assert not broker.up
+
+
+async def test_close_stops_the_reader_and_frees_every_connection(server: RedisServer) -> None:
+    brokers = [RedisBroker(Settings(redis_url=server.url, node_id=f"n{i}")) for i in range(3)]
+    for broker in brokers:
+        await broker.start()
+        await broker.registry.nodes()
+    assert len(server.command("CLIENT", "LIST").strip().splitlines()) >= 7  # 2 per broker + cli
+    for broker in brokers:
+        await broker.close()
+        await broker.close()
+    await asyncio.sleep(0.2 * UNIT)
+    listed = server.command("CLIENT", "LIST").strip().splitlines()
+    assert len(listed) == 1, listed  # only redis-cli itself
