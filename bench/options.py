@@ -57,8 +57,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(
         prog="python -m bench.fanout",
         description="Connections, broadcast and user-targeted fan-out against a pushsvc node.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-n", "--connections", type=int, default=2000)
+    p.add_argument("-n", "--connections", type=int, default=2000, help="client connections")
     g = p.add_argument_group("server under test")
     g.add_argument("--start-server", action="store_true", help="start a node on free ports")
     g.add_argument(
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=1,
         help="with --start-server: pass --workers K; worker i's internal port is the base + i",
     )
-    g.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE", help="(repeat)"
+    )
     g.add_argument("--client-url", action="append", default=[], help="ws://host:port/ws (repeat)")
     g.add_argument("--internal-url", action="append", default=[], help="http://host:port (repeat)")
     g.add_argument("--api-key", help="internal API key (generated with --start-server)")
@@ -81,40 +84,48 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--token-secret",
         help="PUSHSVC_TOKEN_SECRET, to mint client tokens locally (else via POST /v1/tokens)",
     )
-    g.add_argument("--server-pid", action="append", type=int, default=[], help="(repeat)")
+    g.add_argument(
+        "--server-pid", action="append", type=int, default=[], help="PID to measure (repeat)"
+    )
     g.add_argument(
         "--no-children",
         action="store_true",
         help="measure only the given PIDs, not their child processes",
     )
     g.add_argument("--pin-server", action="store_true", help="pin --server-pid to --server-cpus")
-    g.add_argument("--server-cpus", default="0")
-    g.add_argument("--client-cpus", default="1")
+    g.add_argument("--server-cpus", default="0", help="CPUs for a started server, e.g. 0 or 0-5")
+    g.add_argument("--client-cpus", default="1", help="CPUs for the load workers and this process")
     g.add_argument("--heartbeat", type=float, default=3600.0, help="PUSHSVC_HEARTBEAT if started")
     c = p.add_argument_group("clients")
     c.add_argument("--client-procs", type=int, default=0, help="default: one per 5,000 conns")
     c.add_argument("--source-base", default="127.0.0.2", help="first client source address")
     c.add_argument("--concurrency", type=int, default=200, help="handshakes in flight per process")
-    c.add_argument("--connect-timeout", type=float, default=30.0)
-    c.add_argument("--token-ttl", type=int, default=7200)
+    c.add_argument(
+        "--connect-timeout", type=float, default=30.0, help="seconds from connect to welcome"
+    )
+    c.add_argument("--token-ttl", type=int, default=7200, help="seconds")
     c.add_argument("--user-prefix", default="u", help="connection i is user <prefix><i>")
     m = p.add_argument_group("measurement")
     m.add_argument("--settle", type=float, default=1.0, help="seconds before each RSS reading")
-    m.add_argument("--broadcasts", type=int, default=5)
-    m.add_argument("--broadcast-interval", type=float, default=1.0)
-    m.add_argument("--collect-timeout", type=float, default=10.0)
+    m.add_argument("--broadcasts", type=int, default=5, help="broadcasts to time")
+    m.add_argument(
+        "--broadcast-interval", type=float, default=1.0, help="seconds between broadcasts"
+    )
+    m.add_argument(
+        "--collect-timeout", type=float, default=10.0, help="seconds to wait for a broadcast"
+    )
     m.add_argument(
         "--quiet-wait",
         type=float,
         default=10.0,
-        help="before each broadcast, wait up to this many seconds for other processes on the "
-        "machine to go quiet (0: don't)",
+        help="before the ramp and each broadcast, wait up to this many seconds for other "
+        "processes on the machine to go quiet (0: don't)",
     )
     m.add_argument("--user-rate", type=float, default=200.0, help="user messages per second")
     m.add_argument("--user-duration", type=float, default=10.0, help="seconds (0 to skip)")
     m.add_argument("--user-drain", type=float, default=15.0, help="seconds to wait for stragglers")
     m.add_argument("--timeout", type=float, default=900.0, help="global limit, seconds")
-    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--seed", type=int, default=1, help="for the choice of user-targeted users")
     m.add_argument("--json", type=Path, help="result file (default bench/results/fanout-*.json)")
     m.add_argument("--label", default="", help="free text stored in the JSON")
     m.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
