@@ -64,7 +64,7 @@ async def broadcast_once(
     """Publish broadcast ``seq`` and collect its arrivals; a string says why it failed."""
     waited = await wait_quiet(node, group, opts.quiet_wait) if opts.quiet_wait else 0.0
     window = procstat.Window(node.pids(), group.pids)
-    body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq}}
+    body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq, "run": opts.run_id}}
     resp = await api.post_json("/v1/messages", body)
     if resp.status != 202:
         return f"broadcast {seq}: HTTP {resp.status} {resp.body[:200]!r}"
@@ -132,9 +132,10 @@ async def broadcast_phase(
     }
     disturbed = sum(r.disturbed for r in runs)
     if disturbed:
+        others = f"median of the others: {stats.median(quiet):.1f} ms" if quiet else "all did"
         res.notes.append(
             f"{disturbed} of {len(runs)} broadcasts ran while other processes used more than "
-            f"{DISTURBED_SHARE:.0%} of a CPU; median of the others: {stats.median(quiet):.1f} ms"
+            f"{DISTURBED_SHARE:.0%} of a CPU; {others}"
         )
     bound = sum(r.client_bound for r in runs)
     if bound:

@@ -34,9 +34,14 @@ def mint_token(secret: str, user: str, ttl: int, topics: list[str], now: int) ->
 
 
 class Setup(msgspec.Struct, tag=True, frozen=True):
-    """Who the worker is and what it connects. Answered by :class:`Ready`."""
+    """Who the worker is and what it connects. Answered by :class:`Ready`.
+
+    ``run`` identifies this benchmark run: the benchmark's messages carry it in ``data.run``, and
+    messages of other runs (replayed history of an earlier run on the same node) are not counted.
+    """
 
     worker: int
+    run: str
     url: str
     source_ip: str
     first: int
@@ -130,6 +135,7 @@ class Status(msgspec.Struct, tag=True, frozen=True):
     protocol_errors: int
     pings_answered: int
     unexpected_frames: int
+    foreign_messages: int
 
 
 class WorkerFailed(msgspec.Struct, tag=True, frozen=True):

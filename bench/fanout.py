@@ -124,6 +124,7 @@ async def measure(opts: Options, node: Node, res: Results) -> None:
                 "protocol_errors": sum(s.protocol_errors for s in status),
                 "pings_answered": sum(s.pings_answered for s in status),
                 "unexpected_frames": sum(s.unexpected_frames for s in status),
+                "foreign_messages": sum(s.foreign_messages for s in status),
             }
             if closed:
                 res.notes.append(f"connections closed during the run: {dict(closed)}")

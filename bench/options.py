@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ class Options:
     profile: str
     quiet_wait: float
     profile_format: str
+    run_id: str
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -195,4 +197,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         profile=a.profile,
         quiet_wait=a.quiet_wait,
         profile_format=a.profile_format,
+        run_id=secrets.token_hex(6),
     )

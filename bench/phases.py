@@ -54,6 +54,7 @@ def setups(opts: Options, node: Node, tokens: list[str] | None) -> list[Setup]:
         out.append(
             Setup(
                 worker=i,
+                run=opts.run_id,
                 url=node.client_urls[i % len(node.client_urls)],
                 source_ip=str(base + i),
                 first=first,
@@ -182,7 +183,11 @@ async def user_phase(
     errors: Counter[str] = Counter()
 
     async def one(seq: int, user: str) -> None:
-        body = {"to": {"users": [user]}, "event": USER_EVENT, "data": {"seq": seq}}
+        body = {
+            "to": {"users": [user]},
+            "event": USER_EVENT,
+            "data": {"seq": seq, "run": opts.run_id},
+        }
         try:
             resp = await api.post_json("/v1/messages", body)
         except (OSError, asyncio.IncompleteReadError) as exc:

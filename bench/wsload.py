@@ -68,6 +68,7 @@ class Worker:
         self.protocol_errors = 0
         self.pings_answered = 0
         self.unexpected_frames = 0
+        self.foreign_messages = 0
         self.acks_sent = 0
         self.transports = 0
         self.address = (self.target.host, self.target.port)
@@ -98,9 +99,19 @@ class Worker:
     # -- called by connections ---------------------------------------------------------------
 
     def on_msg(self, conn: Conn, obj: dict[str, Any], t: int) -> None:
+        if obj.get("ack") and "id" in obj:
+            conn.send_text(orjson.dumps({"type": "ack", "ids": [obj["id"]]}))
+            self.acks_sent += 1
+        data = obj.get("data")
+        if not isinstance(data, dict) or data.get("run") != self.setup.run:
+            self.foreign_messages += 1
+            return
+        seq = data.get("seq")
+        if not isinstance(seq, int):
+            self.foreign_messages += 1
+            return
         event = obj.get("event")
         if event == BROADCAST_EVENT:
-            seq = obj["data"]["seq"]
             arr = self.bcast.get(seq)
             if arr is None:
                 arr = self.bcast[seq] = [0] * self.setup.count
@@ -115,10 +126,9 @@ class Worker:
                 self.user_dups += 1
             else:
                 self.user_seen.add(mid)
-                self.user_arrivals.append((obj["data"]["seq"], t))
-        if obj.get("ack"):
-            conn.send_text(orjson.dumps({"type": "ack", "ids": [obj["id"]]}))
-            self.acks_sent += 1
+                self.user_arrivals.append((seq, t))
+        else:
+            self.foreign_messages += 1
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -218,6 +228,7 @@ class Worker:
             protocol_errors=self.protocol_errors,
             pings_answered=self.pings_answered,
             unexpected_frames=self.unexpected_frames,
+            foreign_messages=self.foreign_messages,
         )
 
     async def close(self, grace: float) -> Status:
