@@ -34,7 +34,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import procstat
+from bench import procstat, provenance
 from bench.api import ApiClient
 from bench.broadcast import broadcast_phase
 from bench.common import Close, GetStatus, Status
@@ -44,7 +44,7 @@ from bench.phases import mint_over_http, ramp_phase, setups, user_phase
 from bench.profile import Profile
 from bench.report import Results, Row, log, print_table, rows_json, write_json
 from bench.servermetrics import GcTrail, gc_figures, server_view
-from bench.workers import WorkerGroup
+from bench.workers import REPO_ROOT, WorkerGroup
 
 
 @contextlib.asynccontextmanager
@@ -149,6 +149,7 @@ async def run(opts: Options) -> int:
             "label": opts.label,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": procstat.machine_info(),
+            "code": {**provenance.git_state(REPO_ROOT), "packages": provenance.package_versions()},
             "parameters": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in asdict(opts).items()
