@@ -1,0 +1,334 @@
+"""Rules, Alertmanager config, dashboards and metrics against the real binaries.
+
+promtool checks and unit-tests the rules, amtool checks the Alertmanager config, promtool lints a
+live node's /metrics, and a real Prometheus (file_sd from ``pushsvc prometheus-targets``) scrapes
+two live nodes of a Redis cluster while WebSocket clients and publishes make traffic; then every
+PromQL expression of the overview dashboard must return data, and every expression of the
+delivery dashboard (which needs the monitor's metrics) must at least run.
+
+How much the metrics cost a node is measured by the fan-out benchmark in bench/, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import (
+    ROOT,
+    UNIT,
+    NodeHandle,
+    RedisServer,
+    free_port,
+    launch_node,
+    pushsvc_command,
+    start_redis,
+    wait_until,
+)
+from tests.wire import Wire
+
+ALERTS = ROOT / "alerts"
+RULES = ALERTS / "pushsvc.rules.yml"
+DASHBOARDS = ROOT / "dashboards"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+RATE_INTERVAL = "20s"  # $__rate_interval with a 1 s scrape interval
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name) or (
+        f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
+    )
+    assert found, (
+        f"{name} is not installed: run scripts/system-deps.sh (Debian prometheus packages)"
+    )
+    return found
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, check=False, capture_output=True, text=True, timeout=60 * UNIT, cwd=ROOT
+    )
+
+
+def alerting_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+def dashboard(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((DASHBOARDS / f"{name}.json").read_text())
+    return loaded
+
+
+def expressions(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, variables substituted."""
+    out = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in (("$__rate_interval", RATE_INTERVAL), ("$__range", "1h"),
+                               ("$job", "pushsvc"), ("$node", ".*")):  # fmt: skip
+                expr = expr.replace(var, value)
+            assert "$" not in expr, f"unsubstituted variable in {panel['title']}: {expr}"
+            out.append((panel["title"], expr))
+    return out
+
+
+# -- static checks --------------------------------------------------------------------------
+
+
+def test_promtool_check_rules() -> None:
+    r = run(binary("promtool"), "check", "rules", str(RULES))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_test_rules() -> None:
+    tests = sorted(str(p) for p in (ALERTS / "tests").glob("*.yml"))
+    assert tests
+    r = run(binary("promtool"), "test", "rules", *tests)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in (ALERTS / "tests").glob("*.yml"):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {r["alert"] for r in alerting_rules()}
+    assert names - firing == set(), "never tested firing"
+    assert names - quiet == set(), "never tested quiet"
+
+
+def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    for rule in alerting_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        notes = rule["annotations"]
+        assert notes["summary"] and notes["description"], name
+        page, _, anchor = notes["runbook_url"].partition("#")
+        assert page == "docs/runbooks.md" and anchor in anchors, (name, notes["runbook_url"])
+
+
+def test_amtool_check_config() -> None:
+    r = run(binary("amtool"), "check-config", str(ALERTS / "alertmanager.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", ["pushsvc-overview", "pushsvc-delivery"])
+def test_dashboards_are_portable(name: str) -> None:
+    board = dashboard(name)
+    assert board["uid"] == name
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            windows = re.findall(r"\[([^\]]+)\]", target["expr"])
+            assert set(windows) <= {"$__rate_interval", "$__range"}, (panel["title"], windows)
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# -- live: two nodes, a real Prometheus -----------------------------------------------------
+
+FAST = {"registry_interval": 0.5, "ack_timeout": 1, "heartbeat": 5, "drain_timeout": 2}
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with start_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(redis: RedisServer) -> Iterator[list[NodeHandle]]:
+    nodes = [launch_node(redis_url=redis.url, node_id=f"obs-{n}", **FAST) for n in "ab"]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+class Prometheus:
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = url
+        self.proc = proc
+        self.log = log
+
+    def query(self, expr: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10 * UNIT)
+        body: dict[str, Any] = r.json()
+        return body
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)["data"]["result"]
+        return float(result[0]["value"][1]) if result else float("nan")
+
+
+@pytest.fixture(scope="module")
+def prometheus(redis: RedisServer, cluster: list[NodeHandle]) -> Iterator[Prometheus]:
+    with tempfile.TemporaryDirectory(prefix="pushsvc-prom-") as tmp:
+        targets = Path(tmp) / "pushsvc.json"
+        r = run(*pushsvc_command(), "prometheus-targets", "--redis-url", redis.url,
+                "--output", str(targets))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        groups = json.loads(targets.read_text())
+        assert {g["labels"]["node"] for g in groups} == {"obs-a", "obs-b"}
+        config = Path(tmp) / "prometheus.yml"
+        config.write_text(
+            json.dumps({
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [{
+                    "job_name": "pushsvc",
+                    "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+                }],
+            })  # JSON is YAML
+        )  # fmt: skip
+        port = free_port()
+        log = Path(tmp) / "prometheus.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [binary("prometheus"), f"--config.file={config}",
+                 f"--storage.tsdb.path={Path(tmp) / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                stdout=out, stderr=out,
+            )  # fmt: skip
+        server = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+        try:
+            wait_until(lambda: _ready(server), 20 * UNIT, 0.1)
+            yield server
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10 * UNIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _ready(server: Prometheus) -> bool:
+    assert server.proc.poll() is None, server.log.read_text()
+    try:
+        return httpx.get(server.url + "/-/ready", timeout=UNIT).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def traffic(nodes: list[NodeHandle]) -> int:
+    """Sessions on both nodes, publishes through both, acks (one late: a redelivery), an offline
+    inbox replay, a broadcast, and closes with several codes. Returns the acks sent."""
+    a, b = nodes
+    acks = 0
+    a.publish({"to": {"users": ["inbox"]}, "event": "lab.ready", "data": {}})  # waits offline
+    devices = []
+    for i, node in enumerate((a, b, a, b)):
+        token = node.token(f"p{i % 2}", ["clinic-205"])
+        devices.append(await Wire.open(node.client_url, token, f"dev{i}"))
+    for n in range(6):
+        node = nodes[n % 2]
+        node.publish({"to": {"users": ["p0", "p1"]}, "event": "queue.called", "data": {"n": n}})
+    node_b_topic = b.publish({"to": {"topics": ["clinic-205"]}, "event": "board", "data": {}})
+    assert node_b_topic["id"]
+    for i, wire in enumerate(devices):
+        got = await wire.messages(7)
+        for m in got:
+            if m["ack"] and not (i == 0 and m["data"] == {"n": 0}):
+                await wire.ack(m["id"])
+                acks += 1
+    late = await devices[0].recv_msg(5 * UNIT)  # redelivered after ack_timeout
+    assert late["data"] == {"n": 0}
+    await devices[0].ack(late["id"])
+    acks += 1
+    inbox = await Wire.open(b.client_url, b.token("inbox"), "lab")
+    (replayed,) = await inbox.messages(1)
+    assert replayed["replay"] is True
+    await inbox.ack(replayed["id"])
+    acks += 1
+    # closes: normal (1000), by the operator (4010), a bad token (4001), a bad frame (4003)
+    await inbox.close()
+    session = devices[1].welcome["session"]
+    assert b.api("DELETE", f"/v1/sessions/{session}").status_code == 202
+    code, _, _ = await devices[1].closed()
+    assert code == 4010
+    bad = await Wire.open(a.client_url, None)
+    await bad.send({"type": "hello", "token": "not-a-token", "device": "x"})
+    assert (await bad.closed())[0] == 4001
+    rude = await Wire.open(a.client_url, a.token("p0"), "rude")
+    await rude.send("{not json")
+    assert (await rude.closed())[0] == 4003
+    unauthorized = await asyncio.to_thread(
+        httpx.get, a.internal_url + "/v1/nodes", timeout=5 * UNIT
+    )
+    assert unauthorized.status_code == 401
+    for wire in (devices[0], devices[2], devices[3]):
+        await wire.close()
+    return acks
+
+
+def test_promtool_check_metrics_on_a_live_node(cluster: list[NodeHandle]) -> None:
+    text = httpx.get(cluster[0].internal_url + "/metrics", timeout=5 * UNIT).text
+    assert "pushsvc_messages_ack_requested_total" in text
+    r = subprocess.run([binary("promtool"), "check", "metrics"], check=False, input=text,
+                       capture_output=True, text=True, timeout=30 * UNIT)  # fmt: skip
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+@pytest.mark.redis
+def test_prometheus_scrapes_two_nodes_and_every_overview_panel_has_data(
+    cluster: list[NodeHandle], prometheus: Prometheus
+) -> None:
+    wait_until(lambda: prometheus.value('count(up{job="pushsvc"} == 1)') == 2, 20 * UNIT, 0.2)
+    up = prometheus.query('up{job="pushsvc"}')["data"]["result"]
+    assert {s["metric"]["node"] for s in up} == {"obs-a", "obs-b"}
+    acks = asyncio.run(traffic(cluster))
+    wait_until(
+        lambda: prometheus.value('sum(pushsvc_messages_acked_total{job="pushsvc"})') >= acks,
+        15 * UNIT, 0.2,
+    )  # fmt: skip
+    time.sleep(2)  # a couple more scrapes, so every rate has two samples after the traffic
+
+    missing = []
+    for title, expr in expressions(dashboard("pushsvc-overview")):
+        answer = prometheus.query(expr)
+        assert answer["status"] == "success", (title, expr, answer)
+        if not answer["data"]["result"]:
+            missing.append(f"{title}: {expr}")
+    assert not missing, "overview panels without data:\n" + "\n".join(missing)
+
+    for title, expr in expressions(dashboard("pushsvc-delivery")):
+        answer = prometheus.query(expr)
+        assert answer["status"] == "success", (title, expr, answer)
+
+    # the rules evaluate cleanly against the real series, and the SLI saw the traffic
+    rules = httpx.get(prometheus.url + "/api/v1/rules", timeout=5 * UNIT).json()["data"]["groups"]
+    broken = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"]
+              if r["health"] == "err"]  # fmt: skip
+    assert not broken
+    wait_until(lambda: prometheus.query("pushsvc:ack_error_ratio:rate5m")["data"]["result"],
+               10 * UNIT, 0.2)  # fmt: skip
+    assert 0 <= prometheus.value("pushsvc:ack_error_ratio:rate5m") <= 0.5
