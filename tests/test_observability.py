@@ -290,6 +290,7 @@ async def traffic(nodes: list[NodeHandle]) -> int:
     return acks
 
 
+@pytest.mark.redis
 def test_promtool_check_metrics_on_a_live_node(cluster: list[NodeHandle]) -> None:
     text = httpx.get(cluster[0].internal_url + "/metrics", timeout=5 * UNIT).text
     assert "pushsvc_messages_ack_requested_total" in text

@@ -277,6 +277,7 @@ async def test_acks_of_replayed_messages_join_the_trace(
     assert ack.parent is not None and ack.parent.span_id == send.context.span_id
 
 
+@pytest.mark.redis
 async def test_tracing_off_leaves_messages_without_traceparent(redis: RedisServer) -> None:
     settings = Settings(
         node_id="plain", redis_url=redis.url, port=0, internal_port=0,
