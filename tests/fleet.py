@@ -39,6 +39,7 @@ class Device:
     close_codes: list[int] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _stop: bool = False
 
@@ -72,7 +73,14 @@ class Device:
             self.nodes.append(wire.welcome["node"])
             try:
                 while True:
-                    m = await wire.recv_msg(timeout=3600)
+                    m = await wire.recv(timeout=3600)
+                    if m["type"] == "ping":
+                        await wire.send({"type": "pong"})
+                        continue
+                    if m["type"] == "error":
+                        self.errors.append(m["code"])  # the close frame follows
+                        continue
+                    assert m["type"] == "msg", m
                     if m["id"] in self.received:
                         self.duplicates += 1
                     else:
