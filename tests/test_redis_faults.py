@@ -16,6 +16,7 @@ import pytest
 
 from pushsvc.broker.base import Command
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.broker.redis.history import range_start
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer, start_redis
@@ -110,14 +111,58 @@ async def test_a_frozen_redis_is_noticed_and_survived(
 ) -> None:
     broker, rec = subscribed
     assert server.proc is not None
+    await asyncio.sleep(2.5)  # idle: the bus PINGs and is answered, it stays subscribed
+    assert (broker.bus.subscriptions, rec.resyncs, broker.up) == (1, 0, True)
     server.proc.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
     try:
+        # no command is sent: the bus finds out by itself (PING after 1 s idle, 2 s to answer)
+        await rec.until(lambda: not broker.bus.connected, 4 * UNIT)
+        assert not broker.up
         await assert_unavailable_fast(broker, 1.5 * UNIT, sample=3)  # each one waits a timeout
-        await rec.until(lambda: not broker.up, 4 * UNIT)  # the bus's PING went unanswered
     finally:
         server.proc.send_signal(signal.SIGCONT)
     await rec.until(lambda: broker.up and rec.resyncs >= 1, 10 * UNIT)
     await assert_delivers(broker, rec)
+
+
+async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
+    server: RedisServer,
+) -> None:
+    got: list[str] = []
+
+    def on_envelope(envelope: Any) -> None:
+        got.append(envelope.message.id)
+        if len(got) == 1:
+            raise RuntimeError("a subscriber bug")
+
+    broker = RedisBroker(Settings(redis_url=server.url, node_id="robust"))
+    broker.bus.subscribe(on_envelope, lambda _: None)
+    await broker.start()
+    try:
+        server.command("PUBLISH", broker.keys.bus, "not json")
+        server.command("PUBLISH", broker.keys.commands, '{"kind": 1}')
+        first, second = message(), message()
+        await broker.publish([(first, ["user:p"]), (second, ["user:p"])], origin="robust")
+        await Recorder().until(lambda: len(got) == 2)
+        assert got == [first.id, second.id]
+        assert broker.bus.subscriptions == 1 and broker.up
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    ("after", "start"),
+    [
+        (None, "-"),
+        ("0-0", "(0-0"),
+        ("1700000000000-7", "(1700000000000-7"),
+        (f"5-{2**64 - 1}", "6-0"),
+        (f"{2**64 - 1}-{2**64 - 1}", None),
+        (f"{2**64}-0", None),
+    ],
+)
+def test_history_range_start(after: str | None, start: str | None) -> None:
+    assert range_start(after) == start
 
 
 async def test_starting_while_redis_is_down(server: RedisServer) -> None:

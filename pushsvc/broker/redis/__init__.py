@@ -4,10 +4,10 @@ Modules: ``link`` (command connections, error mapping, scripts by SHA), ``script
 ``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys). Key names and the
 keyspace are documented in :mod:`pushsvc.broker.keys`.
 
-Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages: each message is
-appended to its streams, numbered, announced on the bus and given its trail inside one atomic
-script run, so every subscriber sees a stream's envelopes in offset order, a message accepted by a
-node that dies right after still has its trail, and a batch costs one round trip per chunk.
+Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
+in one round trip: each message is appended to its streams, numbered, announced on the bus and
+given its trail inside one atomic script run, so every subscriber sees a stream's envelopes in
+offset order and a message accepted by a node that dies right after still has its trail.
 
 Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
 could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
@@ -90,22 +90,21 @@ class RedisBroker(Broker):
     async def publish(
         self, items: list[tuple[Message, list[str]]], origin: str
     ) -> list[dict[str, str]]:
-        results: list[dict[str, str]] = []
         head: list[Arg] = [self._maxlen, self._ttl, self.keys.bus, _encode(origin)]
+        calls: list[tuple[list[Arg], list[Arg]]] = []
         for start in range(0, len(items), PUBLISH_CHUNK):
-            chunk = items[start : start + PUBLISH_CHUNK]
             keys: list[Arg] = [self.keys.bus_seq]
             args = list(head)
-            for message, streams in chunk:
+            for message, streams in items[start : start + PUBLISH_CHUNK]:
                 keys.append(self.keys.trail(message.id))
                 keys += [self.keys.stream(s) for s in streams]
                 expire_at = message.expires + self._retention_ms
                 args += (len(streams), _encode(message), published_head(message), expire_at)
                 args += [_encode(s) for s in streams]
-            ids = iter(await self._link.run(PUBLISH, keys, args))
-            for _, streams in chunk:
-                results.append({stream: next(ids).decode() for stream in streams})
-        return results
+            calls.append((keys, args))
+        replies = await self._link.run_all(PUBLISH, calls)
+        ids = (entry_id.decode() for reply in replies for entry_id in reply)
+        return [{stream: next(ids) for stream in streams} for _, streams in items]
 
 
 def published_head(message: Message) -> bytes:

@@ -10,9 +10,9 @@ with capped exponential backoff and full jitter (:data:`BACKOFF_BASE` to :data:`
 Once subscribed again it calls ``on_resync()`` before any new envelope: whatever was published
 meanwhile is only in history now.
 
-A silent connection is found by a health check: after ``ping_interval`` seconds without a
-message the reader sends PING, and a connection that then stays mute for ``ping_timeout`` seconds
-is dropped and replaced.
+A silent connection is found by a watchdog: after ``ping_interval`` seconds without a message it
+sends PING, and a connection that then stays mute for ``ping_timeout`` seconds is closed, which
+ends the reader's wait; the reader itself reads without a timer per message.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class RedisBus(Bus):
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._lost = False  # a subscription existed (or was due) and went away
+        self._heard = False  # the subscription received something since the watchdog looked
         self.subscriptions = 0  # how many times the reader subscribed
 
     @property
@@ -157,18 +159,35 @@ class RedisBus(Bus):
             log.info("bus subscription re-established")
             if self._on_resync is not None:
                 self._call(self._on_resync)
-        pinged = False
-        while True:
-            wait = self._ping_timeout if pinged else self._ping_interval
-            reply = await connection.read_response(timeout=wait)
-            if reply is not None:
-                pinged = False
+        self._heard = True
+        watchdog = asyncio.get_running_loop().create_task(self._watch(connection))
+        try:
+            while True:  # no timer per read: the watchdog ends a silent connection
+                reply = await connection.read_response(timeout=math.inf)
+                self._heard = True
                 self._dispatch(reply)
-            elif not pinged:
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
+    async def _watch(self, connection: Connection) -> None:
+        """PING after ``ping_interval`` without a reply; disconnect (so that the reader fails)
+        when nothing at all arrives within ``ping_timeout`` after that."""
+        while True:
+            self._heard = False
+            await asyncio.sleep(self._ping_interval)
+            if self._heard:
+                continue
+            try:
                 await connection.send_command("PING", check_health=False)
-                pinged = True
-            else:
-                raise SubscriptionLost(f"no answer to PING within {self._ping_timeout}s")
+            except (RedisError, OSError):
+                return  # the connection is gone: the reader fails on its own
+            await asyncio.sleep(self._ping_timeout)
+            if not self._heard:
+                log.warning("bus subscription silent", extra={"timeout": self._ping_timeout})
+                await connection.disconnect(nowait=True)
+                return
 
     def _dispatch(self, reply: Any) -> None:
         """One pub/sub reply: ``[b"message", channel, data]`` or ``[b"pong", b""]``."""

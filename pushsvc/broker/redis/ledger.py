@@ -1,9 +1,9 @@
 """Delivery trails and idempotency keys in Redis.
 
 A trail is one hash per message (fields in :mod:`pushsvc.broker.keys`). :meth:`RedisLedger.record`
-sends a batch as one script call per :data:`CHUNK` records; every write in it commutes (first
-wins, highest wins, or a sum), so records from different nodes may arrive in any order and a
-Sent that beats its Published still ends up in the trail. A trail expires with its message plus
+sends a batch in one round trip, one script call per :data:`CHUNK` records. Every write commutes
+(first wins, highest wins, or a sum), so records from different nodes may arrive in any order and
+a Sent that beats its Published still ends up in the trail. A trail expires with its message plus
 ``retention`` seconds; until its Published record arrives it is kept ``early_ttl`` seconds.
 """
 
@@ -42,13 +42,16 @@ class RedisLedger(Ledger):
         self._early_ttl = max(1, int(early_ttl))
 
     async def record(self, events: list[LedgerEvent]) -> None:
+        calls: list[tuple[list[Arg], list[Arg]]] = []
         for start in range(0, len(events), CHUNK):
             keys: list[Arg] = []
             args: list[Arg] = [self._early_ttl]
             for event in events[start : start + CHUNK]:
                 keys.append(self._keys.trail(event.message_id))
                 args += self._args(event)
-            await self._link.run(LEDGER, keys, args)
+            calls.append((keys, args))
+        if calls:
+            await self._link.run_all(LEDGER, calls)
 
     def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg]:
         """The five script values of one record (see ``scripts.LEDGER``)."""
@@ -95,13 +98,13 @@ class RedisLedger(Ledger):
         return trail
 
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
-        out: set[str] = set()
-        for start in range(0, len(message_ids), CHUNK):
-            chunk = message_ids[start : start + CHUNK]
-            keys = [self._keys.trail(m) for m in chunk]
-            flags = await self._link.run(ACKED, keys, [device])
-            out.update(m for m, flag in zip(chunk, flags, strict=True) if flag)
-        return out
+        if not message_ids:
+            return set()
+        chunks = [message_ids[i : i + CHUNK] for i in range(0, len(message_ids), CHUNK)]
+        calls = [([self._keys.trail(m) for m in chunk], [device]) for chunk in chunks]
+        replies = await self._link.run_all(ACKED, calls)
+        flags = [flag for reply in replies for flag in reply]
+        return {m for m, flag in zip(message_ids, flags, strict=True) if flag}
 
 
 def _delivery_order(d: Delivery) -> tuple[float, str]:

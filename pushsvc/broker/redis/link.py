@@ -1,12 +1,13 @@
 """The command connections to Redis, with every failure mapped onto pushsvc's error tree.
 
-:class:`Link` owns one connection pool. Sockets connect and read with a timeout of ``timeout``
-seconds and a command is sent at most once (no retries inside redis-py): an operation that cannot
-reach Redis fails within about ``timeout`` instead of hanging, and a publish is never doubled by a
-retry after its reply was lost.
+:class:`Link` owns one redis-py connection pool. Sockets connect and read with a timeout of
+``timeout`` seconds and a command is sent at most once (no retries): an operation that cannot reach
+Redis fails within about ``timeout`` instead of hanging, and a publish is never doubled by a retry
+after its reply was lost.
 
-Replies are raw RESP2 — bytes, ints, flat lists and None, with no redis-py response callbacks —
-and are parsed next to the command that asked for them.
+Commands are packed here (:func:`pack`, a few lines of RESP) and exchanged on a pooled connection:
+a batch is one write and one read of all its replies. Replies are raw RESP2 — bytes, ints, flat
+lists and None — parsed next to the command that asked for them.
 
 Failures: a connection error or timeout raises :class:`BrokerUnavailable` and marks the link
 unreachable until a command succeeds again; any other Redis error raises :class:`BrokerError`.
@@ -19,21 +20,13 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    NoScriptError,
-    ReadOnlyError,
-    RedisError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.errors import BrokerError, BrokerUnavailable
 
@@ -44,28 +37,42 @@ Command = Sequence[Arg]
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
-class _Commands(Protocol):
-    async def execute_command(self, *args: Arg) -> Any: ...
-
-
-class _Pipeline(Protocol):
-    def execute_command(self, *args: Arg) -> object: ...
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]: ...
-
-    async def reset(self) -> None: ...
+def pack(command: Command) -> bytes:
+    """``command`` in RESP: an array of bulk strings (floats as ``repr``, like redis-py)."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            data = b"%d" % arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 class Connection(Protocol):
-    """The calls the bus makes on its own connection (a redis-py asyncio connection)."""
+    """The calls made on one redis-py asyncio connection."""
 
     async def connect(self) -> None: ...
 
     async def send_command(self, *args: Arg, check_health: bool = True) -> None: ...
 
+    async def send_packed_command(
+        self, command: list[bytes], check_health: bool = True
+    ) -> None: ...
+
     async def read_response(self, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109 - redis-py API
 
     async def disconnect(self, nowait: bool = False) -> None: ...
+
+
+class _Pool(Protocol):
+    async def get_connection(self) -> Connection: ...
+
+    async def release(self, connection: Connection) -> None: ...
 
 
 class Script:
@@ -91,10 +98,7 @@ class Link:
             health_check_interval=0,
             protocol=2,
         )
-        client = Redis(connection_pool=self.pool)
-        client.response_callbacks.clear()  # raw replies, parsed where each command is sent
-        self._redis = client
-        self._client = cast(_Commands, client)
+        self._pool = cast(_Pool, self.pool)
 
     def connection(self) -> Connection:
         """A new, unconnected connection with the pool's settings, outside the pool: the caller
@@ -111,53 +115,64 @@ class Link:
 
     async def call(self, *args: Arg) -> Any:
         """Send one command; its raw reply."""
-        try:
-            reply = await self._client.execute_command(*args)
-        except (RedisError, OSError) as exc:
-            raise self.failure(exc) from exc
-        self.reachable = True
-        return reply
+        return self._checked(await self._exchange([pack(args)]))[0]
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send ``commands`` in one round trip (not a transaction); their raw replies in order."""
         if not commands:
             return []
-        pipe = cast(_Pipeline, self._redis.pipeline(transaction=False))
+        return self._checked(await self._exchange([pack(c) for c in commands]))
+
+    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run ``script`` once; its reply."""
+        return (await self.run_all(script, [(keys, args)]))[0]
+
+    async def run_all(
+        self, script: Script, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` call, in order and in one round trip; their
+        replies. Calls the server refused with NOSCRIPT (a restarted Redis has no scripts) are
+        sent again, alone, after loading the script: nothing runs twice."""
+        packed = [pack(("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls]
+        replies = await self._exchange(packed)
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            await self.call("SCRIPT", "LOAD", script.source)
+            again = await self._exchange([packed[i] for i in refused])
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+        return self._checked(replies)
+
+    def _checked(self, replies: list[Any]) -> list[Any]:
+        """``replies``, or the pushsvc error for the first error among them."""
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise self.failure(reply) from reply
+        return replies
+
+    async def _exchange(self, packed: list[bytes]) -> list[Any]:
+        """Write ``packed`` commands on one pooled connection and read a reply for each; an
+        error reply is returned in its place (every reply is read, so the connection goes back
+        to the pool clean)."""
         try:
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = await pipe.execute()
+            connection = await self._pool.get_connection()
+        except (RedisError, OSError) as exc:
+            raise self.failure(exc) from exc
+        replies: list[Any] = []
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            for _ in packed:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
         except (RedisError, OSError) as exc:
             raise self.failure(exc) from exc
         finally:
-            await pipe.reset()
+            await self._pool.release(connection)
         self.reachable = True
         return replies
 
-    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run ``script`` by SHA; load it first when the server does not know it (a restart)."""
-        try:
-            return await self._evalsha(script, keys, args)
-        except NoScriptError:
-            await self.call("SCRIPT", "LOAD", script.source)
-        try:
-            return await self._evalsha(script, keys, args)
-        except NoScriptError as exc:
-            raise self.failure(exc) from exc
-
-    async def _evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        try:
-            reply = await self._client.execute_command(
-                "EVALSHA", script.sha, len(keys), *keys, *args
-            )
-        except NoScriptError:
-            raise
-        except (RedisError, OSError) as exc:
-            raise self.failure(exc) from exc
-        self.reachable = True
-        return reply
-
     async def aclose(self) -> None:
         """Close every connection of the pool (idempotent)."""
-        await self._redis.aclose()
         await self.pool.aclose()
