@@ -26,13 +26,14 @@ content; its TTL; who writes it → who reads it.
     ``add_sessions`` / ``remove_sessions`` → ``sessions(user=...)``.
 ``{p}trail:<message id>`` — hash (fields below). The message's expiry + ledger retention
     (``history_ttl`` + retention until its Published record arrives).
-    The ledger script → ``trail()``, ``acked_ids()``.
+    The publish script (its Published record) and the ledger script → ``trail()``,
+    ``acked_ids()``.
 ``{p}idem:<key>`` — string; ``""`` while claimed (the claim TTL), then the publish result
     (``idempotency_ttl``). ``claim`` / ``settle`` / ``release`` → ``claim``.
 
 Fields of ``{p}trail:<id>``::
 
-    p               Published record, JSON (first one wins)
+    p               Published record, JSON (written at publish; the first one wins)
     d:<session>     [device, node] of that delivery, JSON (first record wins)
     s:<session>     sent_at, unix seconds (first Sent wins)
     n:<session>     attempts (the highest Sent attempt)
