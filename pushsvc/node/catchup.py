@@ -107,7 +107,10 @@ class CatchUp:
                 position = await self._node.broker.bus.position()
             except (BrokerError, OSError):
                 continue
-            if position <= self.seq:
+            if position < self.seq:  # the counter restarted (Redis lost its data)
+                self.seq = position
+                self._suspect = None
+            elif position == self.seq:
                 self._suspect = None
             elif self._suspect is not None and self.seq < self._suspect:
                 log.warning(
