@@ -20,6 +20,7 @@ from pushsvc.broker.memory import MemoryBroker
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
+from pushsvc.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def make_broker(settings: Settings) -> Broker:
 
 async def serve(settings: Settings, client_sock: socket.socket | None = None) -> None:
     """Run a node until SIGTERM/SIGINT, then shut it down in order."""
+    if not settings.metrics:
+        metrics.disable_recording()
     node = Node(settings, make_broker(settings))
     config = uvicorn.Config(
         create_app(node),

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     # paths
     static_dir: Path = REPO_ROOT / "clients" / "js"
     log_level: str = "INFO"
+    metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
     @field_validator("api_keys", mode="before")
     @classmethod

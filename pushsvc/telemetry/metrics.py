@@ -203,3 +203,37 @@ def watch_node(node: Node) -> None:
         REGISTRY.unregister(_node_collector)
     _node_collector = NodeCollector(node)
     REGISTRY.register(_node_collector)
+
+
+class _Noop:
+    """Stands in for a metric when recording is switched off (``metrics = false``)."""
+
+    def labels(self, *_: object, **__: object) -> _Noop:
+        return self
+
+    def inc(self, *_: object) -> None:
+        return None
+
+    def observe(self, *_: object) -> None:
+        return None
+
+    def set(self, *_: object) -> None:
+        return None
+
+
+HOT_PATH = (
+    "connections", "connections_opened", "connections_closed", "connection_duration", "published",
+    "sent", "acked", "ack_requested", "redeliveries", "replayed", "delivery_latency",
+    "ack_latency", "fanout_duration", "outbox_overflows", "broker_lag",
+)  # fmt: skip
+
+
+def disable_recording() -> None:
+    """Make every per-message and per-connection metric a no-op (GC pauses are still timed).
+
+    Exists to measure what recording costs (bench/fanout.py with ``PUSHSVC_METRICS=false``);
+    a production node always records.
+    """
+    module = globals()
+    for name in HOT_PATH:
+        module[name] = _Noop()
