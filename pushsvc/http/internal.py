@@ -24,6 +24,7 @@ from pushsvc.auth import api_key_ok
 from pushsvc.broker.base import Command
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyConflict
+from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.models import BatchRequest, PublishRequest, TokenRequest
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing, Publisher
@@ -128,6 +129,7 @@ def create_app(node: Node) -> FastAPI:
 
     app.include_router(_messages(node), dependencies=[Depends(require_key)])
     app.include_router(_cluster(node), dependencies=[Depends(require_key)])
+    app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
