@@ -340,14 +340,19 @@ class SwitchingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self._target = None
+        with suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in its thread
         self._server.close()
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(5 * UNIT)
+        with self._lock:  # including any accepted while closing
+            sockets, self._sockets = list(self._sockets), set()
         for sock in sockets:
             sock.close()
 
