@@ -39,6 +39,7 @@ class Options:
     user_prefix: str
     settle: float
     broadcasts: int
+    max_broadcasts: int
     broadcast_interval: float
     collect_timeout: float
     user_rate: float
@@ -109,7 +110,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     c.add_argument("--user-prefix", default="u", help="connection i is user <prefix><i>")
     m = p.add_argument_group("measurement")
     m.add_argument("--settle", type=float, default=1.0, help="seconds before each RSS reading")
-    m.add_argument("--broadcasts", type=int, default=5, help="broadcasts to time")
+    m.add_argument(
+        "--broadcasts", type=int, default=5, help="broadcasts to time undisturbed by others"
+    )
+    m.add_argument(
+        "--max-broadcasts",
+        type=int,
+        default=0,
+        help="stop after this many broadcasts in all, disturbed or not; 0: 3 times --broadcasts",
+    )
     m.add_argument(
         "--broadcast-interval", type=float, default=1.0, help="seconds between broadcasts"
     )
@@ -184,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         user_prefix=a.user_prefix,
         settle=a.settle,
         broadcasts=a.broadcasts,
+        max_broadcasts=a.max_broadcasts or 3 * a.broadcasts,
         broadcast_interval=a.broadcast_interval,
         collect_timeout=a.collect_timeout,
         user_rate=a.user_rate,
