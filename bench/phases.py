@@ -76,9 +76,12 @@ def setups(opts: Options, node: Node, tokens: list[str] | None) -> list[Setup]:
 
 async def ramp_phase(opts: Options, node: Node, group: WorkerGroup, res: Results) -> list[int]:
     pids = node.pids()
+    idle_from = (time.monotonic(), procstat.sample(pids).cpu_seconds)
     await asyncio.sleep(opts.settle)
     waited = await wait_quiet(node, group, opts.quiet_wait) if opts.quiet_wait else 0.0
     before = procstat.sample(pids)
+    idle_rate = (before.cpu_seconds - idle_from[1]) / max(time.monotonic() - idle_from[0], 1e-3)
+    window_start = time.monotonic()
     log(f"ramping {opts.connections} connections over {len(group.workers)} processes")
     window = procstat.Window(pids, group.pids)
     t0 = time.perf_counter()
@@ -89,6 +92,7 @@ async def ramp_phase(opts: Options, node: Node, group: WorkerGroup, res: Results
     await asyncio.sleep(opts.settle)
     pids = node.pids()
     after = procstat.sample(pids)
+    idle_cpu = idle_rate * (time.monotonic() - window_start)
 
     ok = sum(r.ok for r in ramped)
     failed = sum(r.failed for r in ramped)
@@ -105,6 +109,7 @@ async def ramp_phase(opts: Options, node: Node, group: WorkerGroup, res: Results
     )
     cpu_us = (after.cpu_seconds - before.cpu_seconds) / divisor * 1e6
     cpu_us_at_end = (at_end.cpu_seconds - before.cpu_seconds) / divisor * 1e6
+    cpu_us_busy = (after.cpu_seconds - before.cpu_seconds - idle_cpu) / divisor * 1e6
     log(
         f"ramp: {ok} open, {failed} failed in {wall:.1f} s; RSS {rss_per:.1f} KiB/conn, "
         f"CPU {cpu_us:.0f} µs/handshake"
@@ -140,6 +145,8 @@ async def ramp_phase(opts: Options, node: Node, group: WorkerGroup, res: Results
         "server_cpu_seconds_ramp": after.cpu_seconds - before.cpu_seconds,
         "per_handshake_us": cpu_us,
         "per_handshake_us_at_ramp_end": cpu_us_at_end,
+        "idle_cpu_share": idle_rate,
+        "per_handshake_us_less_idle": cpu_us_busy,
         "clock_ticks_per_second": procstat.CLK_TCK,
     }
     res.rows += [
