@@ -24,6 +24,7 @@ from pushsvc.auth import api_key_ok
 from pushsvc.broker.base import Command
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyConflict
+from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.models import BatchRequest, PublishRequest, TokenRequest
 from pushsvc.node.gateway import Node
@@ -123,13 +124,14 @@ def create_app(node: Node) -> FastAPI:
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
     )
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:  # async: no trip through a thread pool
         if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
 
     app.include_router(_messages(node), dependencies=[Depends(require_key)])
     app.include_router(_cluster(node), dependencies=[Depends(require_key)])
     app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
+    app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)

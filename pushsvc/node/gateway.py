@@ -22,7 +22,17 @@ from typing import Any, assert_never
 
 from pushsvc import __version__
 from pushsvc.auth import TokenIssuer
-from pushsvc.broker.base import Acked, Broker, Command, NodeInfo, Sent, SentCount, SessionInfo
+from pushsvc.broker.base import (
+    Acked,
+    Broker,
+    Command,
+    Expected,
+    Expired,
+    NodeInfo,
+    Sent,
+    SentCount,
+    SessionInfo,
+)
 from pushsvc.core import frames, offsets, replay
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.flow import TokenBucket, slow_consumer
@@ -33,6 +43,7 @@ from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
+from pushsvc.node.faults import Faults
 from pushsvc.node.session import Phase, Session
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
@@ -44,6 +55,7 @@ log = logging.getLogger(__name__)
 PING_FRAME = frames.ws_text_frame(frames.PING)
 PONG_FRAME = frames.ws_text_frame(frames.PONG)
 
+FREEZE_AFTER = 500  # sessions opened between two gc.freeze() calls
 AckPayload = tuple[bytes, int]  # (framed message, publish time in ms)
 
 
@@ -56,10 +68,13 @@ class Node:
         self.id = settings.node_id
         self.loop = asyncio.get_event_loop_policy().get_event_loop()
         self.sessions: dict[str, Session] = {}
+        self.users: dict[str, int] = {}  # user -> open sessions here
+        self._unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer(settings.token_secret)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
+        self.faults = Faults()  # game days only: see pushsvc.http.admin
         self.fanout = FanOut(self)
         self.catchup = CatchUp(self)
         self.over_cap: set[Session] = set()
@@ -215,6 +230,8 @@ class Node:
         )
         session.hello_accepted()
         self.sessions[session.id] = session
+        self.users[session.user] = self.users.get(session.user, 0) + 1
+        self._unfrozen += 1
         self.index.add(session.id, session.streams, session)
         metrics.connections.set(len(self.sessions))
         wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
@@ -238,7 +255,7 @@ class Node:
                 if owed:
                     await self.accounting.flush()  # acks this node holds must count too
                     acked = await self.broker.ledger.acked_ids(session.device, owed)
-                picked = replay.select(stream, entries, since, acked.__contains__, now_ms)
+                picked = self._select(session, stream, entries, since, acked, now_ms)
                 chosen.extend((stream, e) for e in picked)
         except (BrokerError, OSError) as exc:
             self.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
@@ -255,7 +272,7 @@ class Node:
         now = time.time()
         last = session.last
         last.update(positions)
-        for stream, entry in chosen:
+        for stream, entry in [c for c in chosen if self._keep(session, c[1].message, now)]:
             m = entry.message
             frame = frames.ws_text_frame(
                 frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
@@ -277,7 +294,9 @@ class Node:
             metrics.sent.inc(len(chosen))
         buffered, session.buffer = session.buffer or [], None
         session.phase = Phase.LIVE
-        for stream, position, message, frame in buffered:
+        for stream, position, message, frame in [
+            b for b in buffered if self._keep(session, b[2], now)
+        ]:
             if session.offer(stream, position, message, frame) and message.ack:
                 self.track(session, message, frame, now, replay=False)
         self._pings.append((time.monotonic() + s.heartbeat, session))
@@ -290,6 +309,32 @@ class Node:
                 "remote": session.remote, "replayed": len(chosen),
             },
         )  # fmt: skip
+
+    def _keep(self, session: Session, message: Message, now: float) -> bool:
+        """False when the drop fault swallows ``message`` (it is then owed, never written)."""
+        if not (self.faults.drop_deliveries and self.faults.drops(message.id)):
+            return True
+        if message.ack:
+            self.accounting.record(Expected(message.id, session.device, session.id, self.id, now))
+        return False
+
+    def _select(
+        self,
+        session: Session,
+        stream: str,
+        entries: list[HistoryEntry],
+        since: str | None,
+        acked: set[str],
+        now_ms: int,
+    ) -> list[HistoryEntry]:
+        """What to replay of ``stream`` (:func:`replay.select`); counts the inbox entries this
+        device came back too late for as expired (docs/monitoring.md)."""
+        if is_user_stream(stream):
+            for e in entries:
+                m = e.message
+                if m.ack and m.expires <= now_ms and m.id not in acked:
+                    self.accounting.record(Expired(m.id, session.device, self.id))
+        return replay.select(stream, entries, since, acked.__contains__, now_ms)
 
     def track(
         self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
@@ -323,6 +368,11 @@ class Node:
             metrics.connections_closed.labels(metrics.close_code(code)).inc()
             return
         self.sessions.pop(session.id, None)
+        left = self.users.get(session.user, 0) - 1
+        if left > 0:
+            self.users[session.user] = left
+        else:
+            self.users.pop(session.user, None)
         self.index.remove(session.id, session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
@@ -351,8 +401,15 @@ class Node:
             self.tick(time.time(), time.monotonic())
 
     def tick(self, now: float, mono: float) -> None:
-        """Redeliver what is due, close exhausted and slow sessions, send heartbeats."""
+        """Redeliver what is due, close exhausted and slow sessions, send heartbeats; after a
+        connection ramp, move the new long-lived objects out of the collector's sight."""
         metrics.broker_up.set(1 if self.broker.up else 0)
+        if self._unfrozen >= FREEZE_AFTER:
+            # Full collections walk every object; with tens of thousands of sessions that is a
+            # pause of hundreds of ms. Frozen objects are still freed by refcounting when their
+            # session closes (session.connection_lost breaks its cycles).
+            self._unfrozen = 0
+            gc.freeze()
         redeliver, exhausted = self.acks.due(now)
         for r in redeliver:
             session = self.sessions.get(r.session)
@@ -400,7 +457,7 @@ class Node:
             metrics.broker_up.set(1 if self.broker.up else 0)
 
     async def _register(self) -> None:
-        users = len({s.user for s in self.sessions.values()})
+        users = len(self.users)
         info = NodeInfo(
             id=self.id, client_addr=self.client_addr, internal_addr=self.internal_addr,
             pid=os.getpid(), version=__version__, started=self.started, heartbeat=time.time(),

@@ -169,6 +169,13 @@ class Session(asyncio.Protocol):
         was = self.phase
         self.phase = Phase.CLOSED
         self.transport = None
+        self._http = None  # the parser holds this protocol: a cycle
+        if self._ws is not None:
+            # The sans-io protocol and its parser generator reference each other. Closing the
+            # generator frees the cycle by refcounting, which matters because long-lived sessions
+            # are moved out of the collector's sight by gc.freeze() (see Node.tick).
+            self._ws.parser.close()
+            self._ws = None
         if was >= Phase.HELLO:
             self.node.session_closed(self, self._close_code, was)
 
