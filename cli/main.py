@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import typer
 
+from cli.check_config import check_config
+from cli.drain import drain
+from cli.kick import kick
 from cli.listen import listen
+from cli.nodes import nodes
+from cli.publish import publish
 from cli.serve import serve
+from cli.sessions import sessions
+from cli.stats import stats
 from cli.targets import prometheus_targets
 from cli.token import token
+from cli.top import top
+from cli.trace import trace
 
 app = typer.Typer(
     name="pushsvc",
@@ -20,3 +29,12 @@ app.command()(serve)
 app.command()(token)
 app.command()(listen)
 app.command("prometheus-targets")(prometheus_targets)
+app.command()(nodes)
+app.command()(sessions)
+app.command()(kick)
+app.command()(publish)
+app.command()(trace)
+app.command()(stats)
+app.command()(top)
+app.command()(drain)
+app.command("check-config")(check_config)

@@ -1,0 +1,203 @@
+"""``pushsvc check-config``: are the settings valid, and can everything they name be reached?
+
+Checks, in order: the settings parse (else exit 2 with what is wrong); the token secret and the
+API key; Redis (version, PING time); the registry (nodes listed, stale heartbeats); the API with
+the key; every node's ``/readyz``; Alertmanager (``/api/v2/status``). Each check is ``ok``,
+``warn``, ``fail`` or ``skip`` with one line saying why. Exit 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import httpx
+import typer
+
+from cli.api import OperatorError, base_url
+from cli.cluster import (
+    ApiKey,
+    ApiUrl,
+    AsJson,
+    Cluster,
+    OperatorSettings,
+    RedisUrl,
+    node_status,
+    operator_settings,
+    redacted,
+    run,
+)
+from cli.output import emit_json, out, seconds, table
+from pushsvc.broker.base import NodeInfo
+from pushsvc.errors import BrokerError
+
+#: The oldest Redis the broker works with (XADD options, GETDEL, ...).
+REDIS_MIN = (6, 2)
+STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail | skip
+    detail: str
+
+
+def check_config(
+    redis_url: RedisUrl = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    alertmanager_url: Annotated[
+        str | None, typer.Option(help="Alertmanager to check. [env PUSHSVC_ALERTMANAGER_URL]")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Validate the settings and reach Redis, the nodes and Alertmanager; say what is wrong."""
+    settings = operator_settings(
+        redis_url=redis_url, api_url=api_url, api_key=api_key, alertmanager_url=alertmanager_url
+    )
+    checks = run(checks_of(settings))
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
+    else:
+        t = table("check", "status", "detail")
+        for c in checks:
+            t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.detail)
+        out.print(t)
+    if failed:
+        raise typer.Exit(1)
+
+
+async def checks_of(settings: OperatorSettings) -> list[Check]:
+    checks = [Check("settings", "ok", "valid (PUSHSVC_* environment and flags)")]
+    checks += secrets_checks(settings)
+    if not settings.redis_url and not settings.api_url:
+        checks.append(Check("redis", "skip", "no PUSHSVC_REDIS_URL / --redis-url"))
+        checks.append(Check("api", "fail", "give --redis-url to find the nodes, or --api-url"))
+    else:
+        async with Cluster(settings) as cluster:
+            checks += await cluster_checks(cluster)
+    checks.append(await alertmanager_check(settings.alertmanager_url))
+    return checks
+
+
+def secrets_checks(settings: OperatorSettings) -> list[Check]:
+    secret = settings.token_secret
+    if not secret:
+        token = Check("token secret", "warn", "not set: `token` and `listen` need it")
+    elif len(secret) < 32:
+        token = Check("token secret", "fail", "shorter than 32 characters (HS256 needs 32)")
+    else:
+        token = Check("token secret", "ok", f"set ({len(secret)} characters)")
+    if settings.api_key:
+        key = Check("api key", "ok", "set (--api-key / PUSHSVC_API_KEY)")
+    elif settings.api_keys:
+        key = Check("api key", "ok", f"the first of PUSHSVC_API_KEYS ({len(settings.api_keys)})")
+    else:
+        key = Check("api key", "fail", "not set: give --api-key, PUSHSVC_API_KEY or ..._KEYS")
+    return [token, key]
+
+
+async def cluster_checks(cluster: Cluster) -> list[Check]:
+    checks: list[Check] = []
+    if cluster.has_redis:
+        checks.append(await redis_check(cluster))
+        if checks[-1].status == "fail":
+            return checks
+    else:
+        checks.append(Check("redis", "skip", "no --redis-url: nodes are read from the API"))
+    try:
+        nodes = await cluster.nodes()
+    except OperatorError as exc:
+        return [*checks, Check("registry", "fail", exc.message)]
+    checks.append(registry_check(nodes, cluster.settings.registry_interval))
+    try:
+        api = await cluster.api()
+        await api.nodes()
+    except OperatorError as exc:
+        checks.append(Check("api", "fail", exc.message))
+    else:
+        checks.append(Check("api", "ok", f"{api.url} answers and accepts the key"))
+
+    async def ready(n: NodeInfo) -> Check:
+        try:
+            ok, reasons = await (await cluster.node_api(n)).ready()
+        except OperatorError as exc:
+            return Check(f"node {n.id}", "fail", exc.message)
+        if ok:
+            return Check(f"node {n.id}", "ok", f"ready at {n.internal_addr}")
+        return Check(f"node {n.id}", "fail", "not ready: " + ", ".join(reasons))
+
+    checks += await asyncio.gather(*(ready(n) for n in nodes))
+    return checks
+
+
+async def redis_check(cluster: Cluster) -> Check:
+    from pushsvc.broker.redis.link import Link  # noqa: PLC0415 - only this check needs it
+
+    url = redacted(cluster.settings.redis_url or "")
+    link = Link(cluster.settings.redis_url or "", timeout=2.0)
+    try:
+        started = time.monotonic()
+        await link.call("PING")
+        rtt = time.monotonic() - started
+        info = (await link.call("INFO", "server")).decode()
+    except BrokerError as exc:
+        return Check("redis", "fail", f"cannot reach Redis at {url}: {exc.message}")
+    finally:
+        await link.aclose()
+    version = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines()
+         if line.startswith("redis_version:")), "?",
+    )  # fmt: skip
+    if redis_version(version) < REDIS_MIN:
+        return Check("redis", "fail", f"Redis {version} at {url}: pushsvc needs 6.2 or newer")
+    return Check("redis", "ok", f"Redis {version} at {url}, PING {seconds(rtt)}")
+
+
+def redis_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` as ``(7, 0, 15)``; ``()`` when unreadable."""
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except ValueError:
+        return ()
+
+
+def registry_check(nodes: list[NodeInfo], registry_interval: float) -> Check:
+    if not nodes:
+        return Check("registry", "fail", "no node is registered")
+    now = time.time()
+    by_status: dict[str, list[str]] = {}
+    for n in nodes:
+        by_status.setdefault(node_status(n, now, registry_interval), []).append(n.id)
+    summary = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in sorted(by_status.items()))
+    if "heartbeat stale" in by_status:
+        return Check("registry", "fail", summary)
+    return Check("registry", "warn" if "draining" in by_status else "ok", summary)
+
+
+async def alertmanager_check(url: str | None) -> Check:
+    if not url:
+        return Check("alertmanager", "skip", "no --alertmanager-url (PUSHSVC_ALERTMANAGER_URL)")
+    where = base_url(url)
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            response = await http.get(where + "/api/v2/status")
+    except httpx.HTTPError as exc:
+        return Check(
+            "alertmanager", "fail", f"cannot reach {where}: {str(exc) or type(exc).__name__}"
+        )
+    if response.status_code != 200:
+        return Check(
+            "alertmanager", "fail", f"{where}/api/v2/status answered {response.status_code}"
+        )
+    try:
+        body = response.json()
+        version = body.get("versionInfo", {}).get("version", "?")
+        cluster = body.get("cluster", {}).get("status", "?")
+    except (ValueError, AttributeError):
+        return Check("alertmanager", "fail", f"{where} does not answer like Alertmanager")
+    return Check("alertmanager", "ok", f"Alertmanager {version} at {where}, cluster {cluster}")

@@ -1,0 +1,48 @@
+"""``pushsvc kick``: close a session, or every session of a patient, with 4010 (closed by operator).
+
+The API finds the node that holds each session and sends it the ``close_session`` command over the
+bus; the close happens on that node a moment later. 4010 tells the client not to reconnect with
+the same token. Exit 1 when there is no such open session.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.api import Closing
+from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.output import emit_json, out
+from cli.settings import fail
+
+
+def kick(
+    session: Annotated[str | None, typer.Argument(help="The session id to close.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Close every session of this patient instead.")
+    ] = None,
+    redis_url: RedisUrl = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Close SESSION (or every session of --user) with 4010, on whichever node holds it."""
+    if (session is None) == (user is None):
+        fail("give a SESSION id or --user, not both")
+    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    closing = run(_kick(Cluster(settings), session, user))
+    if as_json:
+        emit_json({"closing": closing})
+        return
+    for c in closing:
+        out.print(f"closing session [bold]{c.session}[/] on node [bold]{c.node}[/] with 4010")
+
+
+async def _kick(cluster: Cluster, session: str | None, user: str | None) -> list[Closing]:
+    async with cluster:
+        api = await cluster.api()
+        if session is not None:
+            return [await api.kick(session)]
+        assert user is not None
+        return await api.kick_user(user)
