@@ -12,6 +12,7 @@ want=(
   "prometheus-alertmanager:prometheus-alertmanager"
   "amtool:prometheus-alertmanager"
   "node:nodejs"
+  "tmux:tmux"
 )
 [ "${1:-}" = "--run-only" ] && want=("python3:python3")
 
