@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from tests.fleet import Device, Publisher, missing
-from tests.support import UNIT, NodeHandle, RedisServer, launch_node, start_redis, wait_until
+from tests.support import (
+    UNIT,
+    NodeHandle,
+    RedisServer,
+    free_ports,
+    launch_node,
+    start_redis,
+    wait_until,
+)
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -223,7 +231,9 @@ async def test_rolling_restart_of_every_node_loses_nothing(
 
 
 async def test_workers_share_the_port_and_deliver_across_each_other(redis: RedisServer) -> None:
-    node = launch_node("--workers", "2", redis_url=redis.url, node_id="w", **FAST)
+    node = launch_node(
+        "--workers", "2", redis_url=redis.url, node_id="w", internal_port=free_ports(2), **FAST
+    )
     try:
         internal = [f"http://127.0.0.1:{node.internal_port + i}" for i in range(2)]
         wait_until(lambda: all(httpx.get(u + "/readyz").status_code == 200 for u in internal))
