@@ -90,7 +90,8 @@ class TraceContext(msgspec.Struct, kw_only=True):
 class Published(msgspec.Struct, kw_only=True):
     id: str
     streams: dict[str, str]
-    online_sessions: int = 0
+    online_sessions: int = 0  # on the node that took the publish
+    duplicate: bool = False  # the idempotency key was seen: this is the first publish's result
 
 
 class Closing(msgspec.Struct, kw_only=True):

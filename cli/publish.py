@@ -52,7 +52,12 @@ def publish(
         return
     print(result.id, flush=True)
     where = ", ".join(f"{stream} @ {offset}" for stream, offset in result.streams.items())
-    err.print(f"[dim]{where}; {result.online_sessions} online session(s)[/]")
+    if result.duplicate:
+        err.print(f"[yellow]duplicate:[/] the key was published before, as {result.id} ({where})")
+        return
+    err.print(
+        f"[dim]{where}; {result.online_sessions} online session(s) on the node that took it[/]"
+    )
 
 
 def request(
