@@ -4,9 +4,10 @@ through a node's death, Redis restarts, a killed subscription and rolling restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
@@ -42,6 +43,13 @@ def pair(redis: RedisServer) -> Iterator[list[NodeHandle]]:
     finally:
         for n in nodes:
             n.stop()
+
+
+def _ready(internal_url: str) -> bool:
+    try:
+        return httpx.get(internal_url + "/readyz", timeout=UNIT).status_code == 200
+    except httpx.HTTPError:
+        return False  # not listening yet
 
 
 def uid(prefix: str = "p") -> str:
@@ -88,6 +96,22 @@ def fleet(nodes: list[NodeHandle], users: int = 3, per_user: int = 2) -> list[De
     return devices
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    nodes: list[NodeHandle], users: int = 3
+) -> AsyncIterator[tuple[list[Device], Publisher, list[str]]]:
+    """A running fleet (every device connected), a publisher over ``nodes``, the users' ids."""
+    devices = fleet(nodes, users=users)
+    for d in devices:
+        d.start()
+    try:
+        await _eventually(lambda: all(d.connections for d in devices), 10 * UNIT)
+        yield devices, Publisher(nodes), sorted({d.user for d in devices})
+    finally:
+        for d in devices:
+            await d.stop()
+
+
 async def test_a_publish_on_any_node_reaches_every_session_on_every_node(
     pair: list[NodeHandle],
 ) -> None:
@@ -121,113 +145,84 @@ async def test_a_publish_on_any_node_reaches_every_session_on_every_node(
 
 
 async def test_kill_9_a_node_while_publishing_loses_nothing(pair: list[NodeHandle]) -> None:
-    a, b = pair
-    devices = fleet(pair)
-    for d in devices:
-        d.start()
-    await _eventually(lambda: all(d.connections for d in devices), 10 * UNIT)
-    assert {d.nodes[0] for d in devices} == {"node-a", "node-b"}
-    publisher = Publisher([a, b])
-    users = sorted({d.user for d in devices})
-    for i in range(60):
-        await publisher.publish(users[i % len(users)], i)
-        if i == 25:
-            await asyncio.to_thread(a.kill)  # kill -9: no drain, sockets reset
-        await asyncio.sleep(0.01)
-    await assert_zero_loss(devices, publisher, pair)
-    moved = [d for d in devices if d.nodes[0] == "node-a"]
-    assert moved and all(d.nodes[-1] == "node-b" for d in moved)
-    for d in devices:
-        await d.stop()
+    a = pair[0]
+    async with connected(pair) as (devices, publisher, users):
+        assert {d.nodes[0] for d in devices} == {"node-a", "node-b"}
+        for i in range(60):
+            await publisher.publish(users[i % len(users)], i)
+            if i == 25:
+                await asyncio.to_thread(a.kill)  # kill -9: no drain, sockets reset
+            await asyncio.sleep(0.01)
+        await assert_zero_loss(devices, publisher, pair)
+        moved = [d for d in devices if d.nodes[0] == "node-a"]
+        assert moved and all(d.nodes[-1] == "node-b" for d in moved)
 
 
 async def test_redis_restart_fails_publishes_fast_then_loses_nothing(
     pair: list[NodeHandle], redis: RedisServer
 ) -> None:
     a, b = pair
-    devices = fleet(pair, users=2)
-    for d in devices:
-        d.start()
-    await _eventually(lambda: all(d.connections for d in devices), 10 * UNIT)
-    publisher = Publisher([a, b])
-    users = sorted({d.user for d in devices})
-    for i in range(10):
-        await publisher.publish(users[i % 2], i)
-    await asyncio.to_thread(redis.stop)
-    # publishes fail fast with 503 and a JSON error; the nodes say they are not ready
-    async with httpx.AsyncClient(timeout=5) as http:
-        r = await http.post(a.internal_url + "/v1/messages", json={"to": {"all": True}, "event": "x"},
-                            headers={"Authorization": f"Bearer {a.api_key}"})  # fmt: skip
-        assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
-        assert r.elapsed.total_seconds() < 2.5
-        await _eventually(lambda: httpx.get(b.internal_url + "/readyz").status_code == 503)
+    async with connected(pair, users=2) as (devices, publisher, users):
+        for i in range(10):
+            await publisher.publish(users[i % 2], i)
+        await asyncio.to_thread(redis.stop)
+        # publishes fail fast with 503 and a JSON error; the nodes say they are not ready
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.post(a.internal_url + "/v1/messages", json={"to": {"all": True}, "event": "x"},
+                                headers={"Authorization": f"Bearer {a.api_key}"})  # fmt: skip
+            assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
+            assert r.elapsed.total_seconds() < 2.5
+            await _eventually(lambda: httpx.get(b.internal_url + "/readyz").status_code == 503)
+            await _eventually(
+                lambda: "pushsvc_broker_up 0.0" in httpx.get(a.internal_url + "/metrics").text
+            )
+        await asyncio.to_thread(redis.start)
+        await _eventually(lambda: a.ready() and b.ready())
+        for i in range(10, 30):
+            await publisher.publish(users[i % 2], i)
+        await assert_zero_loss(devices, publisher, pair)
         await _eventually(
-            lambda: "pushsvc_broker_up 0.0" in httpx.get(a.internal_url + "/metrics").text
+            lambda: "pushsvc_broker_up 1.0" in httpx.get(b.internal_url + "/metrics").text
         )
-    await asyncio.to_thread(redis.start)
-    await _eventually(lambda: a.ready() and b.ready())
-    for i in range(10, 30):
-        await publisher.publish(users[i % 2], i)
-    await assert_zero_loss(devices, publisher, pair)
-    await _eventually(
-        lambda: "pushsvc_broker_up 1.0" in httpx.get(b.internal_url + "/metrics").text
-    )
-    for d in devices:
-        await d.stop()
 
 
 async def test_killed_subscription_is_noticed_and_caught_up(
     pair: list[NodeHandle], redis: RedisServer
 ) -> None:
-    a, b = pair
-    devices = fleet(pair, users=2)
-    for d in devices:
-        d.start()
-    await _eventually(lambda: all(d.connections for d in devices), 10 * UNIT)
-    publisher = Publisher([a, b])
-    users = sorted({d.user for d in devices})
-    for i in range(40):
-        await publisher.publish(users[i % 2], i)
-        if i in (10, 25):
-            await asyncio.to_thread(redis.command, "CLIENT", "KILL", "TYPE", "pubsub")
-    await assert_zero_loss(devices, publisher, pair)
-    assert all(d.connections == 1 for d in devices)  # nobody had to reconnect
-    for d in devices:
-        await d.stop()
+    async with connected(pair, users=2) as (devices, publisher, users):
+        for i in range(40):
+            await publisher.publish(users[i % 2], i)
+            if i in (10, 25):
+                await asyncio.to_thread(redis.command, "CLIENT", "KILL", "TYPE", "pubsub")
+        await assert_zero_loss(devices, publisher, pair)
+        assert all(d.connections == 1 for d in devices)  # nobody had to reconnect
 
 
 async def test_rolling_restart_of_every_node_loses_nothing(
     pair: list[NodeHandle], redis: RedisServer
 ) -> None:
     nodes = list(pair)
-    devices = fleet(nodes)
-    for d in devices:
-        d.start()
-    await _eventually(lambda: all(d.connections for d in devices), 10 * UNIT)
-    publisher = Publisher(nodes)
-    users = sorted({d.user for d in devices})
-    seq = 0
-    for round_ in range(2):
-        for i in range(len(nodes)):
-            old = nodes[i]
-            await asyncio.to_thread(
-                old.stop, signal.SIGTERM
-            )  # drain: 1001, clients resume elsewhere
-            assert old.proc.returncode == 0, old.log()[-2000:]
-            for _ in range(8):
-                await publisher.publish(users[seq % len(users)], seq)
-                seq += 1
-            nodes[i] = await asyncio.to_thread(
-                launch_node, redis_url=redis.url, node_id=old.node_id, port=old.port,
-                internal_port=old.internal_port, **FAST,
-            )  # fmt: skip
-            pair[i] = nodes[i]
-            publisher.nodes = nodes
-        assert round_ >= 0
-    await assert_zero_loss(devices, publisher, nodes)
-    assert 1001 in {c for d in devices for c in d.close_codes}
-    for d in devices:
-        await d.stop()
+    async with connected(nodes) as (devices, publisher, users):
+        seq = 0
+        for round_ in range(2):
+            for i in range(len(nodes)):
+                old = nodes[i]
+                await asyncio.to_thread(
+                    old.stop, signal.SIGTERM
+                )  # drain: 1001, clients resume elsewhere
+                assert old.proc.returncode == 0, old.log()[-2000:]
+                for _ in range(8):
+                    await publisher.publish(users[seq % len(users)], seq)
+                    seq += 1
+                nodes[i] = await asyncio.to_thread(
+                    launch_node, redis_url=redis.url, node_id=old.node_id, port=old.port,
+                    internal_port=old.internal_port, **FAST,
+                )  # fmt: skip
+                pair[i] = nodes[i]
+                publisher.nodes = nodes
+            assert round_ >= 0
+        await assert_zero_loss(devices, publisher, nodes)
+        assert 1001 in {c for d in devices for c in d.close_codes}
 
 
 async def test_workers_share_the_port_and_deliver_across_each_other(redis: RedisServer) -> None:
@@ -236,7 +231,7 @@ async def test_workers_share_the_port_and_deliver_across_each_other(redis: Redis
     )
     try:
         internal = [f"http://127.0.0.1:{node.internal_port + i}" for i in range(2)]
-        wait_until(lambda: all(httpx.get(u + "/readyz").status_code == 200 for u in internal))
+        wait_until(lambda: all(_ready(u) for u in internal))
         user = uid()
         token = node.token(user)
         clients = [await Wire.open(node.client_url, token, device=f"d{i}") for i in range(12)]
