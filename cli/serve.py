@@ -56,6 +56,10 @@ def serve(
     dev: Annotated[
         bool | None, Opt("--dev", help="Dev mode: demo API on, secrets generated if missing.")
     ] = None,
+    enable_fault_injection: Annotated[
+        bool | None,
+        Opt("--enable-fault-injection", help="Accept POST /v1/admin/faults (game days only)."),
+    ] = None,
 ) -> None:
     """Run a pushsvc node: the client listener and the internal API."""
     settings = build(**{k: v for k, v in locals().items() if k != "api_keys"},

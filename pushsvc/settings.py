@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     ledger_flush_interval: float = Field(0.05, gt=0)
     registry_interval: float = Field(2.0, gt=0, description="node heartbeat period, seconds")
 
+    # game days: POST /v1/admin/faults is refused unless this is on (docs/runbooks.md)
+    enable_fault_injection: bool = Field(False, description="accept /v1/admin/faults")
+
+    # the monitor (`pushsvc monitor`, docs/monitoring.md); it also reads redis_url, api_keys,
+    # ack_timeout and max_attempts from here
+    alertmanager_url: str | None = Field(None, description="Alertmanager base URL (v2 API)")
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = Field(9464, ge=0, le=65535, description="monitor /metrics, /healthz")
+    monitor_id: str = Field(default_factory=default_node_id, description="this monitor's id")
+    monitor_interval: float = Field(5.0, ge=0.2, description="reconciliation period, s")
+    monitor_grace: float = Field(10.0, ge=0, description="added to every deadline, s")
+    reconnect_window: float = Field(60.0, ge=0, description="a device's time to come back, s")
+    late_check: float = Field(120.0, ge=0, description="the last look at a bucket comes this late")
+    loss_window: float = Field(300.0, gt=0, description="a loss keeps its alert this long, s")
+    canary_interval: float = Field(5.0, ge=0.2, description="canary publish period, s")
+    canary_stall: float = Field(20.0, gt=0, description="no canary for this long: stalled, s")
+    alert_resend: float = Field(60.0, ge=0.2, description="re-send active alerts every, s")
+    lease_ttl: float = Field(15.0, ge=0.5, description="the active monitor's lease, s")
+
     # paths
     static_dir: Path = REPO_ROOT / "clients" / "js"
     log_level: str = "INFO"

@@ -464,3 +464,101 @@ async def test_start_and_close_are_idempotent(open_broker: OpenBroker) -> None:
     assert broker.up
     await broker.close()
     await broker.close()
+
+
+# -- delivery accounting (docs/monitoring.md) ------------------------------------------------------
+
+
+def timed(*, ack: bool = True, age: float = 0.0, ttl_ms: int = 60_000) -> Message:
+    """A message whose id starts with its publish time, like the node's (publish.new_id)."""
+    now = int((time.time() - age) * 1000)
+    return Message(f"{now:012x}{secrets.token_hex(10)}", "queue.called", msgspec.Raw(b"1"), now,
+                   ack, now + ttl_ms)  # fmt: skip
+
+
+async def test_accounting_counts_each_pair_once_in_its_publish_bucket(broker: Broker) -> None:
+    from pushsvc.broker.base import Accepted, Expected, Expired, bucket_of
+
+    ledger = broker.ledger
+    m = timed(age=120)  # acks land in the publish bucket, however late they come
+    (placed,) = await broker.publish([(m, ["user:p1"])], origin="a")
+    bucket = bucket_of(m.id)
+    assert bucket is not None and bucket <= m.ts / 1000 < bucket + 5
+    t = time.time()
+    await ledger.record([
+        Accepted(m.id, "a", True),
+        Sent(m.id, "phone", "s1", "a", t, 1), Sent(m.id, "phone", "s1", "a", t + 1, 2),
+        Acked(m.id, "phone", "s1", "a", t + 2),
+    ])  # fmt: skip
+    # retried flush, reconnect to node b: replayed and acked again -- counted nothing new
+    await ledger.record([
+        Accepted(m.id, "a", True), Sent(m.id, "phone", "s2", "b", t + 3, 1),
+        Acked(m.id, "phone", "s2", "b", t + 4), Acked(m.id, "phone", "s1", "a", t + 2),
+    ])  # fmt: skip
+    # the tablet: owed on a (the write was dropped), then written by b after a reconnect
+    await ledger.record(
+        [Expected(m.id, "tablet", "s3", "a", t), Expected(m.id, "tablet", "s3", "a", t)]
+    )
+    await ledger.record(
+        [Sent(m.id, "tablet", "s4", "b", t + 5, 1), Acked(m.id, "tablet", "s4", "b", t + 6)]
+    )
+    # the laptop: came back after the ttl (twice); the watch: owed, never written
+    await ledger.record([Expired(m.id, "laptop", "b"), Expired(m.id, "laptop", "b")])
+    await ledger.record([Expected(m.id, "watch", "s5", "b", t)])
+    tally = await ledger.tallies([bucket, bucket + 5])
+    assert tally[bucket + 5] == {}
+    assert tally[bucket] == {
+        "a": {"published": 1, "expected": 2, "sent": 1, "acked": 1, "redelivered": 1},
+        "b": {"sent": 1, "acked": 1, "expired": 1, "expected": 1},
+    }
+    assert await ledger.bucket_messages(bucket) == [m.id]
+    pairs = {p.device: p for p in await ledger.pairs([m.id, "nope"])}
+    assert set(pairs) == {"phone", "tablet", "watch"}
+    assert (pairs["phone"].node, pairs["phone"].sent, pairs["phone"].acked) == ("a", True, True)
+    assert pairs["phone"].attempts == 2 and pairs["phone"].nodes == ("a", "b")
+    assert (pairs["tablet"].node, pairs["tablet"].sent, pairs["tablet"].acked) == ("a", True, True)
+    assert (pairs["watch"].node, pairs["watch"].sent, pairs["watch"].acked) == ("b", False, False)
+    assert pairs["watch"].expires_at == m.expires / 1000
+    # the trail shows the owed delivery without a write; its state ignores it
+    trail = await ledger.trail(m.id)
+    assert trail is not None and trail.deliveries["s5"].sent_at is None
+    assert placed == trail.streams
+
+
+async def test_accounting_ignores_ids_without_a_publish_time(broker: Broker) -> None:
+    from pushsvc.broker.base import Accepted, Expected
+
+    m = message()
+    await broker.publish([(m, ["user:p1"])], origin="a")
+    await broker.ledger.record([
+        Accepted(m.id, "a", True), Expected(m.id, "d", "s", "a", 1.0), Sent(m.id, "d", "s", "a", 1.0, 1),
+    ])  # fmt: skip
+    trail = await broker.ledger.trail(m.id)
+    assert trail is not None and trail.deliveries["s"].sent_at == 1.0
+    assert await broker.ledger.pairs([m.id]) == []
+
+
+async def test_one_lease_holder_at_a_time(broker: Broker) -> None:
+    lease = broker.lease
+    assert await lease.acquire("m1", 0.4 * UNIT)
+    assert not await lease.acquire("m2", 10)
+    assert await lease.acquire("m1", 0.4 * UNIT)  # extended
+    await lease.release("m2")  # not theirs: no effect
+    assert not await lease.acquire("m2", 10)
+    await asyncio.sleep(0.6 * UNIT)  # expired
+    assert await lease.acquire("m2", 10)
+    await lease.release("m2")
+    assert await lease.acquire("m1", 10)
+
+
+async def test_heartbeats_list_lapsed_nodes_not_deregistered_ones(broker: Broker) -> None:
+    registry = broker.registry
+    await registry.register(node("gone"), ttl=0.2 * UNIT)
+    await registry.register(node("left"), ttl=30)
+    await registry.register(node("here"), ttl=30)
+    await registry.deregister("left")
+    await asyncio.sleep(0.4 * UNIT)
+    beats = await registry.heartbeats()
+    assert set(beats) == {"gone", "here"}
+    assert beats["gone"] < time.time() < beats["here"]
+    assert [n.id for n in await registry.nodes()] == ["here"]

@@ -10,6 +10,12 @@ A :class:`Broker` is one object with five parts, each a small interface:
 - :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
 - :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
 - :class:`Idempotency` remembers publish keys for their window.
+- :class:`Lease` lets one of several monitors be the active one.
+
+The ledger also keeps the **delivery accounting** the monitor reconciles (docs/monitoring.md):
+per time bucket of :data:`BUCKET_SECONDS` by publish time (:func:`bucket_of`) and per node,
+counters of published messages and of (message, device) pairs expected, sent, acked, redelivered
+and expired, each pair counted once whatever the retries, reconnects and replays.
 
 Calling contract: ``await start()`` before anything else, ``await close()`` at the end (both
 idempotent). ``up`` is False while the broker cannot be reached; publishing then raises
@@ -102,7 +108,71 @@ class Acked(msgspec.Struct, tag="acked", frozen=True):
     at: float
 
 
-LedgerEvent = Published | Sent | SentCount | Acked
+class Accepted(msgspec.Struct, tag="accepted", frozen=True):
+    """A message accepted by the publish API of ``node`` (counted once per message)."""
+
+    message_id: str
+    node: str
+    ack: bool
+
+
+class Expected(msgspec.Struct, tag="expected", frozen=True):
+    """A delivery ``node`` owes to ``device`` and has not written (yet): the first event of a
+    (message, device) pair that is not a :class:`Sent`. A later Sent of the pair completes it."""
+
+    message_id: str
+    device: str
+    session: str
+    node: str
+    at: float
+
+
+class Expired(msgspec.Struct, tag="expired", frozen=True):
+    """``device`` connected after the message's ttl: ``node`` did not deliver it."""
+
+    message_id: str
+    device: str
+    node: str
+
+
+LedgerEvent = Published | Sent | SentCount | Acked | Accepted | Expected | Expired
+
+#: Width of an accounting bucket, seconds. Nodes and monitor must agree: a constant, not a setting.
+BUCKET_SECONDS = 5
+
+#: The counters of a bucket, per node (see docs/monitoring.md for their exact definitions).
+COUNTERS = ("published", "expected", "sent", "acked", "redelivered", "expired")
+
+
+def bucket_of(message_id: str) -> int | None:
+    """The accounting bucket (its start, unix seconds) of a message, from the publish time its id
+    starts with (12 hex digits of unix ms, see ``pushsvc.node.publish.new_id``); None for an id of
+    another form (it is not accounted)."""
+    head = message_id[:12]
+    if len(head) != 12:
+        return None
+    try:
+        ms = int(head, 16)
+    except ValueError:
+        return None
+    return ms // 1000 // BUCKET_SECONDS * BUCKET_SECONDS
+
+
+#: node id -> counter -> value, for one bucket.
+Tally = dict[str, dict[str, int]]
+
+
+class Pair(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ledger knows of one expected (message, device) pair."""
+
+    message_id: str
+    device: str
+    node: str  # the node that first expected or wrote it: the one that owes it
+    sent: bool  # written to a session of the device at least once
+    acked: bool  # acked by the device
+    expires_at: float  # the message's expiry, unix seconds
+    attempts: int = 0  # the most writes to one session
+    nodes: tuple[str, ...] = ()  # every node that wrote it or expected it
 
 
 class History(abc.ABC):
@@ -166,6 +236,12 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     async def find_session(self, session_id: str) -> SessionInfo | None: ...
 
+    @abc.abstractmethod
+    async def heartbeats(self) -> dict[str, float]:
+        """Heartbeat expiry (unix s) by node id, also of nodes whose heartbeat lapsed without a
+        ``deregister`` (a crash or a hang), for a while after it did; a node that deregistered
+        is not listed."""
+
 
 class Ledger(abc.ABC):
     @abc.abstractmethod
@@ -178,6 +254,18 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
         """Those of ``message_ids`` that ``device`` has acked."""
+
+    @abc.abstractmethod
+    async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
+        """The accounting counters of each of ``buckets`` (empty for a bucket with none)."""
+
+    @abc.abstractmethod
+    async def bucket_messages(self, bucket: int) -> list[str]:
+        """The ids of the messages published in ``bucket`` (from :class:`Accepted` records)."""
+
+    @abc.abstractmethod
+    async def pairs(self, message_ids: list[str]) -> list[Pair]:
+        """Every expected (message, device) pair of ``message_ids`` whose trail still exists."""
 
 
 class Idempotency(abc.ABC):
@@ -193,12 +281,24 @@ class Idempotency(abc.ABC):
     async def release(self, key: str) -> None: ...
 
 
+class Lease(abc.ABC):
+    @abc.abstractmethod
+    async def acquire(self, holder: str, ttl: float) -> bool:
+        """Take the lease for ``ttl`` seconds, or extend it when ``holder`` has it already;
+        False while someone else holds it."""
+
+    @abc.abstractmethod
+    async def release(self, holder: str) -> None:
+        """Give the lease up if ``holder`` has it."""
+
+
 class Broker(abc.ABC):
     history: History
     bus: Bus
     registry: Registry
     ledger: Ledger
     idempotency: Idempotency
+    lease: Lease
 
     @property
     @abc.abstractmethod
@@ -220,19 +320,28 @@ class Broker(abc.ABC):
 
 
 __all__ = [
+    "BUCKET_SECONDS",
+    "COUNTERS",
+    "Accepted",
     "Acked",
     "Broker",
     "Bus",
     "Command",
+    "Expected",
+    "Expired",
     "History",
     "Idempotency",
+    "Lease",
     "Ledger",
     "LedgerEvent",
     "NodeInfo",
+    "Pair",
     "Published",
     "Registry",
     "Sent",
     "SentCount",
     "SessionInfo",
+    "Tally",
     "Trail",
+    "bucket_of",
 ]

@@ -30,6 +30,14 @@ content; its TTL; who writes it → who reads it.
     ``acked_ids()``.
 ``{p}idem:<key>`` — string; ``""`` while claimed (the claim TTL), then the publish result
     (``idempotency_ttl``). ``claim`` / ``settle`` / ``release`` → ``claim``.
+``{p}tally:<bucket>`` — hash; the delivery accounting of one bucket (its start, unix s; see
+    ``base.bucket_of``): field ``<counter>:<node>`` → count, counters as in ``base.COUNTERS``.
+    The ledger retention after its last write. The ledger script → ``Ledger.tallies`` (monitor).
+``{p}msgs:<bucket>`` — set; ids of the messages published in that bucket (one ``Accepted``
+    record each; adding one is what counts it as published). Same TTL as the tally.
+    The ledger script → ``Ledger.bucket_messages`` (the monitor, to name missing deliveries).
+``{p}monitor:lease`` — string; the id of the active monitor, with the lease TTL.
+    ``Lease.acquire`` / ``release`` (monitors).
 
 Fields of ``{p}trail:<id>``::
 
@@ -40,6 +48,12 @@ Fields of ``{p}trail:<id>``::
     a:<session>     acked_at, unix seconds (first Acked wins)
     k:<device>      "1" once the device acked (for ``acked_ids``)
     c:<node>        writes of an ``ack: false`` message on that node (summed SentCounts)
+    e:<device>      the node that first expected or wrote the delivery to that device (first
+                    wins: the marker that counts the pair as expected, and as sent when the
+                    first event is a Sent)
+    u:<device>      "1" while that expected delivery has not been written (removed by the
+                    first Sent: counts the pair as sent)
+    x:<device>      the node that found the message expired for that device (counts expired)
 """
 
 from __future__ import annotations
@@ -64,6 +78,7 @@ class Keyspace:
         self.bus_seq = prefix + "bus:seq"
         self.commands = prefix + "commands"
         self.nodes = prefix + "nodes"
+        self.monitor_lease = prefix + "monitor:lease"
 
     def stream(self, stream: str) -> str:
         return f"{self.prefix}stream:{stream}"
@@ -82,3 +97,9 @@ class Keyspace:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"
+
+    def tally(self, bucket: int) -> str:
+        return f"{self.prefix}tally:{bucket}"
+
+    def bucket_messages(self, bucket: int) -> str:
+        return f"{self.prefix}msgs:{bucket}"

@@ -12,26 +12,35 @@ from collections import deque
 from collections.abc import Callable
 
 from pushsvc.broker.base import (
+    Accepted,
     Acked,
     Broker,
     Bus,
     Command,
+    Expected,
+    Expired,
     History,
     Idempotency,
+    Lease,
     Ledger,
     LedgerEvent,
     NodeInfo,
+    Pair,
     Published,
     Registry,
     Sent,
     SentCount,
     SessionInfo,
+    Tally,
+    bucket_of,
 )
+from pushsvc.broker.keys import NODE_PRUNE_AFTER
 from pushsvc.core import offsets
-from pushsvc.core.trail import Trail
+from pushsvc.core.trail import Delivery, Trail
 from pushsvc.types import Envelope, HistoryEntry, Message
 
 Clock = Callable[[], float]
+Early = Sent | SentCount | Acked | Expected | Expired  # records applied to a started trail
 
 
 class MemoryHistory(History):
@@ -158,12 +167,18 @@ class MemoryRegistry(Registry):
                 return info
         return None
 
+    async def heartbeats(self) -> dict[str, float]:
+        horizon = self._clock() - NODE_PRUNE_AFTER
+        return {n: until for n, (_, until) in self._nodes.items() if until > horizon}
+
 
 class MemoryLedger(Ledger):
     """Trails by message id; each kept until its message expires plus ``retention`` seconds.
 
     Records may arrive in any order: a Sent, SentCount or Acked whose Published has not arrived
-    yet is held (up to ``retention`` seconds) and applied when it does.
+    yet is held (up to ``retention`` seconds) and applied when it does. The delivery accounting
+    follows the same rules as the Redis ledger script: per-device first-wins markers decide what
+    a record counts, per bucket and node; buckets are kept ``retention`` seconds.
     """
 
     def __init__(self, retention: float, clock: Clock) -> None:
@@ -172,13 +187,35 @@ class MemoryLedger(Ledger):
         self._trails: dict[str, Trail] = {}
         self._acked: dict[tuple[str, str], float] = {}  # (device, message) -> until
         self._expiry: deque[tuple[float, str]] = deque()
-        self._early: dict[str, list[Sent | SentCount | Acked]] = {}  # before their Published
+        self._early: dict[str, list[Early]] = {}  # before their Published
         self._early_expiry: deque[tuple[float, str]] = deque()
+        self._owners: dict[str, dict[str, str]] = {}  # message -> device -> node (``e:``)
+        self._unsent: set[tuple[str, str]] = set()  # (message, device) expected, unwritten
+        self._expired: set[tuple[str, str]] = set()  # (message, device) counted as expired
+        self._tallies: dict[int, Tally] = {}
+        self._messages: dict[int, set[str]] = {}  # bucket -> ids of its Accepted messages
+        self._bucket_expiry: dict[int, float] = {}
+
+    def _count(self, message_id: str, counter: str, node: str) -> None:
+        bucket = bucket_of(message_id)
+        if bucket is None:
+            return
+        by_node = self._tallies.setdefault(bucket, {}).setdefault(node, {})
+        by_node[counter] = by_node.get(counter, 0) + 1
+        self._bucket_expiry[bucket] = self._clock() + self._retention
 
     async def record(self, events: list[LedgerEvent]) -> None:
         for event in events:
             if isinstance(event, Published):
                 self.start(event)
+                continue
+            if isinstance(event, Accepted):
+                bucket = bucket_of(event.message_id)
+                if bucket is not None:
+                    ids = self._messages.setdefault(bucket, set())
+                    if event.message_id not in ids:
+                        ids.add(event.message_id)
+                        self._count(event.message_id, "published", event.node)
                 continue
             trail = self._trails.get(event.message_id)
             if trail is not None:
@@ -201,16 +238,44 @@ class MemoryLedger(Ledger):
         for early in self._early.pop(event.message_id, ()):
             self._apply(trail, early)
 
-    def _apply(self, trail: Trail, event: Sent | SentCount | Acked) -> None:
+    def _apply(self, trail: Trail, event: Early) -> None:
+        m = event.message_id
         match event:
             case Sent():
                 trail.record_sent(event.device, event.session, event.node, event.at, event.attempt)
+                if event.attempt > 1:
+                    self._count(m, "redelivered", event.node)
+                elif bucket_of(m) is not None:
+                    owners = self._owners.setdefault(m, {})
+                    if event.device not in owners:
+                        owners[event.device] = event.node
+                        self._count(m, "expected", event.node)
+                        self._count(m, "sent", event.node)
+                    elif (m, event.device) in self._unsent:
+                        self._unsent.discard((m, event.device))
+                        self._count(m, "sent", event.node)
             case SentCount():
                 by_node = trail.sent_by_node
                 by_node[event.node] = by_node.get(event.node, 0) + event.count
             case Acked():
                 trail.record_acked(event.device, event.session, event.node, event.at)
-                self._acked[(event.device, event.message_id)] = trail.expires_at + self._retention
+                if (event.device, m) not in self._acked:
+                    self._count(m, "acked", event.node)
+                self._acked[(event.device, m)] = trail.expires_at + self._retention
+            case Expected():
+                if event.session not in trail.deliveries:
+                    trail.deliveries[event.session] = Delivery(
+                        event.device, event.session, event.node
+                    )
+                owners = self._owners.setdefault(m, {})
+                if bucket_of(m) is not None and event.device not in owners:
+                    owners[event.device] = event.node
+                    self._unsent.add((m, event.device))
+                    self._count(m, "expected", event.node)
+            case Expired():
+                if bucket_of(m) is not None and (m, event.device) not in self._expired:
+                    self._expired.add((m, event.device))
+                    self._count(m, "expired", event.node)
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -220,14 +285,46 @@ class MemoryLedger(Ledger):
             if trail is not None:
                 for d in trail.deliveries.values():
                     self._acked.pop((d.device, message_id), None)
+                    self._unsent.discard((message_id, d.device))
+                    self._expired.discard((message_id, d.device))
+            self._owners.pop(message_id, None)
         while self._early_expiry and self._early_expiry[0][0] <= now:
             self._early.pop(self._early_expiry.popleft()[1], None)
+        for bucket in [b for b, until in self._bucket_expiry.items() if until <= now]:
+            del self._bucket_expiry[bucket]
+            self._tallies.pop(bucket, None)
+            self._messages.pop(bucket, None)
 
     async def trail(self, message_id: str) -> Trail | None:
         return self._trails.get(message_id)
 
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
         return {m for m in message_ids if (device, m) in self._acked}
+
+    async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
+        self._sweep()
+        return {b: {n: dict(c) for n, c in self._tallies.get(b, {}).items()} for b in buckets}
+
+    async def bucket_messages(self, bucket: int) -> list[str]:
+        self._sweep()
+        return sorted(self._messages.get(bucket, ()))
+
+    async def pairs(self, message_ids: list[str]) -> list[Pair]:
+        out = []
+        for m in message_ids:
+            trail = self._trails.get(m)
+            if trail is None:
+                continue
+            for device, owner in sorted(self._owners.get(m, {}).items()):
+                mine = [d for d in trail.deliveries.values() if d.device == device]
+                out.append(Pair(
+                    message_id=m, device=device, node=owner,
+                    sent=any(d.sent_at is not None for d in mine),
+                    acked=(device, m) in self._acked, expires_at=trail.expires_at,
+                    attempts=max((d.attempts for d in mine), default=0),
+                    nodes=tuple(sorted({owner, *(d.node for d in mine)})),
+                ))  # fmt: skip
+        return out
 
 
 class MemoryIdempotency(Idempotency):
@@ -252,6 +349,24 @@ class MemoryIdempotency(Idempotency):
         self._keys.pop(key, None)
 
 
+class MemoryLease(Lease):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._holder = ""
+        self._until = 0.0
+
+    async def acquire(self, holder: str, ttl: float) -> bool:
+        now = self._clock()
+        if self._holder not in ("", holder) and self._until > now:
+            return False
+        self._holder, self._until = holder, now + ttl
+        return True
+
+    async def release(self, holder: str) -> None:
+        if self._holder == holder:
+            self._holder, self._until = "", 0.0
+
+
 class MemoryBroker(Broker):
     """The whole broker in this process. ``clock`` returns unix seconds."""
 
@@ -268,6 +383,7 @@ class MemoryBroker(Broker):
         self.registry = MemoryRegistry(clock)
         self.ledger = self._ledger = MemoryLedger(ledger_retention, clock)
         self.idempotency = MemoryIdempotency(clock)
+        self.lease = MemoryLease(clock)
 
     @property
     def up(self) -> bool:

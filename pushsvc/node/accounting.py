@@ -3,6 +3,10 @@
 The fan-out and the ack handler only append to lists; :meth:`Accounting.run` flushes them every
 ``interval`` seconds in one round trip per kind. While the broker is down the batches are kept
 (up to ``limit`` events, oldest dropped first and counted) and written when it is back.
+
+The ledger counts what it is given for the monitor's reconciliation (docs/monitoring.md): a
+:class:`Published` record becomes an :class:`Accepted` one here, because ``Broker.publish`` has
+already started the message's trail and what is left to record is that this node published it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pushsvc.broker.base import Broker, LedgerEvent, SessionInfo
+from pushsvc.broker.base import Accepted, Broker, LedgerEvent, Published, SessionInfo
 from pushsvc.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,8 @@ class Accounting:
         self.dropped = 0
 
     def record(self, event: LedgerEvent) -> None:
+        if isinstance(event, Published):
+            event = Accepted(event.message_id, self._node_id, event.ack)
         self.events.append(event)
 
     async def run(self) -> None:

@@ -9,6 +9,10 @@ Then it *holds* the fan-out (new envelopes wait), reads every locally subscribed
 from just before the last envelope it did receive, queues those entries first and the held
 envelopes after them. Sessions drop what they already have by offset, so a message is never
 written twice and never skipped.
+
+The ``stop_bus`` fault (game days, :mod:`pushsvc.node.faults`) drops every envelope here and
+suspends all three ways of noticing, so the node looks like one whose subscription died without a
+word and whose self-healing failed; :meth:`CatchUp.restart` ends it with a catch-up.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class CatchUp:
 
     def envelope(self, envelope: Envelope) -> None:
         """Bus callback: check the sequence, then hand the envelope to the fan-out."""
+        if self._node.faults.stop_bus:
+            return
         seq = envelope.seq
         if seq and self.seq and seq > self.seq + 1:
             log.warning(
@@ -56,6 +62,12 @@ class CatchUp:
 
     def resync(self) -> None:
         """Bus callback: the subscription came back after a loss."""
+        if not self._node.faults.stop_bus:
+            self.request()
+
+    def restart(self) -> None:
+        """The ``stop_bus`` fault was cleared: catch up on what it swallowed."""
+        self._suspect = None
         self.request()
 
     def request(self) -> None:
@@ -103,6 +115,8 @@ class CatchUp:
         """Compare the bus position with what arrived here, every second, until cancelled."""
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
+            if self._node.faults.stop_bus:
+                continue
             try:
                 position = await self._node.broker.bus.position()
             except (BrokerError, OSError):

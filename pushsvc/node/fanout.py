@@ -12,8 +12,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from pushsvc.broker.base import SentCount
+from pushsvc.broker.base import Expected, SentCount
 from pushsvc.core import frames, offsets
+from pushsvc.node.session import Phase
 from pushsvc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class FanOut:
         written = 0
         visited = 0
         seen: set[str] | None = set() if len(envelope.offsets) > 1 else None
+        dropped = node.faults.drop_deliveries > 0 and node.faults.drops(message.id)
         for stream, offset in envelope.offsets.items():
             readers = node.index.get(stream)
             if not readers:
@@ -95,7 +97,12 @@ class FanOut:
                     if session_id in seen:
                         continue
                     seen.add(session_id)
-                if session.offer(stream, position, message, frame):
+                if dropped and session.phase == Phase.LIVE:  # fault injection: owed, not written
+                    if message.ack:
+                        node.accounting.record(
+                            Expected(message.id, session.device, session_id, node.id, now)
+                        )
+                elif session.offer(stream, position, message, frame):
                     written += 1
                     if message.ack:
                         node.track(session, message, frame, now, replay=False)

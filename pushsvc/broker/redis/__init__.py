@@ -1,8 +1,8 @@
 """The cluster broker: every part of :mod:`pushsvc.broker.base` kept in Redis.
 
 Modules: ``link`` (command connections, error mapping, scripts by SHA), ``scripts`` (the Lua),
-``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys). Key names and the
-keyspace are documented in :mod:`pushsvc.broker.keys`.
+``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys and the monitor lease).
+Key names and the keyspace are documented in :mod:`pushsvc.broker.keys`.
 
 Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
 in one round trip: each message is appended to its streams, numbered, announced on the bus and
@@ -22,7 +22,7 @@ from pushsvc.broker.base import Broker, Published
 from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
-from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLedger
+from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLease, RedisLedger
 from pushsvc.broker.redis.link import Arg, Link
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
@@ -37,6 +37,8 @@ _encode = msgspec.json.Encoder().encode
 
 class RedisBroker(Broker):
     """The broker of a cluster node. Construct, :meth:`Bus.subscribe`, then ``await start()``.
+
+    The monitor uses one without ``start()``: every part but the bus works without it.
 
     ``ledger_retention``: seconds a trail outlives its message. ``prefix``: of every key and
     channel. ``timeout``: socket connect and read timeout, seconds.
@@ -64,6 +66,7 @@ class RedisBroker(Broker):
             link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
         )
         self.idempotency = RedisIdempotency(link, keys)
+        self.lease = RedisLease(link, keys)
         self._started = False
         self._closed = False
 

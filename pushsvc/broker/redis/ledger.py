@@ -5,6 +5,11 @@ sends a batch in one round trip, one script call per :data:`CHUNK` records. Ever
 (first wins, highest wins, or a sum), so records from different nodes may arrive in any order and
 a Sent that beats its Published still ends up in the trail. A trail expires with its message plus
 ``retention`` seconds; until its Published record arrives it is kept ``early_ttl`` seconds.
+
+The same script keeps the delivery accounting (``{p}tally:<bucket>``, ``{p}msgs:<bucket>``): the
+trail's per-device markers decide whether a record is the first of its (message, device) pair,
+and the counts are summed in the script, so the accounting costs no round trip of its own. The
+accounting keys live ``retention`` seconds after their last write.
 """
 
 from __future__ import annotations
@@ -14,17 +19,24 @@ from typing import Any
 import msgspec
 
 from pushsvc.broker.base import (
+    Accepted,
     Acked,
+    Expected,
+    Expired,
     Idempotency,
+    Lease,
     Ledger,
     LedgerEvent,
+    Pair,
     Published,
     Sent,
     SentCount,
+    Tally,
+    bucket_of,
 )
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Arg, Link
-from pushsvc.broker.redis.scripts import ACKED, CLAIM, LEDGER
+from pushsvc.broker.redis.scripts import ACKED, CLAIM, LEASE, LEDGER, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 
 CHUNK = 1000  # records per script call: bounds how long one call holds the server
@@ -40,33 +52,77 @@ class RedisLedger(Ledger):
         self._keys = keys
         self._retention = retention
         self._early_ttl = max(1, int(early_ttl))
+        self._bucket_ttl = max(1, int(retention))
 
     async def record(self, events: list[LedgerEvent]) -> None:
         calls: list[tuple[list[Arg], list[Arg]]] = []
+        keys_of = self._keys
         for start in range(0, len(events), CHUNK):
-            keys: list[Arg] = []
-            args: list[Arg] = [self._early_ttl]
+            numbers: dict[int, int] = {}  # bucket -> its number in this call (1-based)
+            trails: list[Arg] = []
+            values: list[Arg] = []
             for event in events[start : start + CHUNK]:
-                keys.append(self._keys.trail(event.message_id))
-                args += self._args(event)
-            calls.append((keys, args))
+                bucket = bucket_of(event.message_id)
+                number = 0
+                if bucket is not None and not isinstance(event, Published | SentCount):
+                    number = numbers.setdefault(bucket, len(numbers) + 1)
+                trails.append(keys_of.trail(event.message_id))
+                values += self._args(event)
+                values.append(number)
+            keys: list[Arg] = []
+            for bucket in numbers:  # in number order: dicts keep insertion order
+                keys += (keys_of.tally(bucket), keys_of.bucket_messages(bucket))
+            head: list[Arg] = [self._early_ttl, self._bucket_ttl, len(numbers)]
+            calls.append((keys + trails, head + values))
         if calls:
             await self._link.run_all(LEDGER, calls)
 
-    def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg]:
-        """The five script values of one record (see ``scripts.LEDGER``)."""
+    def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg, Arg, Arg]:
+        """The kind and six script values of one record (see ``scripts.LEDGER``)."""
         match event:
             case Published():
                 expire_at = int((event.expires + self._retention) * 1000)
-                return ("p", _encode(event), expire_at, "", "")
+                return ("p", _encode(event), expire_at, "", "", "", "")
             case Sent():
                 who = _encode((event.device, event.node))
-                return ("s", event.session, who, repr(event.at), event.attempt)
+                at = repr(event.at)
+                return ("s", event.session, who, at, event.attempt, event.device, event.node)
             case Acked():
                 who = _encode((event.device, event.node))
-                return ("a", event.session, who, repr(event.at), event.device)
+                return ("a", event.session, who, repr(event.at), event.device, event.node, "")
             case SentCount():
-                return ("c", event.node, event.count, "", "")
+                return ("c", event.node, event.count, "", "", "", "")
+            case Accepted():
+                return ("A", event.message_id, event.node, "", "", "", "")
+            case Expected():
+                who = _encode((event.device, event.node))
+                return ("e", event.session, who, event.device, event.node, "", "")
+            case Expired():
+                return ("x", event.device, event.node, "", "", "", "")
+
+    async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
+        replies = await self._link.pipeline([("HGETALL", self._keys.tally(b)) for b in buckets])
+        out: dict[int, Tally] = {}
+        for bucket, flat in zip(buckets, replies, strict=True):
+            tally: Tally = {}
+            for field, value in zip(flat[::2], flat[1::2], strict=True):
+                counter, _, node = field.decode().partition(":")
+                tally.setdefault(node, {})[counter] = int(value)
+            out[bucket] = tally
+        return out
+
+    async def bucket_messages(self, bucket: int) -> list[str]:
+        members = await self._link.call("SMEMBERS", self._keys.bucket_messages(bucket))
+        return sorted(m.decode() for m in members)
+
+    async def pairs(self, message_ids: list[str]) -> list[Pair]:
+        out: list[Pair] = []
+        for start in range(0, len(message_ids), CHUNK):
+            chunk = message_ids[start : start + CHUNK]
+            replies = await self._link.pipeline([("HGETALL", self._keys.trail(m)) for m in chunk])
+            for message_id, flat in zip(chunk, replies, strict=True):
+                out += _pairs_of(message_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return out
 
     async def trail(self, message_id: str) -> Trail | None:
         flat = await self._link.call("HGETALL", self._keys.trail(message_id))
@@ -107,6 +163,34 @@ class RedisLedger(Ledger):
         return {m for m, flag in zip(message_ids, flags, strict=True) if flag}
 
 
+def _pairs_of(message_id: str, fields: dict[bytes, bytes]) -> list[Pair]:
+    """The expected pairs of one trail hash (``e:`` markers), with what its sessions say."""
+    raw = fields.get(b"p")
+    if raw is None:
+        return []
+    expires_at = _published.decode(raw).expires
+    owners: dict[str, str] = {}
+    sessions: dict[str, tuple[str, str]] = {}
+    for field, value in fields.items():
+        kind, name = field[:2], field[2:].decode()
+        if kind == b"e:":
+            owners[name] = value.decode()
+        elif kind == b"d:":
+            sessions[name] = _who.decode(value)
+    out = []
+    for device, owner in sorted(owners.items()):
+        mine = [s for s, (d, _) in sessions.items() if d == device]
+        sent = any(b"s:" + s.encode() in fields for s in mine)
+        attempts = max((int(fields.get(b"n:" + s.encode(), b"0")) for s in mine), default=0)
+        nodes = sorted({owner, *(sessions[s][1] for s in mine)})
+        out.append(Pair(
+            message_id=message_id, device=device, node=owner, sent=sent,
+            acked=b"k:" + device.encode() in fields, expires_at=expires_at, attempts=attempts,
+            nodes=tuple(nodes),
+        ))  # fmt: skip
+    return out
+
+
 def _delivery_order(d: Delivery) -> tuple[float, str]:
     first = d.sent_at if d.sent_at is not None else d.acked_at
     return (first if first is not None else 0.0, d.session)
@@ -130,3 +214,15 @@ class RedisIdempotency(Idempotency):
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+class RedisLease(Lease):
+    def __init__(self, link: Link, keys: Keyspace) -> None:
+        self._link = link
+        self._key = keys.monitor_lease
+
+    async def acquire(self, holder: str, ttl: float) -> bool:
+        return bool(await self._link.run(LEASE, [self._key], [holder, _ms(ttl)]))
+
+    async def release(self, holder: str) -> None:
+        await self._link.run(RELEASE, [self._key], [holder])

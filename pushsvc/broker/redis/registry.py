@@ -159,6 +159,10 @@ class RedisRegistry(Registry):
             await self._link.call("HDEL", index_key, *stale)
         return out
 
+    async def heartbeats(self) -> dict[str, float]:
+        flat = await self._link.call("ZRANGE", self._keys.nodes, 0, -1, "WITHSCORES")
+        return {n.decode(): float(score) for n, score in zip(flat[::2], flat[1::2], strict=True)}
+
     async def find_session(self, session_id: str) -> SessionInfo | None:
         live = [n for n, _ in await self._live()]
         replies = await self._link.pipeline(

@@ -51,50 +51,116 @@ return ids
 """,
 )
 
-#: Apply a batch of ledger records. Every write is "first wins", "highest wins" or a sum, so
-#: records may arrive in any order (a Sent from one node before the Published from another).
+#: Apply a batch of ledger records and count them in the delivery accounting. Every trail write is
+#: "first wins", "highest wins" or a sum, so records may arrive in any order (a Sent from one node
+#: before the Published from another). Each (message, device) pair is counted once per counter:
+#: the first-wins markers ``e:`` / ``u:`` / ``k:`` / ``x:`` of the trail decide, in the same
+#: atomic run, whether a record is the pair's first of its kind (docs/monitoring.md). Counts are
+#: summed per bucket and node in the script and written with one HINCRBY per field at the end.
 #:
-#: KEYS[i] the trail of record i. ARGV[1] the TTL (s) of a trail whose Published record has not
-#: arrived yet; then five values per record, by kind:
-#:   p: Published JSON, expire at (unix ms), -, -
-#:   s: session, [device, node] JSON, sent_at, attempt
-#:   a: session, [device, node] JSON, acked_at, device
-#:   c: node, count, -, -
+#: KEYS: 2 per bucket touched (its tally hash, its message set), then one trail per record.
+#: ARGV[1] the TTL (s) of a trail whose Published record has not arrived yet, ARGV[2] the TTL (s)
+#: of a bucket, ARGV[3] the number of buckets; then eight values per record: its kind, six values
+#: by kind, and its bucket's number (0: not accounted):
+#:   p: Published JSON, expire at (unix ms)
+#:   A: message id, node                               (accepted: counts ``published``)
+#:   s: session, [device, node] JSON, sent_at, attempt, device, node
+#:   e: session, [device, node] JSON, device, node     (expected, not written)
+#:   a: session, [device, node] JSON, acked_at, device, node
+#:   x: device, node                                   (expired)
+#:   c: node, count
 #: Returns the number of records.
 LEDGER = Script(
     "ledger",
     """
-local early = ARGV[1]
-for i = 1, #KEYS do
+local early, bucket_ttl = ARGV[1], ARGV[2]
+local first = 2 * tonumber(ARGV[3])
+local counts = {}
+local function count(b, counter, node)
+  if b == 0 then return end
+  local fields = counts[b]
+  if fields == nil then
+    fields = {}
+    counts[b] = fields
+  end
+  local field = counter .. ':' .. node
+  fields[field] = (fields[field] or 0) + 1
+end
+local timed = {}
+local a = 4
+for i = first + 1, #KEYS do
   local key = KEYS[i]
-  local a = 2 + (i - 1) * 5
   local kind = ARGV[a]
+  local b = tonumber(ARGV[a + 7])
   if kind == 'p' then
     redis.call('HSETNX', key, 'p', ARGV[a + 1])
     redis.call('PEXPIREAT', key, ARGV[a + 2])
+    timed[key] = true
+  elseif kind == 'A' then
+    if b > 0 and redis.call('SADD', KEYS[2 * b], ARGV[a + 1]) == 1 then
+      count(b, 'published', ARGV[a + 2])
+    end
   else
     if kind == 's' then
-      local session = ARGV[a + 1]
+      local session, device, node = ARGV[a + 1], ARGV[a + 5], ARGV[a + 6]
       redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
       redis.call('HSETNX', key, 's:' .. session, ARGV[a + 3])
       local field = 'n:' .. session
-      if tonumber(ARGV[a + 4]) > (tonumber(redis.call('HGET', key, field)) or 0) then
-        redis.call('HSET', key, field, ARGV[a + 4])
+      if ARGV[a + 4] == '1' then
+        redis.call('HSETNX', key, field, 1)
+        if b > 0 then
+          if redis.call('HSETNX', key, 'e:' .. device, node) == 1 then
+            count(b, 'expected', node)
+            count(b, 'sent', node)
+          elseif redis.call('HDEL', key, 'u:' .. device) == 1 then
+            count(b, 'sent', node)
+          end
+        end
+      else
+        if tonumber(ARGV[a + 4]) > (tonumber(redis.call('HGET', key, field)) or 0) then
+          redis.call('HSET', key, field, ARGV[a + 4])
+        end
+        count(b, 'redelivered', node)
+      end
+    elseif kind == 'e' then
+      local device, node = ARGV[a + 3], ARGV[a + 4]
+      redis.call('HSETNX', key, 'd:' .. ARGV[a + 1], ARGV[a + 2])
+      if b > 0 and redis.call('HSETNX', key, 'e:' .. device, node) == 1 then
+        redis.call('HSET', key, 'u:' .. device, '1')
+        count(b, 'expected', node)
       end
     elseif kind == 'a' then
       local session = ARGV[a + 1]
       redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
       redis.call('HSETNX', key, 'a:' .. session, ARGV[a + 3])
-      redis.call('HSETNX', key, 'k:' .. ARGV[a + 4], '1')
+      if redis.call('HSETNX', key, 'k:' .. ARGV[a + 4], '1') == 1 then
+        count(b, 'acked', ARGV[a + 5])
+      end
+    elseif kind == 'x' then
+      if b > 0 and redis.call('HSETNX', key, 'x:' .. ARGV[a + 1], ARGV[a + 2]) == 1 then
+        count(b, 'expired', ARGV[a + 2])
+      end
     elseif kind == 'c' then
       redis.call('HINCRBY', key, 'c:' .. ARGV[a + 1], ARGV[a + 2])
     end
-    if redis.call('PTTL', key) < 0 then
-      redis.call('EXPIRE', key, early)
+    if not timed[key] then
+      timed[key] = true
+      if redis.call('PTTL', key) < 0 then
+        redis.call('EXPIRE', key, early)
+      end
     end
   end
+  a = a + 8
 end
-return #KEYS
+for b, fields in pairs(counts) do
+  local tally = KEYS[2 * b - 1]
+  for field, n in pairs(fields) do
+    redis.call('HINCRBY', tally, field, n)
+  end
+  redis.call('EXPIRE', tally, bucket_ttl)
+  redis.call('EXPIRE', KEYS[2 * b], bucket_ttl)
+end
+return #KEYS - first
 """,
 )
 
@@ -113,6 +179,35 @@ for i = 1, #KEYS do
   end
 end
 return out
+""",
+)
+
+#: Take or extend a lease. KEYS[1] the lease; ARGV[1] the holder, ARGV[2] the TTL (ms).
+#: Returns 1 when ``holder`` has the lease now, else 0.
+LEASE = Script(
+    "lease",
+    """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+""",
+)
+
+#: Give a lease up. KEYS[1] the lease; ARGV[1] the holder. Returns 1 when it was held by them.
+RELEASE = Script(
+    "release",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """,
 )
 

@@ -1,0 +1,33 @@
+"""Faults a node injects into itself on request, for game days (docs/runbooks.md).
+
+Only reachable through ``POST /v1/admin/faults`` on a node started with
+``--enable-fault-injection``; a node without the flag has them all off, always.
+
+- ``drop_deliveries``: the fraction of messages this node silently does not write to its sessions
+  (live fan-out, redelivery and replay alike). The choice is a hash of the message id, so every
+  attempt of a dropped message is dropped here too and redelivery cannot heal it: a real loss.
+  The node still counts the delivery as *expected* (it believes it owes it), which is what the
+  monitor reconciles.
+- ``stop_bus``: envelopes from the bus no longer reach the fan-out, and the self-healing that
+  would notice (the catch-up's position check and resyncs) is suspended: a wedged subscription
+  whose node keeps its heartbeat. Clearing it catches up from history.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Faults:
+    drop_deliveries: float = 0.0
+    stop_bus: bool = False
+
+    def drops(self, message_id: str) -> bool:
+        """True when this node must silently not write ``message_id``."""
+        fraction = self.drop_deliveries
+        return fraction > 0 and zlib.crc32(message_id.encode()) / 2**32 < fraction
+
+    def describe(self) -> dict[str, float | bool]:
+        return {"drop_deliveries": self.drop_deliveries, "stop_bus": self.stop_bus}
