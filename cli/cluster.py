@@ -20,6 +20,7 @@ Use ``async with Cluster(settings) as cluster`` inside :func:`run`, which turns 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -141,7 +142,7 @@ class Cluster:
         self.timeout = timeout
         self._broker: RedisBroker | None = None
         self._api: Api | None = None
-        self._open: list[Api] = []
+        self._apis = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Cluster:
         s = self.settings
@@ -162,8 +163,7 @@ class Cluster:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for api in self._open:
-            await api.__aexit__(None, None, None)
+        await self._apis.aclose()
         if self._broker is not None:
             await self._broker.close()
 
@@ -234,6 +234,4 @@ class Cluster:
         """An open :class:`Api` at ``url`` with the key, closed with the cluster."""
         if not self.settings.key:
             raise UsageError("no API key: give --api-key, PUSHSVC_API_KEY or PUSHSVC_API_KEYS")
-        api = await Api(url, self.settings.key, self.timeout).__aenter__()
-        self._open.append(api)
-        return api
+        return await self._apis.enter_async_context(Api(url, self.settings.key, self.timeout))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from cli.cluster import (
@@ -63,7 +64,7 @@ async def _read(cluster: Cluster) -> list[NodeInfo]:
 def described(node: NodeInfo, now: float, registry_interval: float) -> dict[str, Any]:
     """``node``'s record with its ``status`` and ``uptime`` (seconds)."""
     return {
-        **{f: getattr(node, f) for f in node.__struct_fields__},
+        **msgspec.structs.asdict(node),
         "status": node_status(node, now, registry_interval),
         "uptime": round(max(0.0, now - node.started), 3),
     }

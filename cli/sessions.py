@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from cli.api import OperatorError
@@ -55,7 +56,10 @@ def sessions(
         )
     if as_json:
         emit_json({
-            "sessions": [{**_fields(s), "live": s.id in listing.live} for s in listing.sessions],
+            "sessions": [
+                {**msgspec.structs.asdict(s), "live": s.id in listing.live}
+                for s in listing.sessions
+            ],
             "unanswered": listing.unanswered,
         })  # fmt: skip
     elif listing.sessions:
@@ -102,10 +106,6 @@ async def gather(cluster: Cluster, user: str | None, node: str | None, limit: in
     listing.sessions.sort(key=lambda s: (s.connected_at, s.id))
     del listing.sessions[limit:]
     return listing
-
-
-def _fields(s: SessionInfo) -> dict[str, Any]:
-    return {f: getattr(s, f) for f in s.__struct_fields__}
 
 
 def render(listing: Listing, now: float) -> Any:
