@@ -1,9 +1,9 @@
 """How an operator command reaches a cluster: its registry, an API node, and every node's API.
 
 Settings: the node's :class:`~pushsvc.settings.Settings` (the same ``PUSHSVC_*`` environment file
-works on an operator's shell) plus three fields of the operator's own, ``api_url``, ``api_key``
-and ``alertmanager_url`` (``PUSHSVC_API_URL``, ``PUSHSVC_API_KEY``, ``PUSHSVC_ALERTMANAGER_URL``),
-each also a flag. Without an API key the first of ``api_keys`` is used.
+works on an operator's shell; ``alertmanager_url`` is the monitor's) plus two fields of the
+operator's own, ``api_url`` and ``api_key`` (``PUSHSVC_API_URL``, ``PUSHSVC_API_KEY``), each also
+a flag. Without an API key the first of ``api_keys`` is used.
 
 Where things are read:
 
@@ -52,7 +52,6 @@ class OperatorSettings(Settings):
 
     api_url: str | None = None
     api_key: str | None = None
-    alertmanager_url: str | None = None
 
     @property
     def key(self) -> str:
