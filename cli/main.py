@@ -8,6 +8,7 @@ from cli.check_config import check_config
 from cli.drain import drain
 from cli.kick import kick
 from cli.listen import listen
+from cli.monitor import monitor
 from cli.nodes import nodes
 from cli.publish import publish
 from cli.serve import serve
@@ -38,3 +39,4 @@ app.command()(stats)
 app.command()(top)
 app.command()(drain)
 app.command("check-config")(check_config)
+app.command()(monitor)
