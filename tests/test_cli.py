@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from cli.cluster import Cluster, operator_settings
 from cli.main import app
 from cli.top import watch
-from pushsvc.broker.base import NodeInfo, SessionInfo
+from pushsvc.broker.base import NodeInfo, SessionInfo, bucket_of
 from tests.support import (
     API_KEY,
     ROOT,
@@ -335,6 +335,12 @@ def test_publish_to_topics_and_everyone(op: Operator) -> None:
         (["drain", "no-such-node"], {}, 1, "no live node 'no-such-node'"),
         (["nodes"], {"PUSHSVC_REGISTRY_INTERVAL": "-1"}, 2, "invalid settings"),
         (["stats", "--since", "soon"], {}, 2, "--since 'soon'"),
+        (
+            ["stats", "--api-url", "http://127.0.0.1:{port}"],
+            {"PUSHSVC_REDIS_URL": None},
+            2,
+            "give --redis-url",
+        ),
     ],
 )
 def test_errors_say_what_is_wrong_in_one_line(
@@ -437,10 +443,38 @@ def test_check_config_says_what_is_unreachable(op: Operator) -> None:
 # -- stats ---------------------------------------------------------------------------------------
 
 
-def test_stats_says_when_the_cluster_keeps_no_accounting(op: Operator) -> None:
-    result = op("stats", "--since", "15m")
-    assert result.exit_code == 1
-    assert "accounting not available in this cluster" in no_traceback(result)
+async def test_stats_counts_each_bucket_and_shows_a_lost_delivery(
+    op: Operator, pair: list[NodeHandle]
+) -> None:
+    a, b = pair
+    user = uid()
+    phone = await Wire.open(a.client_url, a.token(user), device="phone")
+    laptop = await Wire.open(b.client_url, b.token(user), device="laptop")  # never acks
+    published = await op.run("publish", "--user", user, "--event", "lab.ready")
+    message_id = published.stdout.strip()
+    await phone.ack((await phone.recv_msg())["id"])
+    assert (await laptop.recv_msg())["id"] == message_id
+    bucket = bucket_of(message_id)
+    # the monitor's deadlines, short: the loss check of the bucket comes right after it ends
+    quick = {"PUSHSVC_ACK_TIMEOUT": "0.5", "PUSHSVC_MAX_ATTEMPTS": "1",
+             "PUSHSVC_RECONNECT_WINDOW": "0", "PUSHSVC_MONITOR_GRACE": "0"}  # fmt: skip
+
+    def checked() -> tuple[Result, dict[str, Any]] | None:
+        result = op("stats", "--since", "2m", "--json", **quick)
+        rows = orjson.loads(result.stdout)["buckets"]
+        row = next((r for r in rows if r["bucket"] == bucket), None)
+        return (result, row) if row and row["check"] != "open" and row["lost"] else None
+
+    result, row = await asyncio.to_thread(wait_until, checked, 20 * UNIT)
+    assert result.exit_code == 1  # a delivery was lost
+    assert row["published"] >= 1 and row["expected"] >= 2 and row["sent"] >= 2
+    assert row["acked"] >= 1 and row["lost"] >= 1 and row["ack_ratio"] < 1
+    shown = await op.run("stats", "--since", "2m", **quick)
+    assert shown.exit_code == 1
+    for word in ("bucket", "published", "expected", "lost", "expired", "ack ratio", "total"):
+        assert word in shown.stdout
+    await phone.close()
+    await laptop.close()
 
 
 # -- top -----------------------------------------------------------------------------------------
