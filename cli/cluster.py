@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from cli.api import Api, OperatorError, Unreachable, UsageError, base_url
 from cli.settings import fail
+from cli.targets import WILDCARDS
 from pushsvc.broker.base import NodeInfo, SessionInfo
 from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.settings import Settings
@@ -43,8 +44,6 @@ T = TypeVar("T")
 
 #: Seconds any one request (to Redis, a node, Alertmanager) may take.
 REQUEST_TIMEOUT = 5.0
-
-WILDCARDS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - recognised here, never bound
 
 
 class OperatorSettings(Settings):
