@@ -16,20 +16,22 @@ from pushsvc.client import (
     ClosedByOperator,
     ConnectionEnded,
     ConnectionLost,
-    DedupeWindow,
     Message,
     PushClient,
     ServerError,
     State,
-    StreamOffsets,
     Unauthorized,
     Welcome,
     ending_for,
+)
+from pushsvc.core.backoff import MAX_EXPONENT, backoff_ceiling, backoff_delay
+from pushsvc.core.client_state import (
+    DedupeWindow,
+    StreamOffsets,
     offset_after,
     parse_offset,
     resume_for,
 )
-from pushsvc.core.backoff import MAX_EXPONENT, backoff_ceiling, backoff_delay
 
 # --- backoff -------------------------------------------------------------------------------------
 
