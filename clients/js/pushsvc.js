@@ -38,7 +38,7 @@ export const DEFAULTS = Object.freeze({
 const STORAGE_PREFIX = "pushsvc:";
 
 /** The most streams a hello's resume may name (the server refuses more). */
-export const RESUME_LIMIT = 64;
+export const RESUME_LIMIT = 66; // every stream one token can read: 64 topics, the user stream and "all"
 
 /** True when a close with this code should be followed by a reconnect. */
 export function shouldReconnect(code) {
