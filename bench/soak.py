@@ -110,6 +110,7 @@ class Node:
     internal_port: int
     redis_url: str
     source: Path
+    faults: bool = True  # start with --enable-fault-injection (a baseline tree may not know it)
     proc: Proc | None = None
 
     @property
@@ -124,7 +125,8 @@ class Node:
         env = {"redis_url": self.redis_url, "node_id": self.node_id, "port": self.port,
                "internal_port": self.internal_port, "api_keys": KEY, "token_secret": SECRET,
                "log_level": "WARNING", **NODE}  # fmt: skip
-        args = [sys.executable, "-m", "cli", "serve", "--enable-fault-injection"]
+        args = [sys.executable, "-m", "cli", "serve"]
+        args += ["--enable-fault-injection"] if self.faults else []
         self.proc = spawn(args, env, self.node_id, self.source)
         wait(lambda: ready(self.api + "/readyz"), 30, f"{self.node_id} ready")
 
@@ -284,8 +286,8 @@ async def tokens(node: Node, users: list[str]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def fleet(nodes: list[Node], count: int) -> AsyncIterator[list[Device]]:
-    users = [f"soak{i}" for i in range(count)]
+async def fleet(nodes: list[Node], count: int, prefix: str = "soak") -> AsyncIterator[list[Device]]:
+    users = [f"{prefix}{i}" for i in range(count)]
     minted = await tokens(nodes[0], users)
     devices = [
         Device(u, minted[u], [n.ws for n in nodes[i % 2 :] + nodes[: i % 2]])
@@ -407,10 +409,12 @@ async def _soak(
 async def drills(nodes: list[Node], devices: list[Device], log: AlertLog) -> dict[str, Any]:
     a, b = nodes
     out: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as h:
-        # loss: 1 in 1,000 dropped on node a, at the soak's rate
-        on_a = [d.user for i, d in enumerate(devices) if i % 2 == 0]
-        load = Load([b], on_a, 200)
+    async with (
+        httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as h,
+        fleet([a], len(devices) // 2, prefix="drill") as on_a,
+    ):
+        # loss: 1 in 1,000 dropped on node a (devices connected to it), at 200 msg/s
+        load = Load([b], [d.user for d in on_a], 200)
         stop = asyncio.Event()
         (
             await h.post(a.api + "/v1/admin/faults", json={"drop_deliveries": 0.001})
@@ -438,7 +442,7 @@ async def drills(nodes: list[Node], devices: list[Device], log: AlertLog) -> dic
 async def commands(args: argparse.Namespace) -> dict[str, Any]:
     source = Path(args.baseline) if args.baseline else ROOT
     with redis_server() as (redis_url, port):
-        nodes = [Node(f"cmd-{n}", free_port(), free_port(), redis_url, source) for n in "ab"]
+        nodes = [Node(f"cmd-{n}", free_port(), free_port(), redis_url, source, False) for n in "ab"]
         for n in nodes:
             n.start()
         try:
