@@ -63,7 +63,7 @@ async def broadcast_once(
 ) -> BroadcastRun | str:
     """Publish broadcast ``seq`` and collect its arrivals; a string says why it failed."""
     waited = await wait_quiet(node, group, opts.quiet_wait) if opts.quiet_wait else 0.0
-    window = procstat.Window(node.pids(), group.pids)
+    window = procstat.Window(node.pids(), group.pids, node.helper_pids)
     body = {"to": {"all": True}, "event": BROADCAST_EVENT, "data": {"seq": seq, "run": opts.run_id}}
     resp = await api.post_json("/v1/messages", body)
     if resp.status != 202:

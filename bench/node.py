@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench import procstat, server, stats
 from bench.api import ApiClient
@@ -28,6 +28,9 @@ class Node:
     root_pids: list[int]
     include_children: bool
     started: server.StartedServer | None = None
+    helper_pids: list[int] = field(default_factory=list)
+    """Processes of the system under test that are not the node (e.g. its redis-server): their
+    CPU time is not counted as other people's, nor as the server's."""
 
     def pids(self) -> list[int]:
         pids = [p for p in self.root_pids if procstat.alive(p)]
@@ -60,7 +63,7 @@ async def wait_quiet(node: Node, group: WorkerGroup, limit_s: float) -> float:
     of a CPU over a short probe; return the seconds waited."""
     start = time.monotonic()
     while time.monotonic() - start < limit_s:
-        window = procstat.Window(node.pids(), group.pids)
+        window = procstat.Window(node.pids(), group.pids, node.helper_pids)
         await asyncio.sleep(QUIET_PROBE_S)
         other = window.close()["other_cpu_seconds"]
         if isinstance(other, float) and other < DISTURBED_SHARE * QUIET_PROBE_S:
@@ -82,6 +85,7 @@ async def attach_or_start(opts: Options) -> Node:
             opts.token_secret,
             opts.server_pids,
             opts.include_children,
+            helper_pids=opts.helper_pids,
         )
     secret = opts.token_secret or secrets.token_urlsafe(32)
     api_key = opts.api_key or secrets.token_urlsafe(24)
@@ -104,6 +108,7 @@ async def attach_or_start(opts: Options) -> Node:
         [started.pid],
         opts.include_children,
         started,
+        helper_pids=opts.helper_pids,
     )
     try:
         ready = await server.wait_ready(started, 60.0)

@@ -26,6 +26,7 @@ class Options:
     api_key: str | None
     token_secret: str | None
     server_pids: list[int]
+    helper_pids: list[int]
     include_children: bool
     pin_server: bool
     server_cpus: list[int]
@@ -89,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     g.add_argument(
         "--server-pid", action="append", type=int, default=[], help="PID to measure (repeat)"
+    )
+    g.add_argument(
+        "--helper-pid",
+        action="append",
+        type=int,
+        default=[],
+        help="PID of a helper of the system under test, e.g. its redis-server: its CPU time is "
+        "not counted as other processes' (repeat)",
     )
     g.add_argument(
         "--no-children",
@@ -180,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         api_key=a.api_key,
         token_secret=a.token_secret,
         server_pids=a.server_pid,
+        helper_pids=a.helper_pid,
         include_children=not a.no_children,
         pin_server=a.pin_server,
         server_cpus=procstat.parse_cpus(a.server_cpus),

@@ -83,7 +83,7 @@ async def ramp_phase(opts: Options, node: Node, group: WorkerGroup, res: Results
     idle_rate = (before.cpu_seconds - idle_from[1]) / max(time.monotonic() - idle_from[0], 1e-3)
     window_start = time.monotonic()
     log(f"ramping {opts.connections} connections over {len(group.workers)} processes")
-    window = procstat.Window(pids, group.pids)
+    window = procstat.Window(pids, group.pids, node.helper_pids)
     t0 = time.perf_counter()
     ramped = await group.call(Ramp(), Ramped)
     wall = time.perf_counter() - t0
@@ -208,7 +208,7 @@ async def user_phase(
 
     log(f"user-targeted: {total} messages at {opts.user_rate:g}/s")
     loop = asyncio.get_running_loop()
-    window = procstat.Window(node.pids(), group.pids)
+    window = procstat.Window(node.pids(), group.pids, node.helper_pids)
     start = loop.time()
     async with asyncio.TaskGroup() as tg:
         for seq in range(total):

@@ -62,12 +62,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _rss_or_zero(pid: int) -> int:
+    """``VmRSS``, or 0 for a process that has exited and not been reaped yet (a zombie)."""
+    try:
+        return rss_kib(pid)
+    except LookupError:
+        return 0
+
+
 def sample(pids: list[int]) -> Sample:
     """Sum memory and CPU over ``pids``."""
     pss_values = [pss_kib(p) for p in pids]
     pss = None if any(v is None for v in pss_values) else sum(v or 0 for v in pss_values)
     return Sample(
-        rss_kib=sum(rss_kib(p) for p in pids),
+        rss_kib=sum(_rss_or_zero(p) for p in pids),
         pss_kib=pss,
         cpu_seconds=sum(cpu_seconds(p) for p in pids),
     )
@@ -125,36 +133,42 @@ class Window:
     """CPU accounting over an interval: the server's, the load clients', and everyone else's.
 
     ``other_cpu_seconds`` is the process time of every task on the machine that is neither the
-    server, a load worker nor this benchmark: other people's work that competes for the CPUs.
+    server, a load worker, a helper of the system under test (``helpers``, e.g. its
+    redis-server) nor this benchmark: other people's work that competes for the CPUs.
     """
 
-    def __init__(self, server: list[int], clients: list[int]) -> None:
+    def __init__(
+        self, server: list[int], clients: list[int], helpers: list[int] | None = None
+    ) -> None:
         self.server = server
         self.clients = clients
+        self.helpers = [p for p in helpers or [] if alive(p)]
         self.own = [os.getpid()]
         self._t0 = time.monotonic()
         self._start = self._read()
 
-    def _read(self) -> tuple[float, float, float, dict[int, CoreTimes]]:
+    def _read(self) -> tuple[float, float, float, float, dict[int, CoreTimes]]:
         return (
             sample(self.server).cpu_seconds if self.server else 0.0,
             sample(self.clients).cpu_seconds,
             sample(self.own).cpu_seconds,
+            sample(self.helpers).cpu_seconds if self.helpers else 0.0,
             core_times(),
         )
 
     def close(self) -> dict[str, object]:
         """Figures since the window was opened (seconds, and shares of wall time per CPU)."""
-        s0, c0, o0, k0 = self._start
-        s1, c1, o1, k1 = self._read()
+        s0, c0, o0, h0, k0 = self._start
+        s1, c1, o1, h1, k1 = self._read()
         task = sum(k1[c].task - k0[c].task for c in k1 if c in k0) / CLK_TCK
         softirq = sum(k1[c].softirq - k0[c].softirq for c in k1 if c in k0) / CLK_TCK
-        ours = (s1 - s0) + (c1 - c0) + (o1 - o0)
+        ours = (s1 - s0) + (c1 - c0) + (o1 - o0) + (h1 - h0)
         return {
             "seconds": time.monotonic() - self._t0,
             "server_cpu_seconds": s1 - s0,
             "client_cpu_seconds": c1 - c0,
             "benchmark_cpu_seconds": o1 - o0,
+            "helper_cpu_seconds": h1 - h0,
             "softirq_seconds": softirq,
             "other_cpu_seconds": max(0.0, task - ours),
             "cores": core_shares(k0, k1),

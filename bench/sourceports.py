@@ -11,22 +11,50 @@ import asyncio
 import errno
 import random
 import socket
+from pathlib import Path
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
 PORT_TRIES = 20
 
 
-class SourcePorts:
-    """Source ports handed out in sequence from a random start, wrapping within [low, high)."""
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (``ip_local_port_range``), inclusive."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
-    def __init__(self, low: int = 1024, high: int = 65536) -> None:
+
+class SourcePorts:
+    """Source ports handed out in sequence from a random start, wrapping within [low, high).
+
+    The kernel's ephemeral range is skipped: a port bound explicitly on any address is no longer
+    picked by the kernel for connections that let it choose (its bind bucket exists), so tens of
+    thousands of client ports there would starve everyone else on the machine of ports to
+    127.0.0.1, the server's own connections to Redis and this benchmark's API calls included.
+    """
+
+    def __init__(
+        self, low: int = 1024, high: int = 65536, skip: tuple[int, int] | None = None
+    ) -> None:
         self.low = low
         self.high = high
-        self.next = random.randrange(low, high)
+        self.skip = ephemeral_range() if skip is None else skip
+        self.next = self._valid(random.randrange(low, high))
+
+    def _valid(self, port: int) -> int:
+        if port >= self.high:
+            port = self.low
+        if self.skip[0] <= port <= self.skip[1]:
+            port = self.skip[1] + 1
+            if port >= self.high:
+                port = self.low
+        return port
 
     def take(self) -> int:
         port = self.next
-        self.next = port + 1 if port + 1 < self.high else self.low
+        self.next = self._valid(port + 1)
         return port
 
 
