@@ -234,8 +234,11 @@ class Monitor:
             metrics.errors.labels("redis").inc()
             log.warning("job failed", extra={"job": name, "error": exc.message})
 
-    async def start(self) -> None:
-        """Take the lease if free, start the jobs and the HTTP server."""
+    async def start(self, *, http: bool = True) -> None:
+        """Take the lease if free, start the jobs and (with ``http``) the HTTP server.
+
+        An embedded monitor (inside a single node on the memory broker) runs without its own
+        server: the node's ``/metrics`` carries the monitor's metrics too."""
         s = self.settings
         await self.hold_lease()
         scheduler = AsyncIOScheduler()
@@ -257,6 +260,8 @@ class Monitor:
             )  # fmt: skip
         scheduler.start()
         self._scheduler = scheduler
+        if not http:
+            return
         self._server = _Server(
             uvicorn.Config(
                 self.http_app(), host=s.monitor_host, port=s.monitor_port, loop="none",

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from monitor import metrics as monitor_metrics
+from monitor.alertmanager import AlertmanagerClient
+from monitor.app import Monitor
 from pushsvc.broker.base import Broker
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.http.internal import create_app
@@ -66,17 +69,31 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start(client_sock)
+    embedded = await _embedded_monitor(settings, node) if not settings.redis_url else None
     api = asyncio.create_task(internal.serve())
     waiter = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if embedded is not None:
+            await embedded.close()
         await node.close()
         internal.should_exit = True
         await api
         waiter.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:
+    """DESIGN §2: on the memory broker there is one node, and the monitor runs inside it."""
+    alertmanager = (
+        AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
+    )
+    monitor = Monitor(settings, node.broker, alertmanager)
+    await monitor.start(http=False)
+    metrics.include(monitor_metrics.REGISTRY)
+    return monitor
 
 
 def run(settings: Settings) -> None:

@@ -304,11 +304,12 @@ async def test_4009_heartbeat_timeout() -> None:
             "code"
         ] == "heartbeat_timeout"
         # a client that answers stays connected
-        alive = await Wire.open(quick.client_url, quick.token(uid()))
+        user = uid()
+        alive = await Wire.open(quick.client_url, quick.token(user))
         for _ in range(4):
             assert (await alive.recv())["type"] == "ping"
             await alive.send({"type": "pong"})
-        sessions = quick.api("GET", "/v1/sessions").json()["sessions"]
+        sessions = quick.api("GET", "/v1/sessions", params={"user": user}).json()["sessions"]
         assert [s["id"] for s in sessions] == [alive.welcome["session"]]
         assert sessions[0]["rtt"] is not None
         await alive.close()

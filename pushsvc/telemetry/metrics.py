@@ -20,6 +20,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -237,3 +238,17 @@ def disable_recording() -> None:
     module = globals()
     for name in HOT_PATH:
         module[name] = _Noop()
+
+
+_included: list[CollectorRegistry] = []
+
+
+def include(registry: CollectorRegistry) -> None:
+    """Also expose ``registry`` on this process's ``/metrics`` (the embedded monitor's)."""
+    if registry not in _included:
+        _included.append(registry)
+
+
+def exposition() -> bytes:
+    """The text format of every metric this process exposes."""
+    return b"".join(generate_latest(r) for r in (REGISTRY, *_included))
