@@ -495,8 +495,9 @@ class PushClient:
     async def _connect_once(self) -> _Outcome:
         try:
             token = self._token if isinstance(self._token, str) else await self._token()
-        except Exception as exc:
-            logger.warning("token provider failed; retrying with backoff", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the caller's provider: any failure is retried
+            # one line, not a traceback: a node restarting makes this routine
+            logger.warning("token provider failed (%r); retrying with backoff", exc)
             return _Outcome(ABNORMAL_CLOSURE, f"token provider failed: {exc!r}")
         try:
             ws = await connect(
