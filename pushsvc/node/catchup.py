@@ -117,11 +117,12 @@ class CatchUp:
             await asyncio.sleep(CHECK_INTERVAL)
             if self._node.faults.stop_bus:
                 continue
+            seen = self.seq  # before asking: envelopes keep arriving while we wait
             try:
                 position = await self._node.broker.bus.position()
             except (BrokerError, OSError):
                 continue
-            if position < self.seq:  # the counter restarted (Redis lost its data)
+            if position < seen:  # below what had already arrived: the counter restarted
                 self.seq = position
                 self._suspect = None
             elif position == self.seq:

@@ -13,7 +13,6 @@ import contextlib
 import gc
 import logging
 import os
-import secrets
 import socket
 import time
 from collections import deque
@@ -27,19 +26,17 @@ from pushsvc.broker.base import (
     Broker,
     Command,
     Expected,
-    Expired,
     NodeInfo,
     Sent,
-    SentCount,
     SessionInfo,
 )
-from pushsvc.core import frames, offsets, replay
+from pushsvc.core import frames
 from pushsvc.core.acks import AckLedger
-from pushsvc.core.flow import TokenBucket, slow_consumer
+from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
-from pushsvc.core.streams import is_user_stream, subscriptions
-from pushsvc.errors import AuthError, BrokerError, FrameError
+from pushsvc.errors import BrokerError, FrameError
 from pushsvc.http.client_routes import ClientRoutes
+from pushsvc.node import attach
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
@@ -48,13 +45,14 @@ from pushsvc.node.session import Phase, Session
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
-from pushsvc.types import HistoryEntry, Message
+from pushsvc.types import Message
 
 log = logging.getLogger(__name__)
 
 PING_FRAME = frames.ws_text_frame(frames.PING)
 PONG_FRAME = frames.ws_text_frame(frames.PONG)
 
+STOP_TIMEOUT = 5.0  # seconds cancelled background tasks get to finish at shutdown
 FREEZE_AFTER = 500  # sessions opened between two gc.freeze() calls
 AckPayload = tuple[bytes, int]  # (framed message, publish time in ms)
 
@@ -67,9 +65,10 @@ class Node:
         self.broker = broker
         self.id = settings.node_id
         self.loop = asyncio.get_event_loop_policy().get_event_loop()
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
+        self.connections: set[Session] = set()  # every open connection, hello or not
         self.users: dict[str, int] = {}  # user -> open sessions here
-        self._unfrozen = 0  # sessions opened since the last gc.freeze()
+        self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer(settings.token_secret)
@@ -83,7 +82,7 @@ class Node:
         self.client_addr = ""
         self.internal_addr = f"{settings.internal_host}:{settings.internal_port}"
         self.log = ContextAdapter(log, {"node": self.id})
-        self._pings: deque[tuple[float, Session]] = deque()
+        self.pings: deque[tuple[float, Session]] = deque()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -136,7 +135,9 @@ class Node:
         if self._server is not None:
             self._server.close()
         await self._register()
-        for session in list(self.sessions.values()):
+        # Every connection, not only the sessions: one that upgraded but has not said hello yet
+        # would otherwise be welcomed after the drain and keep the node from stopping.
+        for session in list(self.connections):
             session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
         if self.sessions:
             self._all_closed.clear()
@@ -151,16 +152,26 @@ class Node:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(set(self._tasks), timeout=STOP_TIMEOUT)
+            if stuck:  # never wait forever on shutdown; say which task did not stop
+                where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
+                self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
+        self.log.info("shutdown: background tasks stopped")
         try:
             await self.accounting.flush()
             await self.broker.registry.deregister(self.id)
         except Exception:  # the broker may be gone at shutdown; nothing else to do
             self.log.warning("could not flush or deregister at shutdown", exc_info=True)
         tracing.flush()
+        self.log.info("shutdown: accounting flushed, closing the broker")
         await self.broker.close()
+        self.log.info("shutdown: broker closed")
+        for session in list(self.connections):
+            session.abort()  # whatever did not finish its close handshake by now
         if self._server is not None:
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
         self.log.info("node stopped")
 
     def spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -190,7 +201,7 @@ class Node:
                         session, FrameError("hello was already received", slug="duplicate_hello")
                     )
                     return
-                self._hello(session, frame)
+                attach.hello(self, session, frame)
             case frames.Ack():
                 if session.phase < Phase.REPLAY:
                     raise_in(session, FrameError("ack before hello", slug="hello_expected"))
@@ -205,136 +216,13 @@ class Node:
             case _:
                 assert_never(frame)
 
-    def _hello(self, session: Session, hello: frames.Hello) -> None:
-        try:
-            claims = self.tokens.verify(hello.token)
-            resume = {stream: offsets.parse(o) for stream, o in hello.resume.items()}
-        except AuthError as exc:
-            metrics.connections_opened.labels("unauthorized").inc()
-            session.close(exc.code, exc.slug, exc.message)
-            return
-        except FrameError as exc:
-            metrics.connections_opened.labels("protocol_error").inc()
-            session.close(exc.code, exc.slug, exc.message)
-            return
-        session.id = secrets.token_hex(8)
-        session.user = claims.user
-        session.device = hello.device or session.id
-        session.topics = claims.topics
-        session.streams = subscriptions(claims.user, claims.topics)
-        session.phase = Phase.REPLAY
-        session.buffer = []
-        s = self.settings
-        session.bucket = TokenBucket.full(
-            s.client_frame_rate, s.client_frame_burst, time.monotonic()
-        )
-        session.hello_accepted()
-        self.sessions[session.id] = session
-        self.users[session.user] = self.users.get(session.user, 0) + 1
-        self._unfrozen += 1
-        self.index.add(session.id, session.streams, session)
-        metrics.connections.set(len(self.sessions))
-        wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
-        self.spawn(self._replay(session, wanted, resume))
-
-    async def _replay(
-        self, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
-    ) -> None:
-        """Send the welcome and what the session missed, then switch it to live."""
-        now_ms = int(time.time() * 1000)
-        chosen: list[tuple[str, HistoryEntry]] = []
-        try:
-            for stream in session.streams:
-                since = wanted.get(stream)
-                if since is None and not is_user_stream(stream):
-                    continue
-                after = None if is_user_stream(stream) else since
-                entries = await self.broker.history.read(stream, after, self.settings.history_size)
-                owed = [e.message.id for e in entries if e.message.ack]
-                acked: set[str] = set()
-                if owed:
-                    await self.accounting.flush()  # acks this node holds must count too
-                    acked = await self.broker.ledger.acked_ids(session.device, owed)
-                picked = self._select(session, stream, entries, since, acked, now_ms)
-                chosen.extend((stream, e) for e in picked)
-        except (BrokerError, OSError) as exc:
-            self.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
-            session.close(1011, "internal_error", "could not read history, reconnect")
-            return
-        if session.phase != Phase.REPLAY:
-            return
-        s = self.settings
-        session.write(
-            frames.ws_text_frame(
-                frames.encode_welcome(session.id, self.id, session.user, s.heartbeat, len(chosen))
-            )
-        )
-        now = time.time()
-        last = session.last
-        last.update(positions)
-        for stream, entry in [c for c in chosen if self._keep(session, c[1].message, now)]:
-            m = entry.message
-            frame = frames.ws_text_frame(
-                frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
-            )
-            session.write(frame)
-            session.sent += 1
-            position = offsets.parse(entry.offset)
-            if position > last.get(stream, offsets.ZERO):
-                last[stream] = position
-            if m.ack:
-                self.track(session, m, frame, now, replay=True)
-            else:
-                self.accounting.record(SentCount(m.id, self.id, 1))
-        if chosen:
-            metrics.replayed.inc(len(chosen))
-            metrics.ack_requested.inc(sum(1 for _, e in chosen if e.message.ack))
-            if tracing.tracer is not None:
-                tracing.replayed(self.id, [(stream, e.message) for stream, e in chosen])
-            metrics.sent.inc(len(chosen))
-        buffered, session.buffer = session.buffer or [], None
-        session.phase = Phase.LIVE
-        for stream, position, message, frame in [
-            b for b in buffered if self._keep(session, b[2], now)
-        ]:
-            if session.offer(stream, position, message, frame) and message.ack:
-                self.track(session, message, frame, now, replay=False)
-        self._pings.append((time.monotonic() + s.heartbeat, session))
-        self.accounting.opened.append(self.describe(session))
-        metrics.connections_opened.labels("ok").inc()
-        self.log.info(
-            "session opened",
-            extra={
-                "session": session.id, "user": session.user, "device": session.device,
-                "remote": session.remote, "replayed": len(chosen),
-            },
-        )  # fmt: skip
-
-    def _keep(self, session: Session, message: Message, now: float) -> bool:
+    def keep(self, session: Session, message: Message, now: float) -> bool:
         """False when the drop fault swallows ``message`` (it is then owed, never written)."""
         if not (self.faults.drop_deliveries and self.faults.drops(message.id)):
             return True
         if message.ack:
             self.accounting.record(Expected(message.id, session.device, session.id, self.id, now))
         return False
-
-    def _select(
-        self,
-        session: Session,
-        stream: str,
-        entries: list[HistoryEntry],
-        since: str | None,
-        acked: set[str],
-        now_ms: int,
-    ) -> list[HistoryEntry]:
-        """What to replay of ``stream`` (:func:`replay.select`); counts the inbox entries this
-        device came back too late for as expired (docs/monitoring.md)."""
-        if is_user_stream(stream):
-            for e in entries:
-                m = e.message
-                if m.ack and m.expires <= now_ms and m.id not in acked:
-                    self.accounting.record(Expired(m.id, session.device, self.id))
-        return replay.select(stream, entries, since, acked.__contains__, now_ms)
 
     def track(
         self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
@@ -404,11 +292,11 @@ class Node:
         """Redeliver what is due, close exhausted and slow sessions, send heartbeats; after a
         connection ramp, move the new long-lived objects out of the collector's sight."""
         metrics.broker_up.set(1 if self.broker.up else 0)
-        if self._unfrozen >= FREEZE_AFTER:
+        if self.unfrozen >= FREEZE_AFTER:
             # Full collections walk every object; with tens of thousands of sessions that is a
             # pause of hundreds of ms. Frozen objects are still freed by refcounting when their
             # session closes (session.connection_lost breaks its cycles).
-            self._unfrozen = 0
+            self.unfrozen = 0
             gc.freeze()
         redeliver, exhausted = self.acks.due(now)
         for r in redeliver:
@@ -434,7 +322,7 @@ class Node:
                 self.over_cap.discard(session)
                 metrics.outbox_overflows.inc()
                 session.close(4008, "slow_consumer", "the client does not read fast enough")
-        pings = self._pings
+        pings = self.pings
         heartbeat = self.settings.heartbeat
         while pings and pings[0][0] <= mono:
             _, session = pings.popleft()

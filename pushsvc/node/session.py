@@ -135,6 +135,7 @@ class Session(asyncio.Protocol):
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
         peer = self.transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.node.connections.add(self)
         self._timer = self.node.loop.call_later(self.node.settings.hello_timeout, self._no_hello)
 
     def data_received(self, data: bytes) -> None:
@@ -169,6 +170,7 @@ class Session(asyncio.Protocol):
         was = self.phase
         self.phase = Phase.CLOSED
         self.transport = None
+        self.node.connections.discard(self)
         self._http = None  # the parser holds this protocol: a cycle
         if self._ws is not None:
             # The sans-io protocol and its parser generator reference each other. Closing the
@@ -407,6 +409,11 @@ class Session(asyncio.Protocol):
         except InvalidState:
             pass  # the protocol is already closing: the code it carries stands
         self._flush()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a close handshake."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _abort(self) -> None:
         self._timer = None

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from redis.asyncio import ConnectionPool
+from redis.asyncio import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -51,6 +51,9 @@ def pack(command: Command) -> bytes:
             data = b"%d" % arg
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+MAX_CONNECTIONS = 256  # command connections per node (the bus has its own)
 
 
 class Connection(Protocol):
@@ -90,8 +93,12 @@ class Link:
     def __init__(self, url: str, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self.reachable = False
-        self.pool: ConnectionPool = ConnectionPool.from_url(
+        # Blocking: a burst of handshakes waits for a connection (up to ``timeout``) instead of
+        # failing at once when every connection is busy.
+        self.pool: ConnectionPool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),

@@ -1,0 +1,151 @@
+"""A session's arrival: hello, then what it missed, then live (DESIGN §4, §5).
+
+:func:`hello` verifies the token and the resume offsets, registers the session (live messages are
+buffered from here on) and starts :func:`replay`, which reads history, writes the welcome and the
+replayed messages, flushes the buffer without duplicates and switches the session to live.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from pushsvc.broker.base import Expired, SentCount
+from pushsvc.core import frames, offsets
+from pushsvc.core import replay as replay_rules
+from pushsvc.core.flow import TokenBucket
+from pushsvc.core.streams import is_user_stream, subscriptions
+from pushsvc.errors import AuthError, BrokerError, FrameError
+from pushsvc.node.session import Phase, Session
+from pushsvc.telemetry import metrics, tracing
+from pushsvc.types import HistoryEntry
+
+if TYPE_CHECKING:
+    from pushsvc.node.gateway import Node
+
+
+def hello(node: Node, session: Session, hello: frames.Hello) -> None:
+    """Verify the hello; on success register the session and start its replay."""
+    if node.draining:
+        session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
+        return
+    try:
+        claims = node.tokens.verify(hello.token)
+        resume = {stream: offsets.parse(o) for stream, o in hello.resume.items()}
+    except AuthError as exc:
+        metrics.connections_opened.labels("unauthorized").inc()
+        session.close(exc.code, exc.slug, exc.message)
+        return
+    except FrameError as exc:
+        metrics.connections_opened.labels("protocol_error").inc()
+        session.close(exc.code, exc.slug, exc.message)
+        return
+    session.id = secrets.token_hex(8)
+    session.user = claims.user
+    session.device = hello.device or session.id
+    session.topics = claims.topics
+    session.streams = subscriptions(claims.user, claims.topics)
+    session.phase = Phase.REPLAY
+    session.buffer = []
+    s = node.settings
+    session.bucket = TokenBucket.full(s.client_frame_rate, s.client_frame_burst, time.monotonic())
+    session.hello_accepted()
+    node.sessions[session.id] = session
+    node.users[session.user] = node.users.get(session.user, 0) + 1
+    node.unfrozen += 1
+    node.index.add(session.id, session.streams, session)
+    metrics.connections.set(len(node.sessions))
+    wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
+    node.spawn(replay(node, session, wanted, resume))
+
+
+async def replay(
+    node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+) -> None:
+    """Send the welcome and what the session missed, then switch it to live."""
+    now_ms = int(time.time() * 1000)
+    chosen: list[tuple[str, HistoryEntry]] = []
+    try:
+        for stream in session.streams:
+            since = wanted.get(stream)
+            if since is None and not is_user_stream(stream):
+                continue
+            after = None if is_user_stream(stream) else since
+            entries = await node.broker.history.read(stream, after, node.settings.history_size)
+            owed = [e.message.id for e in entries if e.message.ack]
+            acked: set[str] = set()
+            if owed:
+                await node.accounting.flush()  # acks this node holds must count too
+                acked = await node.broker.ledger.acked_ids(session.device, owed)
+            picked = select(node, session, stream, entries, since, acked, now_ms)
+            chosen.extend((stream, e) for e in picked)
+    except (BrokerError, OSError) as exc:
+        node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
+        session.close(1011, "internal_error", "could not read history, reconnect")
+        return
+    if session.phase != Phase.REPLAY:
+        return
+    s = node.settings
+    session.write(
+        frames.ws_text_frame(
+            frames.encode_welcome(session.id, node.id, session.user, s.heartbeat, len(chosen))
+        )
+    )
+    now = time.time()
+    last = session.last
+    last.update(positions)
+    for stream, entry in [c for c in chosen if node.keep(session, c[1].message, now)]:
+        m = entry.message
+        frame = frames.ws_text_frame(
+            frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
+        )
+        session.write(frame)
+        session.sent += 1
+        position = offsets.parse(entry.offset)
+        if position > last.get(stream, offsets.ZERO):
+            last[stream] = position
+        if m.ack:
+            node.track(session, m, frame, now, replay=True)
+        else:
+            node.accounting.record(SentCount(m.id, node.id, 1))
+    if chosen:
+        metrics.replayed.inc(len(chosen))
+        metrics.ack_requested.inc(sum(1 for _, e in chosen if e.message.ack))
+        if tracing.tracer is not None:
+            tracing.replayed(node.id, [(stream, e.message) for stream, e in chosen])
+        metrics.sent.inc(len(chosen))
+    buffered, session.buffer = session.buffer or [], None
+    session.phase = Phase.LIVE
+    for stream, position, message, frame in [b for b in buffered if node.keep(session, b[2], now)]:
+        if session.offer(stream, position, message, frame) and message.ack:
+            node.track(session, message, frame, now, replay=False)
+    node.pings.append((time.monotonic() + s.heartbeat, session))
+    node.accounting.opened.append(node.describe(session))
+    metrics.connections_opened.labels("ok").inc()
+    node.log.info(
+        "session opened",
+        extra={
+            "session": session.id, "user": session.user, "device": session.device,
+            "remote": session.remote, "replayed": len(chosen),
+        },
+    )  # fmt: skip
+
+
+def select(
+    node: Node,
+    session: Session,
+    stream: str,
+    entries: list[HistoryEntry],
+    since: str | None,
+    acked: set[str],
+    now_ms: int,
+) -> list[HistoryEntry]:
+    """What to replay of ``stream`` (:func:`replay.select`); counts the inbox entries this
+    device came back too late for as expired (docs/monitoring.md)."""
+    if is_user_stream(stream):
+        for e in entries:
+            m = e.message
+            if m.ack and m.expires <= now_ms and m.id not in acked:
+                node.accounting.record(Expired(m.id, session.device, node.id))
+    return replay_rules.select(stream, entries, since, acked.__contains__, now_ms)
