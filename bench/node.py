@@ -30,7 +30,7 @@ class Node:
     started: server.StartedServer | None = None
     helper_pids: list[int] = field(default_factory=list)
     """Processes of the system under test that are not the node (e.g. its redis-server): their
-    CPU time is not counted as other people's, nor as the server's."""
+    CPU time is not counted as disturbance, nor as the server's."""
 
     def pids(self) -> list[int]:
         pids = [p for p in self.root_pids if procstat.alive(p)]
