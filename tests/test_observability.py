@@ -2,9 +2,9 @@
 
 promtool checks and unit-tests the rules, amtool checks the Alertmanager config, promtool lints a
 live node's /metrics, and a real Prometheus (file_sd from ``pushsvc prometheus-targets``) scrapes
-two live nodes of a Redis cluster while WebSocket clients and publishes make traffic; then every
-PromQL expression of the overview dashboard must return data, and every expression of the
-delivery dashboard (which needs the monitor's metrics) must at least run.
+two live nodes of a Redis cluster and a ``pushsvc monitor`` process (short intervals, canary on)
+while WebSocket clients and publishes make traffic; then every PromQL expression of the overview
+and of the delivery dashboard must return data, the loss panels a 0-valued series.
 
 How much the metrics cost a node is measured by the fan-out benchmark in bench/, not here.
 """
@@ -12,10 +12,14 @@ How much the metrics cost a node is measured by the fan-out benchmark in bench/,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +31,7 @@ import pytest
 import yaml
 
 from tests.support import (
+    API_KEY,
     ROOT,
     UNIT,
     NodeHandle,
@@ -155,6 +160,10 @@ def test_dashboards_are_portable(name: str) -> None:
 # -- live: two nodes, a real Prometheus -----------------------------------------------------
 
 FAST = {"registry_interval": 0.5, "ack_timeout": 1, "heartbeat": 5, "drain_timeout": 2}
+MONITOR = {
+    "ack_timeout": 1, "monitor_interval": 1, "monitor_grace": 1, "reconnect_window": 2,
+    "late_check": 2, "canary_interval": 1, "canary_stall": 5, "alert_resend": 2, "lease_ttl": 3,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +180,47 @@ def cluster(redis: RedisServer) -> Iterator[list[NodeHandle]]:
     finally:
         for node in nodes:
             node.stop()
+
+
+class MonitorProcess:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.port = port
+        self.proc = proc
+        self.log = log
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text(errors="replace")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=UNIT)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def monitor(redis: RedisServer, cluster: list[NodeHandle]) -> Iterator[MonitorProcess]:
+    """``pushsvc monitor`` on the cluster's Redis, canary on, no Alertmanager."""
+    port = free_port()
+    values = {"redis_url": redis.url, "api_keys": API_KEY, "monitor_port": port,
+              "monitor_id": "obs-monitor", **MONITOR}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    env.update({f"PUSHSVC_{k.upper()}": str(v) for k, v in values.items()})
+    with tempfile.TemporaryDirectory(prefix="pushsvc-monitor-") as tmp:
+        log = Path(tmp) / "monitor.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "cli", "monitor"], env=env,
+                                    stdout=out, stderr=out, cwd=ROOT)  # fmt: skip
+        handle = MonitorProcess(port, proc, log)
+        try:
+            wait_until(handle.healthy, 15 * UNIT, 0.1)
+            yield handle
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10 * UNIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class Prometheus:
@@ -190,7 +240,9 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(redis: RedisServer, cluster: list[NodeHandle]) -> Iterator[Prometheus]:
+def prometheus(
+    redis: RedisServer, cluster: list[NodeHandle], monitor: MonitorProcess
+) -> Iterator[Prometheus]:
     with tempfile.TemporaryDirectory(prefix="pushsvc-prom-") as tmp:
         targets = Path(tmp) / "pushsvc.json"
         r = run(*pushsvc_command(), "prometheus-targets", "--redis-url", redis.url,
@@ -206,6 +258,9 @@ def prometheus(redis: RedisServer, cluster: list[NodeHandle]) -> Iterator[Promet
                 "scrape_configs": [{
                     "job_name": "pushsvc",
                     "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+                }, {
+                    "job_name": "pushsvc-monitor",
+                    "static_configs": [{"targets": [f"127.0.0.1:{monitor.port}"]}],
                 }],
             })  # JSON is YAML
         )  # fmt: skip
@@ -299,11 +354,23 @@ def test_promtool_check_metrics_on_a_live_node(cluster: list[NodeHandle]) -> Non
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
 
 
+def without_data(prometheus: Prometheus, board: str) -> list[str]:
+    """The expressions of ``board`` that return no series (each must run)."""
+    missing = []
+    for title, expr in expressions(dashboard(board)):
+        answer = prometheus.query(expr)
+        assert answer["status"] == "success", (title, expr, answer)
+        if not answer["data"]["result"]:
+            missing.append(f"{title}: {expr}")
+    return missing
+
+
 @pytest.mark.redis
-def test_prometheus_scrapes_two_nodes_and_every_overview_panel_has_data(
-    cluster: list[NodeHandle], prometheus: Prometheus
+def test_prometheus_scrapes_two_nodes_and_the_monitor_and_every_panel_has_data(
+    cluster: list[NodeHandle], monitor: MonitorProcess, prometheus: Prometheus
 ) -> None:
     wait_until(lambda: prometheus.value('count(up{job="pushsvc"} == 1)') == 2, 20 * UNIT, 0.2)
+    wait_until(lambda: prometheus.value('up{job="pushsvc-monitor"}') == 1, 20 * UNIT, 0.2)
     up = prometheus.query('up{job="pushsvc"}')["data"]["result"]
     assert {s["metric"]["node"] for s in up} == {"obs-a", "obs-b"}
     acks = asyncio.run(traffic(cluster))
@@ -313,17 +380,31 @@ def test_prometheus_scrapes_two_nodes_and_every_overview_panel_has_data(
     )  # fmt: skip
     time.sleep(2)  # a couple more scrapes, so every rate has two samples after the traffic
 
-    missing = []
-    for title, expr in expressions(dashboard("pushsvc-overview")):
-        answer = prometheus.query(expr)
-        assert answer["status"] == "success", (title, expr, answer)
-        if not answer["data"]["result"]:
-            missing.append(f"{title}: {expr}")
+    missing = without_data(prometheus, "pushsvc-overview")
     assert not missing, "overview panels without data:\n" + "\n".join(missing)
 
-    for title, expr in expressions(dashboard("pushsvc-delivery")):
-        answer = prometheus.query(expr)
-        assert answer["status"] == "success", (title, expr, answer)
+    # the monitor: both nodes canaried, the traffic's deliveries reconciled as acked
+    nodes = 'node=~"obs-a|obs-b"'
+    wait_until(lambda: prometheus.value(f"sum(pushsvc_monitor_canary_up{{{nodes}}})") == 2,
+               20 * UNIT, 0.2)  # fmt: skip
+    wait_until(
+        lambda: prometheus.value(f"sum(pushsvc_monitor_acked_deliveries_total{{{nodes}}})")
+        >= acks,
+        30 * UNIT, 0.2,
+    )  # fmt: skip
+    with contextlib.suppress(TimeoutError):  # the assertion below names what is missing
+        wait_until(lambda: not without_data(prometheus, "pushsvc-delivery"), 10 * UNIT, 0.5)
+    missing = without_data(prometheus, "pushsvc-delivery")
+    assert not missing, "delivery panels without data:\n" + "\n".join(missing)
+    board = dict(expressions(dashboard("pushsvc-delivery")))
+    # nothing was lost: the per-node counters the monitor starts at 0 give 0-valued series
+    for title in ("Lost deliveries", "Unfanned deliveries"):
+        assert prometheus.value(board[title]) == 0, title
+    by_node = prometheus.query(board["Lost and unfanned by node"])["data"]["result"]
+    assert {s["metric"]["node"] for s in by_node} >= {"obs-a", "obs-b"}
+    assert prometheus.value(board["Canaries up"]) >= 2
+    p99 = prometheus.value(board["Canary latency p99"])
+    assert math.isfinite(p99) and 0 < p99 < 10, p99
 
     # the rules evaluate cleanly against the real series, and the SLI saw the traffic
     rules = httpx.get(prometheus.url + "/api/v1/rules", timeout=5 * UNIT).json()["data"]["groups"]
