@@ -150,13 +150,17 @@ class Node:
             return
         await self.drain()
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            _, stuck = await asyncio.wait(set(self._tasks), timeout=STOP_TIMEOUT)
-            if stuck:  # never wait forever on shutdown; say which task did not stop
-                where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
-                self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
+        # Cancel until every task has stopped: on Python 3.11 a cancel that lands while a timed
+        # await completes can be swallowed (asyncio.wait_for), and a loop would then run on.
+        stuck = set(self._tasks)
+        deadline = self.loop.time() + STOP_TIMEOUT
+        while stuck and self.loop.time() < deadline:
+            for task in stuck:
+                task.cancel()
+            _, stuck = await asyncio.wait(stuck, timeout=0.1)
+        if stuck:  # never wait forever on shutdown; say which task did not stop
+            where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
+            self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
         self.log.info("shutdown: background tasks stopped")
         try:
             await self.accounting.flush()
