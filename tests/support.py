@@ -249,3 +249,58 @@ def start_redis(persistent: bool = False) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+def answers(url: str) -> bool:
+    """True when ``url`` answers 200 now (False while nothing listens there yet)."""
+    try:
+        return httpx.get(url, timeout=UNIT).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Alertmanager:
+    """A real Alertmanager (Debian's prometheus-alertmanager) on a free port."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alerts(self) -> list[dict[str, Any]]:
+        r = httpx.get(self.url + "/api/v2/alerts", timeout=5 * UNIT)
+        r.raise_for_status()
+        found: list[dict[str, Any]] = r.json()
+        return found
+
+    def firing(self, name: str, node: str | None = None) -> dict[str, Any] | None:
+        for a in self.alerts():
+            labels = a["labels"]
+            if labels["alertname"] == name and node in (None, labels.get("node")):
+                return a
+        return None
+
+
+@contextlib.contextmanager
+def start_alertmanager() -> Iterator[Alertmanager]:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert binary, "Alertmanager is not installed (apt-get install prometheus-alertmanager)"
+    with tempfile.TemporaryDirectory(prefix="pushsvc-am-") as tmp:
+        config = Path(tmp) / "alertmanager.yml"
+        config.write_text("route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.path={tmp}/data",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        am = Alertmanager(port, proc)
+        try:
+            wait_until(lambda: answers(am.url + "/-/ready"), 15 * UNIT, 0.1)
+            yield am
+        finally:
+            proc.terminate()
+            proc.wait(10)

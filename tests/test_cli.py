@@ -14,10 +14,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from click.testing import Result
@@ -37,6 +35,7 @@ from tests.support import (
     free_port,
     launch_node,
     pushsvc_command,
+    start_alertmanager,
     start_redis,
     wait_until,
 )
@@ -385,31 +384,8 @@ async def test_drain_closes_the_nodes_sessions_with_1001(op: Operator, redis: Re
 
 @pytest.fixture(scope="module")
 def alertmanager() -> Iterator[str]:
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    assert binary, "Alertmanager is not installed (apt-get install prometheus-alertmanager)"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="pushsvc-am-") as tmp:
-        config = Path(tmp) / "alertmanager.yml"
-        config.write_text("route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
-        proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={tmp}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: _answers(url + "/-/ready"), 15 * UNIT)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=UNIT).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with start_alertmanager() as am:
+        yield am.url
 
 
 def test_check_config_reaches_redis_every_node_and_alertmanager(

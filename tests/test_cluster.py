@@ -17,6 +17,7 @@ from tests.support import (
     UNIT,
     NodeHandle,
     RedisServer,
+    answers,
     free_ports,
     launch_node,
     start_redis,
@@ -43,13 +44,6 @@ def pair(redis: RedisServer) -> Iterator[list[NodeHandle]]:
     finally:
         for n in nodes:
             n.stop()
-
-
-def _ready(internal_url: str) -> bool:
-    try:
-        return httpx.get(internal_url + "/readyz", timeout=UNIT).status_code == 200
-    except httpx.HTTPError:
-        return False  # not listening yet
 
 
 def uid(prefix: str = "p") -> str:
@@ -231,7 +225,7 @@ async def test_workers_share_the_port_and_deliver_across_each_other(redis: Redis
     )
     try:
         internal = [f"http://127.0.0.1:{node.internal_port + i}" for i in range(2)]
-        wait_until(lambda: all(_ready(u) for u in internal))
+        wait_until(lambda: all(answers(u + "/readyz") for u in internal))
         user = uid()
         token = node.token(user)
         clients = [await Wire.open(node.client_url, token, device=f"d{i}") for i in range(12)]

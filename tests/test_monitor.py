@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,17 +31,19 @@ from tests.support import (
     API_KEY,
     ROOT,
     UNIT,
+    Alertmanager,
     NodeHandle,
     RedisServer,
+    answers,
     free_port,
     launch_node,
+    start_alertmanager,
     start_redis,
     wait_until,
 )
 
 pytestmark = pytest.mark.redis
 
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 NODE = {
     "registry_interval": 0.5, "ack_timeout": 1, "max_attempts": 2, "heartbeat": 5,
     "drain_timeout": 3, "client_frame_rate": 100_000, "client_frame_burst": 100_000,
@@ -52,60 +53,6 @@ MONITOR = {
     "reconnect_window": 2, "late_check": 2, "loss_window": 4, "canary_interval": 1,
     "canary_stall": 5, "alert_resend": 2, "lease_ttl": 3,
 }  # fmt: skip
-
-
-@dataclass
-class Alertmanager:
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alerts(self) -> list[dict[str, Any]]:
-        r = httpx.get(self.url + "/api/v2/alerts", timeout=5 * UNIT)
-        r.raise_for_status()
-        found: list[dict[str, Any]] = r.json()
-        return found
-
-    def firing(self, name: str, node: str | None = None) -> dict[str, Any] | None:
-        for a in self.alerts():
-            labels = a["labels"]
-            if labels["alertname"] == name and node in (None, labels.get("node")):
-                return a
-        return None
-
-
-@contextlib.contextmanager
-def start_alertmanager() -> Iterator[Alertmanager]:
-    if ALERTMANAGER is None:
-        pytest.skip(
-            "prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)"
-        )
-    with tempfile.TemporaryDirectory(prefix="pushsvc-am-") as tmp:
-        config = Path(tmp) / "alertmanager.yml"
-        config.write_text("route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
-        port = free_port()
-        proc = subprocess.Popen(
-            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp}/data",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        am = Alertmanager(port, proc)
-        try:
-            wait_until(lambda: _ready(am.url + "/-/ready"), 15 * UNIT, 0.1)
-            yield am
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=UNIT).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -154,7 +101,7 @@ def launch_monitor(redis: RedisServer, am: Alertmanager, **settings: Any) -> Mon
         proc = subprocess.Popen([sys.executable, "-m", "cli", "monitor"], env=env, stdout=out,
                                 stderr=out, cwd=ROOT)  # fmt: skip
     monitor = MonitorProcess(proc, port, log_path)
-    wait_until(lambda: _ready(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None,
+    wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None,
                15 * UNIT)  # fmt: skip
     assert proc.poll() is None, monitor.log()
     return monitor
