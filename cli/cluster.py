@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
-from pydantic import ValidationError
 
 from cli.api import Api, OperatorError, Unreachable, UsageError, base_url
-from cli.settings import fail
+from cli.settings import build_as, fail
 from cli.targets import WILDCARDS
 from pushsvc.broker.base import NodeInfo, SessionInfo
 from pushsvc.errors import BrokerError, ConfigError
@@ -61,16 +60,7 @@ class OperatorSettings(Settings):
 def operator_settings(**flags: Any) -> OperatorSettings:
     """:class:`OperatorSettings` from ``PUSHSVC_*`` env, overridden by the flags given (not None).
     Invalid settings end the command with exit 2."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    try:
-        return OperatorSettings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid settings: {problems}")
-    except ConfigError as exc:
-        fail(exc.message)
+    return build_as(OperatorSettings, **flags)
 
 
 # The options every cluster command takes.
