@@ -112,7 +112,7 @@ def test_offsets_order_numerically_not_as_text() -> None:
 @pytest.mark.parametrize(
     ("name", "ok"),
     [("p1", True), ("clinic-205", True), ("a.b@c+d=e_f", True), ("", False), ("a b", False),
-     ("a/b", False), ("x" * 128, True), ("x" * 129, False), ("ü", False)],
+     ("a/b", False), ("x" * 128, True), ("x" * 129, False), ("ü", False), ("p1\n", False)],
 )  # fmt: skip
 def test_valid_names(name: str, ok: bool) -> None:
     assert streams.valid_name(name) is ok

@@ -18,8 +18,9 @@ _NAME = re.compile(NAME_PATTERN)
 
 
 def valid_name(name: str) -> bool:
-    """True when ``name`` can be a user id or a topic name."""
-    return bool(_NAME.match(name))
+    """True when ``name`` can be a user id or a topic name (the whole of it: Python's ``$`` would
+    also match before a trailing newline)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def user_stream(user: str) -> str:
