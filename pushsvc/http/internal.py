@@ -23,28 +23,17 @@ from pushsvc import __version__
 from pushsvc.auth import api_key_ok
 from pushsvc.broker.base import Command
 from pushsvc.core import trail as trails
-from pushsvc.errors import AuthError, BrokerError, BrokerUnavailable, IdempotencyConflict
+from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
-from pushsvc.http.models import BatchRequest, PublishRequest, TokenRequest
+from pushsvc.http.lane import PublishLane
+from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
+from pushsvc.http.publishing import ApiError, Publishing, error_response
 from pushsvc.node.gateway import Node
-from pushsvc.node.publish import Outgoing, Publisher
+from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
 
 PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    metrics.http_errors.labels(str(status)).inc()
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
 class BodyLimit:
@@ -60,7 +49,9 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            response = _error(413, "body_too_large", f"request body exceeds {self.limit} bytes")
+            response = error_response(
+                413, "body_too_large", f"request body exceeds {self.limit} bytes"
+            )
             await response(scope, receive, send)
             return
         seen = 0
@@ -86,7 +77,7 @@ class BodyLimit:
             await self.app(scope, limited, tracked)
         except ApiError as exc:
             if not started:
-                await _error(exc.status, exc.code, exc.message)(scope, receive, send)
+                await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -128,7 +119,8 @@ def create_app(node: Node) -> FastAPI:
         if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
 
-    app.include_router(_messages(node), dependencies=[Depends(require_key)])
+    publishing = Publishing(node)
+    app.include_router(_messages(node, publishing), dependencies=[Depends(require_key)])
     app.include_router(_cluster(node), dependencies=[Depends(require_key)])
     app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
     app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
@@ -136,31 +128,23 @@ def create_app(node: Node) -> FastAPI:
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
     app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
+    app.add_middleware(PublishLane, publishing=publishing)
     return app
 
 
-def _messages(node: Node) -> APIRouter:
+def _messages(node: Node, publishing: Publishing) -> APIRouter:
     settings = node.settings
-    publisher = Publisher(node)
     v1 = APIRouter(prefix="/v1", tags=["messages"])
 
     def outgoing(req: PublishRequest, index: int | None = None) -> Outgoing:
         try:
             return req.outgoing(settings.default_ttl, settings.max_message_size)
-        except ValueError as exc:
+        except DataTooLarge as exc:
             where = "" if index is None else f"messages[{index}]: "
             raise ApiError(413, "message_too_large", where + str(exc)) from None
 
     async def run(items: list[Outgoing]) -> list[dict[str, Any]]:
-        try:
-            results = await publisher.publish(items)
-        except BrokerUnavailable as exc:
-            raise ApiError(503, exc.slug, exc.message + "; retry with the same key") from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, exc.slug, exc.message) from None
-        except BrokerError as exc:
-            raise ApiError(503, exc.slug, exc.message) from None
-        return [msgspec.to_builtins(r) for r in results]
+        return [msgspec.to_builtins(r) for r in await publishing.run(items)]
 
     @v1.post(
         "/messages", status_code=202, summary="Publish one message",
@@ -292,26 +276,26 @@ def _operations(app: FastAPI, node: Node) -> None:
 def _error_answers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(BrokerError)
     async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:
-        return _error(503, exc.slug, exc.message)
+        return error_response(503, exc.slug, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _error(400, "malformed_json", "request body is not valid JSON")
+            return error_response(400, "malformed_json", "request body is not valid JSON")
         details = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]}
             for e in errors[:20]
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid"}
         summary = f"{'.'.join(first['loc'])}: {first['msg']}"
-        return _error(422, "invalid_body", summary, details=details)
+        return error_response(422, "invalid_body", summary, details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, slug, str(exc.detail))
+        return error_response(exc.status_code, slug, str(exc.detail))

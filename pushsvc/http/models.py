@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from pushsvc.core.streams import ALL, NAME_PATTERN, topic_stream, user_stream
+from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http.publishing import outgoing
 from pushsvc.node.publish import Outgoing
 
+_encode = msgspec.json.Encoder().encode
+EVENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-Event = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Event = Annotated[str, StringConstraints(pattern=EVENT_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -30,13 +33,6 @@ class Target(_Strict):
             raise ValueError('"to" needs exactly one of "users", "topics" or "all": true')
         return self
 
-    def streams(self) -> list[str]:
-        if self.users is not None:
-            return [user_stream(u) for u in dict.fromkeys(self.users)]
-        if self.topics is not None:
-            return [topic_stream(t) for t in dict.fromkeys(self.topics)]
-        return [ALL]
-
 
 class PublishRequest(_Strict):
     to: Target
@@ -47,18 +43,19 @@ class PublishRequest(_Strict):
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
 
     def outgoing(self, default_ttl: int, max_data: int) -> Outgoing:
-        """The validated message; ValueError when ``data`` encodes larger than ``max_data``."""
-        data = orjson.dumps(self.data)
+        """The validated message. Raises :class:`DataTooLarge` when ``data`` encodes larger
+        than ``max_data``. (msgspec, unlike orjson, encodes integers of any size, as JSON
+        allows.)"""
+        data = _encode(self.data)
         if len(data) > max_data:
-            raise ValueError(f"data is {len(data)} bytes encoded, the limit is {max_data}")
-        return Outgoing(
-            streams=self.to.streams(),
-            event=self.event,
-            data=data,
-            ttl=self.ttl or default_ttl,
-            ack=self.ack if self.ack is not None else self.to.users is not None,
-            idempotency_key=self.idempotency_key,
-        )
+            raise DataTooLarge(f"data is {len(data)} bytes encoded, the limit is {max_data}")
+        to = self.to
+        return outgoing(to.users, to.topics, self.event, data, self.ttl, self.ack,
+                        self.idempotency_key, default_ttl)  # fmt: skip
+
+
+class DataTooLarge(ValueError):
+    pass
 
 
 class BatchRequest(_Strict):

@@ -1,0 +1,191 @@
+"""The publish lane: well-formed publishes answered without the FastAPI stack.
+
+``POST /v1/messages`` and ``POST /v1/messages/batch`` carry nearly all of the internal API's
+traffic, and most of a publish's CPU went to the framework around it: routing, dependencies, four
+middlewares, pydantic, response encoding (docs/benchmarks.md § 3c). :class:`PublishLane` is an
+ASGI middleware in front of all that. It takes a publish when
+
+- the API key is right,
+- the body's length is declared and within ``max_body_size``,
+- msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
+  :class:`LaneBatch`), and
+- every message's ``to`` names exactly one kind of target and its ``data`` fits
+  ``max_message_size``,
+
+publishes it and answers 202. Anything else goes on, body included, to the FastAPI routes, which
+validate it with pydantic (:mod:`pushsvc.http.models`) and give the precise error. The schemas
+here accept a subset of what the models accept (``tests/test_lane.py`` checks it on generated
+bodies), so the lane never publishes what the routes would refuse, and both publish through the
+same :class:`pushsvc.http.models.Publishing`.
+
+``data`` is kept as the caller's bytes (:class:`msgspec.Raw`: checked to be JSON, not decoded and
+encoded again); the routes re-encode it compactly. While tracing is on, requests take the routes,
+where :class:`pushsvc.telemetry.tracing.ServerSpans` opens their SERVER span.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pushsvc.auth import api_key_ok
+from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http.models import EVENT_PATTERN
+from pushsvc.http.publishing import ApiError, Publishing, error_response, outgoing
+from pushsvc.node.publish import Outgoing
+from pushsvc.telemetry import tracing
+
+
+def _whole(pattern: str) -> str:
+    r"""``pattern`` (``^…$``) for msgspec, which searches with Python's ``re``: there ``$`` also
+    matches before a trailing newline, ``\Z`` only at the very end."""
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        raise ValueError(f"not an anchored pattern: {pattern!r}")
+    return pattern[:-1] + r"\Z"
+
+
+Name = Annotated[str, msgspec.Meta(pattern=_whole(NAME_PATTERN))]
+Event = Annotated[str, msgspec.Meta(pattern=_whole(EVENT_PATTERN))]
+NULL = msgspec.Raw(b"null")
+
+
+class LaneTarget(msgspec.Struct, forbid_unknown_fields=True):
+    users: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    topics: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    all: bool | None = None  # only ``true`` is taken (msgspec has no boolean literals)
+
+
+class LanePublish(msgspec.Struct, forbid_unknown_fields=True):
+    to: LaneTarget
+    event: Event
+    data: msgspec.Raw = NULL
+    ttl: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)] | None = None
+    ack: bool | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class LaneBatch(msgspec.Struct, forbid_unknown_fields=True):
+    messages: Annotated[list[LanePublish], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+_single = msgspec.json.Decoder(LanePublish)
+_batch = msgspec.json.Decoder(LaneBatch)
+_encode = msgspec.json.Encoder().encode
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_DIGITS = re.compile(rb"[0-9]{1,12}")
+
+
+def lane_outgoing(m: LanePublish, default_ttl: int, max_data: int) -> Outgoing | None:
+    """``m`` as a message to publish, or None when the routes must judge it."""
+    to = m.to
+    given = (to.users is not None) + (to.topics is not None) + (to.all is not None)
+    if given != 1 or to.all is False:
+        return None
+    data = bytes(m.data)
+    if len(data) > max_data:
+        return None
+    return outgoing(to.users, to.topics, m.event, data, m.ttl, m.ack, m.idempotency_key,
+                    default_ttl)  # fmt: skip
+
+
+class PublishLane:
+    """ASGI middleware: well-formed publishes are published here, everything else goes to
+    ``app``."""
+
+    def __init__(self, app: ASGIApp, *, publishing: Publishing) -> None:
+        self.app = app
+        self.publishing = publishing
+        settings = publishing.settings
+        self.api_keys = settings.api_keys
+        self.limit = settings.max_body_size
+        self.default_ttl = settings.default_ttl
+        self.max_data = settings.max_message_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or tracing.tracer is not None:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/v1/messages":
+            batch = False
+        elif path == "/v1/messages/batch":
+            batch = True
+        else:
+            await self.app(scope, receive, send)
+            return
+        length = authorization = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                authorization = value
+        if (
+            length is None
+            or _DIGITS.fullmatch(length) is None
+            or int(length) > self.limit
+            or authorization is None
+            or not api_key_ok(authorization.decode("latin-1"), self.api_keys)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read(receive, self.limit)
+        items = self._items(body, batch) if more is None else None
+        if items is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        try:
+            results = await self.publishing.run(items)
+        except ApiError as exc:
+            await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
+            return
+        payload = _encode({"results": results} if batch else results[0])
+        await send({"type": "http.response.start", "status": 202, "headers": [
+            *_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]})  # fmt: skip
+        await send({"type": "http.response.body", "body": payload})
+
+    def _items(self, body: bytes, batch: bool) -> list[Outgoing] | None:
+        try:
+            messages = _batch.decode(body).messages if batch else [_single.decode(body)]
+        except msgspec.DecodeError:
+            return None
+        items = []
+        for m in messages:
+            item = lane_outgoing(m, self.default_ttl, self.max_data)
+            if item is None:
+                return None
+            items.append(item)
+        return items
+
+
+async def _read(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
+    """The request body, read up to ``limit`` bytes; the second item is the message that went
+    past the limit or was not a body chunk (left for the routes), else None."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit:
+            return b"".join(chunks), {"type": "http.request", "body": b"", "more_body": False}
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _replay(body: bytes, after: Message | None, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) as one chunk, then ``after`` if any,
+    then whatever ``receive`` gives."""
+    queue: list[Message] = [{"type": "http.request", "body": body, "more_body": after is not None}]
+    if after is not None:
+        queue.append(after)
+
+    async def replayed() -> Message:
+        return queue.pop(0) if queue else await receive()
+
+    return replayed
