@@ -23,7 +23,8 @@ from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLease, RedisLedger
-from pushsvc.broker.redis.link import Arg, Link
+from pushsvc.broker.redis.link import Link
+from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
 from pushsvc.errors import ConfigError

@@ -181,8 +181,10 @@ class RedisBus(Bus):
                 continue
             try:
                 await connection.send_command("PING", check_health=False)
-            except (RedisError, OSError):
-                return  # the connection is gone: the reader fails on its own
+            except (RedisError, OSError, AttributeError):
+                # The connection is gone: the reader fails on its own. (redis-py raises
+                # AttributeError when the reader's failure closed it in the middle of this write.)
+                return
             await asyncio.sleep(self._ping_timeout)
             if not self._heard:
                 log.warning("bus subscription silent", extra={"timeout": self._ping_timeout})

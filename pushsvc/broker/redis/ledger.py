@@ -35,7 +35,8 @@ from pushsvc.broker.base import (
     bucket_of,
 )
 from pushsvc.broker.keys import Keyspace
-from pushsvc.broker.redis.link import Arg, Link
+from pushsvc.broker.redis.link import Link
+from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.scripts import ACKED, CLAIM, LEASE, LEDGER, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 

@@ -1,13 +1,15 @@
-"""The command connections to Redis, with every failure mapped onto pushsvc's error tree.
+"""The command connection to Redis, with every failure mapped onto pushsvc's error tree.
 
-:class:`Link` owns one redis-py connection pool. Sockets connect and read with a timeout of
-``timeout`` seconds and a command is sent at most once (no retries): an operation that cannot reach
-Redis fails within about ``timeout`` instead of hanging, and a publish is never doubled by a retry
-after its reply was lost.
+:class:`Link` sends every command of a node on one multiplexed connection
+(:class:`pushsvc.broker.redis.mux.Mux`): concurrent callers pipeline together, a batch is one
+write, and replies are parsed as they arrive. It connects with a timeout of ``timeout`` seconds,
+fails a caller whose reply has not come within ``timeout``, and sends a command at most once (no
+retries): an operation that cannot reach Redis fails within about ``timeout`` instead of hanging,
+and a publish is never doubled by a retry after its reply was lost. The bus subscriber has a
+connection of its own (:meth:`Link.connection`).
 
-Commands are packed here (:func:`pack`, a few lines of RESP) and exchanged on a pooled connection:
-a batch is one write and one read of all its replies. Replies are raw RESP2 — bytes, ints, flat
-lists and None — parsed next to the command that asked for them.
+Commands are packed here (:func:`pack`, a few lines of RESP). Replies are raw RESP2 — bytes,
+ints, flat lists and None — parsed next to the command that asked for them.
 
 Failures: a connection error or timeout raises :class:`BrokerUnavailable` and marks the link
 unreachable until a command succeeds again; any other Redis error raises :class:`BrokerError`.
@@ -20,7 +22,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool
+from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,32 +30,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
 from pushsvc.errors import BrokerError, BrokerUnavailable
-
-Arg = str | bytes | int | float
-Command = Sequence[Arg]
 
 #: Errors after which Redis is, for our purposes, not there.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-
-
-def pack(command: Command) -> bytes:
-    """``command`` in RESP: an array of bulk strings (floats as ``repr``, like redis-py)."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            data = b"%d" % arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-MAX_CONNECTIONS = 256  # command connections per node (the bus has its own)
 
 
 class Connection(Protocol):
@@ -72,12 +53,6 @@ class Connection(Protocol):
     async def disconnect(self, nowait: bool = False) -> None: ...
 
 
-class _Pool(Protocol):
-    async def get_connection(self) -> Connection: ...
-
-    async def release(self, connection: Connection) -> None: ...
-
-
 class Script:
     """A Lua script known by its SHA1; run with :meth:`Link.run`."""
 
@@ -93,24 +68,22 @@ class Link:
     def __init__(self, url: str, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self.reachable = False
-        # Blocking: a burst of handshakes waits for a connection (up to ``timeout``) instead of
-        # failing at once when every connection is busy.
-        self.pool: ConnectionPool = BlockingConnectionPool.from_url(
+        self._mux = Mux(url, timeout)
+        # Only the settings of the connections made by :meth:`connection`: nothing is pooled.
+        self._template = ConnectionPool.from_url(
             url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
             protocol=2,
         )
-        self._pool = cast(_Pool, self.pool)
 
     def connection(self) -> Connection:
         """A new, unconnected connection with the pool's settings, outside the pool: the caller
         owns it and must ``await disconnect()`` it."""
-        made: AbstractConnection = self.pool.connection_class(**self.pool.connection_kwargs)
+        template = self._template
+        made: AbstractConnection = template.connection_class(**template.connection_kwargs)
         return cast(Connection, made)
 
     def failure(self, exc: BaseException) -> BrokerError:
@@ -158,28 +131,16 @@ class Link:
         return replies
 
     async def _exchange(self, packed: list[bytes]) -> list[Any]:
-        """Write ``packed`` commands on one pooled connection and read a reply for each; an
-        error reply is returned in its place (every reply is read, so the connection goes back
-        to the pool clean)."""
+        """Send ``packed`` commands and read a reply for each; an error reply is returned in
+        its place."""
         try:
-            connection = await self._pool.get_connection()
+            replies = await self._mux.exchange(packed)
         except (RedisError, OSError) as exc:
             raise self.failure(exc) from exc
-        replies: list[Any] = []
-        try:
-            await connection.send_packed_command(packed, check_health=False)
-            for _ in packed:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except (RedisError, OSError) as exc:
-            raise self.failure(exc) from exc
-        finally:
-            await self._pool.release(connection)
         self.reachable = True
         return replies
 
     async def aclose(self) -> None:
-        """Close every connection of the pool (idempotent)."""
-        await self.pool.aclose()
+        """Close the connection (idempotent)."""
+        await self._mux.close()
+        await self._template.aclose()

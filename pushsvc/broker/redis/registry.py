@@ -17,7 +17,8 @@ import msgspec
 
 from pushsvc.broker.base import NodeInfo, Registry, SessionInfo
 from pushsvc.broker.keys import NODE_PRUNE_AFTER, USER_INDEX_TTL, Keyspace
-from pushsvc.broker.redis.link import Command, Link
+from pushsvc.broker.redis.link import Link
+from pushsvc.broker.redis.mux import Command
 
 _sessions = msgspec.json.Decoder(SessionInfo)
 _nodes = msgspec.json.Decoder(NodeInfo)

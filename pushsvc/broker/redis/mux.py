@@ -1,0 +1,238 @@
+"""One multiplexed command connection to Redis, as Lettuce and ioredis keep.
+
+Redis answers the commands of a connection in the order they came, so any number of callers can
+share one connection: each writes its commands and waits for as many replies, taken in order from
+the stream. Everything written during one turn of the event loop goes out in one ``write`` (the
+callers of a busy node pipeline together without asking for it), and replies are parsed by
+hiredis straight from ``data_received``: no pool checkout, no lock, no stream reader per command.
+
+Failure: when the connection is lost, or the oldest waiting caller has had no reply for
+``timeout`` seconds, every waiting caller gets the error and the next call connects again.
+Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import (
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int | float
+Command = Sequence[Arg]
+
+_MORE = object()  # hiredis: no complete reply buffered yet
+_ERRORS: tuple[tuple[str, type[ResponseError]], ...] = (
+    ("NOSCRIPT ", NoScriptError),
+    ("READONLY ", ReadOnlyError),
+)
+
+
+def reply_error(error: ResponseError) -> Exception:
+    """The redis-py exception an error reply stands for (as redis-py's own parsers map them)."""
+    text = str(error)
+    for prefix, kind in _ERRORS:
+        if text.startswith(prefix):
+            return kind(text[len(prefix) :])
+    if text.startswith("LOADING "):
+        return BusyLoadingError(text[len("LOADING ") :])
+    return error
+
+
+class _Waiter:
+    __slots__ = ("deadline", "future", "left", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int, deadline: float) -> None:
+        self.future = future
+        self.left = count
+        self.replies: list[Any] = []
+        self.deadline = deadline
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, mux: Mux) -> None:
+        self.mux = mux
+        self.reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.mux.waiting
+        while True:
+            reply = reader.gets()
+            if reply is _MORE:
+                return
+            if not waiting:  # a reply nobody asked for: the stream is out of step
+                self.mux.abort(RedisConnectionError("unexpected reply from redis"))
+                return
+            head = waiting[0]
+            head.replies.append(reply_error(reply) if isinstance(reply, ResponseError) else reply)
+            head.left -= 1
+            if head.left == 0:
+                waiting.popleft()
+                if not head.future.done():
+                    head.future.set_result(head.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.mux.lost(self, exc)
+
+
+class Mux:
+    """A lazily connected, shared command connection to the Redis at ``url``."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.timeout = timeout
+        params = parse_url(url)
+        self._path: str | None = params.get("path")
+        self._host: str = params.get("host", "localhost")
+        self._port: int = int(params.get("port", 6379))
+        self._ssl = params.get("connection_class") is SSLConnection
+        if self._path is not None and params.get("connection_class") is not (
+            UnixDomainSocketConnection
+        ):
+            raise ValueError(f"unsupported redis url {url!r}")
+        hello: list[Command] = []
+        if params.get("password") is not None:
+            user = params.get("username")
+            hello.append(("AUTH", params["password"]) if user is None else
+                         ("AUTH", user, params["password"]))  # fmt: skip
+        if int(params.get("db", 0) or 0):
+            hello.append(("SELECT", int(params["db"])))
+        self._hello = hello
+        self.waiting: deque[_Waiter] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._opener: asyncio.Task[None] | None = None  # referenced while it runs
+        self._outbox: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def exchange(self, packed: list[bytes]) -> list[Any]:
+        """Send ``packed`` commands; one reply each, in order (an error reply in its place as an
+        exception object). Raises a redis-py ConnectionError or TimeoutError, or OSError."""
+        if not packed:
+            return []
+        if self._transport is None:
+            await self._connect()
+            if self._transport is None:
+                raise RedisConnectionError("connection to redis lost while connecting")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self.waiting.append(_Waiter(future, len(packed), time.monotonic() + self.timeout))
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox += packed
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._check)
+        return await future
+
+    def _flush(self) -> None:
+        data, self._outbox = b"".join(self._outbox), []
+        if self._transport is not None and data:
+            self._transport.write(data)
+
+    def _check(self) -> None:
+        """The oldest caller's deadline: fail everyone when it has passed without a reply."""
+        self._timer = None
+        if not self.waiting:
+            return
+        now = time.monotonic()
+        head = self.waiting[0]
+        if now >= head.deadline:
+            self.abort(RedisTimeoutError(f"no reply from redis in {self.timeout:g} s"))
+            return
+        self._timer = asyncio.get_running_loop().call_later(head.deadline - now, self._check)
+
+    async def _connect(self) -> None:
+        if self._connecting is None:
+            loop = asyncio.get_running_loop()
+            self._connecting = loop.create_future()
+            self._opener = loop.create_task(self._open(self._connecting), name="redis-connect")
+        await asyncio.shield(self._connecting)
+
+    async def _open(self, done: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._path is not None:
+                    transport, protocol = await loop.create_unix_connection(
+                        lambda: _Protocol(self), self._path
+                    )
+                else:
+                    transport, protocol = await loop.create_connection(
+                        lambda: _Protocol(self), self._host, self._port,
+                        ssl=ssl.create_default_context() if self._ssl else None,
+                    )  # fmt: skip
+            self._transport, self._protocol = transport, protocol
+            if self._hello:
+                async with asyncio.timeout(self.timeout):
+                    await self._greet(transport)
+        except TimeoutError:
+            self.abort(RedisTimeoutError(f"could not connect to redis in {self.timeout:g} s"))
+            done.set_exception(RedisTimeoutError("connect timed out"))
+        except (OSError, RedisConnectionError) as exc:
+            self.abort(exc if isinstance(exc, RedisConnectionError) else
+                       RedisConnectionError(str(exc)))  # fmt: skip
+            done.set_exception(RedisConnectionError(f"could not connect to redis: {exc}"))
+        else:
+            done.set_result(None)
+        finally:
+            self._connecting = None
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: nobody else may be waiting
+
+    async def _greet(self, transport: asyncio.Transport) -> None:
+        """AUTH and SELECT, as the URL asks."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append(_Waiter(future, len(self._hello), time.monotonic() + self.timeout))
+        transport.write(b"".join(pack(c) for c in self._hello))
+        refused = [reply for reply in await future if isinstance(reply, Exception)]
+        if refused:
+            raise RedisConnectionError(f"redis refused the connection: {refused[0]}")
+
+    def abort(self, exc: Exception) -> None:
+        """Drop the connection and fail every waiting caller with ``exc``."""
+        transport, self._transport, self._protocol = self._transport, None, None
+        self._fail(exc)
+        if transport is not None:
+            transport.abort()
+
+    def lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is not self._protocol:
+            return  # an aborted connection reporting late
+        self._transport = self._protocol = None
+        self._fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: Exception) -> None:
+        waiting, self.waiting = self.waiting, deque()
+        self._outbox = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for waiter in waiting:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+
+    async def close(self) -> None:
+        self.abort(RedisConnectionError("closed"))
+
+
+def pack(command: Command) -> bytes:
+    """``command`` in RESP: an array of bulk strings (str as UTF-8, floats as ``repr``, like
+    redis-py), packed by hiredis in C."""
+    args = command if isinstance(command, tuple) else tuple(command)
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type] # its stub: 1-tuples
+    return packed
