@@ -287,6 +287,15 @@ async def test_trail_per_session_of_one_device_and_idempotent_records(broker: Br
     assert (s1.sent_at, s1.acked_at, s1.attempts) == (10.0, None, 1)
     assert (s9.node, s9.sent_at, s9.acked_at, s9.attempts) == ("node-b", 20.0, 21.0, 1)
     assert state(trail, time.time()) == "acked"
+    # and then an ack from the first session too, late: both sessions show their own ack
+    await broker.ledger.record([Acked(m.id, "phone", "s1", "node-a", 30.0),
+                                Sent(m.id, "phone", "s1", "node-a", 12.0, 2)])  # fmt: skip
+    trail = await broker.ledger.trail(m.id)
+    assert trail is not None
+    s1, s9 = trail.deliveries["s1"], trail.deliveries["s9"]
+    assert (s1.node, s1.sent_at, s1.acked_at, s1.attempts) == ("node-a", 10.0, 30.0, 2)
+    assert (s9.sent_at, s9.acked_at) == (20.0, 21.0)
+    assert list(trail.deliveries) == ["s1", "s9"]  # in order of their first write
 
 
 async def test_records_may_arrive_before_their_published(broker: Broker) -> None:
@@ -307,8 +316,9 @@ async def test_records_may_arrive_before_their_published(broker: Broker) -> None
         None,
         1,
     )
-    assert (tablet.device, tablet.sent_at, tablet.acked_at, tablet.attempts) == (
+    assert (tablet.device, tablet.node, tablet.sent_at, tablet.acked_at, tablet.attempts) == (
         "tablet",
+        "node-b",
         None,
         11.0,
         1,
@@ -562,3 +572,19 @@ async def test_heartbeats_list_lapsed_nodes_not_deregistered_ones(broker: Broker
     assert set(beats) == {"gone", "here"}
     assert beats["gone"] < time.time() < beats["here"]
     assert [n.id for n in await registry.nodes()] == ["here"]
+
+
+def test_redis_trails_written_by_older_nodes_read_the_same() -> None:
+    """Before the first-session details moved into ``e:`` / ``k:``, those held only the owing
+    node and "1", with every session in its own fields (a rolling upgrade meets both)."""
+    from pushsvc.broker.redis.ledger import _pairs_of
+
+    m = message()
+    p = msgspec.json.encode(published(m))
+    old = {b"p": p, b"e:phone": b"node-a", b"d:s1": b'["phone","node-a"]', b"s:s1": b"10.0",
+           b"n:s1": b"2", b"a:s1": b"11.0", b"k:phone": b"1"}  # fmt: skip
+    new = {b"p": p, b"e:phone": b'["s1","node-a",10.0]', b"n:s1": b"2",
+           b"k:phone": b'["s1","node-a",11.0]'}  # fmt: skip
+    assert _pairs_of(m.id, old) == _pairs_of(m.id, new)
+    (pair,) = _pairs_of(m.id, new)
+    assert (pair.node, pair.sent, pair.acked, pair.attempts) == ("node-a", True, True, 2)

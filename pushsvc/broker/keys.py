@@ -42,18 +42,25 @@ content; its TTL; who writes it → who reads it.
 Fields of ``{p}trail:<id>``::
 
     p               Published record, JSON (written at publish; the first one wins)
-    d:<session>     [device, node] of that delivery, JSON (first record wins)
-    s:<session>     sent_at, unix seconds (first Sent wins)
-    n:<session>     attempts (the highest Sent attempt)
-    a:<session>     acked_at, unix seconds (first Acked wins)
-    k:<device>      "1" once the device acked (for ``acked_ids``)
+    e:<device>      [session, node, sent_at] of the first Sent or Expected of that device
+                    (first wins; sent_at null when owed, not written): the node that owes the
+                    delivery, the marker that counts the pair as expected (and as sent when
+                    the first event is a Sent), and that first session's delivery
+    k:<device>      [session, node, acked_at] of the device's first Acked (first wins: counts
+                    acked; ``acked_ids`` looks for it)
+    d:<session>     [device, node] of any other session's delivery, JSON (first record wins)
+    s:<session>     sent_at of such a session, unix seconds (first Sent wins)
+    n:<session>     attempts (the highest Sent attempt; for the first session only once it
+                    was redelivered)
+    a:<session>     acked_at of such a session, unix seconds (first Acked wins)
     c:<node>        writes of an ``ack: false`` message on that node (summed SentCounts)
-    e:<device>      the node that first expected or wrote the delivery to that device (first
-                    wins: the marker that counts the pair as expected, and as sent when the
-                    first event is a Sent)
     u:<device>      "1" while that expected delivery has not been written (removed by the
                     first Sent: counts the pair as sent)
     x:<device>      the node that found the message expired for that device (counts expired)
+
+The common delivery (one session, written once, acked once) is ``e:`` and ``k:`` alone: two
+writes. Nodes before this layout wrote the owing node in ``e:``, "1" in ``k:`` and every session
+in its own fields; readers accept both.
 """
 
 from __future__ import annotations

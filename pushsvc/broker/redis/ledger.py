@@ -45,6 +45,8 @@ CHUNK = 1000  # records per script call: bounds how long one call holds the serv
 _encode = msgspec.json.Encoder().encode
 _published = msgspec.json.Decoder(Published)
 _who = msgspec.json.Decoder(tuple[str, str])
+_first_sent = msgspec.json.Decoder(tuple[str, str, float | None])
+_first_ack = msgspec.json.Decoder(tuple[str, str, float])
 
 
 class RedisLedger(Ledger):
@@ -78,28 +80,32 @@ class RedisLedger(Ledger):
         if calls:
             await self._link.run_all(LEDGER, calls)
 
-    def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg, Arg, Arg]:
-        """The kind and six script values of one record (see ``scripts.LEDGER``)."""
+    def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg, Arg, Arg, Arg]:
+        """The kind and seven script values of one record (see ``scripts.LEDGER``)."""
         match event:
             case Published():
                 expire_at = int((event.expires + self._retention) * 1000)
-                return ("p", _encode(event), expire_at, "", "", "", "")
+                return ("p", _encode(event), expire_at, "", "", "", "", "")
             case Sent():
                 who = _encode((event.device, event.node))
-                at = repr(event.at)
-                return ("s", event.session, who, at, event.attempt, event.device, event.node)
+                first = _encode((event.session, event.node, event.at))
+                return ("s", event.session, who, repr(event.at), event.attempt, event.device,
+                        event.node, first)  # fmt: skip
             case Acked():
                 who = _encode((event.device, event.node))
-                return ("a", event.session, who, repr(event.at), event.device, event.node, "")
+                first = _encode((event.session, event.node, event.at))
+                return ("a", event.session, who, repr(event.at), event.device, event.node,
+                        first, "")  # fmt: skip
             case SentCount():
-                return ("c", event.node, event.count, "", "", "", "")
+                return ("c", event.node, event.count, "", "", "", "", "")
             case Accepted():
-                return ("A", event.message_id, event.node, "", "", "", "")
+                return ("A", event.message_id, event.node, "", "", "", "", "")
             case Expected():
                 who = _encode((event.device, event.node))
-                return ("e", event.session, who, event.device, event.node, "", "")
+                first = _encode((event.session, event.node, None))
+                return ("e", event.session, who, event.device, event.node, first, "", "")
             case Expired():
-                return ("x", event.device, event.node, "", "", "", "")
+                return ("x", event.device, event.node, "", "", "", "", "")
 
     async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
         replies = await self._link.pipeline([("HGETALL", self._keys.tally(b)) for b in buckets])
@@ -133,25 +139,10 @@ class RedisLedger(Ledger):
             return None
         p = _published.decode(raw)
         trail = Trail(p.message_id, p.event, p.ts, p.expires, p.ack, dict(p.streams))
-        parts: dict[str, dict[str, Any]] = {}
         for field, value in fields.items():
-            kind, name = field[:2], field[2:].decode()
-            if kind == b"c:":
-                trail.sent_by_node[name] = int(value)
-            elif kind in (b"d:", b"s:", b"n:", b"a:"):
-                parts.setdefault(name, {})[kind.decode()] = value
-        for session, got in parts.items():
-            if "d:" not in got:
-                continue
-            device, node = _who.decode(got["d:"])
-            sent_at = float(got["s:"]) if "s:" in got else None
-            acked_at = float(got["a:"]) if "a:" in got else None
-            attempts = int(got["n:"]) if "n:" in got else 0
-            if acked_at is not None:
-                attempts = max(attempts, 1)
-            trail.deliveries[session] = Delivery(device, session, node, sent_at, acked_at, attempts)
-        order = sorted(trail.deliveries.values(), key=_delivery_order)
-        trail.deliveries = {d.session: d for d in order}
+            if field[:2] == b"c:":
+                trail.sent_by_node[field[2:].decode()] = int(value)
+        trail.deliveries = _deliveries(fields)[0]
         return trail
 
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
@@ -164,30 +155,80 @@ class RedisLedger(Ledger):
         return {m for m, flag in zip(message_ids, flags, strict=True) if flag}
 
 
+def _deliveries(fields: dict[bytes, bytes]) -> tuple[dict[str, Delivery], dict[str, str]]:
+    """The deliveries of one trail hash by session, and the node that owes each expected device
+    (``e:<device>``).
+
+    A session's details are in its ``d:`` / ``s:`` / ``n:`` / ``a:`` fields, or, for the
+    session a device was first sent (or owed) the message on and the one it first acked from, in
+    the value of ``e:<device>`` (``[session, node, sent_at]``) and ``k:<device>`` (``[session, node,
+    acked_at]``). Earliest times and the highest attempt count win wherever both say.
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    owners: dict[str, str] = {}
+    for field, value in fields.items():
+        kind, name = field[:2], field[2:].decode()
+        if kind in (b"e:", b"k:") and value[:1] != b"[":
+            if kind == b"e:":  # written by an older node: the owing node only
+                owners[name] = value.decode()
+        elif kind == b"e:":
+            session, node, sent_at = _first_sent.decode(value)
+            owners[name] = node
+            part = parts.setdefault(session, {})
+            part.setdefault("device", name)
+            part.setdefault("node", node)
+            if sent_at is not None:
+                part["s"] = min(part.get("s", sent_at), sent_at)
+                part["n"] = max(part.get("n", 1), 1)
+        elif kind == b"k:":
+            session, node, acked_at = _first_ack.decode(value)
+            part = parts.setdefault(session, {})
+            part.setdefault("device", name)
+            part.setdefault("node", node)
+            part["a"] = min(part.get("a", acked_at), acked_at)
+        elif kind == b"d:":
+            part = parts.setdefault(name, {})
+            part["device"], part["node"] = _who.decode(value)
+        elif kind == b"s:":
+            part = parts.setdefault(name, {})
+            part["s"] = min(part.get("s", float(value)), float(value))
+        elif kind == b"n:":
+            part = parts.setdefault(name, {})
+            part["n"] = max(part.get("n", 0), int(value))
+        elif kind == b"a:":
+            part = parts.setdefault(name, {})
+            part["a"] = min(part.get("a", float(value)), float(value))
+    found = []
+    for session, part in parts.items():
+        device = part.get("device")
+        if device is None:
+            continue
+        acked = part.get("a")
+        attempts = part.get("n", 0)
+        found.append(Delivery(
+            device, session, part.get("node") or owners.get(device, ""), part.get("s"), acked,
+            max(attempts, 1) if acked is not None else attempts,
+        ))  # fmt: skip
+    found.sort(key=_delivery_order)
+    return {d.session: d for d in found}, owners
+
+
 def _pairs_of(message_id: str, fields: dict[bytes, bytes]) -> list[Pair]:
     """The expected pairs of one trail hash (``e:`` markers), with what its sessions say."""
     raw = fields.get(b"p")
     if raw is None:
         return []
     expires_at = _published.decode(raw).expires
-    owners: dict[str, str] = {}
-    sessions: dict[str, tuple[str, str]] = {}
-    for field, value in fields.items():
-        kind, name = field[:2], field[2:].decode()
-        if kind == b"e:":
-            owners[name] = value.decode()
-        elif kind == b"d:":
-            sessions[name] = _who.decode(value)
+    deliveries, owners = _deliveries(fields)
     out = []
     for device, owner in sorted(owners.items()):
-        mine = [s for s, (d, _) in sessions.items() if d == device]
-        sent = any(b"s:" + s.encode() in fields for s in mine)
-        attempts = max((int(fields.get(b"n:" + s.encode(), b"0")) for s in mine), default=0)
-        nodes = sorted({owner, *(sessions[s][1] for s in mine)})
+        mine = [d for d in deliveries.values() if d.device == device]
         out.append(Pair(
-            message_id=message_id, device=device, node=owner, sent=sent,
-            acked=b"k:" + device.encode() in fields, expires_at=expires_at, attempts=attempts,
-            nodes=tuple(nodes),
+            message_id=message_id, device=device, node=owner,
+            sent=any(d.sent_at is not None for d in mine),
+            acked=b"k:" + device.encode() in fields, expires_at=expires_at,
+            attempts=max((d.attempts for d in mine), default=0),
+            nodes=tuple(sorted({owner, *(d.node for d in mine)})),
         ))  # fmt: skip
     return out
 

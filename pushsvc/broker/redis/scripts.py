@@ -55,18 +55,22 @@ return ids
 #: "first wins", "highest wins" or a sum, so records may arrive in any order (a Sent from one node
 #: before the Published from another). Each (message, device) pair is counted once per counter:
 #: the first-wins markers ``e:`` / ``u:`` / ``k:`` / ``x:`` of the trail decide, in the same
-#: atomic run, whether a record is the pair's first of its kind (docs/monitoring.md). Counts are
-#: summed per bucket and node in the script and written with one HINCRBY per field at the end.
+#: atomic run, whether a record is the pair's first of its kind (docs/monitoring.md). The marker
+#: of a pair's first Sent or Expected (``e:<device>``) and of its first Acked (``k:<device>``)
+#: also hold that session's details, so the common delivery — one session, written once, acked
+#: once — is two writes in all; the per-session fields are written only for the others. Counts
+#: are summed per bucket and node in the script and written with one HINCRBY per field at the
+#: end; a bucket's new message ids are added with one SADD per node, whose reply counts them.
 #:
 #: KEYS: 2 per bucket touched (its tally hash, its message set), then one trail per record.
 #: ARGV[1] the TTL (s) of a trail whose Published record has not arrived yet, ARGV[2] the TTL (s)
-#: of a bucket, ARGV[3] the number of buckets; then eight values per record: its kind, six values
-#: by kind, and its bucket's number (0: not accounted):
+#: of a bucket, ARGV[3] the number of buckets; then nine values per record: its kind, seven
+#: values by kind, and its bucket's number (0: not accounted):
 #:   p: Published JSON, expire at (unix ms)
 #:   A: message id, node                               (accepted: counts ``published``)
-#:   s: session, [device, node] JSON, sent_at, attempt, device, node
-#:   e: session, [device, node] JSON, device, node     (expected, not written)
-#:   a: session, [device, node] JSON, acked_at, device, node
+#:   s: session, [device, node] JSON, sent_at, attempt, device, node, [session, node, sent_at] JSON
+#:   e: session, [device, node] JSON, device, node, [session, node, null] JSON  (owed, not written)
+#:   a: session, [device, node] JSON, acked_at, device, node, [session, node, acked_at] JSON
 #:   x: device, node                                   (expired)
 #:   c: node, count
 #: Returns the number of records.
@@ -76,7 +80,8 @@ LEDGER = Script(
 local early, bucket_ttl = ARGV[1], ARGV[2]
 local first = 2 * tonumber(ARGV[3])
 local counts = {}
-local function count(b, counter, node)
+local accepted = {}
+local function count(b, counter, node, n)
   if b == 0 then return end
   local fields = counts[b]
   if fields == nil then
@@ -84,39 +89,49 @@ local function count(b, counter, node)
     counts[b] = fields
   end
   local field = counter .. ':' .. node
-  fields[field] = (fields[field] or 0) + 1
+  fields[field] = (fields[field] or 0) + (n or 1)
 end
 local timed = {}
 local a = 4
 for i = first + 1, #KEYS do
   local key = KEYS[i]
   local kind = ARGV[a]
-  local b = tonumber(ARGV[a + 7])
+  local b = tonumber(ARGV[a + 8])
   if kind == 'p' then
     redis.call('HSETNX', key, 'p', ARGV[a + 1])
     redis.call('PEXPIREAT', key, ARGV[a + 2])
     timed[key] = true
   elseif kind == 'A' then
-    if b > 0 and redis.call('SADD', KEYS[2 * b], ARGV[a + 1]) == 1 then
-      count(b, 'published', ARGV[a + 2])
+    if b > 0 then
+      local by = accepted[b]
+      if by == nil then
+        by = {}
+        accepted[b] = by
+      end
+      local ids = by[ARGV[a + 2]]
+      if ids == nil then
+        ids = {}
+        by[ARGV[a + 2]] = ids
+      end
+      ids[#ids + 1] = ARGV[a + 1]
     end
   else
     if kind == 's' then
       local session, device, node = ARGV[a + 1], ARGV[a + 5], ARGV[a + 6]
-      redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
-      redis.call('HSETNX', key, 's:' .. session, ARGV[a + 3])
-      local field = 'n:' .. session
       if ARGV[a + 4] == '1' then
-        redis.call('HSETNX', key, field, 1)
-        if b > 0 then
-          if redis.call('HSETNX', key, 'e:' .. device, node) == 1 then
-            count(b, 'expected', node)
-            count(b, 'sent', node)
-          elseif redis.call('HDEL', key, 'u:' .. device) == 1 then
+        if b > 0 and redis.call('HSETNX', key, 'e:' .. device, ARGV[a + 7]) == 1 then
+          count(b, 'expected', node)
+          count(b, 'sent', node)
+        else
+          redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
+          redis.call('HSETNX', key, 's:' .. session, ARGV[a + 3])
+          redis.call('HSETNX', key, 'n:' .. session, 1)
+          if b > 0 and redis.call('HDEL', key, 'u:' .. device) == 1 then
             count(b, 'sent', node)
           end
         end
       else
+        local field = 'n:' .. session
         if tonumber(ARGV[a + 4]) > (tonumber(redis.call('HGET', key, field)) or 0) then
           redis.call('HSET', key, field, ARGV[a + 4])
         end
@@ -124,17 +139,19 @@ for i = first + 1, #KEYS do
       end
     elseif kind == 'e' then
       local device, node = ARGV[a + 3], ARGV[a + 4]
-      redis.call('HSETNX', key, 'd:' .. ARGV[a + 1], ARGV[a + 2])
-      if b > 0 and redis.call('HSETNX', key, 'e:' .. device, node) == 1 then
+      if b > 0 and redis.call('HSETNX', key, 'e:' .. device, ARGV[a + 5]) == 1 then
         redis.call('HSET', key, 'u:' .. device, '1')
         count(b, 'expected', node)
+      else
+        redis.call('HSETNX', key, 'd:' .. ARGV[a + 1], ARGV[a + 2])
       end
     elseif kind == 'a' then
       local session = ARGV[a + 1]
-      redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
-      redis.call('HSETNX', key, 'a:' .. session, ARGV[a + 3])
-      if redis.call('HSETNX', key, 'k:' .. ARGV[a + 4], '1') == 1 then
+      if redis.call('HSETNX', key, 'k:' .. ARGV[a + 4], ARGV[a + 6]) == 1 then
         count(b, 'acked', ARGV[a + 5])
+      else
+        redis.call('HSETNX', key, 'd:' .. session, ARGV[a + 2])
+        redis.call('HSETNX', key, 'a:' .. session, ARGV[a + 3])
       end
     elseif kind == 'x' then
       if b > 0 and redis.call('HSETNX', key, 'x:' .. ARGV[a + 1], ARGV[a + 2]) == 1 then
@@ -150,12 +167,19 @@ for i = first + 1, #KEYS do
       end
     end
   end
-  a = a + 8
+  a = a + 9
+end
+for b, by in pairs(accepted) do
+  for node, ids in pairs(by) do
+    count(b, 'published', node, redis.call('SADD', KEYS[2 * b], unpack(ids)))
+  end
 end
 for b, fields in pairs(counts) do
   local tally = KEYS[2 * b - 1]
   for field, n in pairs(fields) do
-    redis.call('HINCRBY', tally, field, n)
+    if n > 0 then
+      redis.call('HINCRBY', tally, field, n)
+    end
   end
   redis.call('EXPIRE', tally, bucket_ttl)
   redis.call('EXPIRE', KEYS[2 * b], bucket_ttl)
