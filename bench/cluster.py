@@ -13,6 +13,14 @@ Server RSS is summed over the supervisor and its workers (``Pss`` beside it, as 
 share pages). On a machine with few cores the server workers, the clients and Redis share the same
 CPUs (``--cpus``); the table says so.
 
+``--server-cmd`` runs another server the same way (a ``bench.fanout --server-cmd`` template, given
+``--workers K --redis-url URL`` too), e.g. the floor, raw uvloop behind the same Redis::
+
+    python -m bench.cluster -n 20000 --workers 2 --client-procs 2 \\
+        --server-cmd "{python} -m bench.floor {port} {internal_port}"
+
+The table's title and the JSON (``server``) say which server ran.
+
 Prints a table and writes ``bench/results/cluster-<UTC time>.json`` (the fan-out run's own JSON is
 next to it).
 """
@@ -24,7 +32,7 @@ import math
 import sys
 from pathlib import Path
 
-from bench import procstat, redisproc, runner
+from bench import procstat, redisproc, runner, server
 from bench.report import Row, log, print_table, rows_json, write_json
 from bench.targets import (
     BASELINE_CLUSTER_BROADCAST,
@@ -41,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("-n", "--connections", type=int, default=100_000)
-    p.add_argument("--workers", type=int, default=6, help="pushsvc serve --workers")
+    p.add_argument("--workers", type=int, default=6, help="the server's --workers")
     p.add_argument("--client-procs", type=int, default=6, help="load processes (127.0.0.2, …)")
     p.add_argument("--cpus", default="0-1", help="CPUs of the server workers, clients and Redis")
     p.add_argument("--broadcasts", type=int, default=3, help="undisturbed broadcasts to time")
@@ -53,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "worker's pool for its replay)",
     )
     p.add_argument("--collect-timeout", type=float, default=30.0, help="seconds per broadcast")
+    p.add_argument(
+        "--server-cmd",
+        default=server.DEFAULT_CMD,
+        help="server command template, as bench.fanout's (default: pushsvc; the floor: "
+        '"{python} -m bench.floor {port} {internal_port}")',
+    )
     p.add_argument("--server-code", type=Path, help="import the server from this source copy")
     p.add_argument("--timeout", type=float, default=1500.0, help="global limit, seconds")
     p.add_argument("--label", default="")
@@ -67,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     cpus = procstat.parse_cpus(a.cpus)
     json_path = a.json or runner.RESULTS / f"cluster-{runner.stamp()}.json"
     doc = runner.header("cluster", a.label, vars(a))
+    name = server_name(a.server_cmd)
+    doc["server"] = {"name": name, "command": a.server_cmd}
     redis = redisproc.start(cpus)
     log(f"redis-server pid {redis.pid} on {redis.url}")
     try:
         args = [
             "--start-server", "-n", str(a.connections),
+            "--server-cmd", a.server_cmd,
             "--server-workers", str(a.workers),
             "--server-arg=--redis-url", f"--server-arg={redis.url}",
             "--server-cpus", a.cpus, "--client-cpus", a.cpus,
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "--settle", "3",
             "--user-duration", "0",
             "--timeout", str(a.timeout),
-            "--label", f"cluster {a.label}".strip(),
+            "--label", f"cluster {name} {a.label}".strip(),
         ]  # fmt: skip
         for key, value in runner.code_env(a.server_code).items():
             args += ["--server-env", f"{key}={value}"]
@@ -105,13 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     doc["table"] = rows_json(rows)
     doc["notes"] = notes
     write_json(json_path, doc)
-    print_table(f"pushsvc cluster broadcast · N={a.connections:,} · {a.workers} workers", rows)
+    print_table(f"{name} cluster broadcast · N={a.connections:,} · {a.workers} workers", rows)
     for note in notes:
         print(f"note: {note}")
     print(f"JSON: {json_path}")
     if a.check and any(r.met is False for r in rows):
         return 1
     return 0 if run.get("exit_status") == 0 else 2
+
+
+def server_name(template: str) -> str:
+    """What ran, for titles: ``pushsvc`` (the default command), ``floor``, or the template."""
+    if template == server.DEFAULT_CMD:
+        return "pushsvc"
+    if "bench.floor" in template:
+        return "floor"
+    return template
 
 
 def table(run: dict[str, object], a: argparse.Namespace, doc: dict[str, object]) -> tuple[
@@ -176,7 +202,10 @@ def table(run: dict[str, object], a: argparse.Namespace, doc: dict[str, object])
             "redis-server CPU per broadcast (median) · RSS at end",
             f"{_median(redis_cpu) * 1e3:.0f} ms · {redis_rss:.0f} MiB",
         ),
-        Row("worst GC pause (any worker)", f"{gc_ms:.1f} ms"),
+        Row(
+            "worst GC pause (any worker)",
+            "n/a (the server exports no GC gauge)" if math.isnan(gc_ms) else f"{gc_ms:.1f} ms",
+        ),
     ]
     raw = d(run, "notes")
     notes = [x for x in raw if isinstance(x, str)] if isinstance(raw, list) else []
