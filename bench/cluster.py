@@ -57,8 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency",
         type=int,
         default=40,
-        help="handshakes in flight per client process (each needs a Redis connection from its "
-        "worker's pool for its replay)",
+        help="handshakes in flight per client process",
     )
     p.add_argument("--collect-timeout", type=float, default=30.0, help="seconds per broadcast")
     p.add_argument(
