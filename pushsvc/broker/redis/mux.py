@@ -6,8 +6,9 @@ the stream. Everything written during one turn of the event loop goes out in one
 callers of a busy node pipeline together without asking for it), and replies are parsed by
 hiredis straight from ``data_received``: no pool checkout, no lock, no stream reader per command.
 
-Failure: when the connection is lost, or the oldest waiting caller has had no reply for
-``timeout`` seconds, every waiting caller gets the error and the next call connects again.
+Failure: when the connection is lost, or the oldest waiting caller has waited ``timeout`` seconds
+while no reply at all came for as long, every waiting caller gets the error and the next call
+connects again.
 Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
 """
 
@@ -68,6 +69,7 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
 
     def data_received(self, data: bytes) -> None:
+        self.mux.heard = time.monotonic()
         reader = self.reader
         reader.feed(data)
         waiting = self.mux.waiting
@@ -119,6 +121,7 @@ class Mux:
         self._opener: asyncio.Task[None] | None = None  # referenced while it runs
         self._outbox: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.heard = 0.0  # when bytes last came from Redis (monotonic)
 
     async def exchange(self, packed: list[bytes]) -> list[Any]:
         """Send ``packed`` commands; one reply each, in order (an error reply in its place as an
@@ -144,17 +147,26 @@ class Mux:
         if self._transport is not None and data:
             self._transport.write(data)
 
-    def _check(self) -> None:
-        """The oldest caller's deadline: fail everyone when it has passed without a reply."""
+    def _check(self, confirming: bool = False) -> None:
+        """Fail everyone when the oldest caller has waited ``timeout`` and no reply at all has
+        come for as long (as a socket read timeout would: a connection busy answering a big
+        pipeline is not dead).
+
+        A busy event loop runs timers before it reads sockets, so replies may be sitting unread
+        when the deadline seems to have passed: the verdict waits for the next turn's timers,
+        after the loop has polled the socket once."""
         self._timer = None
         if not self.waiting:
             return
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
-        head = self.waiting[0]
-        if now >= head.deadline:
+        due = max(self.waiting[0].deadline, self.heard + self.timeout)
+        if now < due:
+            self._timer = loop.call_later(due - now, self._check)
+        elif not confirming:
+            self._timer = loop.call_later(0.001, self._check, True)  # after the next poll
+        else:
             self.abort(RedisTimeoutError(f"no reply from redis in {self.timeout:g} s"))
-            return
-        self._timer = asyncio.get_running_loop().call_later(head.deadline - now, self._check)
 
     async def _connect(self) -> None:
         if self._connecting is None:
