@@ -208,6 +208,26 @@ async def test_history_reads_exactly_what_follows_an_offset(broker: Broker) -> N
     assert await broker.history.last_offset("user:nobody") is None
 
 
+async def test_history_reads_many_streams_at_once_as_each_alone(broker: Broker) -> None:
+    sent = [message() for _ in range(6)]
+    placed = await broker.publish(
+        [(m, ["user:m1"] if i % 2 else ["user:m2", "topic:m3"]) for i, m in enumerate(sent)],
+        origin="n",
+    )
+    m2 = [p["user:m2"] for p in placed if "user:m2" in p]
+    max_offset = f"{(1 << 64) - 1}-{(1 << 64) - 1}"  # nothing can follow it
+    reads = [("user:m1", None), ("user:m2", m2[0]), ("user:nobody", None), ("topic:m3", None),
+             ("user:m1", max_offset), ("user:m2", None)] * 400  # fmt: skip
+    together = await broker.history.read_many(reads, 2)
+    alone = [await broker.history.read(stream, after, 2) for stream, after in reads[:6]]
+    assert together == alone * 400
+    assert [[e.message.id for e in got] for got in together[:6]] == [
+        [sent[1].id, sent[3].id], [sent[2].id, sent[4].id], [], [sent[0].id, sent[2].id], [],
+        [sent[0].id, sent[2].id],
+    ]  # fmt: skip
+    assert await broker.history.read_many([], 10) == []
+
+
 async def test_history_keeps_the_newest_history_size_entries(open_broker: OpenBroker) -> None:
     broker = await open_broker(history_size=5)
     placed = await broker.publish([(message(), ["topic:small"]) for _ in range(12)], origin="n")

@@ -25,7 +25,7 @@ idempotent). ``up`` is False while the broker cannot be reached; publishing then
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -180,6 +180,13 @@ class History(abc.ABC):
     async def read(self, stream: str, after: str | None, limit: int) -> list[HistoryEntry]:
         """Entries of ``stream`` after offset ``after`` (from the oldest kept when None),
         oldest first, at most ``limit``."""
+
+    async def read_many(
+        self, reads: Sequence[tuple[str, str | None]], limit: int
+    ) -> list[list[HistoryEntry]]:
+        """:meth:`read` of each ``(stream, after)``, in order (a backend may do them in one
+        round trip)."""
+        return [await self.read(stream, after, limit) for stream, after in reads]
 
     @abc.abstractmethod
     async def last_offset(self, stream: str) -> str | None:

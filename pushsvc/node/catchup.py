@@ -105,9 +105,12 @@ class CatchUp:
     async def _read(self, since_ms: int) -> list[Envelope]:
         node = self._node
         after = f"{max(0, since_ms)}-0"
+        streams = list(node.index.streams())
+        read = await node.broker.history.read_many(
+            [(stream, after) for stream in streams], node.settings.history_size
+        )
         out: list[Envelope] = []
-        for stream in node.index.streams():
-            entries = await node.broker.history.read(stream, after, node.settings.history_size)
+        for stream, entries in zip(streams, read, strict=True):
             out.extend(Envelope(e.message, {stream: e.offset}, "history") for e in entries)
         return out
 
