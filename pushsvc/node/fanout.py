@@ -92,15 +92,16 @@ class FanOut:
                     message.ack, False,
                 )
             )  # fmt: skip
-            for session_id, session in list(readers.items()):
+            # values(), not items(): a tuple per session would be garbage for the collector
+            for session in list(readers.values()):
                 if seen is not None:
-                    if session_id in seen:
+                    if session.id in seen:
                         continue
-                    seen.add(session_id)
+                    seen.add(session.id)
                 if dropped and session.phase == Phase.LIVE:  # fault injection: owed, not written
                     if message.ack:
                         node.accounting.record(
-                            Expected(message.id, session.device, session_id, node.id, now)
+                            Expected(message.id, session.device, session.id, node.id, now)
                         )
                 elif session.offer(stream, position, message, frame):
                     written += 1
