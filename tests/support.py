@@ -223,6 +223,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a test may have frozen it (SIGSTOP)
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,20 +19,10 @@ from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis.history import range_start
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
-from tests.support import UNIT, RedisServer, start_redis
+from tests.support import UNIT, RedisServer
 from tests.test_broker_contract import Recorder, message
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with start_redis() as s:
-        try:
-            yield s
-        finally:
-            if s.proc is not None:
-                s.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture

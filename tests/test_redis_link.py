@@ -9,25 +9,14 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from pushsvc.broker.redis.link import Link
 from pushsvc.errors import BrokerError, BrokerUnavailable
-from tests.support import UNIT, RedisServer, start_redis
+from tests.support import UNIT, RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with start_redis() as s:
-        try:
-            yield s
-        finally:
-            if s.proc is not None:
-                s.proc.send_signal(signal.SIGCONT)
 
 
 async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(
