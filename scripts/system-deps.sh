@@ -13,6 +13,7 @@ want=(
   "amtool:prometheus-alertmanager"
   "node:nodejs"
   "tmux:tmux"
+  "openssl:openssl"
 )
 [ "${1:-}" = "--run-only" ] && want=("python3:python3")
 

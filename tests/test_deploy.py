@@ -192,8 +192,7 @@ def test_shipped_config_passes_nginx_t(tmp_path: Path) -> None:
 
 def test_tls_snippet_passes_nginx_t(tmp_path: Path) -> None:
     openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS snippet")
+    assert openssl, "openssl is not installed (scripts/system-deps.sh installs it)"
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

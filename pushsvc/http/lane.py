@@ -25,7 +25,6 @@ where :class:`pushsvc.telemetry.tracing.ServerSpans` opens their SERVER span.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
@@ -75,7 +74,6 @@ _single = msgspec.json.Decoder(LanePublish)
 _batch = msgspec.json.Decoder(LaneBatch)
 _encode = msgspec.json.Encoder().encode
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_DIGITS = re.compile(rb"[0-9]{1,12}")
 
 
 def lane_outgoing(m: LanePublish, default_ttl: int, max_data: int) -> Outgoing | None:
@@ -124,7 +122,7 @@ class PublishLane:
                 authorization = value
         if (
             length is None
-            or _DIGITS.fullmatch(length) is None
+            or not length.isdigit()
             or int(length) > self.limit
             or authorization is None
             or not api_key_ok(authorization.decode("latin-1"), self.api_keys)

@@ -47,14 +47,7 @@ class RedisHistory(History):
         self._decoder = msgspec.json.Decoder(Message)
 
     async def read(self, stream: str, after: str | None, limit: int) -> list[HistoryEntry]:
-        start = range_start(after)
-        if start is None or limit <= 0:
-            return []
-        key = self._keys.stream(stream)
-        reply = await self._link.call("XRANGE", key, start, "+", "COUNT", limit)
-        horizon = int(time.time() * 1000) - self._ttl_ms
-        entries = [self._entry(item) for item in reply]
-        return [e for e in entries if e.message.ts >= horizon]
+        return (await self.read_many([(stream, after)], limit))[0]
 
     async def read_many(
         self, reads: Sequence[tuple[str, str | None]], limit: int
