@@ -14,6 +14,8 @@ want=(
   "node:nodejs"
   "tmux:tmux"
   "openssl:openssl"
+  "faketime:faketime"
+  "dot:graphviz"
 )
 [ "${1:-}" = "--run-only" ] && want=("python3:python3")
 
