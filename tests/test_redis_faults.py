@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from pushsvc.broker.base import Command
+from pushsvc.broker.base import Command, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis.history import range_start
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer
-from tests.test_broker_contract import Recorder, message
+from tests.test_broker_contract import Recorder, message, publish
 
 pytestmark = pytest.mark.redis
 
@@ -40,7 +40,7 @@ async def subscribed(server: RedisServer) -> AsyncIterator[tuple[RedisBroker, Re
 def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
     """One call into every part of the broker."""
     return [
-        lambda: broker.publish([(message(), ["user:p"])], origin="faults"),
+        lambda: publish(broker, [(message(), ["user:p"])], origin="faults"),
         lambda: broker.history.read("user:p", None, 10),
         lambda: broker.history.last_offset("user:p"),
         broker.bus.position,
@@ -49,7 +49,7 @@ def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
         lambda: broker.registry.find_session("s1"),
         lambda: broker.ledger.trail("m1"),
         lambda: broker.ledger.acked_ids("phone", ["m1"]),
-        lambda: broker.idempotency.claim("k", 30),
+        lambda: broker.publish([Publication(message(), ["user:p"], "c:k", "f")], "faults"),
     ]
 
 
@@ -64,7 +64,7 @@ async def assert_unavailable_fast(broker: RedisBroker, within: float, sample: in
 
 async def assert_delivers(broker: RedisBroker, rec: Recorder) -> None:
     before = len(rec.envelopes)
-    placed = await broker.publish([(message(), ["user:p"])], origin="faults")
+    placed = await publish(broker, [(message(), ["user:p"])], origin="faults")
     await rec.until(lambda: len(rec.envelopes) > before)
     assert rec.envelopes[-1].offsets == placed[0]
 
@@ -132,7 +132,7 @@ async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
         server.command("PUBLISH", broker.keys.bus, "not json")
         server.command("PUBLISH", broker.keys.commands, '{"kind": 1}')
         first, second = message(), message()
-        await broker.publish([(first, ["user:p"]), (second, ["user:p"])], origin="robust")
+        await publish(broker, [(first, ["user:p"]), (second, ["user:p"])], origin="robust")
         await Recorder().until(lambda: len(got) == 2)
         assert got == [first.id, second.id]
         assert broker.bus.subscriptions == 1 and broker.up
