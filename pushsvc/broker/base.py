@@ -143,6 +143,20 @@ class Expired(msgspec.Struct, tag="expired", frozen=True):
 
 LedgerEvent = Published | Sent | SentCount | Acked | Accepted | Expected | Expired
 
+
+def device_key(user: str, device: str) -> str:
+    """The name of a patient's device in ledger records and trails: device ids are chosen by
+    clients, so two patients may both have a ``phone``; they never share an ack. (User names
+    have no ``/``: the first one separates.)"""
+    return f"{user}/{device}"
+
+
+def split_device_key(key: str) -> tuple[str, str]:
+    """``(user, device)`` of a :func:`device_key`."""
+    user, _, device = key.partition("/")
+    return user, device
+
+
 #: Width of an accounting bucket, seconds. Nodes and monitor must agree: a constant, not a setting.
 BUCKET_SECONDS = 5
 
@@ -374,4 +388,6 @@ __all__ = [
     "Tally",
     "Trail",
     "bucket_of",
+    "device_key",
+    "split_device_key",
 ]

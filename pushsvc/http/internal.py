@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc import __version__
 from pushsvc.auth import api_key_ok, caller_name
-from pushsvc.broker.base import Command
+from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http.admin import admin_routes
@@ -184,7 +184,8 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             "state": trails.state(found, time.time()),
             "devices": [
                 {
-                    "device": d.device,
+                    "user": split_device_key(d.device)[0],
+                    "device": split_device_key(d.device)[1],
                     "session": d.session,
                     "node": d.node,
                     "sent_at": d.sent_at,
