@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     internal_host: str = "127.0.0.1"
     node_id: str = Field(default_factory=default_node_id)
     redis_url: str | None = None
+    allow_redis_eviction: bool = Field(
+        False, description="start even when redis's maxmemory-policy is not noeviction"
+    )
     workers: int = Field(1, ge=1, le=64)
     max_connections: int = Field(100_000, ge=1)
     reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")
