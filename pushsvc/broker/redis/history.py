@@ -114,11 +114,13 @@ class RedisHistory(History):
         """One raw XRANGE item, ``[id, [field, value, ...]]``: its offset, then the id of the
         message it refers to (field ``r``) or None, and its message JSON (field ``m``) or None."""
         entry_id, fields = item
-        values = dict(zip(fields[::2], fields[1::2], strict=False))
-        ref = values.get(b"r")
-        if ref is not None:
-            return entry_id.decode(), ref.decode(errors="replace"), None
-        return entry_id.decode(), None, values.get(b"m")
+        if len(fields) == 2:
+            field, value = fields
+            if field == b"m":
+                return entry_id.decode(), None, value
+            if field == b"r":
+                return entry_id.decode(), value.decode(errors="replace"), None
+        return entry_id.decode(), None, None  # not an entry we wrote: undecodable
 
     def _message(self, value: bytes | None) -> Message | None:
         if value is None:
