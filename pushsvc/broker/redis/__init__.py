@@ -60,8 +60,7 @@ class RedisBroker(Broker):
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("the Redis broker needs a redis_url")
-        db = int(parse_url(settings.redis_url).get("db", 0) or 0)
-        self.keys = keys = Keyspace(prefix, db)
+        self.keys = keys = Keyspace(prefix, database(settings.redis_url))
         self._link = link = Link(settings.redis_url, timeout)
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl
@@ -131,6 +130,15 @@ class RedisBroker(Broker):
                 placed.duplicate = flag == 1
                 out.append(placed)
         return out
+
+
+def database(url: str) -> int:
+    """The database number ``url`` selects (0 when it names none, or for a scheme redis-py
+    does not parse)."""
+    try:
+        return int(parse_url(url).get("db") or 0)
+    except ValueError:
+        return 0
 
 
 def published_head(message: Message) -> bytes:
