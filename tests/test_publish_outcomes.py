@@ -7,6 +7,7 @@ one key two ids. Keys are scoped per API key, and a key reused for another reque
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import signal
@@ -177,3 +178,18 @@ def test_a_batch_over_several_script_runs_with_a_fault_between_them(
     assert [again[i]["duplicate"] for i in range(128, 256)] == [True] * 22 + [False] * 106
     assert {entries(redis, u) for u in users} == {1}
     assert len({m["id"] for m in again}) == 300
+
+
+async def test_concurrent_publishes_with_one_key_give_one_message(
+    node: NodeHandle, redis: RedisServer
+) -> None:
+    user, key = uid(), uid("k")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=node.internal_url, headers=headers) as http:
+        answers = await asyncio.gather(*(
+            http.post("/v1/messages", json=body(user, key), timeout=10 * UNIT) for _ in range(20)
+        ))  # fmt: skip
+    assert {r.status_code for r in answers} == {202}
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert sorted(r.json()["duplicate"] for r in answers) == [False] + [True] * 19
+    assert entries(redis, user) == 1
