@@ -26,6 +26,9 @@ def serve(
     internal_host: Annotated[str | None, Opt(help="Internal API address. [127.0.0.1]")] = None,
     node_id: Annotated[str | None, Opt(help="Node id. [hostname:pid]")] = None,
     redis_url: Annotated[str | None, Opt(help="Redis URL; absent: in-memory broker.")] = None,
+    redis_prefix: Annotated[
+        str | None, Opt(help="Prefix of every Redis key and channel. [pushsvc:]")
+    ] = None,
     allow_redis_eviction: Annotated[
         bool | None,
         Opt("--allow-redis-eviction", help="Start even if Redis may evict keys (silent loss)."),

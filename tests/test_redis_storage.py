@@ -135,10 +135,13 @@ async def test_deployments_on_one_redis_never_hear_each_other(redis: RedisServer
             await b.close()
 
 
-def test_two_nodes_in_two_databases_of_one_redis(redis: RedisServer) -> None:
+@pytest.mark.parametrize("apart", ["database", "prefix"])
+def test_two_deployments_on_one_redis(redis: RedisServer, apart: str) -> None:
     user = f"p{secrets.token_hex(3)}"
-    db1 = redis.url.removesuffix("/0") + "/1"
-    with start_node(redis_url=redis.url) as a, start_node(redis_url=db1) as b:
+    other = {"redis_url": redis.url.removesuffix("/0") + "/1"}
+    if apart == "prefix":
+        other = {"redis_url": redis.url, "redis_prefix": "hospital-b:"}
+    with start_node(redis_url=redis.url) as a, start_node(**other) as b:
 
         async def run() -> tuple[list[str], list[str]]:
             on_a = await Wire.open(a.client_url, a.token(user), device="phone")

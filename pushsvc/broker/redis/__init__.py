@@ -23,7 +23,7 @@ import msgspec
 from redis.asyncio.connection import parse_url
 
 from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
-from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
+from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisLease, RedisLedger
@@ -47,7 +47,8 @@ class RedisBroker(Broker):
     The monitor uses one without ``start()``: every part but the bus works without it.
 
     ``ledger_retention``: seconds a trail outlives its message. ``prefix``: of every key and
-    channel. ``timeout``: socket connect and read timeout, seconds.
+    channel (default ``settings.redis_prefix``). ``timeout``: socket connect and read timeout,
+    seconds.
     """
 
     def __init__(
@@ -55,11 +56,12 @@ class RedisBroker(Broker):
         settings: Settings,
         *,
         ledger_retention: float = 3600,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         timeout: float = 1.0,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("the Redis broker needs a redis_url")
+        prefix = settings.redis_prefix if prefix is None else prefix
         self.keys = keys = Keyspace(prefix, database(settings.redis_url))
         self._link = link = Link(settings.redis_url, timeout)
         self._maxlen = settings.history_size
