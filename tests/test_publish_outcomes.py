@@ -92,6 +92,22 @@ def test_a_key_is_the_callers_and_names_one_request(
     assert API_KEY not in scoped and OTHER_KEY not in scoped and key in scoped
 
 
+def test_a_retry_is_the_same_request_however_its_json_is_spelled(node: NodeHandle) -> None:
+    """The lane keeps the caller's bytes and the routes re-encode them: a retry that takes the
+    other way, or spaces its JSON otherwise, is still the same request."""
+    user, key = uid(), uid("k")
+    spaced = (
+        b'{"to": {"users": ["%s"]}, "event": "lab.ready", "data": {"b": [1, 2.5], "a": "x"},'
+        b' "idempotency_key": "%s"}' % (user.encode(), key.encode())
+    )
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    first = httpx.post(node.internal_url + "/v1/messages", content=spaced, headers=headers)
+    assert first.status_code == 202, first.text
+    again = post(node, "/v1/messages", body(user, key, data={"a": "x", "b": [1, 2.5]}), routes=True)
+    assert again.status_code == 202, again.text
+    assert (again.json()["id"], again.json()["duplicate"]) == (first.json()["id"], True)
+
+
 @pytest.mark.parametrize("routes", [False, True], ids=["lane", "routes"])
 def test_a_batch_with_a_reused_key_answers_each_item(
     node: NodeHandle, redis: RedisServer, routes: bool

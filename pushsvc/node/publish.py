@@ -47,9 +47,12 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
 
     def fingerprint(self) -> str:
         """A digest of everything the request asks for but its idempotency key: two requests
-        with one key and different fingerprints are two different requests."""
-        asked = msgspec.json.encode(msgspec.structs.replace(self, idempotency_key=None))
-        return hashlib.sha256(asked).hexdigest()[:32]
+        with one key and different fingerprints are two different requests. ``data`` counts
+        by its value (spacing and the order of object keys do not: the lane keeps the caller's
+        bytes, the routes encode compactly)."""
+        data = msgspec.json.encode(msgspec.json.decode(self.data), order="sorted")
+        asked = msgspec.structs.replace(self, data=data, idempotency_key=None)
+        return hashlib.sha256(msgspec.json.encode(asked)).hexdigest()[:32]
 
 
 class Result(msgspec.Struct):
