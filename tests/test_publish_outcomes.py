@@ -106,6 +106,10 @@ def test_a_retry_is_the_same_request_however_its_json_is_spelled(node: NodeHandl
     again = post(node, "/v1/messages", body(user, key, data={"a": "x", "b": [1, 2.5]}), routes=True)
     assert again.status_code == 202, again.text
     assert (again.json()["id"], again.json()["duplicate"]) == (first.json()["id"], True)
+    both, other = uid(), uid("k")
+    first = post(node, "/v1/messages", body(user, other, to={"users": [user, both]}))
+    again = post(node, "/v1/messages", body(user, other, to={"users": [both, user, both]}))
+    assert (again.json()["id"], again.json()["duplicate"]) == (first.json()["id"], True)
 
 
 @pytest.mark.parametrize("routes", [False, True], ids=["lane", "routes"])

@@ -49,9 +49,11 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
         """A digest of everything the request asks for but its idempotency key: two requests
         with one key and different fingerprints are two different requests. ``data`` counts
         by its value (spacing and the order of object keys do not: the lane keeps the caller's
-        bytes, the routes encode compactly)."""
+        bytes, the routes encode compactly), the recipients as a set."""
         data = msgspec.json.encode(msgspec.json.decode(self.data), order="sorted")
-        asked = msgspec.structs.replace(self, data=data, idempotency_key=None)
+        asked = msgspec.structs.replace(
+            self, streams=sorted(self.streams), data=data, idempotency_key=None
+        )
         return hashlib.sha256(msgspec.json.encode(asked)).hexdigest()[:32]
 
 
