@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pushsvc.broker.base import Command, Publication
+from pushsvc.broker.base import Command, Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis.history import range_start
 from pushsvc.errors import BrokerUnavailable
@@ -186,3 +186,28 @@ async def test_close_stops_the_reader_and_frees_every_connection(server: RedisSe
     await asyncio.sleep(0.2 * UNIT)
     listed = server.command("CLIENT", "LIST").strip().splitlines()
     assert len(listed) == 1, listed  # only redis-cli itself
+
+
+async def test_a_keyed_publish_lost_to_a_frozen_redis_is_found_by_its_retry(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    """The reply comes after the deadline: the publish raises, Redis appends when it wakes, and
+    a retry with the same key (a new message id) gets the first message's placement."""
+    broker, rec = subscribed
+    assert server.proc is not None
+    first, retry = message(), message()
+    # the command connection is open and the script loaded: the publish goes out and runs
+    await publish(broker, [(message(), ["user:warm-up"])], origin="faults")
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([Publication(first, ["user:lost"], "c:k", "f")], "faults")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    await rec.until(lambda: broker.bus.connected, 10 * UNIT)  # Redis answers again
+    (placed,) = await broker.publish([Publication(retry, ["user:lost"], "c:k", "f")], "faults")
+    assert isinstance(placed, Placed)
+    assert (placed.id, placed.duplicate) == (first.id, True)
+    kept = await broker.history.read("user:lost", None, 10)
+    assert [(e.offset, e.message.id) for e in kept] == [(placed.offsets["user:lost"], first.id)]
+    assert await broker.ledger.trail(retry.id) is None
