@@ -138,6 +138,7 @@ def test_a_publish_whose_reply_came_too_late_is_found_by_its_retry(
     and the retry with the same key gets that message's id, marked duplicate."""
     user, key = uid(), uid("k")
     assert redis.proc is not None
+    node.publish(body(uid()))  # the publish script is loaded: the frozen one runs on waking
     redis.proc.send_signal(signal.SIGSTOP)
     try:
         r = post(node, "/v1/messages", body(user, key))
