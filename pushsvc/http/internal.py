@@ -1,4 +1,4 @@
-"""The internal API (DESIGN §6): publish, trails, tokens, nodes, sessions, health, metrics.
+"""The internal API: publish, trails, tokens, nodes, sessions, health, metrics.
 
 Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
 <api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
@@ -260,8 +260,8 @@ def _operations(app: FastAPI, node: Node) -> None:
             reason
             for reason, bad in (
                 ("broker_down", not node.broker.up),
-                ("draining", node.draining),
-                ("not_started", not node.started),
+                ("draining", node.leaving),
+                ("not_started", not node.joined),
             )
             if bad
         ]
