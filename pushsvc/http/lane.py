@@ -7,6 +7,7 @@ ASGI middleware in front of all that. It takes a publish when
 
 - the API key is right,
 - the body's length is declared and within ``max_body_size``,
+- :func:`pushsvc.http.jsonguard.problem` finds nothing wrong with it (depth, NaN, infinities),
 - msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
   :class:`LaneBatch`), and
 - every message's ``to`` names exactly one kind of target and its ``data`` fits
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc.auth import api_key_ok
 from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http import jsonguard
 from pushsvc.http.models import EVENT_PATTERN
 from pushsvc.http.publishing import ApiError, Publishing, error_response, outgoing
 from pushsvc.node.publish import Outgoing
@@ -145,6 +147,8 @@ class PublishLane:
         await send({"type": "http.response.body", "body": payload})
 
     def _items(self, body: bytes, batch: bool) -> list[Outgoing] | None:
+        if jsonguard.problem(body) is not None:
+            return None  # the routes refuse it with 422
         try:
             messages = _batch.decode(body).messages if batch else [_single.decode(body)]
         except msgspec.DecodeError:
