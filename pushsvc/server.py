@@ -6,9 +6,10 @@ what had been started. On SIGTERM or SIGINT: the embedded monitor stops; the nod
 clients, closes them with 1001, flushes its accounting and deregisters; the internal API stops
 (it answered ``/readyz`` 503 during the drain); the broker closes.
 
-A broker that cannot be reached neither stops the start nor the stop: the node keeps trying to
-join (see :mod:`pushsvc.node.gateway`) and a stop while it is down still closes every session
-with 1001 and returns normally.
+A listener address that cannot be bound raises :class:`ConfigError` (after closing what had
+started). A broker that cannot be reached neither stops the start nor the stop: the node keeps
+trying to join (see :mod:`pushsvc.node.gateway`) and a stop while it is down still closes every
+session with 1001 and returns normally.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from monitor.alertmanager import AlertmanagerClient
 from monitor.app import Monitor
 from pushsvc.broker.base import Broker
 from pushsvc.broker.memory import MemoryBroker
+from pushsvc.errors import ConfigError
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -73,7 +75,11 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
         stack.push_async_callback(broker.close)
         api = _start_api(node)
         stack.push_async_callback(_stop_api, *api)
-        await node.start(client_sock)
+        try:
+            await node.start(client_sock)
+        except OSError as exc:  # the broker's failures are not raised: the node keeps trying
+            where = f"{settings.host}:{settings.port}"
+            raise ConfigError(f"cannot listen for clients on {where}: {exc.strerror}") from None
         stack.push_async_callback(node.close)
         if not settings.redis_url:
             stack.push_async_callback((await _embedded_monitor(settings, node)).close)
@@ -84,8 +90,19 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
 
 
 def _start_api(node: Node) -> tuple[_InternalServer, asyncio.Task[None]]:
-    """Serve the internal API of ``node`` (it binds while the node starts)."""
+    """Bind the internal listener and serve the API of ``node`` on it. Raises
+    :class:`ConfigError` when the address cannot be bound (uvicorn would exit the process)."""
     settings = node.settings
+    host, port = settings.internal_host, settings.internal_port
+    try:
+        sock = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=2048
+        )
+    except OSError as exc:
+        why = f"cannot listen for the internal API on {host}:{port}: {exc.strerror}"
+        raise ConfigError(why) from None
+    node.internal_addr = f"{host}:{sock.getsockname()[1]}"  # the port, when 0 asked for any
+    log.info("internal API listening", extra={"address": node.internal_addr})
     config = uvicorn.Config(
         create_app(node),
         host=settings.internal_host,
@@ -98,7 +115,7 @@ def _start_api(node: Node) -> tuple[_InternalServer, asyncio.Task[None]]:
         server_header=False,
     )
     server = _InternalServer(config)
-    return server, asyncio.create_task(server.serve())
+    return server, asyncio.create_task(server.serve(sockets=[sock]))
 
 
 async def _stop_api(server: _InternalServer, task: asyncio.Task[None]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Iterator
 
@@ -171,3 +172,30 @@ def test_api_key_is_needed_while_redis_is_down(stopped_node: NodeHandle) -> None
         timeout=2 * UNIT,
     )
     assert r.status_code == 503
+
+
+@pytest.mark.parametrize("busy", ["port", "internal_port"])
+def test_a_node_that_cannot_listen_exits_2_and_leaves_nothing_behind(
+    server: RedisServer, busy: str
+) -> None:
+    """It stops what it had started (its Redis connections, the internal API) and exits 2; it
+    never joined, so it wrote nothing to Redis."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="node exited with 2"):
+            launch_node(redis_url=server.url, **{busy: port})
+    assert server.command("DBSIZE").strip() == "0"
+
+
+def test_a_node_that_cannot_listen_says_why_in_one_line(server: RedisServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as exited:
+            launch_node(redis_url=server.url, port=port)
+    output = str(exited.value)
+    assert f"cannot listen for clients on 127.0.0.1:{port}" in output
+    assert "Traceback" not in output
