@@ -115,7 +115,7 @@ async def test_sigterm_while_redis_is_down_closes_every_session_with_1001_and_ex
     server: RedisServer, outage: str
 ) -> None:
     drain = 4 * UNIT
-    node = launch_node(redis_url=server.url, drain_timeout=drain)
+    node = launch_node(redis_url=server.url, drain_timeout=drain, registry_interval=0.2)
     try:
         token = node.token("p1")
         wires = [await Wire.open(node.client_url, token, device=f"d{i}") for i in range(3)]
@@ -126,6 +126,7 @@ async def test_sigterm_while_redis_is_down_closes_every_session_with_1001_and_ex
             assert server.proc is not None
             server.proc.send_signal(signal.SIGSTOP)
         wait_until(lambda: not node.ready(), 6 * UNIT)
+        await asyncio.sleep(2 * UNIT)  # every heartbeat meanwhile fails: one line says so
 
         started = time.monotonic()
         node.proc.send_signal(signal.SIGTERM)
@@ -138,6 +139,7 @@ async def test_sigterm_while_redis_is_down_closes_every_session_with_1001_and_ex
         assert "Traceback" not in log
         assert "node stopped" in log
         assert lines(log, "could not flush or deregister") == 1
+        assert lines(log, "registry heartbeat failed") == 1
     finally:
         node.stop()
         server.stop()

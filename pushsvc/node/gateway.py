@@ -228,8 +228,9 @@ class Node:
                 await self.broker.registry.deregister(self.id)
             except (BrokerError, OSError) as exc:  # the broker may be gone at shutdown
                 self.log.warning("could not flush or deregister", extra={"error": str(exc)})
+            else:
+                self.log.info("shutdown: accounting flushed, deregistered")
         tracing.flush()
-        self.log.info("shutdown: accounting flushed")
         for session in list(self.connections):
             session.abort()  # whatever did not finish its close handshake by now
         with contextlib.suppress(TimeoutError):
@@ -398,12 +399,21 @@ class Node:
             pings.append((mono + heartbeat, session))
 
     async def _heartbeat(self) -> None:
+        """Register every ``registry_interval``. While it fails, one warning per kind of
+        failure (not one per beat), and one line when it works again."""
+        failing: type[BaseException] | None = None
         while True:
             await asyncio.sleep(self.settings.registry_interval)
             try:
                 await self._register()
             except (BrokerError, OSError) as exc:
-                self.log.warning("registry heartbeat failed", extra={"error": str(exc)})
+                if type(exc) is not failing:
+                    failing = type(exc)
+                    self.log.warning("registry heartbeat failed", extra={"error": str(exc)})
+            else:
+                if failing is not None:
+                    failing = None
+                    self.log.info("registry heartbeat works again")
             metrics.broker_up.set(1 if self.broker.up else 0)
 
     async def _register(self) -> None:
