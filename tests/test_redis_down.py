@@ -16,7 +16,19 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.support import API_KEY, UNIT, NodeHandle, RedisServer, launch_node, wait_until
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.node.gateway import Node
+from pushsvc.settings import Settings
+from tests.support import (
+    API_KEY,
+    TOKEN_SECRET,
+    UNIT,
+    NodeHandle,
+    RedisServer,
+    launch_node,
+    wait_until,
+)
+from tests.test_broker_contract import message
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -201,3 +213,36 @@ def test_a_node_that_cannot_listen_says_why_in_one_line(server: RedisServer) -> 
     output = str(exited.value)
     assert f"cannot listen for clients on 127.0.0.1:{port}" in output
     assert "Traceback" not in output
+
+
+def commands(server: RedisServer) -> list[str]:
+    """The server's count of each command, but INFO (how we ask) and PING (the bus's
+    watchdog)."""
+    stats = server.command("INFO", "commandstats").splitlines()
+    return [line.split(",")[0] for line in stats if line.startswith("cmdstat_")
+            and not line.startswith(("cmdstat_info:", "cmdstat_ping:"))]  # fmt: skip
+
+
+async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
+    """The broker is its owner's: a node's close() leaves it open, and a node that was never
+    started has nothing to close (it does not drain, register or deregister)."""
+    settings = Settings(
+        node_id="own", redis_url=server.url, port=0, internal_port=0,
+        token_secret=TOKEN_SECRET, api_keys=[API_KEY],
+    )  # fmt: skip
+    broker = RedisBroker(settings)
+    await broker.start()
+    try:
+        before = commands(server)
+        await Node(settings, broker).close()
+        assert commands(server) == before
+        node = Node(settings, broker)
+        await node.start()
+        assert node.joined
+        assert [n.id for n in await broker.registry.nodes()] == ["own"]
+        await node.close()
+        assert await broker.registry.nodes() == []
+        assert broker.up
+        await broker.publish([(message(), ["user:p"])], origin="owner")  # still open
+    finally:
+        await broker.close()
