@@ -217,6 +217,17 @@ def test_taken(node: NodeHandle, case: str, lane: bool) -> None:
     assert r.status_code in (200, 202), r.text
 
 
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "routes"])
+def test_bytes_that_are_not_utf8_in_data_are_refused(node: NodeHandle, lane: bool) -> None:
+    """The lane keeps ``data`` as raw bytes: it must not publish what no client could read."""
+    before = published(node)
+    body = b'{"to":{"users":["p1"]},"event":"x","data":"caf\xe9"}'
+    r = post(node, "/v1/messages", body, lane=lane)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "malformed_json"
+    assert published(node) == before
+
+
 def test_the_node_logged_no_traceback(node: NodeHandle) -> None:
     for path, body in REFUSED.values():
         post(node, path, body, lane=True)

@@ -147,8 +147,8 @@ class PublishLane:
         await send({"type": "http.response.body", "body": payload})
 
     def _items(self, body: bytes, batch: bool) -> list[Outgoing] | None:
-        if jsonguard.problem(body) is not None:
-            return None  # the routes refuse it with 422
+        if jsonguard.problem(body) is not None or not utf8(body):
+            return None  # the routes refuse it (422, or 400 for bytes that are not UTF-8)
         try:
             messages = _batch.decode(body).messages if batch else [_single.decode(body)]
         except msgspec.DecodeError:
@@ -160,6 +160,18 @@ class PublishLane:
                 return None
             items.append(item)
         return items
+
+
+def utf8(body: bytes) -> bool:
+    """True when ``body`` is UTF-8 (msgspec does not look inside ``data``, kept as raw bytes:
+    a client could not read a frame that carried anything else)."""
+    if body.isascii():
+        return True
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
