@@ -246,3 +246,27 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await broker.publish([(message(), ["user:p"])], origin="owner")  # still open
     finally:
         await broker.close()
+
+
+async def test_a_redis_outage_is_logged_once_per_kind_not_per_interval(
+    server: RedisServer,
+) -> None:
+    node = launch_node(redis_url=server.url, registry_interval=0.2, ledger_flush_interval=0.05)
+    try:
+        wire = await Wire.open(node.client_url, node.token("p1"))
+        server.stop()
+        wait_until(lambda: not node.ready(), 6 * UNIT)
+        await wire.ws.close()  # its session's record is now owed to Redis
+        await asyncio.sleep(2 * UNIT)  # 40 flushes and 10 heartbeats fail meanwhile
+        log = node.log()
+        assert lines(log, "accounting flush failed") == 1
+        assert lines(log, "registry heartbeat failed") == 1
+        server.start()
+        wait_until(node.ready, 10 * UNIT)
+        wait_until(lambda: lines(node.log(), "accounting flush works again") == 1, 5 * UNIT)
+        wait_until(lambda: lines(node.log(), "registry heartbeat works again") == 1, 5 * UNIT)
+        sessions = node.api("GET", "/v1/sessions").json()["sessions"]
+        assert sessions == []  # the owed record was written: the closed session is gone
+    finally:
+        node.stop()
+    assert "Traceback" not in node.log()
