@@ -31,7 +31,10 @@ NOT_FINITE = "body holds NaN or an infinite number, which JSON cannot carry"
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NON_FINITE = re.compile(rb"NaN|Infinity")
 _HUGE = re.compile(rb"-?\d+(?:\.\d+)?[eE][+-]?\d+|-?\d{309,}\.\d+")
-_LONG = b"0" * 309
+# A number reaches 1.8e308 only with an exponent of 100 or more, or with 209 digits or more
+# before its point (a smaller exponent then adds the rest).
+_BIG_EXPONENT = b"0e000"
+_LONG = b"0" * 209
 
 
 def _table(kept: dict[bytes, bytes]) -> tuple[bytes, bytes]:
@@ -45,8 +48,8 @@ def _table(kept: dict[bytes, bytes]) -> tuple[bytes, bytes]:
 
 
 # The bytes that matter, in one pass: brackets as "[" and "]", quotes as "q", backslashes, digits
-# as "0" and exponents as "e". A number that may not fit a double shows as "0e" or as 309 zeros
-# in a row (and so may letters and digits of strings: then the strings are looked at).
+# as "0" and exponents as "e" (signs and points go). A number that may not fit a double shows as
+# _BIG_EXPONENT or _LONG (and so may digits and letters of strings: then strings are taken out).
 _SIGNATURE = _table(
     {b"[{": b"[", b"]}": b"]", b'"': b"q", b"\\": b"\\", b"0123456789": b"0", b"eE": b"e"}
 )
@@ -60,7 +63,7 @@ def problem(body: bytes) -> str | None:
     if signature.count(b"[") > MAX_DEPTH and depth(body, signature) > MAX_DEPTH:
         return TOO_DEEP
     odd = b"NaN" in body or b"Infinity" in body
-    huge = b"0e" in signature or _LONG in signature
+    huge = _BIG_EXPONENT in signature or _LONG in signature
     if not (odd or huge):
         return None
     bare = without_strings(body)
