@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from pushsvc.http import jsonguard
 from pushsvc.http.jsonguard import MAX_DEPTH, NOT_FINITE, TOO_DEEP
 from tests.support import API_KEY, UNIT, NodeHandle, start_node
+from tests.wire import Wire
 
 # -- the guard against a reference ----------------------------------------------------------
 
@@ -137,6 +139,13 @@ def node() -> Iterator[NodeHandle]:
         yield handle
 
 
+@pytest.fixture(scope="module")
+def dev_node() -> Iterator[NodeHandle]:
+    """A node in dev mode: its client listener serves the demo API."""
+    with start_node(dev=True) as handle:
+        yield handle
+
+
 def deep(levels: int) -> Any:
     return nest(1, levels, as_object=False)
 
@@ -203,45 +212,66 @@ def post(node: NodeHandle, path: str, body: bytes, *, lane: bool) -> httpx.Respo
     )
 
 
-def published(node: NodeHandle) -> int:
-    """How many messages the node has accepted so far."""
-    metrics = httpx.get(node.internal_url + "/metrics", timeout=5 * UNIT).text
-    for line in metrics.splitlines():
-        if line.startswith("pushsvc_messages_published_total "):
-            return int(float(line.split()[1]))
-    raise AssertionError("no pushsvc_messages_published_total")
+def for_someone(body: bytes) -> tuple[bytes, str]:
+    """``body`` addressed to a patient of its own instead of p1, and that patient."""
+    user = f"u-{secrets.token_hex(4)}"
+    return body.replace(b'"p1"', b'"%s"' % user.encode()), user
+
+
+async def waiting(node: NodeHandle, user: str) -> int:
+    """How many messages wait for ``user``: a device's welcome says how many it replayed."""
+    wire = await Wire.open(node.client_url, node.token(user), device="phone")
+    await wire.ws.close()
+    return int(wire.welcome["replayed"])
 
 
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "routes"])
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_refused_with_422(node: NodeHandle, case: str, lane: bool) -> None:
+async def test_refused_with_422(node: NodeHandle, case: str, lane: bool) -> None:
     path, body = REFUSED[case]
-    before = published(node)
+    body, user = for_someone(body)
     r = post(node, path, body, lane=lane)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["code"] == "invalid_body"
     assert error["message"] in (TOO_DEEP, NOT_FINITE)
-    assert published(node) == before  # nothing was published
+    assert await waiting(node, user) == 0  # nothing was published
 
 
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "routes"])
 @pytest.mark.parametrize("case", list(TAKEN))
-def test_taken(node: NodeHandle, case: str, lane: bool) -> None:
+async def test_taken(node: NodeHandle, case: str, lane: bool) -> None:
     path, body = TAKEN[case]
+    body, user = for_someone(body)
     r = post(node, path, body, lane=lane)
     assert r.status_code in (200, 202), r.text
+    if path.startswith("/v1/messages"):
+        assert await waiting(node, user) == 1
 
 
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "routes"])
-def test_bytes_that_are_not_utf8_in_data_are_refused(node: NodeHandle, lane: bool) -> None:
+async def test_bytes_that_are_not_utf8_in_data_are_refused(node: NodeHandle, lane: bool) -> None:
     """The lane keeps ``data`` as raw bytes: it must not publish what no client could read."""
-    before = published(node)
-    body = b'{"to":{"users":["p1"]},"event":"x","data":"caf\xe9"}'
+    body, user = for_someone(b'{"to":{"users":["p1"]},"event":"x","data":"caf\xe9"}')
     r = post(node, "/v1/messages", body, lane=lane)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "malformed_json"
-    assert published(node) == before
+    assert await waiting(node, user) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/demo/api/publish", raw(publish({"a": NAN}), {NAN: "NaN"})),
+        ("/demo/api/publish", raw(publish(deep(MAX_DEPTH)), {})),
+        ("/demo/api/token", raw({"user": "p1", "ttl": INF}, {INF: "Infinity"})),
+    ],
+)
+def test_the_dev_demo_api_refuses_them_too(dev_node: NodeHandle, path: str, body: bytes) -> None:
+    r = httpx.post(dev_node.http_url + path, content=body, timeout=10 * UNIT)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_body"
+    assert r.json()["error"]["message"] in (TOO_DEEP, NOT_FINITE)
 
 
 def test_the_node_logged_no_traceback(node: NodeHandle) -> None:
