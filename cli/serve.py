@@ -90,7 +90,10 @@ def serve(
         raise typer.Exit(run_workers(settings))
     from pushsvc.server import run  # noqa: PLC0415 - keeps `pushsvc --help` fast
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # e.g. a port in use; whatever had started was closed
+        fail(exc.message)
 
 
 def _dev_secrets(settings: Settings) -> Settings:
