@@ -10,7 +10,7 @@ import typer
 
 from cli.settings import build, err, fail
 from pushsvc.errors import ConfigError
-from pushsvc.settings import Settings
+from pushsvc.settings import FD_RESERVE, Settings
 from pushsvc.telemetry import logging as jsonlog
 
 Opt = typer.Option
@@ -24,7 +24,7 @@ def serve(
     node_id: Annotated[str | None, Opt(help="Node id. [hostname:pid]")] = None,
     redis_url: Annotated[str | None, Opt(help="Redis URL; absent: in-memory broker.")] = None,
     workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
-    max_connections: Annotated[int | None, Opt(help="Sessions per node. [100000]")] = None,
+    max_connections: Annotated[int | None, Opt(help="Sessions per node. [fd limit - 64]")] = None,
     token_secret: Annotated[str | None, Opt(help="HS256 secret for client tokens.")] = None,
     api_keys: Annotated[str | None, Opt(help="Comma-separated internal API keys.")] = None,
     heartbeat: Annotated[float | None, Opt(help="Seconds between server pings. [25]")] = None,
@@ -97,8 +97,8 @@ def _raise_fd_limit(settings: Settings) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    usable = hard - 64  # listeners, broker connections, logs
-    if settings.max_connections > usable:
+    usable = hard - FD_RESERVE
+    if "max_connections" in settings.model_fields_set and settings.max_connections > usable:
         err.print(
             f"[yellow]warning:[/] --max-connections {settings.max_connections} exceeds what one "
             f"process can hold ({usable} with an open-files limit of {hard}); "
