@@ -1,7 +1,7 @@
 """Which alerts the monitor raises, and when it sends what to Alertmanager: pure, ``now`` passed in.
 
 Each evaluation states the alerts that *should* be active (:class:`Alert`, keyed by name and
-node). :meth:`AlertBook.plan` turns that into what to post (DESIGN §7):
+node). :meth:`AlertBook.plan` turns that into what to post (docs/monitoring.md):
 
 - a new alert is sent at once, ``startsAt`` now, ``endsAt = now + 4 * resend``;
 - an active one is sent again every ``resend`` seconds (and at once when its annotations

@@ -86,7 +86,7 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
 
 
 async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:
-    """DESIGN §2: on the memory broker there is one node, and the monitor runs inside it."""
+    """On the memory broker there is one node, and the monitor runs inside it."""
     alertmanager = (
         AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
     )
