@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from tests.support import ROOT, UNIT
 
 DIAGRAMS = sorted((ROOT / "docs" / "diagrams").glob("*.dot"))
@@ -103,3 +104,40 @@ def test_nothing_refers_to_files_users_do_not_have() -> None:
         if re.search(r"DESIGN(\.md| §)|\.\./shared", text):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+# -- the benchmark plot -------------------------------------------------------------------------
+
+
+def written(value: float, unit: str) -> set[str]:
+    """The ways docs/benchmarks.md may write ``value`` (thousands separators, a Unicode minus,
+    milliseconds as seconds)."""
+    size = abs(value)
+    forms = {f"{size:,.0f}", f"{size:g}", f"{size:.1f}", f"{size:.2f}"}
+    if unit == "ms":
+        forms.add(f"{size / 1000:g} s")
+    if value < 0:
+        return {"\N{MINUS SIGN}" + form for form in forms}
+    return forms
+
+
+def test_every_plotted_figure_is_written_in_the_benchmarks_page() -> None:
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    figures = report.load_figures()
+    assert len(figures) >= 9
+    missing = [
+        (figure.name, value)
+        for figure in figures
+        for value in (*figure.runs, figure.limit, *figure.baselines.values())
+        if not any(form in page for form in written(value, figure.unit))
+    ]
+    assert missing == []
+
+
+def test_the_benchmark_plot_is_current_and_shown(tmp_path: Path) -> None:
+    fresh = tmp_path / "targets.png"
+    report.plot_targets(report.load_figures(), fresh)
+    assert report.PLOT.is_file(), "python -m bench.report plot"
+    assert report.PLOT.read_bytes() == fresh.read_bytes(), "python -m bench.report plot"
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert "](benchmarks/targets.png)" in page
