@@ -22,9 +22,8 @@ import typer
 import yaml
 
 from cli.settings import fail
-from pushsvc.assets import Kind, asset_dir, asset_files
+from pushsvc.assets import RUNBOOK_PLACEHOLDER, Kind, asset_dir, asset_files
 
-RUNBOOK_PLACEHOLDER = "https://pushsvc.invalid/docs"
 RULES = "pushsvc.rules.yml"
 PROMETHEUS_RULE = "pushsvc-prometheusrule.yaml"
 

@@ -20,6 +20,11 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "alerts": ("alerts", ("*.yml", "tests/*.yml")),
 }
 
+# Where the shipped alert rules (and, by default, the monitor's alerts) say ``docs/`` is published:
+# each runbook link is ``<base>/runbooks.md#<alert>``. The .invalid domain never resolves; set
+# your own with ``pushsvc export alerts --runbook-base-url`` and ``PUSHSVC_RUNBOOK_BASE_URL``.
+RUNBOOK_PLACEHOLDER = "https://pushsvc.invalid/docs"
+
 PACKAGED = Path(__file__).resolve().parent / "_data"
 CHECKOUT = Path(__file__).resolve().parent.parent
 

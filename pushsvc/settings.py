@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pushsvc.assets import asset_dir
+from pushsvc.assets import RUNBOOK_PLACEHOLDER, asset_dir
 from pushsvc.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     canary_stall: float = Field(20.0, gt=0, description="no canary for this long: stalled, s")
     alert_resend: float = Field(60.0, ge=0.2, description="re-send active alerts every, s")
     lease_ttl: float = Field(15.0, ge=0.5, description="the active monitor's lease, s")
+    runbook_base_url: str = Field(
+        RUNBOOK_PLACEHOLDER, description="where docs/ is published: the alerts' runbook links"
+    )
 
     # paths
     static_dir: Path = Field(default_factory=lambda: asset_dir("client"))

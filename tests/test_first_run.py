@@ -139,3 +139,25 @@ def test_a_default_node_does_not_warn_and_a_max_connections_beyond_the_limit_doe
     with start_node(max_connections=hard + 1) as big:
         log = big.log()
     assert "exceeds what one process can hold" in " ".join(log.split()), log
+
+
+def test_the_monitors_alerts_link_to_runbook_sections_that_exist() -> None:
+    from monitor import alerts
+    from monitor.reconcile import NodeLoss
+
+    base = "https://wiki.example/pushsvc/docs"
+    made = [
+        alerts.delivery_loss("n1", NodeLoss(expected=10, unfanned=1, lost=0, samples=[]), base),
+        alerts.node_stalled("n1", 30.0, base),
+        alerts.heartbeat_missing("n1", 30.0, base),
+    ]
+    assert {a.name for a in made} == set(monitor_metrics.ALERTS)
+    sections = {
+        line[3:].strip().lower()
+        for line in (ROOT / "docs" / "runbooks.md").read_text().splitlines()
+        if line.startswith("## ")
+    }
+    for alert in made:
+        page, _, anchor = dict(alert.annotations)["runbook_url"].partition("#")
+        assert page == base + "/runbooks.md"
+        assert anchor in sections, anchor
