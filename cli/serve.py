@@ -49,7 +49,7 @@ def serve(
     ledger_flush_interval: Annotated[float | None, Opt(help="Accounting flush, s. [0.05]")] = None,
     registry_interval: Annotated[float | None, Opt(help="Node heartbeat period, s. [2]")] = None,
     static_dir: Annotated[
-        str | None, Opt(help="Browser client and demo files. [clients/js]")
+        str | None, Opt(help="Browser client and demo files. [the shipped ones]")
     ] = None,
     reuse_port: Annotated[bool | None, Opt("--reuse-port", help="Bind with SO_REUSEPORT.")] = None,
     log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
