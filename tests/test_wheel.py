@@ -247,7 +247,12 @@ def test_export_alerts_writes_absolute_runbook_links_and_a_prometheus_rule(
         installed.bin("pushsvc"), "export", "alerts", str(out), "--runbook-base-url", "wiki/docs"
     )
     assert refused.returncode == 2
-    assert "absolute http(s) URL" in refused.stderr
+    assert "absolute http(s) URL" in " ".join(refused.stderr.split())
+    a_file = installed.cwd / "a-file"
+    a_file.write_text("")
+    not_a_dir = installed.run(installed.bin("pushsvc"), "export", "dashboards", str(a_file))
+    assert not_a_dir.returncode == 2
+    assert "not a directory" in " ".join(not_a_dir.stderr.split())  # rich wraps lines
 
 
 def test_completion_and_environment_variables_in_help(installed: Installed) -> None:
