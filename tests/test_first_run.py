@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import resource
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -161,3 +163,24 @@ def test_the_monitors_alerts_link_to_runbook_sections_that_exist() -> None:
         page, _, anchor = dict(alert.annotations)["runbook_url"].partition("#")
         assert page == base + "/runbooks.md"
         assert anchor in sections, anchor
+
+
+@pytest.mark.parametrize(
+    ("level", "third_party", "websockets"),
+    [
+        ("INFO", "WARNING", "WARNING"),
+        ("WARNING", "WARNING", "WARNING"),
+        ("DEBUG", "DEBUG", "WARNING"),
+    ],
+)
+def test_log_levels_of_third_party_libraries(level: str, third_party: str, websockets: str) -> None:
+    probe = (
+        "import logging; from pushsvc.telemetry import logging as jsonlog;"
+        f"jsonlog.setup({level!r});"
+        "print(*(logging.getLevelName(logging.getLogger(n).level) for n in"
+        " ('httpx', 'httpcore', 'apscheduler', 'uvicorn.access', 'websockets')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.split() == [third_party] * 4 + [websockets]

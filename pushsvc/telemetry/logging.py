@@ -21,7 +21,9 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
 
 
 # one record per request or per job at INFO: warnings and errors only, unless debugging
-THIRD_PARTY = ("uvicorn.access", "websockets", "httpx", "httpcore", "apscheduler")
+THIRD_PARTY = ("uvicorn.access", "httpx", "httpcore", "apscheduler")
+# one record per frame at DEBUG: warnings and errors only, always
+PER_FRAME = ("websockets",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,6 +50,8 @@ def setup(level: str = "INFO") -> None:
     quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
     for noisy in THIRD_PARTY:
         logging.getLogger(noisy).setLevel(quiet)
+    for noisy in PER_FRAME:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class ContextAdapter(logging.LoggerAdapter[logging.Logger]):
