@@ -123,6 +123,9 @@ def test_the_node_deployment_probes_drains_and_runs_unprivileged() -> None:
     assert pod["securityContext"]["runAsUser"] != 0
     assert main["securityContext"]["allowPrivilegeEscalation"] is False
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]  # writable scratch
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"] == node["spec"]["selector"]["matchLabels"]
 
 
 def test_the_monitor_runs_as_its_own_deployment() -> None:
@@ -133,6 +136,8 @@ def test_the_monitor_runs_as_its_own_deployment() -> None:
     assert named_ports(monitor) == {"metrics": port}
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert monitor["spec"]["replicas"] >= 2  # the lease makes one active, the other waits
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
 
 
 def test_every_environment_variable_is_a_setting() -> None:
