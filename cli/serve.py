@@ -72,6 +72,11 @@ def serve(
         fail(exc.message)
     jsonlog.setup(settings.log_level)
     _raise_fd_limit(settings)
+    if not (settings.static_dir / "pushsvc.js").is_file():
+        err.print(
+            f"[yellow]warning:[/] no pushsvc.js in {settings.static_dir}: "
+            "/client/ and /demo/ will answer 404 (check --static-dir)"
+        )
     if settings.workers > 1:
         from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
 

@@ -15,6 +15,7 @@ import re
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -184,3 +185,10 @@ def test_log_levels_of_third_party_libraries(level: str, third_party: str, webso
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.split() == [third_party] * 4 + [websockets]
+
+
+def test_a_node_without_its_static_files_says_so(tmp_path: Path) -> None:
+    with start_node(static_dir=tmp_path) as node:
+        log = " ".join(node.log().split())
+        assert httpx.get(node.http_url + "/client/pushsvc.js", timeout=5).status_code == 404
+    assert f"no pushsvc.js in {tmp_path}" in log, log
