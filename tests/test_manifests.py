@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from cli.export import RUNBOOK_PLACEHOLDER, prometheus_rule
+from pushsvc import __version__
 from pushsvc.settings import Settings
 from tests.support import ROOT, UNIT
 
@@ -273,3 +274,8 @@ def test_the_container_runs_as_a_user_and_checks_its_health() -> None:
     assert exposed == {defaults.port, defaults.internal_port, defaults.monitor_port}
     assert "PUSHSVC_HOST=0.0.0.0" in env and "PUSHSVC_INTERNAL_HOST=0.0.0.0" in env
     assert final[-1] == 'CMD ["serve"]' and 'ENTRYPOINT ["pushsvc"]' in final
+
+
+def test_the_image_tag_is_the_version() -> None:
+    for name, deployment in by_kind("Deployment").items():
+        assert container(deployment)["image"] == f"pushsvc:{__version__}", name
