@@ -16,8 +16,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pushsvc.broker.keys import DEFAULT_PREFIX
 from pushsvc.assets import RUNBOOK_PLACEHOLDER, asset_dir
+from pushsvc.broker.keys import DEFAULT_PREFIX
 from pushsvc.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
