@@ -13,6 +13,7 @@ traceback for them. Use as ``async with Api(url, key) as api: ...``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -125,19 +126,31 @@ class _ErrorBody(msgspec.Struct):
     error: _Error
 
 
-def base_url(address: str) -> str:
-    """``address`` as an http URL: ``host:port`` gets ``http://``; no trailing slash."""
-    url = address if "://" in address else f"http://{address}"
+def base_url(address: str, scheme: str = "http") -> str:
+    """``address`` as a URL: ``host:port`` gets ``scheme://``; no trailing slash."""
+    url = address if "://" in address else f"{scheme}://{address}"
     return url.rstrip("/")
 
 
 class Api:
-    """The internal API of one node at ``url`` with API key ``key``; ``timeout`` per request."""
+    """The internal API of one node at ``url`` with API key ``key``; ``timeout`` per request.
 
-    def __init__(self, url: str, key: str, timeout: float = 5.0) -> None:
-        self.url = base_url(url)
+    A bare ``host:port`` is reached with ``scheme``; ``https`` URLs trust ``ca_file`` (a PEM
+    bundle; else the system's CAs)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        timeout: float = 5.0,
+        *,
+        scheme: str = "http",
+        ca_file: Path | None = None,
+    ) -> None:
+        self.url = base_url(url, scheme)
         self._key = key
         self._timeout = timeout
+        self._ca_file = ca_file
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Api:
@@ -146,9 +159,12 @@ class Api:
                 base_url=self.url,
                 headers={"Authorization": f"Bearer {self._key}"},
                 timeout=self._timeout,
+                verify=str(self._ca_file) if self._ca_file else True,
             )
         except (httpx.InvalidURL, ValueError) as exc:
             raise UsageError(f"invalid API URL {self.url!r}: {exc}") from None
+        except OSError as exc:  # an unreadable CA file
+            raise UsageError(f"cannot use PUSHSVC_CA_FILE {self._ca_file}: {exc}") from None
         return self
 
     async def __aexit__(
@@ -253,6 +269,8 @@ def _refusal(response: httpx.Response) -> Refused:
     message = error.message or f"HTTP {status}"
     if status == 401:
         message = "the API refused the key: give the right --api-key (or PUSHSVC_API_KEY)"
+    elif status == 403:
+        message = f"the key may not do this: {message}"
     elif status == 503:
         message = f"the cluster is unhealthy: {message}"
     return Refused(status, error.code, message)

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -62,6 +64,7 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
         access_log=False,
         log_config=None,
         server_header=False,
+        **_tls(settings),
     )
     internal = _InternalServer(config)
     stop = asyncio.Event()
@@ -69,6 +72,7 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start(client_sock)
+    await node.tokens.start()
     embedded = await _embedded_monitor(settings, node) if not settings.redis_url else None
     api = asyncio.create_task(internal.serve())
     waiter = asyncio.create_task(stop.wait())
@@ -78,11 +82,27 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
         if embedded is not None:
             await embedded.close()
         await node.close()
+        await node.tokens.close()
         internal.should_exit = True
         await api
         waiter.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options for the internal listener: HTTPS with ``internal_tls_cert`` and
+    ``internal_tls_key``; client certificates required when ``internal_tls_client_ca`` is set."""
+    if settings.internal_tls_cert is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.internal_tls_cert),
+        "ssl_keyfile": str(settings.internal_tls_key),
+    }
+    if settings.internal_tls_client_ca is not None:
+        options["ssl_ca_certs"] = str(settings.internal_tls_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:

@@ -7,7 +7,9 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -15,13 +17,22 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pushsvc.apikeys import MIN_SECRET_LENGTH, parse_entries
+from pushsvc.auth import load_pem_keys, token_secrets
 from pushsvc.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_node_id() -> str:
+    """``hostname:pid``: the monitor's id (operators see it, patients never do)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def opaque_node_id() -> str:
+    """A node's default id: random, so the welcome every patient gets names no host or pid
+    (the registry keeps those for operators)."""
+    return "node-" + secrets.token_hex(5)
 
 
 class Settings(BaseSettings):
@@ -32,16 +43,29 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="client listener (WebSocket, demo)")
     internal_port: int = Field(8081, ge=0, le=65535, description="internal API listener")
     internal_host: str = "127.0.0.1"
-    node_id: str = Field(default_factory=default_node_id)
+    node_id: str = Field(default_factory=opaque_node_id)
     redis_url: str | None = None
     workers: int = Field(1, ge=1, le=64)
     max_connections: int = Field(100_000, ge=1)
     reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")
     dev: bool = False
 
-    # secrets
-    token_secret: str = ""
+    # access control (docs/security.md)
+    token_secret: str = Field("", description="HS256 secret, or kid:secret entries (first mints)")
+    token_public_keys: Path | None = Field(None, description="PEM file of RS256/ES256 keys")
+    token_jwks_url: str | None = Field(None, description="JWKS of an identity provider")
+    token_jwks_refresh: float = Field(300.0, ge=1, description="JWKS refetch period, s")
+    token_max_ttl: int = Field(43_200, ge=1, description="longest token lifetime, s")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = Field(None, description="API key entries, one per line")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins the WebSocket upgrade accepts (empty: any)"
+    )
+    docs: bool = Field(False, description="serve /docs and /openapi.json (on in --dev)")
+    internal_tls_cert: Path | None = Field(None, description="internal API over HTTPS: cert")
+    internal_tls_key: Path | None = Field(None, description="internal API over HTTPS: key")
+    internal_tls_client_ca: Path | None = Field(None, description="require client certs (mTLS)")
+    ca_file: Path | None = Field(None, description="CA bundle to trust for https:// API URLs")
 
     # protocol timing (seconds)
     heartbeat: float = Field(25.0, gt=0)
@@ -90,7 +114,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -101,21 +125,67 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.port and self.internal_port and self.port == self.internal_port:
             raise ValueError("port and internal_port must differ")
+        if self.token_ttl > self.token_max_ttl:
+            raise ValueError("token_ttl must not exceed token_max_ttl")
+        if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
+            raise ValueError("internal_tls_cert and internal_tls_key go together")
+        if self.internal_tls_client_ca is not None and self.internal_tls_cert is None:
+            raise ValueError("internal_tls_client_ca needs internal_tls_cert and internal_tls_key")
         return self
+
+    @property
+    def internal_scheme(self) -> str:
+        """``https`` when the internal API is served over TLS (or a CA to trust is given)."""
+        return "https" if self.internal_tls_cert or self.ca_file else "http"
+
+    def api_key_entries(self) -> list[str]:
+        """``api_keys`` then the lines of ``api_keys_file``. Raises :class:`ConfigError` when
+        the file cannot be read."""
+        entries = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                entries += self.api_keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read PUSHSVC_API_KEYS_FILE: {exc.strerror}") from None
+        return [e.strip() for e in entries if e.strip() and not e.strip().startswith("#")]
 
     def require_secrets(self) -> None:
         """Raise :class:`ConfigError` unless a token secret and an API key are set.
 
-        ``--dev`` fills both in before this is called (see ``cli/serve.py``).
+        ``--dev`` fills both in before this is called (see ``cli/serve.py``). Outside ``--dev``
+        an API key secret shorter than 24 characters is refused; ``--dev`` only listens on a
+        loopback address.
         """
+        entries = self.api_key_entries()
         missing = []
         if not self.token_secret:
             missing.append("PUSHSVC_TOKEN_SECRET (or --token-secret)")
-        if not self.api_keys:
-            missing.append("PUSHSVC_API_KEYS (or --api-keys)")
+        if not entries:
+            missing.append("PUSHSVC_API_KEYS (or --api-keys, PUSHSVC_API_KEYS_FILE)")
         if missing:
             raise ConfigError(
                 "pushsvc needs " + " and ".join(missing) + "; for a local try-out use --dev"
             )
-        if len(self.token_secret) < 32:
-            raise ConfigError("PUSHSVC_TOKEN_SECRET must be at least 32 characters (HS256)")
+        for kid, secret in token_secrets(self.token_secret):
+            if len(secret) < 32:
+                which = f" (kid {kid!r})" if kid else ""
+                raise ConfigError(
+                    f"PUSHSVC_TOKEN_SECRET{which} must be at least 32 characters (HS256)"
+                )
+        if self.token_public_keys is not None:
+            load_pem_keys(self.token_public_keys)
+        weak = [e.key.name for e in parse_entries(entries) if e.key.weak]
+        if weak and not self.dev:
+            raise ConfigError(
+                f"API key {weak[0]!r} is shorter than {MIN_SECRET_LENGTH} characters; "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if self.dev and not _loopback(self.host):
+            raise ConfigError(f"--dev only listens on a loopback address, not --host {self.host}")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -89,7 +89,7 @@ class ClientRoutes:
         except AuthError as exc:
             session.http_answer(422, JSON, error_body(exc.slug, exc.message))
         except BrokerError as exc:
-            session.http_answer(503, JSON, error_body(exc.slug, exc.message))
+            session.http_answer(503, JSON, error_body(exc.slug, "the broker is unavailable"))
         except PublishError as exc:
             session.http_answer(409, JSON, error_body(exc.slug, exc.message))
 

@@ -1,12 +1,15 @@
 """The internal API (DESIGN §6): publish, trails, tokens, nodes, sessions, health, metrics.
 
 Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
-<api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
+<api key>`` of a key with the route's scope (:mod:`pushsvc.http.access`); ``/metrics``,
+``/healthz`` and ``/readyz`` do not. ``/docs`` and ``/openapi.json`` exist only with ``--docs``
+(or ``--dev``). Every error is JSON
 ``{"error": {"code", "message"}}`` with a 4xx status for bad input, 503 when the broker is down.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, TypeVar
 
@@ -20,19 +23,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc import __version__
-from pushsvc.auth import api_key_ok
+from pushsvc.apikeys import KeyRing
 from pushsvc.broker.base import Command
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
+from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
 from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
-from pushsvc.http.publishing import ApiError, Publishing, error_response
+from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
 
+log = logging.getLogger(__name__)
 PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
 
 
@@ -109,26 +114,28 @@ def body_of(model: type[BaseModel]) -> dict[str, Any]:
 def create_app(node: Node) -> FastAPI:
     """The internal API of ``node``."""
     settings = node.settings
+    docs = settings.docs or settings.dev
     app = FastAPI(
         title="pushsvc internal API",
         version=__version__,
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
 
-    async def require_key(request: Request) -> None:  # async: no trip through a thread pool
-        if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
-
+    gate = Gate(KeyRing.parse(settings.api_key_entries()))
+    keyed = [Depends(gate.dependency)]
     publishing = Publishing(node)
-    app.include_router(_messages(node, publishing), dependencies=[Depends(require_key)])
-    app.include_router(_cluster(node), dependencies=[Depends(require_key)])
-    app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
-    app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
+    app.include_router(_messages(node, publishing), dependencies=keyed)
+    app.include_router(_cluster(node), dependencies=keyed)
+    app.include_router(cluster_admin_routes(node), dependencies=keyed)
+    app.include_router(admin_routes(node), dependencies=keyed)
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
     app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
-    app.add_middleware(PublishLane, publishing=publishing)
+    app.add_middleware(PublishLane, publishing=publishing, gate=gate)
     return app
 
 
@@ -276,11 +283,13 @@ def _operations(app: FastAPI, node: Node) -> None:
 def _error_answers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        return answer(exc)
 
     @app.exception_handler(BrokerError)
     async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:
-        return error_response(503, exc.slug, exc.message)
+        # the broker's own error text (Redis's) goes to the log, never to the caller
+        log.warning("broker error", extra={"error": exc.message[:500]})
+        return error_response(503, exc.slug, UNAVAILABLE + "; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,8 @@ traffic, and most of a publish's CPU went to the framework around it: routing, d
 middlewares, pydantic, response encoding (docs/benchmarks.md § 3c). :class:`PublishLane` is an
 ASGI middleware in front of all that. It takes a publish when
 
-- the API key is right,
+- the API key may publish (:meth:`pushsvc.http.access.Gate.admit`; its refusal is answered
+  here),
 - the body's length is declared and within ``max_body_size``,
 - msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
   :class:`LaneBatch`), and
@@ -30,8 +31,9 @@ from typing import Annotated
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pushsvc.auth import api_key_ok
+from pushsvc.apikeys import Scope as KeyScope
 from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http.access import Gate, answer
 from pushsvc.http.models import EVENT_PATTERN
 from pushsvc.http.publishing import ApiError, Publishing, error_response, outgoing
 from pushsvc.node.publish import Outgoing
@@ -93,11 +95,11 @@ class PublishLane:
     """ASGI middleware: well-formed publishes are published here, everything else goes to
     ``app``."""
 
-    def __init__(self, app: ASGIApp, *, publishing: Publishing) -> None:
+    def __init__(self, app: ASGIApp, *, publishing: Publishing, gate: Gate) -> None:
         self.app = app
         self.publishing = publishing
+        self.gate = gate
         settings = publishing.settings
-        self.api_keys = settings.api_keys
         self.limit = settings.max_body_size
         self.default_ttl = settings.default_ttl
         self.max_data = settings.max_message_size
@@ -125,10 +127,15 @@ class PublishLane:
             or not length.isdigit()
             or int(length) > self.limit
             or authorization is None
-            or not api_key_ok(authorization.decode("latin-1"), self.api_keys)
         ):
             await self.app(scope, receive, send)
             return
+        try:
+            key = await self.gate.admit(authorization.decode("latin-1"), KeyScope.PUBLISH)
+        except ApiError as exc:
+            await answer(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = key  # admitted: the routes do not charge again
         body, more = await _read(receive, self.limit)
         items = self._items(body, batch) if more is None else None
         if items is None:

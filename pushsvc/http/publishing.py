@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
 
 
+#: What a caller hears when the broker fails: never the broker's (Redis's) own error text.
+UNAVAILABLE = "the broker is unavailable"
+
+
 class ApiError(Exception):
     """An error answer: ``status`` with ``{"error": {"code", "message"}}``."""
 
@@ -74,8 +78,8 @@ class Publishing:
         try:
             return await self._publisher.publish(items)
         except BrokerUnavailable as exc:
-            raise ApiError(503, exc.slug, exc.message + "; retry with the same key") from None
+            raise ApiError(503, exc.slug, UNAVAILABLE + "; retry with the same key") from None
         except IdempotencyConflict as exc:
             raise ApiError(409, exc.slug, exc.message) from None
         except BrokerError as exc:
-            raise ApiError(503, exc.slug, exc.message) from None
+            raise ApiError(503, exc.slug, UNAVAILABLE) from None
