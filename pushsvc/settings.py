@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import secrets
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pushsvc.apikeys import MIN_SECRET_LENGTH, parse_entries
 from pushsvc.auth import load_pem_keys, token_secrets
+from pushsvc.core.handshake import normal_origin
 from pushsvc.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +134,11 @@ class Settings(BaseSettings):
         if self.internal_tls_client_ca is not None and self.internal_tls_cert is None:
             raise ValueError("internal_tls_client_ca needs internal_tls_cert and internal_tls_key")
         return self
+
+    @functools.cached_property
+    def origins(self) -> frozenset[bytes]:
+        """``allowed_origins`` as the WebSocket upgrade compares them (empty: any origin)."""
+        return frozenset(normal_origin(o.encode()) for o in self.allowed_origins)
 
     @property
     def internal_scheme(self) -> str:
