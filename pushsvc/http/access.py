@@ -17,26 +17,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pushsvc.apikeys import ApiKey, KeyRing, Scope
+from pushsvc.broker.base import RateLimits
 from pushsvc.errors import BrokerError
 from pushsvc.http.publishing import ApiError, error_response
 
 log = logging.getLogger("pushsvc.audit")
 
 AUDITED = frozenset({Scope.TOKENS, Scope.ADMIN})
-
-
-class RateLimits(Protocol):
-    async def take(self, name: str, rate: float, burst: float) -> float:
-        """Take one from ``name``'s bucket (``rate`` per second, holding at most ``burst``):
-        0 when taken, else the seconds until one is there."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,7 @@ def create_app(node: Node) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
 
-    gate = Gate(KeyRing.parse(settings.api_key_entries()))
+    gate = Gate(KeyRing.parse(settings.api_key_entries()), node.broker.limits)
     keyed = [Depends(gate.dependency)]
     publishing = Publishing(node)
     app.include_router(_messages(node, publishing), dependencies=keyed)

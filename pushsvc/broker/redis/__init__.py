@@ -22,7 +22,12 @@ from pushsvc.broker.base import Broker, Published
 from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
-from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLease, RedisLedger
+from pushsvc.broker.redis.ledger import (
+    RedisIdempotency,
+    RedisLease,
+    RedisLedger,
+    RedisRateLimits,
+)
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
@@ -68,6 +73,7 @@ class RedisBroker(Broker):
         )
         self.idempotency = RedisIdempotency(link, keys)
         self.lease = RedisLease(link, keys)
+        self.limits = RedisRateLimits(link, keys)
         self._started = False
         self._closed = False
 
