@@ -13,7 +13,7 @@ traceback for them. Use as ``async with Api(url, key) as api: ...``.
 
 from __future__ import annotations
 
-from pathlib import Path
+import ssl
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -135,8 +135,8 @@ def base_url(address: str, scheme: str = "http") -> str:
 class Api:
     """The internal API of one node at ``url`` with API key ``key``; ``timeout`` per request.
 
-    A bare ``host:port`` is reached with ``scheme``; ``https`` URLs trust ``ca_file`` (a PEM
-    bundle; else the system's CAs)."""
+    A bare ``host:port`` is reached with ``scheme``; ``tls`` is the context for ``https`` (from
+    :meth:`pushsvc.settings.Settings.client_tls`; else the system's CAs)."""
 
     def __init__(
         self,
@@ -145,12 +145,12 @@ class Api:
         timeout: float = 5.0,
         *,
         scheme: str = "http",
-        ca_file: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = base_url(url, scheme)
         self._key = key
         self._timeout = timeout
-        self._ca_file = ca_file
+        self._tls = tls
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Api:
@@ -159,12 +159,10 @@ class Api:
                 base_url=self.url,
                 headers={"Authorization": f"Bearer {self._key}"},
                 timeout=self._timeout,
-                verify=str(self._ca_file) if self._ca_file else True,
+                verify=self._tls if self._tls is not None else True,
             )
         except (httpx.InvalidURL, ValueError) as exc:
             raise UsageError(f"invalid API URL {self.url!r}: {exc}") from None
-        except OSError as exc:  # an unreadable CA file
-            raise UsageError(f"cannot use PUSHSVC_CA_FILE {self._ca_file}: {exc}") from None
         return self
 
     async def __aexit__(

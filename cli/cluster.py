@@ -232,5 +232,11 @@ class Cluster:
         if not self.settings.key:
             raise UsageError("no API key: give --api-key, PUSHSVC_API_KEY or PUSHSVC_API_KEYS")
         s = self.settings
-        api = Api(url, s.key, self.timeout, scheme=s.internal_scheme, ca_file=s.ca_file)
+        try:
+            tls = (
+                s.client_tls() if s.internal_scheme == "https" or url.startswith("https:") else None
+            )
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
+        api = Api(url, s.key, self.timeout, scheme=s.internal_scheme, tls=tls)
         return await self._apis.enter_async_context(api)

@@ -18,11 +18,11 @@ import contextlib
 import hashlib
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -94,7 +94,7 @@ class Canary:
     """Probe clients for every live node. Call :meth:`tick` every ``interval``; ``close()``.
 
     ``api_key`` needs the ``publish`` and ``tokens`` scopes. ``scheme`` ``https`` reaches the
-    nodes' internal APIs over TLS, trusting ``ca_file`` (else the system's CAs).
+    nodes' internal APIs over TLS with ``tls`` (else the system's CAs).
 
     ``on_latency(node, seconds)`` is called for each live canary that arrives."""
 
@@ -106,7 +106,7 @@ class Canary:
         on_latency: Callable[[str, float], None] | None = None,
         *,
         scheme: str = "http",
-        ca_file: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._api_key = api_key
         self._stall = stall
@@ -117,7 +117,7 @@ class Canary:
         self._http = httpx.AsyncClient(
             timeout=max(0.5, min(5.0, interval)),
             headers={"Authorization": f"Bearer {api_key}"},
-            verify=str(ca_file) if ca_file else True,
+            verify=tls if tls is not None else True,
         )
 
     @property

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from pushsvc.core.streams import MAX_TOPICS, valid_name
 from pushsvc.errors import AuthError, ConfigError
+from pushsvc.tls import client_context
 
 if TYPE_CHECKING:
     from pushsvc.settings import Settings
@@ -126,8 +127,8 @@ class TokenIssuer:
 
         jwks = None
         if settings.token_jwks_url:
-            ca = str(settings.ca_file) if settings.ca_file else None
-            jwks = JwksKeys(settings.token_jwks_url, settings.token_jwks_refresh, ca_file=ca)
+            tls = client_context(settings.ca_file) if settings.ca_file else None
+            jwks = JwksKeys(settings.token_jwks_url, settings.token_jwks_refresh, tls=tls)
         public = load_pem_keys(settings.token_public_keys) if settings.token_public_keys else None
         return cls(
             settings.token_secret, max_ttl=settings.token_max_ttl, public_keys=public, jwks=jwks

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 import httpx
@@ -38,7 +39,7 @@ class JwksKeys:
         url: str,
         refresh: float = 300.0,
         timeout: float = 5.0,
-        ca_file: str | None = None,
+        tls: ssl.SSLContext | None = None,
         unknown_kid_interval: float = UNKNOWN_KID_INTERVAL,
     ) -> None:
         self.url = url
@@ -47,7 +48,7 @@ class JwksKeys:
         self.unknown_kid_interval = unknown_kid_interval
         self.keys: dict[str, jwt.PyJWK] = {}
         self.fetches = 0  # attempts, for tests and logs
-        self._verify: str | bool = ca_file if ca_file else True
+        self._verify: ssl.SSLContext | bool = tls if tls is not None else True
         self._wanted = asyncio.Event()
         self._last_unknown = float("-inf")
         self._task: asyncio.Task[None] | None = None

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from pushsvc.apikeys import MIN_SECRET_LENGTH, parse_entries
 from pushsvc.auth import load_pem_keys, token_secrets
 from pushsvc.core.handshake import normal_origin
 from pushsvc.errors import ConfigError
+from pushsvc.tls import client_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +70,8 @@ class Settings(BaseSettings):
     internal_tls_key: Path | None = Field(None, description="internal API over HTTPS: key")
     internal_tls_client_ca: Path | None = Field(None, description="require client certs (mTLS)")
     ca_file: Path | None = Field(None, description="CA bundle to trust for https:// API URLs")
+    client_cert: Path | None = Field(None, description="client certificate for mTLS (CLI, canary)")
+    client_key: Path | None = Field(None, description="its private key")
 
     # protocol timing (seconds)
     heartbeat: float = Field(25.0, gt=0)
@@ -139,6 +143,10 @@ class Settings(BaseSettings):
     def origins(self) -> frozenset[bytes]:
         """``allowed_origins`` as the WebSocket upgrade compares them (empty: any origin)."""
         return frozenset(normal_origin(o.encode()) for o in self.allowed_origins)
+
+    def client_tls(self) -> ssl.SSLContext:
+        """The TLS context of this process's clients of the internal API (CLI, canary)."""
+        return client_context(self.ca_file, self.client_cert, self.client_key)
 
     @property
     def internal_scheme(self) -> str:
