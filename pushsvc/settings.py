@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
+    @field_validator(
+        "token_public_keys", "token_jwks_url", "api_keys_file", "internal_tls_cert",
+        "internal_tls_key", "internal_tls_client_ca", "ca_file", "client_cert", "client_key",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
