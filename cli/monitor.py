@@ -17,6 +17,8 @@ import typer
 
 from cli.settings import build, fail
 from monitor.reconcile import BucketReport
+from pushsvc.apikeys import parse_entries
+from pushsvc.errors import ConfigError
 from pushsvc.settings import Settings
 from pushsvc.telemetry import logging as jsonlog
 
@@ -55,6 +57,11 @@ def monitor(
     settings = build(**flags, **({"api_keys": api_keys} if api_keys is not None else {}))
     if not settings.redis_url:
         fail("the monitor needs the cluster's Redis: --redis-url or PUSHSVC_REDIS_URL")
+    try:  # the canary's key and TLS files, checked before anything starts
+        parse_entries(settings.api_key_entries())
+        settings.client_tls()
+    except ConfigError as exc:
+        fail(exc.message)
     jsonlog.setup(settings.log_level)
     import uvloop  # noqa: PLC0415 - the event loop is chosen at the process edge
 

@@ -17,10 +17,11 @@ showing one.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pushsvc.errors import ConfigError
@@ -176,6 +177,18 @@ class KeyRing:
         """The name of the key an ``Authorization`` header names (None: no such key)."""
         key = self.authenticate(header)
         return key.name if key is not None else None
+
+
+def caller_name(header: str | None, api_keys: Sequence[str]) -> str | None:
+    """The name of the key an ``Authorization`` header names among the entries ``api_keys``, or
+    None. Behind the gate the key is at hand already: ``request.state.api_key`` (ASGI
+    ``scope["state"]["api_key"]``)."""
+    return _ring(tuple(api_keys)).caller_name(header)
+
+
+@functools.lru_cache(maxsize=8)
+def _ring(entries: tuple[str, ...]) -> KeyRing:
+    return KeyRing.parse(entries)
 
 
 def _digest(secret: str) -> bytes:

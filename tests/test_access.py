@@ -13,7 +13,15 @@ import httpx
 import orjson
 import pytest
 
-from pushsvc.apikeys import ALL_SCOPES, KeyRing, Scope, digest_name, parse_entry, secret_for
+from pushsvc.apikeys import (
+    ALL_SCOPES,
+    KeyRing,
+    Scope,
+    caller_name,
+    digest_name,
+    parse_entry,
+    secret_for,
+)
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.errors import ConfigError
 from pushsvc.http.access import RULES
@@ -201,6 +209,8 @@ def test_the_ring_compares_digests_and_names_callers() -> None:
     assert ring.caller_name("bearer   " + SECRETS["read"] + " ") == "read-system"
     assert ring.caller_name("Bearer " + SECRETS["read"] + "x") is None
     assert ring.caller_name(None) is None
+    assert caller_name("Bearer " + BARE, [*ENTRIES, BARE]) == digest_name(BARE)
+    assert caller_name("Bearer " + SECRETS["tokens"], ENTRIES) == "tokens-system"
     assert all(SECRETS["read"].encode() not in k.digest for k in ring.keys)
     with pytest.raises(ConfigError, match="given twice"):
         KeyRing.parse([ENTRIES[0], ENTRIES[0]])
@@ -262,3 +272,14 @@ def test_dev_accepts_a_short_key_on_loopback(tmp_path: Path) -> None:
             ).status_code
             == 200
         )
+
+
+def test_the_monitor_refuses_a_bad_key_entry_at_start() -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    done = subprocess.run(
+        [*pushsvc_command(), "monitor", "--redis-url", "redis://127.0.0.1:1/0",
+         "--api-keys", "canary:" + "c" * 30 + ":publish+nope"],
+        env=base, capture_output=True, text=True, timeout=30 * UNIT, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "unknown scope 'nope'" in done.stderr, done.stderr
+    assert "c" * 30 not in done.stderr
