@@ -74,8 +74,14 @@ class Monitor:
         self.canary: Canary | None = None
         key = secret_for(s.api_key_entries(), Scope.PUBLISH, Scope.TOKENS) if canaries else None
         if key is not None:
-            self.canary = Canary(key, s.canary_stall, s.canary_interval, self._latency,
-                                 scheme=s.internal_scheme, tls=s.client_tls())  # fmt: skip
+            self.canary = Canary(
+                key,
+                s.canary_stall,
+                s.canary_interval,
+                self._latency,
+                scheme=s.internal_scheme,
+                tls=s.client_tls(),
+            )
         elif canaries:
             log.warning("no API key with the publish and tokens scopes: the canary is off")
         self._nodes: list[NodeInfo] = []

@@ -121,10 +121,17 @@ class Settings(BaseSettings):
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
     @field_validator(
-        "token_public_keys", "token_jwks_url", "api_keys_file", "internal_tls_cert",
-        "internal_tls_key", "internal_tls_client_ca", "ca_file", "client_cert", "client_key",
+        "token_public_keys",
+        "token_jwks_url",
+        "api_keys_file",
+        "internal_tls_cert",
+        "internal_tls_key",
+        "internal_tls_client_ca",
+        "ca_file",
+        "client_cert",
+        "client_key",
         mode="before",
-    )  # fmt: skip
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -24,7 +24,7 @@ from pushsvc.apikeys import (
 )
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.errors import ConfigError
-from pushsvc.http.access import RULES
+from pushsvc.http.access import RULES, rule_for
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -160,6 +160,7 @@ def test_every_v1_route_has_a_rule() -> None:
         for method in methods
     }
     assert routes <= set(RULES), routes - set(RULES)
+    assert rule_for("GET", "/v1/some/new/route").scope is Scope.ADMIN  # unlisted: admin only
     called = {(m, p.split("?")[0]) for m, p, _, _ in CALLS}
     assert len(called) == len(routes)
 
@@ -277,9 +278,20 @@ def test_dev_accepts_a_short_key_on_loopback(tmp_path: Path) -> None:
 def test_the_monitor_refuses_a_bad_key_entry_at_start() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     done = subprocess.run(
-        [*pushsvc_command(), "monitor", "--redis-url", "redis://127.0.0.1:1/0",
-         "--api-keys", "canary:" + "c" * 30 + ":publish+nope"],
-        env=base, capture_output=True, text=True, timeout=30 * UNIT, cwd=ROOT, check=False,
-    )  # fmt: skip
+        [
+            *pushsvc_command(),
+            "monitor",
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+            "--api-keys",
+            "canary:" + "c" * 30 + ":publish+nope",
+        ],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "unknown scope 'nope'" in done.stderr, done.stderr
     assert "c" * 30 not in done.stderr

@@ -240,8 +240,11 @@ def test_bad_pem_files(tmp_path: Path, text: bytes, said: str) -> None:
 
 
 def jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
-    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else (
-        jwt.algorithms.ECAlgorithm)  # fmt: skip
+    algorithm = (
+        jwt.algorithms.RSAAlgorithm
+        if isinstance(key, rsa.RSAPrivateKey)
+        else (jwt.algorithms.ECAlgorithm)
+    )
     found: dict[str, Any] = orjson.loads(algorithm.to_jwk(key.public_key()))
     return {**found, "kid": kid, "use": "sig"}
 
@@ -385,8 +388,9 @@ async def test_a_node_accepts_identity_provider_tokens(
             assert wire.welcome["user"] == "p-idp"
             await wire.close()
         assert jwt.get_unverified_header(node.token("p-idp"))["kid"] == "k2"
-        stranger = jwt.encode({"sub": "p1", "exp": time.time() + 600}, STRANGER, "RS256",
-                              {"kid": "r1"})  # fmt: skip
+        stranger = jwt.encode(
+            {"sub": "p1", "exp": time.time() + 600}, STRANGER, "RS256", {"kid": "r1"}
+        )
         long_lived = TokenIssuer(f"k2:{NEW}", max_ttl=10**7).mint("p1", ttl=30 * 86_400)
         for token in (stranger, long_lived):
             wire = await Wire.open(url, None)

@@ -55,10 +55,15 @@ def test_metrics_only_on_the_internal_listener(node: NodeHandle) -> None:
 
 @pytest.mark.parametrize(
     ("path", "kind"),
-    [("/client/pushsvc.js", "text/javascript"), ("/client/pushsvc.d.ts", "text/plain"),
-     ("/demo/", "text/html"), ("/demo/index.html", "text/html"),
-     ("/demo/demo.js", "text/javascript"), ("/demo/demo.css", "text/css")],
-)  # fmt: skip
+    [
+        ("/client/pushsvc.js", "text/javascript"),
+        ("/client/pushsvc.d.ts", "text/plain"),
+        ("/demo/", "text/html"),
+        ("/demo/index.html", "text/html"),
+        ("/demo/demo.js", "text/javascript"),
+        ("/demo/demo.css", "text/css"),
+    ],
+)
 def test_the_client_files(node: NodeHandle, path: str, kind: str) -> None:
     r = httpx.get(node.http_url + path)
     assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
@@ -66,10 +71,19 @@ def test_the_client_files(node: NodeHandle, path: str, kind: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/client/README.md", "/client/package.json", "/client/test/client.test.js",
-     "/client/demo/demo.js", "/demo/../pushsvc.js", "/demo/README.md", "/client/",
-     "/client/pushsvc.js/", "/demo/demo.js.map", "/client/../../pyproject.toml"],
-)  # fmt: skip
+    [
+        "/client/README.md",
+        "/client/package.json",
+        "/client/test/client.test.js",
+        "/client/demo/demo.js",
+        "/demo/../pushsvc.js",
+        "/demo/README.md",
+        "/client/",
+        "/client/pushsvc.js/",
+        "/demo/demo.js.map",
+        "/client/../../pyproject.toml",
+    ],
+)
 def test_nothing_else_of_the_client_tree(node: NodeHandle, path: str) -> None:
     assert (ROOT / "clients/js/README.md").exists()
     r = httpx.get(node.http_url + path)
@@ -77,9 +91,13 @@ def test_nothing_else_of_the_client_tree(node: NodeHandle, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "origin", ["https://portal.hospital.example", "https://app.hospital.example",
-               "https://PORTAL.hospital.example/"],
-)  # fmt: skip
+    "origin",
+    [
+        "https://portal.hospital.example",
+        "https://app.hospital.example",
+        "https://PORTAL.hospital.example/",
+    ],
+)
 async def test_an_allowed_origin_connects(node: NodeHandle, origin: str) -> None:
     wire = await Wire.open(node.client_url, node.token("p1"), origin=origin)
     assert wire.welcome["user"] == "p1"
@@ -87,9 +105,15 @@ async def test_an_allowed_origin_connects(node: NodeHandle, origin: str) -> None
 
 
 @pytest.mark.parametrize(
-    "origin", [None, "https://evil.example", "https://portal.hospital.example.evil.example",
-               "http://portal.hospital.example", "null"],
-)  # fmt: skip
+    "origin",
+    [
+        None,
+        "https://evil.example",
+        "https://portal.hospital.example.evil.example",
+        "http://portal.hospital.example",
+        "null",
+    ],
+)
 async def test_any_other_origin_is_403(node: NodeHandle, origin: str | None) -> None:
     with pytest.raises(InvalidStatus) as info:
         await Wire.open(node.client_url, None, origin=origin)
@@ -100,8 +124,9 @@ async def test_any_other_origin_is_403(node: NodeHandle, origin: str | None) -> 
 
 async def test_without_allowed_origins_any_origin_connects() -> None:
     with start_node() as open_node:
-        wire = await Wire.open(open_node.client_url, open_node.token("p1"),
-                               origin="https://anywhere.example")  # fmt: skip
+        wire = await Wire.open(
+            open_node.client_url, open_node.token("p1"), origin="https://anywhere.example"
+        )
         await wire.close()
 
 
@@ -110,15 +135,25 @@ def default_node() -> Iterator[tuple[int, str, int]]:
     """``pushsvc serve`` with no node id given: its client port, a token, its pid."""
     port, internal = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    env.update(PUSHSVC_PORT=str(port), PUSHSVC_INTERNAL_PORT=str(internal),
-               PUSHSVC_API_KEYS=API_KEY, PUSHSVC_TOKEN_SECRET=TOKEN_SECRET)  # fmt: skip
-    proc = subprocess.Popen([*pushsvc_command(), "serve"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env.update(
+        PUSHSVC_PORT=str(port),
+        PUSHSVC_INTERNAL_PORT=str(internal),
+        PUSHSVC_API_KEYS=API_KEY,
+        PUSHSVC_TOKEN_SECRET=TOKEN_SECRET,
+    )
+    proc = subprocess.Popen(
+        [*pushsvc_command(), "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         api = f"http://127.0.0.1:{internal}"
         wait_until(lambda: _answers(api + "/readyz"), 15 * UNIT)
-        token = httpx.post(api + "/v1/tokens", json={"user": "p1"},
-                           headers={"Authorization": f"Bearer {API_KEY}"}).json()["token"]  # fmt: skip
+        token = httpx.post(
+            api + "/v1/tokens", json={"user": "p1"}, headers={"Authorization": f"Bearer {API_KEY}"}
+        ).json()["token"]
         yield port, token, proc.pid
     finally:
         proc.terminate()

@@ -43,18 +43,55 @@ def openssl(*args: str | Path) -> None:
 
 
 def make_ca(pki: Pki, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-            "-keyout", pki.path(f"{name}.key"), "-out", pki.path(f"{name}.pem"))  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        pki.path(f"{name}.key"),
+        "-out",
+        pki.path(f"{name}.pem"),
+    )
 
 
 def make_cert(pki: Pki, ca: str, name: str, extension: str) -> None:
     ext = pki.path(f"{name}.ext")
     ext.write_text(extension + "\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", pki.path(f"{name}.key"), "-out", pki.path(f"{name}.csr"))  # fmt: skip
-    openssl("x509", "-req", "-in", pki.path(f"{name}.csr"), "-CA", pki.path(f"{ca}.pem"),
-            "-CAkey", pki.path(f"{ca}.key"), "-CAcreateserial", "-days", "1",
-            "-extfile", ext, "-out", pki.path(f"{name}.pem"))  # fmt: skip
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        pki.path(f"{name}.key"),
+        "-out",
+        pki.path(f"{name}.csr"),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        pki.path(f"{name}.csr"),
+        "-CA",
+        pki.path(f"{ca}.pem"),
+        "-CAkey",
+        pki.path(f"{ca}.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        ext,
+        "-out",
+        pki.path(f"{name}.pem"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,24 +120,35 @@ class TlsNode:
         return context
 
     def get(self, path: str, verify: Any, key: str = API_KEY) -> httpx.Response:
-        return httpx.get(self.internal_url + path, verify=verify, timeout=5 * UNIT,
-                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        return httpx.get(
+            self.internal_url + path,
+            verify=verify,
+            timeout=5 * UNIT,
+            headers={"Authorization": f"Bearer {key}"},
+        )
 
 
 @contextlib.contextmanager
 def tls_node(pki: Pki, **settings: Any) -> Iterator[TlsNode]:
     """``pushsvc serve`` with its internal API on HTTPS; ``settings`` as ``PUSHSVC_*``."""
     internal = free_port()
-    values = {"api_keys": API_KEY, "token_secret": TOKEN_SECRET, "port": free_port(),
-              "internal_port": internal, "node_id": "tls-node",
-              "internal_tls_cert": pki.path("node.pem"), "internal_tls_key": pki.path("node.key"),
-              **settings}  # fmt: skip
+    values = {
+        "api_keys": API_KEY,
+        "token_secret": TOKEN_SECRET,
+        "port": free_port(),
+        "internal_port": internal,
+        "node_id": "tls-node",
+        "internal_tls_cert": pki.path("node.pem"),
+        "internal_tls_key": pki.path("node.key"),
+        **settings,
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     env.update({f"PUSHSVC_{k.upper()}": str(v) for k, v in values.items()})
     log = pki.path(f"node-{internal}.log")
     with log.open("wb") as out:
-        proc = subprocess.Popen([*pushsvc_command(), "serve"], env=env, cwd=ROOT, stdout=out,
-                                stderr=out)  # fmt: skip
+        proc = subprocess.Popen(
+            [*pushsvc_command(), "serve"], env=env, cwd=ROOT, stdout=out, stderr=out
+        )
     node = TlsNode(proc, f"https://127.0.0.1:{internal}", env, log)
     client = "operator" if "internal_tls_client_ca" in settings else None
     context = node.context(pki, client)
@@ -124,14 +172,19 @@ def cli(node: TlsNode, *args: str, **env: str) -> subprocess.CompletedProcess[st
     base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     return subprocess.run(
         [*pushsvc_command(), *args, "--api-url", node.internal_url, "--api-key", API_KEY],
-        env={**base, **env}, cwd=ROOT, capture_output=True, text=True, timeout=30 * UNIT,
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_https_for_the_api_the_cli_and_the_canary(pki: Pki) -> None:
-    with tls_node(pki, ca_file=pki.path("hospital-ca.pem"), canary_interval=0.5,
-                  monitor_interval=1) as node:  # fmt: skip
+    with tls_node(
+        pki, ca_file=pki.path("hospital-ca.pem"), canary_interval=0.5, monitor_interval=1
+    ) as node:
         trusted = node.context(pki)
         assert node.get("/v1/nodes", trusted).json()["nodes"][0]["id"] == "tls-node"
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -139,19 +192,34 @@ def test_https_for_the_api_the_cli_and_the_canary(pki: Pki) -> None:
         with pytest.raises(httpx.HTTPError):  # plain HTTP is not answered
             httpx.get(node.internal_url.replace("https:", "http:") + "/readyz", timeout=5 * UNIT)
 
-        done = cli(node, "publish", "--event", "e.tls", "--user", "p1",
-                   PUSHSVC_CA_FILE=str(pki.path("hospital-ca.pem")))  # fmt: skip
+        done = cli(
+            node,
+            "publish",
+            "--event",
+            "e.tls",
+            "--user",
+            "p1",
+            PUSHSVC_CA_FILE=str(pki.path("hospital-ca.pem")),
+        )
         assert done.returncode == 0, done.stderr
         refused = cli(node, "publish", "--event", "e.tls", "--user", "p1")
         assert refused.returncode == 1 and "Traceback" not in refused.stderr
         assert "certificate verify failed" in refused.stderr.lower(), refused.stderr
-        bad = cli(node, "publish", "--event", "e", "--user", "p1",
-                  PUSHSVC_CA_FILE=str(pki.path("missing.pem")))  # fmt: skip
+        bad = cli(
+            node,
+            "publish",
+            "--event",
+            "e",
+            "--user",
+            "p1",
+            PUSHSVC_CA_FILE=str(pki.path("missing.pem")),
+        )
         assert bad.returncode == 2 and "cannot use the TLS files" in " ".join(bad.stderr.split())
 
         # the embedded monitor's canary reaches the node's API over HTTPS and gets through
         up = 'pushsvc_monitor_canary_up{node="tls-node"} 1.0'
         wait_until(lambda: up in node.get("/metrics", trusted).text, 20 * UNIT, 0.2)
+        assert API_KEY not in node.log.read_text()
 
 
 def test_mutual_tls(pki: Pki) -> None:
@@ -161,9 +229,17 @@ def test_mutual_tls(pki: Pki) -> None:
             with pytest.raises(httpx.HTTPError):
                 node.get("/readyz", node.context(pki, client))
         tls = {"PUSHSVC_CA_FILE": str(pki.path("hospital-ca.pem"))}
-        done = cli(node, "publish", "--event", "e.mtls", "--user", "p1", **tls,
-                   PUSHSVC_CLIENT_CERT=str(pki.path("operator.pem")),
-                   PUSHSVC_CLIENT_KEY=str(pki.path("operator.key")))  # fmt: skip
+        done = cli(
+            node,
+            "publish",
+            "--event",
+            "e.mtls",
+            "--user",
+            "p1",
+            **tls,
+            PUSHSVC_CLIENT_CERT=str(pki.path("operator.pem")),
+            PUSHSVC_CLIENT_KEY=str(pki.path("operator.key")),
+        )
         assert done.returncode == 0, done.stderr
         without = cli(node, "publish", "--event", "e.mtls", "--user", "p1", **tls)
         assert without.returncode == 1 and "Traceback" not in without.stderr
@@ -171,13 +247,22 @@ def test_mutual_tls(pki: Pki) -> None:
 
 @pytest.mark.parametrize(
     ("settings", "said"),
-    [({"internal_tls_cert": "x.pem"}, "go together"),
-     ({"internal_tls_client_ca": "ca.pem"}, "needs internal_tls_cert")],
-)  # fmt: skip
+    [
+        ({"internal_tls_cert": "x.pem"}, "go together"),
+        ({"internal_tls_client_ca": "ca.pem"}, "needs internal_tls_cert"),
+    ],
+)
 def test_incomplete_tls_settings_are_refused(settings: dict[str, str], said: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     env.update({f"PUSHSVC_{k.upper()}": v for k, v in settings.items()})
     env.update(PUSHSVC_API_KEYS=API_KEY, PUSHSVC_TOKEN_SECRET=TOKEN_SECRET)
-    done = subprocess.run([*pushsvc_command(), "serve"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=30 * UNIT, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*pushsvc_command(), "serve"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
     assert done.returncode == 2 and said in " ".join(done.stderr.split()), done.stderr
