@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import ssl
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -197,6 +199,17 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "pushsvc needs " + " and ".join(missing) + "; for a local try-out use --dev"
             )
+        kids = [kid for kid, _ in token_secrets(self.token_secret) if kid is not None]
+        if any(not _KID.match(kid) for kid in kids) or len(kids) != len(set(kids)):
+            raise ConfigError(
+                "PUSHSVC_TOKEN_SECRET: each kid:secret entry needs its own kid "
+                "(1-64 of A-Z a-z 0-9 _ . -)"
+            )
+        if self.token_jwks_url and not _trusted_url(self.token_jwks_url):
+            raise ConfigError(
+                "PUSHSVC_TOKEN_JWKS_URL must be https:// (plain http only on a loopback address): "
+                "whoever can change the keys can sign tokens for any patient"
+            )
         for kid, secret in token_secrets(self.token_secret):
             if len(secret) < 32:
                 which = f" (kid {kid!r})" if kid else ""
@@ -213,6 +226,14 @@ class Settings(BaseSettings):
             )
         if self.dev and not _loopback(self.host):
             raise ConfigError(f"--dev only listens on a loopback address, not --host {self.host}")
+
+
+_KID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _trusted_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname or ""))
 
 
 def _loopback(host: str) -> bool:

@@ -255,6 +255,16 @@ def serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
             {"PUSHSVC_API_KEYS": BARE, "PUSHSVC_TOKEN_SECRET": "a:" + "s" * 40 + ",b:short"},
             "(kid 'b') must be at least 32",
         ),
+        (
+            (),
+            {"PUSHSVC_API_KEYS": BARE, "PUSHSVC_TOKEN_SECRET": f"a:{'s' * 40},a:{'t' * 40}"},
+            "each kid:secret entry needs its own kid",
+        ),
+        (
+            (),
+            {"PUSHSVC_API_KEYS": BARE, "PUSHSVC_TOKEN_JWKS_URL": "http://idp.example/jwks"},
+            "PUSHSVC_TOKEN_JWKS_URL must be https://",
+        ),
     ],
 )
 def test_refused_at_start(args: tuple[str, ...], env: dict[str, str], said: str) -> None:
