@@ -13,6 +13,8 @@ import httpx
 import orjson
 import pytest
 
+from cli.check_config import secrets_checks
+from cli.cluster import OperatorSettings
 from pushsvc.apikeys import (
     ALL_SCOPES,
     KeyRing,
@@ -305,3 +307,20 @@ def test_the_monitor_refuses_a_bad_key_entry_at_start() -> None:
     )
     assert done.returncode == 2 and "unknown scope 'nope'" in done.stderr, done.stderr
     assert "c" * 30 not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "status", "said"),
+    [
+        ([BARE], "ok", "1 entries, 1 bare (every scope)"),
+        (ENTRIES, "ok", "5 entries"),
+        (["k1"], "fail", "shorter than 24 characters"),
+        (["n:" + "x" * 30 + ":reed"], "fail", "unknown scope 'reed'"),
+        ([], "fail", "not set"),
+    ],
+)
+def test_check_config_judges_the_key_entries(keys: list[str], status: str, said: str) -> None:
+    settings = OperatorSettings(api_keys=keys, token_secret=TOKEN_SECRET)
+    (_, key) = secrets_checks(settings)
+    assert key.status == status and said in key.detail, key
+    assert "x" * 30 not in key.detail
