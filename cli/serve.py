@@ -84,9 +84,10 @@ def serve(
     """Run a pushsvc node: the client listener and the internal API."""
     settings = build(**{k: v for k, v in locals().items() if k != "api_keys"},
                      **({"api_keys": api_keys} if api_keys is not None else {}))  # fmt: skip
-    if settings.dev:
-        settings = _dev_secrets(settings)
     try:
+        settings.check_dev_host()  # before any secret is made up and shown
+        if settings.dev:
+            settings = _dev_secrets(settings)
         settings.require_secrets()
     except ConfigError as exc:
         fail(exc.message)

@@ -224,6 +224,10 @@ class Settings(BaseSettings):
                 f"API key {weak[0]!r} is shorter than {MIN_SECRET_LENGTH} characters; "
                 "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+        self.check_dev_host()
+
+    def check_dev_host(self) -> None:
+        """Raise :class:`ConfigError` when ``--dev`` would listen on a non-loopback address."""
         if self.dev and not _loopback(self.host):
             raise ConfigError(f"--dev only listens on a loopback address, not --host {self.host}")
 
