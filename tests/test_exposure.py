@@ -209,3 +209,30 @@ def test_device_ids_are_escaped_in_alert_annotations() -> None:
         assert bad not in samples.removeprefix("m1 (unfanned, device "), bad
     assert shown("phone-1") == "phone-1"
     assert shown("d" * 100).endswith("...") and len(shown("d" * 100)) == 67
+
+
+async def test_hostile_device_ids_cannot_break_or_paint_the_cli(node: NodeHandle) -> None:
+    hostile = "[/]\x1b[31mred[link=https://evil.example]click[/link]"
+    origin = "https://portal.hospital.example"
+    wire = await Wire.open(node.client_url, node.token("p-hostile"), device=hostile, origin=origin)
+    sent = node.publish({"to": {"users": ["p-hostile"]}, "event": "e", "data": {}})
+    await wire.ack((await wire.recv_msg())["id"])
+    for args in (["sessions", "--user", "p-hostile"], ["trace", sent["id"]]):
+        done = operator_cli(node, *args)
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\\u001b" in done.stdout, done.stdout
+        assert "[link=https://evil.example]" in done.stdout  # shown, not interpreted
+    await wire.close()
+
+
+def operator_cli(node: NodeHandle, *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    return subprocess.run(
+        [*pushsvc_command(), *args, "--api-url", node.internal_url, "--api-key", API_KEY],
+        env={**base, "COLUMNS": "300"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
