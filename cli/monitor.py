@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.settings import build, fail
+from monitor.alerts import shown
 from monitor.reconcile import BucketReport
 from pushsvc.apikeys import parse_entries
 from pushsvc.errors import ConfigError
@@ -116,7 +117,7 @@ def _print(reports: list[BucketReport], as_json: bool) -> None:
                 "bucket": report.bucket, "check": report.check, "node": node,
                 **counts.counters, "unfanned": counts.unfanned, "lost": counts.lost,
                 "expired_pairs": counts.expired,
-                "samples": [f"{m.message_id} {m.device} {m.kind}" for m in counts.samples],
+                "samples": [f"{m.message_id} {shown(m.device)} {m.kind}" for m in counts.samples],
             })  # fmt: skip
     if as_json:
         print(json.dumps({"buckets": len(reports), "rows": rows}, indent=2))
