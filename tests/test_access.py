@@ -145,6 +145,9 @@ def test_audit_lines_and_no_secret_in_any_log_line(node: NodeHandle) -> None:
     assert (digest_name(BARE), "kick_user", "p-kick") in found
     assert not any(a["action"] == "publish" for a in audits())  # publish is not audited
     assert not any(a["target"] == "p-no" for a in audits())  # refused: no audit
+    refused = [orjson.loads(line) for line in node.log().splitlines() if "access refused" in line]
+    last = refused[-1]  # the log is in order: the refused mint above
+    assert (last["key"], last["scope"], last["action"]) == ("read-system", "tokens", "mint_token")
     log = node.log()
     assert "a bare secret" in log  # the bare key is warned about at start
     for secret in [*SECRETS.values(), BARE, FILED, node.token_secret]:

@@ -92,14 +92,18 @@ class Gate:
                     extra={"key": key.name},
                 )
 
-    async def admit(self, header: str | None, scope: Scope) -> ApiKey:
+    async def admit(self, header: str | None, scope: Scope, action: str = "") -> ApiKey:
         """The key ``header`` names, if it may use ``scope`` now; else raise :class:`ApiError`
-        (401, 403, 429, or 503 when the rate limits cannot be read)."""
+        (401, 403, 429, or 503 when the rate limits cannot be read). A refusal for lack of scope
+        is logged with the key's name and ``action``."""
         key = self.ring.authenticate(header)
         if key is None:
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
         if not key.allows(scope):
-            log.warning("access refused", extra={"key": key.name, "scope": str(scope)})
+            log.warning(
+                "access refused",
+                extra={"key": key.name, "scope": str(scope), "action": action or str(scope)},
+            )
             raise ApiError(403, "forbidden", f"key {key.name!r} lacks the {scope} scope")
         if scope is Scope.PUBLISH and key.rate is not None and self.limits is not None:
             try:
@@ -119,7 +123,7 @@ class Gate:
         rule = rule_for(request.method, route)
         key: ApiKey | None = getattr(request.state, "api_key", None)  # the lane admitted it
         if key is None or not key.allows(rule.scope):
-            key = await self.admit(request.headers.get("authorization"), rule.scope)
+            key = await self.admit(request.headers.get("authorization"), rule.scope, rule.action)
         request.state.api_key = key
         if rule.scope in AUDITED:
             audit(key, rule.action, await _target(request))
