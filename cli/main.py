@@ -6,6 +6,7 @@ import typer
 
 from cli.check_config import check_config
 from cli.drain import drain
+from cli.key import api_key
 from cli.kick import kick
 from cli.listen import listen
 from cli.monitor import monitor
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(token)
+app.command("api-key")(api_key)
 app.command()(listen)
 app.command("prometheus-targets")(prometheus_targets)
 app.command()(nodes)

@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 from cli.check_config import secrets_checks
 from cli.cluster import OperatorSettings
+from cli.main import app
 from pushsvc.apikeys import (
     ALL_SCOPES,
     KeyRing,
@@ -327,3 +329,29 @@ def test_check_config_judges_the_key_entries(keys: list[str], status: str, said:
     (_, key) = secrets_checks(settings)
     assert key.status == status and said in key.detail, key
     assert "x" * 30 not in key.detail
+
+
+@pytest.mark.parametrize(
+    ("args", "scopes", "rate"),
+    [
+        (["--name", "pharmacy", "--scope", "publish", "--rate", "20"], {Scope.PUBLISH}, 20.0),
+        (["--name", "ops", "--scope", "read", "--scope", "admin"], {Scope.READ, Scope.ADMIN}, None),
+        (["--name", "lab", "--scope", "*", "--rate", "1000000"], ALL_SCOPES, 1e6),
+        (["--name", "q", "--scope", "publish", "--rate", "0.25"], {Scope.PUBLISH}, 0.25),
+    ],
+)
+def test_api_key_makes_entries_the_nodes_accept(
+    args: list[str], scopes: set[Scope], rate: float | None
+) -> None:
+    made = CliRunner().invoke(app, ["api-key", *args])
+    assert made.exit_code == 0, made.output
+    entry = parse_entry(made.stdout.strip())
+    assert (entry.key.name, entry.key.scopes, entry.key.rate) == (args[1], scopes, rate)
+    assert len(entry.secret) >= 40 and not entry.key.weak
+    again = parse_entry(CliRunner().invoke(app, ["api-key", *args]).stdout.strip())
+    assert again.secret != entry.secret
+
+
+def test_api_key_refuses_what_a_node_would() -> None:
+    made = CliRunner().invoke(app, ["api-key", "--name", "bad name", "--scope", "publish"])
+    assert made.exit_code == 2 and "use 1-64 of" in made.output
