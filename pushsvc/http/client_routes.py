@@ -95,6 +95,7 @@ class ClientRoutes:
 STATIC_FILES = {
     "/client/pushsvc.js": "pushsvc.js",
     "/client/pushsvc.d.ts": "pushsvc.d.ts",
+    "/client/pushsvc-sw.js": "pushsvc-sw.js",  # the Web Push service worker, when shipped
     "/demo/": "demo/index.html",
     "/demo/index.html": "demo/index.html",
     "/demo/demo.js": "demo/demo.js",
