@@ -120,13 +120,18 @@ def parse_entry(entry: str) -> Entry:
 
 
 def parse_entries(entries: Iterable[str]) -> list[Entry]:
-    """Every non-blank entry that is not a ``#`` comment; names must be unique."""
+    """Every non-blank entry that is not a ``#`` comment; names and secrets must be unique."""
     parsed = [parse_entry(e) for e in entries if e.strip() and not e.strip().startswith("#")]
-    seen: set[str] = set()
+    names: set[str] = set()
+    digests: dict[bytes, str] = {}
     for entry in parsed:
-        if entry.key.name in seen:
-            raise ConfigError(f"API key name {entry.key.name!r} is given twice")
-        seen.add(entry.key.name)
+        key = entry.key
+        if key.name in names:
+            raise ConfigError(f"API key name {key.name!r} is given twice")
+        if key.digest in digests:
+            raise ConfigError(f"API keys {digests[key.digest]!r} and {key.name!r} share a secret")
+        names.add(key.name)
+        digests[key.digest] = key.name
     return parsed
 
 

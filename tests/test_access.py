@@ -222,6 +222,8 @@ def test_the_ring_compares_digests_and_names_callers() -> None:
     assert all(SECRETS["read"].encode() not in k.digest for k in ring.keys)
     with pytest.raises(ConfigError, match="given twice"):
         KeyRing.parse([ENTRIES[0], ENTRIES[0]])
+    with pytest.raises(ConfigError, match="'a' and 'b' share a secret"):
+        KeyRing.parse(["a:" + "s" * 30 + ":read", "b:" + "s" * 30 + ":admin"])
     assert secret_for(ENTRIES, Scope.READ) == SECRETS["read"]
     assert secret_for(ENTRIES, Scope.PUBLISH, Scope.TOKENS) == SECRETS["all"]
     assert secret_for(["r:" + "r" * 24 + ":read"], Scope.ADMIN) is None
