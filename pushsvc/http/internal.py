@@ -1,7 +1,9 @@
 """The internal API: publish, trails, tokens, nodes, sessions, health, metrics.
 
 Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
-<api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
+<api key>`` of a key with the route's scope (:mod:`pushsvc.http.access`); ``/metrics``,
+``/healthz`` and ``/readyz`` do not. ``/docs`` and ``/openapi.json`` exist only with ``--docs``
+(or ``--dev``). Every error is JSON
 ``{"error": {"code", "message"}}`` with a 4xx status for bad input, 503 when the broker is down.
 Bodies pass :class:`BodyLimit` (413) and :class:`JsonGuard` (422: nested too deep, NaN or an
 infinity) before any route parses them.
@@ -9,6 +11,7 @@ infinity) before any route parses them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, TypeVar
 
@@ -22,20 +25,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc import __version__
-from pushsvc.auth import api_key_ok, caller_name
+from pushsvc.apikeys import ApiKey, KeyRing
 from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
+from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
 from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
-from pushsvc.http.publishing import ApiError, Publishing, error_response
+from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
 
+log = logging.getLogger(__name__)
 PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
 
 
@@ -154,27 +159,29 @@ def body_of(model: type[BaseModel]) -> dict[str, Any]:
 def create_app(node: Node) -> FastAPI:
     """The internal API of ``node``."""
     settings = node.settings
+    docs = settings.docs or settings.dev
     app = FastAPI(
         title="pushsvc internal API",
         version=__version__,
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
 
-    async def require_key(request: Request) -> None:  # async: no trip through a thread pool
-        if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
-
+    gate = Gate(KeyRing.parse(settings.api_key_entries()), node.broker.limits)
+    keyed = [Depends(gate.dependency)]
     publishing = Publishing(node)
-    app.include_router(_messages(node, publishing), dependencies=[Depends(require_key)])
-    app.include_router(_cluster(node), dependencies=[Depends(require_key)])
-    app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
-    app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
+    app.include_router(_messages(node, publishing), dependencies=keyed)
+    app.include_router(_cluster(node), dependencies=keyed)
+    app.include_router(cluster_admin_routes(node), dependencies=keyed)
+    app.include_router(admin_routes(node), dependencies=keyed)
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(JsonGuard)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
     app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
-    app.add_middleware(PublishLane, publishing=publishing)
+    app.add_middleware(PublishLane, publishing=publishing, gate=gate)
     return app
 
 
@@ -190,10 +197,8 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             raise ApiError(413, "message_too_large", where + str(exc)) from None
 
     async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
-        caller = caller_name(request.headers.get("authorization"), settings.api_keys)
-        if caller is None:  # checked by the router's dependency already
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
-        return [msgspec.to_builtins(r) for r in await publishing.run(items, caller, batch)]
+        key: ApiKey = request.state.api_key  # admitted by the router's gate: the idempotency scope
+        return [msgspec.to_builtins(r) for r in await publishing.run(items, key.name, batch)]
 
     @v1.post(
         "/messages", status_code=202, summary="Publish one message",
@@ -326,11 +331,13 @@ def _operations(app: FastAPI, node: Node) -> None:
 def _error_answers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return answer(exc)
 
     @app.exception_handler(BrokerError)
     async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:
-        return error_response(503, exc.slug, exc.message)
+        # the broker's own error text (Redis's) goes to the log, never to the caller
+        log.warning("broker error", extra={"error": exc.message[:500]})
+        return error_response(503, exc.slug, UNAVAILABLE + "; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

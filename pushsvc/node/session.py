@@ -229,7 +229,7 @@ class Session(asyncio.Protocol):
             self._http_answer(404, b"not found")
             return
         try:
-            response = check_upgrade(method, self.headers)
+            response = check_upgrade(method, self.headers, self.node.settings.origins)
         except HandshakeRefused as exc:
             self._http_answer(exc.status, exc.message.encode())
             return
@@ -427,6 +427,6 @@ _REASONS = {
     422: b"Unprocessable Entity", 426: b"Upgrade Required", 503: b"Service Unavailable",
 }  # fmt: skip
 _SLUGS = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
-    426: "upgrade_required", 503: "unavailable",
+    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "body_too_large", 426: "upgrade_required", 503: "unavailable",
 }  # fmt: skip
