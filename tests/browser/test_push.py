@@ -145,6 +145,16 @@ def test_the_service_worker_is_served(node: NodeHandle) -> None:
     assert b'addEventListener("notificationclick"' in script
 
 
+def test_the_demo_page_can_be_added_to_a_home_screen(node: NodeHandle) -> None:
+    """iOS only pushes to web apps on the Home Screen, and those need a standalone manifest."""
+    with urllib.request.urlopen(node.http_url + "/demo/", timeout=5) as response:
+        assert b'rel="manifest" href="/demo/manifest.webmanifest"' in response.read()
+    with urllib.request.urlopen(node.http_url + "/demo/manifest.webmanifest", timeout=5) as got:
+        manifest = json.loads(got.read())
+    assert manifest["display"] == "standalone"
+    assert manifest["start_url"] == "/demo/"
+
+
 def test_a_push_shows_its_notification_once_per_message(browser: Any, node: NodeHandle) -> None:
     with browser_context(browser, NOTIFY) as context:
         page = open_page(context, demo_url(node, user="p-sw"))
