@@ -400,6 +400,7 @@ export function subscriptionFrame(subscription) {
 function activeRegistration(registration) {
   if (registration.active) return Promise.resolve(registration);
   const worker = registration.installing ?? registration.waiting;
+  if (!worker) return Promise.reject(new PushError("unsupported", "the service worker has no worker to activate"));
   return new Promise((resolve, reject) => {
     worker.addEventListener("statechange", () => {
       if (worker.state === "activated") resolve(registration);

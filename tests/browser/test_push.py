@@ -342,6 +342,7 @@ def test_the_operator_panel_publishes_with_an_escalation_delay(
         page.select_option("#op-event", "queue.called")
         page.fill("#op-room", "205")
         page.fill("#op-push-after", "45")
+        page.select_option("#op-push-urgency", "high")
         with page.expect_response("**/demo/api/publish") as answer:
             page.click("#op-send")
         sent = answer.value.request.post_data_json
@@ -350,6 +351,7 @@ def test_the_operator_panel_publishes_with_an_escalation_delay(
             "after": 45,
             "title": "It is your turn",
             "body": "Please go to room 205.",
+            "urgency": "high",
         }
         result = page.locator("#operator-result")
         if "push" in PublishRequest.model_fields:  # the server takes escalations

@@ -376,6 +376,7 @@ function setUpOperator(user, topics) {
         after: Number(f.get("pushAfter")),
         title: String(f.get("pushTitle")).trim() || title,
         body: String(f.get("pushBody")).trim() || words,
+        urgency: String(f.get("pushUrgency")),
       };
     }
     $("op-send").disabled = true;
