@@ -55,7 +55,7 @@ function notificationFor(payload) {
   };
   const options = { body: message.body ?? "", data: { page: pageUrl(), message } };
   if (message.id !== null) options.tag = message.id; // the same message twice replaces itself
-  const icon = text(data.icon);
+  const icon = text(payload.icon) ?? text(data.icon);
   if (icon !== null) options.icon = icon;
   return { title: message.title ?? FALLBACK_TITLE, options };
 }
@@ -65,11 +65,17 @@ function onPush(event) {
   event.waitUntil(self.registration.showNotification(title, options));
 }
 
-/** A window of this origin showing the page (same path), or null. */
+/** A window of this origin showing the page: the same address first, else the same path; or null. */
 async function openPageWindow(page) {
   const wanted = new URL(page);
   const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
-  const samePath = windows.filter((w) => new URL(w.url).pathname === wanted.pathname);
+  const address = (w) => {
+    const url = new URL(w.url);
+    url.hash = "";
+    return url;
+  };
+  const same = windows.filter((w) => address(w).href === wanted.href);
+  const samePath = same.length > 0 ? same : windows.filter((w) => address(w).pathname === wanted.pathname);
   return samePath.find((w) => w.focused) ?? samePath.find((w) => w.visibilityState === "visible") ??
     samePath[0] ?? null;
 }

@@ -206,6 +206,9 @@ def test_a_click_hands_the_page_its_message_and_the_page_acks_it(
         wait_open(page)
         page.evaluate(REGISTER_WORKER)
         pushes = PushDelivery(context, page, node.http_url)
+        # Another tab of the page, for someone else, opened last: not the one to bring back.
+        other = open_page(context, demo_url(node, user="p-click-other"))
+        wait_open(other)
 
         # The page's connection is gone and cannot come back for now (a phone in a pocket):
         # its client keeps trying a port where nothing listens. The call waits in the inbox.
@@ -264,7 +267,8 @@ def test_a_click_hands_the_page_its_message_and_the_page_acks_it(
         assert device["device"] == page.evaluate("window.pushsvcDemo.client.device")
         assert feed_item(page, call["id"]).count() == 1  # the replay did not show it twice
         assert page.evaluate(NOTIFICATIONS) == []
-        no_script_errors(page)
+        assert feed_item(other, call["id"]).count() == 0
+        no_script_errors(page, other)
 
 
 def test_turning_notifications_on_in_a_private_window_says_why_not(
