@@ -1,9 +1,11 @@
 """``pushsvc check-config``: are the settings valid, and can everything they name be reached?
 
 Checks, in order: the settings parse (else exit 2 with what is wrong); the token secret and the
-API key; Redis (version, PING time); the registry (nodes listed, stale heartbeats); the API with
-the key; every node's ``/readyz``; Alertmanager (``/api/v2/status``). Each check is ``ok``,
-``warn``, ``fail`` or ``skip`` with one line saying why. Exit 1 when any check fails.
+API key; Redis (version, PING time, and a warning unless its ``maxmemory-policy`` is
+``noeviction``: any other policy may evict history); the registry (nodes listed, stale
+heartbeats); the API with the key; every node's ``/readyz``; Alertmanager
+(``/api/v2/status``). Each check is ``ok``, ``warn``, ``fail`` or ``skip`` with one line saying
+why. Exit 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -145,17 +147,31 @@ async def redis_check(cluster: Cluster) -> Check:
         await link.call("PING")
         rtt = time.monotonic() - started
         info = (await link.call("INFO", "server")).decode()
+        memory = (await link.call("INFO", "memory")).decode()  # needs no CONFIG permission
     except BrokerError as exc:
         return Check("redis", "fail", f"cannot reach Redis at {url}: {exc.message}")
     finally:
         await link.aclose()
-    version = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines()
-         if line.startswith("redis_version:")), "?",
-    )  # fmt: skip
+    version = info_field(info, "redis_version")
     if redis_version(version) < REDIS_MIN:
         return Check("redis", "fail", f"Redis {version} at {url}: pushsvc needs 6.2 or newer")
-    return Check("redis", "ok", f"Redis {version} at {url}, PING {seconds(rtt)}")
+    policy = info_field(memory, "maxmemory_policy")
+    found = f"Redis {version} at {url}, PING {seconds(rtt)}, maxmemory-policy {policy}"
+    if policy != "noeviction":
+        return Check(
+            "redis", "warn", found + ": it may evict history, trails and idempotency keys "
+            "when full (silent loss); set it to noeviction",
+        )  # fmt: skip
+    return Check("redis", "ok", found)
+
+
+def info_field(info: str, name: str) -> str:
+    """The value of ``name`` in the text of an ``INFO`` reply; ``"?"`` when absent."""
+    prefix = name + ":"
+    return next(
+        (line[len(prefix) :].strip() for line in info.splitlines() if line.startswith(prefix)),
+        "?",
+    )
 
 
 def redis_version(text: str) -> tuple[int, ...]:

@@ -1,7 +1,15 @@
-"""Assembles and runs one node process: broker, node, client listener and internal API.
+"""Assembles and runs one node process: broker, internal API, node and (embedded) monitor.
 
-Shutdown is ordered (SIGTERM or SIGINT): stop accepting clients and close them with 1001, flush
-the accounting, deregister, stop the internal API, close the broker.
+They start in that order, each one only after the one before it started, and stop in the
+reverse order (one :class:`contextlib.AsyncExitStack`), so whatever fails half-way closes exactly
+what had been started. On SIGTERM or SIGINT: the embedded monitor stops; the node stops accepting
+clients, closes them with 1001, flushes its accounting and deregisters; the internal API stops
+(it answered ``/readyz`` 503 during the drain); the broker closes.
+
+A listener address that cannot be bound raises :class:`ConfigError` (after closing what had
+started). A broker that cannot be reached neither stops the start nor the stop: the node keeps
+trying to join (see :mod:`pushsvc.node.gateway`) and a stop while it is down still closes every
+session with 1001 and returns normally.
 """
 
 from __future__ import annotations
@@ -20,12 +28,15 @@ from monitor.alertmanager import AlertmanagerClient
 from monitor.app import Monitor
 from pushsvc.broker.base import Broker
 from pushsvc.broker.memory import MemoryBroker
+from pushsvc.errors import ConfigError
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics
 
 log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _InternalServer(uvicorn.Server):
@@ -48,10 +59,50 @@ def make_broker(settings: Settings) -> Broker:
 
 
 async def serve(settings: Settings, client_sock: socket.socket | None = None) -> None:
-    """Run a node until SIGTERM/SIGINT, then shut it down in order."""
+    """Run a node until SIGTERM/SIGINT (or until its internal API stops), then stop it in
+    order."""
     if not settings.metrics:
         metrics.disable_recording()
-    node = Node(settings, make_broker(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        broker = make_broker(settings)
+        node = Node(settings, broker)  # subscribes to the bus: before the broker starts
+        await broker.start()
+        stack.push_async_callback(broker.close)
+        api = _start_api(node)
+        stack.push_async_callback(_stop_api, *api)
+        try:
+            await node.start(client_sock)
+        except OSError as exc:  # the broker's failures are not raised: the node keeps trying
+            where = f"{settings.host}:{settings.port}"
+            raise ConfigError(f"cannot listen for clients on {where}: {exc.strerror}") from None
+        stack.push_async_callback(node.close)
+        if not settings.redis_url:
+            stack.push_async_callback((await _embedded_monitor(settings, node)).close)
+        waiter = asyncio.create_task(stop.wait())
+        stack.callback(waiter.cancel)
+        await asyncio.wait({api[1], waiter}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping", extra={"node": node.id, "signal": stop.is_set()})
+
+
+def _start_api(node: Node) -> tuple[_InternalServer, asyncio.Task[None]]:
+    """Bind the internal listener and serve the API of ``node`` on it. Raises
+    :class:`ConfigError` when the address cannot be bound (uvicorn would exit the process)."""
+    settings = node.settings
+    host, port = settings.internal_host, settings.internal_port
+    try:
+        sock = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=2048
+        )
+    except OSError as exc:
+        why = f"cannot listen for the internal API on {host}:{port}: {exc.strerror}"
+        raise ConfigError(why) from None
+    node.internal_addr = f"{host}:{sock.getsockname()[1]}"  # the port, when 0 asked for any
+    log.info("internal API listening", extra={"address": node.internal_addr})
     config = uvicorn.Config(
         create_app(node),
         host=settings.internal_host,
@@ -63,30 +114,17 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
         log_config=None,
         server_header=False,
     )
-    internal = _InternalServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await node.start(client_sock)
-    embedded = await _embedded_monitor(settings, node) if not settings.redis_url else None
-    api = asyncio.create_task(internal.serve())
-    waiter = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if embedded is not None:
-            await embedded.close()
-        await node.close()
-        internal.should_exit = True
-        await api
-        waiter.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    server = _InternalServer(config)
+    return server, asyncio.create_task(server.serve(sockets=[sock]))
+
+
+async def _stop_api(server: _InternalServer, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task
 
 
 async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:
-    """DESIGN §2: on the memory broker there is one node, and the monitor runs inside it."""
+    """On the memory broker there is one node, and the monitor runs inside it."""
     alertmanager = (
         AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
     )

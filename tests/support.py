@@ -142,8 +142,11 @@ def pushsvc_command() -> list[str]:
     return [sys.executable, "-m", "cli"]
 
 
-def launch_node(*args: str, env: dict[str, Any] | None = None, **settings: Any) -> NodeHandle:
-    """Start ``pushsvc serve`` with ``settings`` as ``PUSHSVC_*`` variables; wait until ready."""
+def launch_node(
+    *args: str, env: dict[str, Any] | None = None, ready: bool = True, **settings: Any
+) -> NodeHandle:
+    """Start ``pushsvc serve`` with ``settings`` as ``PUSHSVC_*`` variables; wait until ready
+    (``ready=False``: only until its internal ``/healthz`` answers)."""
     port = int(settings.pop("port", 0)) or free_port()
     internal_port = int(settings.pop("internal_port", 0)) or free_port()
     node_id = str(settings.pop("node_id", f"test-{secrets.token_hex(3)}"))
@@ -165,8 +168,9 @@ def launch_node(*args: str, env: dict[str, Any] | None = None, **settings: Any) 
             [*pushsvc_command(), "serve", *args], env=child_env, stdout=out, stderr=out, cwd=ROOT
         )
     handle = NodeHandle(proc, node_id, port, internal_port, log_path=log_path, env=child_env)
+    up = handle.ready if ready else lambda: answers(handle.internal_url + "/healthz")
     try:
-        wait_until(lambda: handle.ready() or proc.poll() is not None, 15 * UNIT)
+        wait_until(lambda: up() or proc.poll() is not None, 15 * UNIT)
     except TimeoutError:
         handle.kill()
         raise

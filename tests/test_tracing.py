@@ -155,6 +155,7 @@ async def nodes(redis: RedisServer, exporter: InMemorySpanExporter) -> AsyncIter
     finally:
         for node in started:
             await node.close()
+            await node.broker.close()
 
 
 async def _eventually(check: Callable[[], object], timeout: float = 5 * UNIT) -> None:
@@ -298,6 +299,7 @@ async def test_tracing_off_leaves_messages_without_traceparent(redis: RedisServe
         assert entry.message.traceparent == ""
     finally:
         await node.close()
+        await node.broker.close()
 
 
 # -- a real node process, configured by the environment -----------------------------------

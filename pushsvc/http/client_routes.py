@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from pushsvc.errors import AuthError, BrokerError, PublishError
+from pushsvc.http import jsonguard
 from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
 
@@ -72,6 +73,10 @@ class ClientRoutes:
 
     async def _demo(self, session: Session, path: str, body: bytes) -> None:
         node = self._node
+        refusal = jsonguard.problem(body)
+        if refusal is not None:  # as the internal API: too deep, NaN or infinite
+            session.http_answer(422, JSON, error_body("invalid_body", refusal))
+            return
         try:
             if path == "/demo/api/token":
                 req = TokenRequest.model_validate_json(body or b"{}")

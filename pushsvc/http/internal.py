@@ -1,8 +1,10 @@
-"""The internal API (DESIGN §6): publish, trails, tokens, nodes, sessions, health, metrics.
+"""The internal API: publish, trails, tokens, nodes, sessions, health, metrics.
 
 Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
 <api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
 ``{"error": {"code", "message"}}`` with a 4xx status for bad input, 503 when the broker is down.
+Bodies pass :class:`BodyLimit` (413) and :class:`JsonGuard` (422: nested too deep, NaN or an
+infinity) before any route parses them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pushsvc.auth import api_key_ok, caller_name
 from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
+from pushsvc.http import jsonguard
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
@@ -80,6 +83,48 @@ class BodyLimit:
                 await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
 
 
+class JsonGuard:
+    """Refuse request bodies :func:`pushsvc.http.jsonguard.problem` finds nested too deep or
+    holding NaN or an infinity with 422 ``invalid_body``, for every route, before any parser
+    sees them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                await self.app(scope, _replaying([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        refusal = jsonguard.problem(body)
+        if refusal is not None:
+            details = [{"loc": ["body"], "msg": refusal}]
+            await error_response(422, "invalid_body", refusal, details=details)(
+                scope, receive, send
+            )
+            return
+        whole: Message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replaying([whole], receive), send)
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` first, then whatever ``receive`` gives."""
+
+    async def replayed() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -126,6 +171,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
     _operations(app, node)
     _error_answers(app)
+    app.add_middleware(JsonGuard)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
     app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
     app.add_middleware(PublishLane, publishing=publishing)
@@ -264,8 +310,8 @@ def _operations(app: FastAPI, node: Node) -> None:
             reason
             for reason, bad in (
                 ("broker_down", not node.broker.up),
-                ("draining", node.draining),
-                ("not_started", not node.started),
+                ("draining", node.leaving),
+                ("not_started", not node.joined),
             )
             if bad
         ]

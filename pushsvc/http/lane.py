@@ -7,6 +7,7 @@ ASGI middleware in front of all that. It takes a publish when
 
 - the API key is right,
 - the body's length is declared and within ``max_body_size``,
+- :func:`pushsvc.http.jsonguard.problem` finds nothing wrong with it (depth, NaN, infinities),
 - msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
   :class:`LaneBatch`), and
 - every message's ``to`` names exactly one kind of target and its ``data`` fits
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc.auth import caller_name
 from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http import jsonguard
 from pushsvc.http.models import EVENT_PATTERN
 from pushsvc.http.publishing import ApiError, Publishing, outgoing
 from pushsvc.node.publish import Outgoing
@@ -143,6 +145,8 @@ class PublishLane:
         await send({"type": "http.response.body", "body": payload})
 
     def _items(self, body: bytes, batch: bool) -> list[Outgoing] | None:
+        if jsonguard.problem(body) is not None or not utf8(body):
+            return None  # the routes refuse it (422, or 400 for bytes that are not UTF-8)
         try:
             messages = _batch.decode(body).messages if batch else [_single.decode(body)]
         except msgspec.DecodeError:
@@ -154,6 +158,18 @@ class PublishLane:
                 return None
             items.append(item)
         return items
+
+
+def utf8(body: bytes) -> bool:
+    """True when ``body`` is UTF-8 (msgspec does not look inside ``data``, kept as raw bytes:
+    a client could not read a frame that carried anything else)."""
+    if body.isascii():
+        return True
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, Message | None]:

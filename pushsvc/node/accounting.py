@@ -2,7 +2,8 @@
 
 The fan-out and the ack handler only append to lists; :meth:`Accounting.run` flushes them every
 ``interval`` seconds in one round trip per kind. While the broker is down the batches are kept
-(up to ``limit`` events, oldest dropped first and counted) and written when it is back.
+(up to ``limit`` events, oldest dropped first and counted) and written when it is back; the log
+says so once when the flushes start failing and once when one works again, not every interval.
 
 The ledger counts what it is given for the monitor's reconciliation (docs/monitoring.md): a
 :class:`Published` record becomes an :class:`Accepted` one here, because ``Broker.publish`` has
@@ -30,6 +31,7 @@ class Accounting:
         self.opened: list[SessionInfo] = []
         self.closed: list[str] = []
         self.dropped = 0
+        self.failures = 0  # flushes failed in a row
 
     def record(self, event: LedgerEvent) -> None:
         if isinstance(event, Published):
@@ -60,7 +62,9 @@ class Accounting:
                 await registry.remove_sessions(self._node_id, closed)
                 closed = []
         except (BrokerError, OSError) as exc:
-            log.warning("accounting flush failed, will retry", extra={"error": str(exc)})
+            if not self.failures:
+                log.warning("accounting flush failed, will retry", extra={"error": str(exc)})
+            self.failures += 1
             self.events[:0] = events
             self.opened[:0] = opened
             self.closed[:0] = closed
@@ -68,3 +72,7 @@ class Accounting:
             if overflow > 0:
                 del self.events[:overflow]
                 self.dropped += overflow
+        else:
+            if self.failures:
+                log.info("accounting flush works again", extra={"failed": self.failures})
+                self.failures = 0

@@ -1,9 +1,15 @@
 """The node: its client listener, its sessions and the background work that keeps them honest.
 
-Lifecycle: ``await node.start()`` binds the client listener and starts the background tasks
-(fan-out, housekeeping, accounting, registry heartbeat); ``await node.drain()`` stops accepting and
-closes every session with 1001 so clients resume elsewhere; ``await node.close()`` drains (if not
-done), flushes the accounting, deregisters and cancels every task. Both are idempotent.
+Lifecycle: ``await node.start()`` binds the client listener and joins the cluster: it reads the
+bus position, replaces whatever an earlier process of the same id left in the registry, registers
+and starts the background tasks (fan-out, housekeeping, accounting, registry heartbeat). When the
+broker cannot be reached, ``start()`` returns anyway and the node keeps trying to join with capped
+backoff; until it has joined, the client listener refuses upgrades with 503 and ``ready`` is False.
+``await node.drain()`` stops accepting and closes every session with 1001 so clients resume
+elsewhere; ``await node.close()`` drains (if not done), cancels every task, flushes the accounting
+and deregisters (when it had joined) and closes the client listener. Both are idempotent, both
+work while the broker is down, and ``close()`` undoes only what ``start()`` did: the broker
+belongs to whoever made it, who closes it after the node.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pushsvc.broker.base import (
 )
 from pushsvc.core import frames
 from pushsvc.core.acks import AckLedger
+from pushsvc.core.backoff import backoff_delay
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.errors import BrokerError, FrameError
@@ -54,6 +61,7 @@ PING_FRAME = frames.ws_text_frame(frames.PING)
 PONG_FRAME = frames.ws_text_frame(frames.PONG)
 
 STOP_TIMEOUT = 5.0  # seconds cancelled background tasks get to finish at shutdown
+JOIN_BACKOFF = (0.1, 2.0)  # seconds: first and longest wait between two attempts to join
 FREEZE_AFTER = 500  # sessions opened between two gc.freeze() calls
 AckPayload = tuple[bytes, int]  # (framed message, publish time in ms)
 
@@ -78,7 +86,8 @@ class Node:
         self.fanout = FanOut(self)
         self.catchup = CatchUp(self)
         self.over_cap: set[Session] = set()
-        self.draining = False
+        self.leaving = False  # drain() was called
+        self.joined = False  # registered in the cluster since start()
         self.started = 0.0
         self.client_addr = ""
         self.internal_addr = f"{settings.internal_host}:{settings.internal_port}"
@@ -89,15 +98,17 @@ class Node:
         self._closed = False
         self._all_closed = asyncio.Event()
         self.routes = ClientRoutes(self)
+        broker.bus.subscribe(self.catchup.envelope, self.command, self.catchup.resync)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        """Start the broker, bind the client listener (or serve ``sock``), start background work."""
+        """Start the broker (a no-op when its owner already did), bind the client listener (or
+        serve ``sock``), then join the cluster, now or, while the broker is unreachable, in the
+        background (see the module docstring). ``close()`` the node when done, even when this
+        raised."""
         self.loop = asyncio.get_running_loop()
-        self.broker.bus.subscribe(self.catchup.envelope, self.command, self.catchup.resync)
         await self.broker.start()
-        self.catchup.seq = await self.broker.bus.position()
         s = self.settings
         if sock is not None:
             self._server = await self.loop.create_server(lambda: Session(self), sock=sock)
@@ -107,9 +118,32 @@ class Node:
             )
         bound = self._server.sockets[0].getsockname()
         self.client_addr = f"{bound[0]}:{bound[1]}"
-        self.started = time.time()
+        metrics.info.labels(self.id, __version__).set(1)
+        metrics.broker_up.set(1 if self.broker.up else 0)
+        metrics.watch_gc()
+        metrics.watch_node(self)
+        tracing.configure(self.id)
+        try:
+            await self._join()
+        except (BrokerError, OSError) as exc:
+            self.log.warning(
+                "broker unreachable, the node will keep trying to join",
+                extra={"error": str(exc), "client": self.client_addr},
+            )
+            self.spawn(self._keep_joining(type(exc)))
+        gc.collect()
+        gc.freeze()
+        self.log.info("node started", extra={"client": self.client_addr, "pid": os.getpid()})
+
+    async def _join(self) -> None:
+        """Read the bus position, replace this id's old registry entry, register, then start the
+        background work. Raises :class:`BrokerError` (or OSError) when the broker fails."""
+        self.catchup.seq = await self.broker.bus.position()
         # A node restarted under the same id must not bring back its dead sessions.
         await self.broker.registry.deregister(self.id)
+        self.started = time.time()
+        await self._register()
+        self.joined = True
         for job in (
             self.fanout.run(),
             self.catchup.watch(),
@@ -118,28 +152,49 @@ class Node:
             self._heartbeat(),
         ):
             self.spawn(job)
-        await self._register()
-        metrics.info.labels(self.id, __version__).set(1)
-        metrics.broker_up.set(1 if self.broker.up else 0)
-        metrics.watch_gc()
-        metrics.watch_node(self)
-        tracing.configure(self.id)
-        gc.collect()
-        gc.freeze()
-        self.log.info("node started", extra={"client": self.client_addr, "pid": os.getpid()})
+
+    async def _keep_joining(self, failed: type[BaseException]) -> None:
+        """Try to join until it works, with capped backoff: one log line for each new kind of
+        failure, not one per attempt (the first was logged by :meth:`start`)."""
+        attempt = 0
+        since = time.monotonic()
+        while not self.leaving:
+            await asyncio.sleep(backoff_delay(attempt, *JOIN_BACKOFF))
+            attempt += 1
+            try:
+                await self._join()
+            except (BrokerError, OSError) as exc:
+                if type(exc) is not failed:
+                    failed = type(exc)
+                    self.log.warning("still cannot join the cluster", extra={"error": str(exc)})
+                continue
+            waited = round(time.monotonic() - since, 3)
+            self.log.info("joined the cluster", extra={"attempts": attempt, "waited": waited})
+            return
+
+    @property
+    def draining(self) -> bool:
+        """True while the node turns new connections away: it is leaving (:meth:`drain` was
+        called) or has not joined the cluster yet. Upgrades then get 503, a hello 1001."""
+        return self.leaving or not self.joined
 
     async def drain(self) -> None:
-        """Stop accepting; close every session with 1001 and wait for them (``drain_timeout``)."""
-        if self.draining:
+        """Stop accepting; close every session with 1001 and wait for them (``drain_timeout``).
+        Works while the broker is down: telling the registry is then skipped with a warning."""
+        if self.leaving:
             return
-        self.draining = True
+        self.leaving = True
         if self._server is not None:
             self._server.close()
-        await self._register()
         # Every connection, not only the sessions: one that upgraded but has not said hello yet
         # would otherwise be welcomed after the drain and keep the node from stopping.
         for session in list(self.connections):
             session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
+        if self.joined:
+            try:
+                await self._register()
+            except (BrokerError, OSError) as exc:
+                self.log.warning("could not register as draining", extra={"error": str(exc)})
         if self.sessions:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
@@ -147,10 +202,15 @@ class Node:
         self.log.info("node drained", extra={"left": len(self.sessions)})
 
     async def close(self) -> None:
+        """Drain, stop the background work, flush and deregister (when joined), close the client
+        listener. Idempotent; a node that was never started has nothing to close. The broker
+        stays open: it is its owner's to close, after this."""
         if self._closed:
             return
-        await self.drain()
         self._closed = True
+        if self._server is None:
+            return
+        await self.drain()
         # Cancel until every task has stopped: on Python 3.11 a cancel that lands while a timed
         # await completes can be swallowed (asyncio.wait_for), and a loop would then run on.
         stuck = set(self._tasks)
@@ -163,20 +223,19 @@ class Node:
             where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
             self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
         self.log.info("shutdown: background tasks stopped")
-        try:
-            await self.accounting.flush()
-            await self.broker.registry.deregister(self.id)
-        except Exception:  # the broker may be gone at shutdown; nothing else to do
-            self.log.warning("could not flush or deregister at shutdown", exc_info=True)
+        if self.joined:
+            try:
+                await self.accounting.flush()
+                await self.broker.registry.deregister(self.id)
+            except (BrokerError, OSError) as exc:  # the broker may be gone at shutdown
+                self.log.warning("could not flush or deregister", extra={"error": str(exc)})
+            else:
+                self.log.info("shutdown: accounting flushed, deregistered")
         tracing.flush()
-        self.log.info("shutdown: accounting flushed, closing the broker")
-        await self.broker.close()
-        self.log.info("shutdown: broker closed")
         for session in list(self.connections):
             session.abort()  # whatever did not finish its close handshake by now
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 2.0)
         self.log.info("node stopped")
 
     def spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -343,12 +402,21 @@ class Node:
             pings.append((mono + heartbeat, session))
 
     async def _heartbeat(self) -> None:
+        """Register every ``registry_interval``. While it fails, one warning per kind of
+        failure (not one per beat), and one line when it works again."""
+        failing: type[BaseException] | None = None
         while True:
             await asyncio.sleep(self.settings.registry_interval)
             try:
                 await self._register()
             except (BrokerError, OSError) as exc:
-                self.log.warning("registry heartbeat failed", extra={"error": str(exc)})
+                if type(exc) is not failing:
+                    failing = type(exc)
+                    self.log.warning("registry heartbeat failed", extra={"error": str(exc)})
+            else:
+                if failing is not None:
+                    failing = None
+                    self.log.info("registry heartbeat works again")
             metrics.broker_up.set(1 if self.broker.up else 0)
 
     async def _register(self) -> None:
@@ -356,7 +424,7 @@ class Node:
         info = NodeInfo(
             id=self.id, client_addr=self.client_addr, internal_addr=self.internal_addr,
             pid=os.getpid(), version=__version__, started=self.started, heartbeat=time.time(),
-            state="draining" if self.draining else "up", connections=len(self.sessions),
+            state="draining" if self.leaving else "up", connections=len(self.sessions),
             users=users, broker_lag=self.fanout.lag,
         )  # fmt: skip
         await self.broker.registry.register(info, ttl=self.settings.registry_interval * 3)
