@@ -8,7 +8,8 @@
 // is tagged with the message id, so the same message pushed twice replaces itself instead of
 // stacking. On click, the worker focuses an open tab of the page (or opens one) and posts it
 // {"type":"pushsvc:opened","message":{...}}; the page's PushClient acknowledges that message
-// on its WebSocket once connected.
+// on its WebSocket once connected. When the browser replaces the subscription, the worker takes
+// a new one with the same key, which the page sends at its next connection.
 
 "use strict";
 
@@ -102,7 +103,21 @@ function onNotificationClick(event) {
   event.waitUntil(openPage(event.notification.data));
 }
 
+/**
+ * The browser replaced or expired the subscription (Firefox does, on its own schedule): take a
+ * new one with the same server key, so the page finds push still "on" and sends the new
+ * subscription on its next connection. The server drops the old one at its first 404/410.
+ */
+async function renewSubscription(event) {
+  const key = event.oldSubscription?.options?.applicationServerKey;
+  if (!key || (await self.registration.pushManager.getSubscription())) return;
+  await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+}
+
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 self.addEventListener("push", onPush);
 self.addEventListener("notificationclick", onNotificationClick);
+self.addEventListener("pushsubscriptionchange", (event) => {
+  event.waitUntil(renewSubscription(event).catch(() => {})); // nothing to renew with: push is off
+});
