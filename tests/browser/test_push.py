@@ -188,6 +188,7 @@ def test_a_push_shows_its_notification_once_per_message(browser: Any, node: Node
 
         # Another message gets its own; a push the worker cannot read still shows something.
         pushes.push({**call, "id": "m-lab-2", "title": "Your lab result is ready", "body": ""})
+        notifications(page, 2)
         pushes.push("not json")
         shown_all = notifications(page, 3)
         assert sorted(n["title"] for n in shown_all) == [
