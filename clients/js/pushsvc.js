@@ -295,7 +295,6 @@ function resolveUrl(url) {
   return url;
 }
 
-
 // ---- Web Push ------------------------------------------------------------------------------
 //
 // enablePush() registers the service worker (/client/pushsvc-sw.js), asks the patient's
@@ -445,6 +444,11 @@ const OPEN = 1;
  * - "message": the msg frame {id, stream, offset, event, data, ts, ack, replay}, once per id
  * - "welcome": the welcome frame
  * - "error":   an error frame from the server {code, message}; a close follows
+ * - "push":    {state: "on"} when the server confirmed a push subscription, {state: "off"} after
+ *              disablePush()
+ *
+ * A message whose notification brought the patient back is emitted as a "message" with
+ * `pushed: true` before the socket delivers it (see opened()).
  */
 export class PushClient {
   constructor(options = {}) {
