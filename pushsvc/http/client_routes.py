@@ -105,12 +105,14 @@ STATIC_FILES = {
     "/demo/index.html": "demo/index.html",
     "/demo/demo.js": "demo/demo.js",
     "/demo/demo.css": "demo/demo.css",
+    "/demo/manifest.webmanifest": "demo/manifest.webmanifest",
 }
 _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".ts": "text/plain; charset=utf-8",
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".webmanifest": "application/manifest+json",
 }
 _REDIRECT = (
     b'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=/demo/">'
