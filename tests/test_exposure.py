@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -236,3 +237,13 @@ def operator_cli(node: NodeHandle, *args: str) -> subprocess.CompletedProcess[st
         timeout=30 * UNIT,
         check=False,
     )
+
+
+def test_every_allowed_client_file_exists_and_has_a_content_type() -> None:
+    from pushsvc.assets import asset_dir
+    from pushsvc.http.client_routes import _TYPES, STATIC_FILES
+
+    root = asset_dir("client")
+    for path, name in STATIC_FILES.items():
+        assert (root / name).is_file(), path
+        assert Path(name).suffix in _TYPES, path
