@@ -175,7 +175,9 @@ def test_the_client_listener_405s_say_allow(node: NodeHandle) -> None:
 def test_the_docs_pages_load_their_assets_from_the_node(node: NodeHandle) -> None:
     url = node.internal_url
     for page in ("/docs", "/redoc"):
-        html = httpx.get(url + page).text
+        answer = httpx.get(url + page)
+        assert answer.headers["content-security-policy"].startswith("default-src 'self';")
+        html = answer.text
         sources = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert sources, page
         for source in sources:
