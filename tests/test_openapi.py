@@ -127,6 +127,31 @@ def test_error_answers_have_the_documented_shape(
         assert r.headers["content-type"] == "application/json"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/messages", {"to": {"all": True}, "event": "e", "ttl": "5"}, 422),
+        ("/v1/messages", {"to": {"all": True}, "event": "e", "ack": 0}, 422),
+        ("/v1/messages", {"to": {"all": True}, "event": "e", "ttl": 60.5}, 422),
+        ("/v1/messages", {"to": {"all": True}, "event": "e", "ttl": 3600.0}, 202),
+        ("/v1/messages", {"to": {"users": None, "topics": ["t"]}, "event": "e"}, 202),
+        ("/v1/messages", {"to": {"users": None}, "event": "e"}, 422),
+        ("/v1/tokens", {"user": "p1", "ttl": "60"}, 422),
+        ("/v1/tokens", {"user": "p1", "ttl": 60.0}, 200),
+        ("/v1/admin/faults", {"stop_bus": 0}, 422),
+        ("/v1/admin/faults", {"drop_deliveries": "0.5"}, 422),
+        ("/v1/admin/faults", {"drop_deliveries": 0}, 200),
+    ],
+)
+def test_bodies_are_taken_as_the_document_types_them(
+    node: NodeHandle, path: str, body: dict[str, Any], status: int
+) -> None:
+    """What the fuzzer found: a string for a number or a number for a boolean was coerced, so a
+    request the document calls invalid was accepted. An integral float is a JSON integer."""
+    r = node.api("POST", path, json=body)
+    assert r.status_code == status, r.text
+
+
 def test_every_405_says_allow(node: NodeHandle) -> None:
     url = node.internal_url
     for method, path, allow in [
