@@ -123,6 +123,8 @@ class ItemError(BaseModel):
 
 
 class PublishResult(BaseModel):
+    """Published (or a duplicate of an earlier publish with the same key)."""
+
     id: str = Field(description="the message id: 32 hex characters")
     streams: dict[str, str] = Field(description="the message's offset in each stream it went to")
     online_sessions: int = Field(description="sessions on this node reading one of the streams")
@@ -139,6 +141,8 @@ class ErrorAnswer(BaseModel):
 
 
 class BatchResult(BaseModel):
+    """Every message published, one result each, in order."""
+
     results: list[PublishResult]
 
 
@@ -153,6 +157,8 @@ class DeviceDelivery(BaseModel):
 
 
 class MessageTrail(BaseModel):
+    """The message and its delivery to each device."""
+
     id: str
     event: str
     published_at: float
@@ -165,12 +171,16 @@ class MessageTrail(BaseModel):
 
 
 class MessageTrace(BaseModel):
+    """The trace context the publish recorded."""
+
     id: str
     traceparent: str = Field(description="W3C traceparent recorded by the publish, or empty")
     trace_id: str = Field(description="its trace id, or empty")
 
 
 class TokenAnswer(BaseModel):
+    """A client token for the WebSocket hello."""
+
     token: str
     user: str
     topics: list[str]
@@ -192,6 +202,8 @@ class NodeDescription(BaseModel):
 
 
 class NodeList(BaseModel):
+    """The live nodes of the cluster."""
+
     nodes: list[NodeDescription]
 
 
@@ -212,15 +224,21 @@ class SessionDescription(BaseModel):
 
 
 class SessionList(BaseModel):
+    """Open sessions, oldest first."""
+
     sessions: list[SessionDescription]
 
 
 class LocalSessionList(BaseModel):
+    """This node's open sessions with live counters, oldest first."""
+
     node: str
     sessions: list[SessionDescription]
 
 
 class SessionClosing(BaseModel):
+    """The session's node was told to close it with 4010."""
+
     session: str
     node: str
     closing: Literal[True]
@@ -232,11 +250,15 @@ class HeldSession(BaseModel):
 
 
 class UserSessionsClosing(BaseModel):
+    """Each session's node was told to close it with 4010."""
+
     user: str
     sessions: list[HeldSession]
 
 
 class NodeDraining(BaseModel):
+    """The node was told to drain."""
+
     node: str
     draining: Literal[True]
     connections: int
@@ -248,6 +270,8 @@ class InjectedFaults(BaseModel):
 
 
 class FaultsState(BaseModel):
+    """What is injected on this node now."""
+
     node: str
     enabled: bool
     faults: InjectedFaults

@@ -1,7 +1,8 @@
 """The internal API as an OpenAPI 3.1 document, and its documentation pages, served offline.
 
 - :func:`answers` is what a route declares: its success status and schema, and every error
-  status it can answer, each with the one ``Error`` schema (``{"error": {...}}``, 422 included).
+  status it can answer, each with the one error schema, :class:`ErrorAnswer`
+  (``{"error": {...}}``, 422 included: not FastAPI's ``HTTPValidationError``).
 - :class:`DocumentedAPI` serves ``/openapi.json``: FastAPI's document, with the request bodies
   the routes validate themselves registered as components, and the ``bearer`` security scheme on
   every ``/v1`` operation. ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles
@@ -76,13 +77,12 @@ def answers(
     model: type[BaseModel],
     *errors: int,
     body: type[BaseModel] | None = None,
-    description: str = "",
 ) -> dict[str, Any]:
     """Keyword arguments of a ``/v1`` route decorator: it answers ``status`` with ``model``, and
     each of ``errors`` (and 401, 403) with :class:`ErrorAnswer`. ``body``: the route validates
     its request body itself (``pushsvc.http.internal.parse``) as this model."""
     responses: dict[int | str, dict[str, Any]] = {
-        status: {"model": model, "description": description or "success"}
+        status: {"model": model, "description": model.__doc__ or "success"}
     }
     for error in sorted({*V1, *errors}):
         responses[error] = {"model": ErrorAnswer, "description": ERRORS[error]}
