@@ -46,6 +46,10 @@ IAT_LEEWAY = 60
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
+#: The longest client token lifetime a node accepts or mints (12 h); ``token_max_ttl`` may lower it.
+TOKEN_TTL_CEILING = 43_200
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     user: str
@@ -108,7 +112,7 @@ class TokenIssuer:
         self,
         secret: str,
         *,
-        max_ttl: int = 43_200,
+        max_ttl: int = TOKEN_TTL_CEILING,
         public_keys: list[PublicKey] | None = None,
         jwks: KeySource | None = None,
     ) -> None:

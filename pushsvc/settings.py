@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pushsvc.apikeys import MIN_SECRET_LENGTH, parse_entries
 from pushsvc.assets import RUNBOOK_PLACEHOLDER, asset_dir
-from pushsvc.auth import load_pem_keys, token_secrets
+from pushsvc.auth import TOKEN_TTL_CEILING, load_pem_keys, token_secrets
 from pushsvc.broker.keys import DEFAULT_PREFIX
 from pushsvc.core.handshake import normal_origin
 from pushsvc.errors import ConfigError
@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     token_public_keys: Path | None = Field(None, description="PEM file of RS256/ES256 keys")
     token_jwks_url: str | None = Field(None, description="JWKS of an identity provider")
     token_jwks_refresh: float = Field(300.0, ge=1, description="JWKS refetch period, s")
-    token_max_ttl: int = Field(43_200, ge=1, description="longest token lifetime, s")
+    token_max_ttl: int = Field(
+        TOKEN_TTL_CEILING, ge=1, le=TOKEN_TTL_CEILING, description="longest token lifetime, s"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = Field(None, description="API key entries, one per line")
     allowed_origins: Annotated[list[str], NoDecode] = Field(

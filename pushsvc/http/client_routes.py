@@ -49,11 +49,14 @@ class ClientRoutes:
             if not self._node.settings.dev:
                 session.http_answer(404, JSON, error_body("not_found", "demo API is dev-only"))
             elif method != b"POST":
-                session.http_answer(405, JSON, error_body("method_not_allowed", "use POST"))
+                refusal = error_body("method_not_allowed", "use POST")
+                session.http_answer(405, JSON, refusal, allow=b"POST")
             else:
                 self._node.spawn(self._demo(session, path, body))
         elif method not in (b"GET", b"HEAD"):
-            session.http_answer(405, JSON, error_body("method_not_allowed", "use GET"))
+            session.http_answer(
+                405, JSON, error_body("method_not_allowed", "use GET"), allow=b"GET, HEAD"
+            )
         elif path in STATIC_FILES:
             self._static(session, STATIC_FILES[path])
         else:

@@ -34,7 +34,20 @@ from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
-from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
+from pushsvc.http.models import (
+    BatchRequest,
+    BatchResult,
+    DataTooLarge,
+    MessageTrail,
+    NodeList,
+    PublishRequest,
+    PublishResult,
+    SessionClosing,
+    SessionList,
+    TokenAnswer,
+    TokenRequest,
+)
+from pushsvc.http.openapi import BODY, NO_BODY, DocumentedAPI, answers
 from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
@@ -42,6 +55,8 @@ from pushsvc.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
+#: What a publish can answer besides 202 (and 401, 403).
+PUBLISH_ERRORS = (*BODY, 409, 429, 503)
 
 
 class BodyLimit:
@@ -142,31 +157,18 @@ async def parse(request: Request, model: type[M]) -> M:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-def body_of(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for an endpoint that validates with :func:`parse`."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
-        }
-    }
-
-
 def create_app(node: Node) -> FastAPI:
     """The internal API of ``node``."""
     settings = node.settings
     docs = settings.docs or settings.dev
-    app = FastAPI(
+    app = DocumentedAPI(
         title="pushsvc internal API",
         version=__version__,
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
-        docs_url="/docs" if docs else None,
-        redoc_url=None,
+        request_models=(PublishRequest, BatchRequest, TokenRequest),
+        redirect_slashes=False,
         openapi_url="/openapi.json" if docs else None,
+        pages=docs,
     )
 
     gate = Gate(KeyRing.parse(settings.api_key_entries()), node.broker.limits)
@@ -201,8 +203,8 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         return [msgspec.to_builtins(r) for r in await publishing.run(items, key.name, batch)]
 
     @v1.post(
-        "/messages", status_code=202, summary="Publish one message",
-        openapi_extra=body_of(PublishRequest),
+        "/messages", summary="Publish one message",
+        **answers(202, PublishResult, *PUBLISH_ERRORS, body=PublishRequest),
     )  # fmt: skip
     async def publish(request: Request) -> dict[str, Any]:
         req = await parse(request, PublishRequest)
@@ -210,15 +212,18 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         return result
 
     @v1.post(
-        "/messages/batch", status_code=202, summary="Publish up to 1000 messages in order",
-        openapi_extra=body_of(BatchRequest),
+        "/messages/batch", summary="Publish up to 1000 messages in order",
+        **answers(202, BatchResult, *PUBLISH_ERRORS, body=BatchRequest),
     )  # fmt: skip
     async def publish_batch(request: Request) -> dict[str, Any]:
         req = await parse(request, BatchRequest)
         items = [outgoing(m, i) for i, m in enumerate(req.messages)]
         return {"results": await run(request, items, batch=True)}
 
-    @v1.get("/messages/{message_id}", summary="A message's delivery trail")
+    @v1.get(
+        "/messages/{message_id}", summary="A message's delivery trail",
+        **answers(200, MessageTrail, 404, 503),
+    )  # fmt: skip
     async def message_trail(message_id: str) -> dict[str, Any]:
         found = await node.broker.ledger.trail(message_id[:64])
         if found is None:
@@ -255,7 +260,11 @@ def _cluster(node: Node) -> APIRouter:
     settings = node.settings
     v1 = APIRouter(prefix="/v1", tags=["cluster"])
 
-    @v1.post("/tokens", summary="Mint a client token", openapi_extra=body_of(TokenRequest))
+    @v1.post(
+        "/tokens",
+        summary="Mint a client token",
+        **answers(200, TokenAnswer, *BODY, body=TokenRequest),
+    )
     async def mint(request: Request) -> dict[str, Any]:
         req = await parse(request, TokenRequest)
         ttl = req.ttl or settings.token_ttl
@@ -265,12 +274,12 @@ def _cluster(node: Node) -> APIRouter:
             raise ApiError(422, exc.slug, exc.message) from None
         return {"token": token, "user": req.user, "topics": req.topics, "expires_in": ttl}
 
-    @v1.get("/nodes", summary="Every live node of the cluster")
+    @v1.get("/nodes", summary="Every live node of the cluster", **answers(200, NodeList, 503))
     async def nodes() -> dict[str, Any]:
         found = await node.broker.registry.nodes()
         return {"nodes": [msgspec.to_builtins(n) for n in sorted(found, key=lambda n: n.id)]}
 
-    @v1.get("/sessions", summary="Sessions across all nodes")
+    @v1.get("/sessions", summary="Sessions across all nodes", **answers(200, SessionList, 422, 503))
     async def sessions(
         user: str | None = None,
         node_id: Annotated[str | None, Query(alias="node")] = None,
@@ -286,7 +295,10 @@ def _cluster(node: Node) -> APIRouter:
         listed = sorted(found.values(), key=lambda s: s.connected_at)[:limit]
         return {"sessions": [msgspec.to_builtins(s) for s in listed]}
 
-    @v1.delete("/sessions/{session_id}", status_code=202, summary="Close a session (4010)")
+    @v1.delete(
+        "/sessions/{session_id}", summary="Close a session (4010)",
+        **answers(202, SessionClosing, 404, *NO_BODY, 503),
+    )  # fmt: skip
     async def kick(session_id: str) -> dict[str, Any]:
         holder = node.id if session_id in node.sessions else None
         if holder is None:
@@ -328,7 +340,7 @@ def _operations(app: FastAPI, node: Node) -> None:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _error_answers(app: FastAPI) -> None:
+def _error_answers(app: DocumentedAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return answer(exc)
@@ -353,6 +365,9 @@ def _error_answers(app: FastAPI) -> None:
         return error_response(422, "invalid_body", summary, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, slug, str(exc.detail))
+        answer = error_response(exc.status_code, slug, str(exc.detail))
+        if exc.status_code == 405:
+            answer.headers["Allow"] = app.allowed_methods(request.url.path)
+        return answer
