@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import resource
 import secrets
+import sys
 from typing import Annotated
 
 import typer
@@ -23,6 +26,13 @@ def serve(
     internal_host: Annotated[str | None, Opt(help="Internal API address. [127.0.0.1]")] = None,
     node_id: Annotated[str | None, Opt(help="Node id. [hostname:pid]")] = None,
     redis_url: Annotated[str | None, Opt(help="Redis URL; absent: in-memory broker.")] = None,
+    redis_prefix: Annotated[
+        str | None, Opt(help="Prefix of every Redis key and channel. [pushsvc:]")
+    ] = None,
+    allow_redis_eviction: Annotated[
+        bool | None,
+        Opt("--allow-redis-eviction", help="Start even if Redis may evict keys (silent loss)."),
+    ] = None,
     workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
     max_connections: Annotated[int | None, Opt(help="Sessions per node. [100000]")] = None,
     token_secret: Annotated[str | None, Opt(help="HS256 secret for client tokens.")] = None,
@@ -72,6 +82,8 @@ def serve(
         fail(exc.message)
     jsonlog.setup(settings.log_level)
     _raise_fd_limit(settings)
+    if settings.redis_url:
+        _check_redis(settings, settings.redis_url)
     if settings.workers > 1:
         from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
 
@@ -94,6 +106,26 @@ def _dev_secrets(settings: Settings) -> Settings:
     if "token_secret" in changes:
         err.print(f"[yellow]dev mode:[/] token secret {changes['token_secret']}")
     return settings.model_copy(update=changes) if changes else settings
+
+
+def _check_redis(settings: Settings, url: str) -> None:
+    """Refuse a Redis that may evict keys (exit 2), unless allowed; log what could not be
+    checked."""
+    from pushsvc.broker.redis.policy import check  # noqa: PLC0415 - only clusters need redis
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it leaves no current loop for the node
+    try:
+        verdict = loop.run_until_complete(check(url))
+    finally:
+        loop.close()
+    log = logging.getLogger("pushsvc.serve")
+    for warning in verdict.warnings:
+        log.warning(warning)
+    if verdict.refuse:
+        if not settings.allow_redis_eviction:
+            print(f"error: {verdict.refuse}", file=sys.stderr)  # one line, however wide
+            raise typer.Exit(2)
+        log.warning("%s (allowed by --allow-redis-eviction)", verdict.refuse.split(";")[0])
 
 
 def _raise_fd_limit(settings: Settings) -> None:

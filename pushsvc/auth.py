@@ -120,3 +120,19 @@ def api_key_ok(header: str | None, keys: list[str]) -> bool:
     for key in keys:
         ok |= hmac.compare_digest(given, key.encode())
     return ok
+
+
+def caller_name(header: str | None, keys: list[str]) -> str | None:
+    """The name of the API key ``header`` (``Bearer <key>``) presents, or None when it presents
+    none of ``keys``: the scope of the caller's idempotency keys. A key has no name of its own
+    yet, so its name is a short digest of it (never the secret itself)."""
+    if not header or not header.startswith("Bearer "):
+        return None
+    given = header[7:].strip().encode()
+    found = None
+    for key in keys:
+        if hmac.compare_digest(given, key.encode()):
+            found = key
+    if found is None:
+        return None
+    return "key-" + hashlib.sha256(found.encode()).hexdigest()[:16]

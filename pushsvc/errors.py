@@ -5,7 +5,7 @@
     ├── AuthError              a client token is invalid, expired or names a bad user (close 4001)
     ├── FrameError             a client frame is malformed, unknown or too large (close 4003/4004)
     ├── PublishError           a publish request cannot be accepted
-    │   └── IdempotencyConflict   the same key is being published right now
+    │   └── IdempotencyConflict   the caller used the key for another request (HTTP 409)
     └── BrokerError            the broker cannot be reached or answered badly
         └── BrokerUnavailable     the broker is down: publishes fail fast (HTTP 503)
 
@@ -54,7 +54,7 @@ class PublishError(PushError):
 
 
 class IdempotencyConflict(PublishError):
-    slug = "idempotency_in_progress"
+    slug = "idempotency_conflict"
 
 
 class BrokerError(PushError):

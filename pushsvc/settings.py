@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pushsvc.broker.keys import DEFAULT_PREFIX
 from pushsvc.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     internal_host: str = "127.0.0.1"
     node_id: str = Field(default_factory=default_node_id)
     redis_url: str | None = None
+    redis_prefix: str = Field(
+        DEFAULT_PREFIX, min_length=1, description="prefix of every Redis key and channel name"
+    )
+    allow_redis_eviction: bool = Field(
+        False, description="start even when redis's maxmemory-policy is not noeviction"
+    )
     workers: int = Field(1, ge=1, le=64)
     max_connections: int = Field(100_000, ge=1)
     reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")

@@ -23,6 +23,8 @@ from pushsvc.broker.base import (
     Broker,
     Command,
     NodeInfo,
+    Placed,
+    Publication,
     Published,
     Sent,
     SentCount,
@@ -69,6 +71,16 @@ def message(*, ack: bool = True, ttl_ms: int = 60_000, data: Any = None) -> Mess
                    ack, now + ttl_ms)  # fmt: skip
 
 
+async def publish(
+    broker: Broker, items: list[tuple[Message, list[str]]], origin: str
+) -> list[dict[str, str]]:
+    """Publish unkeyed ``items``; their offsets by stream (each must have been placed)."""
+    outcomes = await broker.publish([Publication(m, streams) for m, streams in items], origin)
+    placed = [o for o in outcomes if isinstance(o, Placed)]
+    assert len(placed) == len(outcomes), outcomes
+    return [p.offsets for p in placed]
+
+
 def node(node_id: str, **changes: Any) -> NodeInfo:
     return NodeInfo(id=node_id, client_addr="127.0.0.1:1", internal_addr="127.0.0.1:2", pid=1,
                     version="t", started=1.0, heartbeat=time.time(), **changes)  # fmt: skip
@@ -101,16 +113,18 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
     opened: list[Broker] = []
 
     async def open_(*, subscriber: Recorder | None = None, history_size: int = 1000,
-                    history_ttl: int = 86_400, ledger_retention: float = 3600) -> Broker:  # fmt: skip
+                    history_ttl: int = 86_400, ledger_retention: float = 3600,
+                    idempotency_ttl: int = 86_400) -> Broker:  # fmt: skip
         broker: Broker
         if kind == "memory":
             broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl,
-                                  ledger_retention=ledger_retention)  # fmt: skip
+                                  ledger_retention=ledger_retention,
+                                  idempotency_ttl=idempotency_ttl)  # fmt: skip
         else:
             from pushsvc.broker.redis import RedisBroker
 
             settings = Settings(redis_url=url, history_size=history_size, history_ttl=history_ttl,
-                                node_id="contract")  # fmt: skip
+                                idempotency_ttl=idempotency_ttl, node_id="contract")  # fmt: skip
             broker = RedisBroker(settings, ledger_retention=ledger_retention)
         if subscriber is not None:
             broker.bus.subscribe(subscriber.envelope, subscriber.command, subscriber.resync)
@@ -138,7 +152,7 @@ async def test_publish_returns_ordered_offsets_and_the_bus_carries_them(
     broker = await open_broker(subscriber=rec)
     m1, m2, m3 = message(), message(ack=False), message()
     items = [(m1, ["user:p1", "topic:c205"]), (m2, ["user:p1"]), (m3, ["topic:c205", "all"])]
-    placed = await broker.publish(items, origin="node-a")
+    placed = await publish(broker, items, origin="node-a")
     assert [list(p) for p in placed] == [
         ["user:p1", "topic:c205"],
         ["user:p1"],
@@ -158,7 +172,7 @@ async def test_publish_returns_ordered_offsets_and_the_bus_carries_them(
 
 async def test_publish_starts_each_trail(broker: Broker) -> None:
     m1, m2 = message(), message(ack=False)
-    placed = await broker.publish([(m1, ["user:p1", "all"]), (m2, [])], origin="node-a")
+    placed = await publish(broker, [(m1, ["user:p1", "all"]), (m2, [])], origin="node-a")
     for m, streams in zip((m1, m2), placed, strict=True):
         trail = await broker.ledger.trail(m.id)
         assert trail is not None
@@ -178,7 +192,7 @@ async def test_offsets_keep_growing_across_publishes(open_broker: OpenBroker) ->
     broker = await open_broker(subscriber=rec)
     placed = []
     for _ in range(5):
-        placed += await broker.publish([(message(), ["user:p2"])], origin="n")
+        placed += await publish(broker, [(message(), ["user:p2"])], origin="n")
     offs = [p["user:p2"] for p in placed]
     assert positions(offs) == sorted(set(positions(offs)))
     await rec.until(lambda: len(rec.envelopes) >= 5)
@@ -186,13 +200,13 @@ async def test_offsets_keep_growing_across_publishes(open_broker: OpenBroker) ->
 
 
 async def test_empty_publish_and_empty_position(broker: Broker) -> None:
-    assert await broker.publish([], origin="n") == []
+    assert await publish(broker, [], origin="n") == []
     assert await broker.bus.position() == 0
 
 
 async def test_history_reads_exactly_what_follows_an_offset(broker: Broker) -> None:
     sent = [message() for _ in range(10)]
-    placed = await broker.publish([(m, ["user:h"]) for m in sent], origin="n")
+    placed = await publish(broker, [(m, ["user:h"]) for m in sent], origin="n")
     offs = [p["user:h"] for p in placed]
     everything = await broker.history.read("user:h", None, 100)
     assert [e.offset for e in everything] == offs
@@ -210,7 +224,8 @@ async def test_history_reads_exactly_what_follows_an_offset(broker: Broker) -> N
 
 async def test_history_reads_many_streams_at_once_as_each_alone(broker: Broker) -> None:
     sent = [message() for _ in range(6)]
-    placed = await broker.publish(
+    placed = await publish(
+        broker,
         [(m, ["user:m1"] if i % 2 else ["user:m2", "topic:m3"]) for i, m in enumerate(sent)],
         origin="n",
     )
@@ -230,8 +245,8 @@ async def test_history_reads_many_streams_at_once_as_each_alone(broker: Broker) 
 
 async def test_history_keeps_the_newest_history_size_entries(open_broker: OpenBroker) -> None:
     broker = await open_broker(history_size=5)
-    placed = await broker.publish([(message(), ["topic:small"]) for _ in range(12)], origin="n")
-    placed += await broker.publish([(message(), ["topic:small"])], origin="n")
+    placed = await publish(broker, [(message(), ["topic:small"]) for _ in range(12)], origin="n")
+    placed += await publish(broker, [(message(), ["topic:small"])], origin="n")
     kept = await broker.history.read("topic:small", None, 100)
     assert [e.offset for e in kept] == [p["topic:small"] for p in placed[-5:]]
 
@@ -451,26 +466,55 @@ async def test_sessions_vanish_with_their_node(broker: Broker) -> None:
 # -- idempotency ----------------------------------------------------------------------------------
 
 
-async def test_idempotency_claim_settle_release(broker: Broker) -> None:
-    keys = broker.idempotency
-    assert await keys.claim("k1", 30) is None
-    assert await keys.claim("k1", 30) == b""  # claimed, not settled yet
-    await keys.settle("k1", b'{"id":"m1"}', 30)
-    assert await keys.claim("k1", 30) == b'{"id":"m1"}'
-    assert await keys.claim("k2", 30) is None
-    await keys.release("k2")
-    assert await keys.claim("k2", 30) is None
-    await keys.release("never-claimed")
+async def test_a_bound_key_appends_nothing_again(open_broker: OpenBroker) -> None:
+    rec = Recorder()
+    broker = await open_broker(subscriber=rec)
+    first, second, third = message(), message(), message()
+    (placed,) = await broker.publish([Publication(first, ["user:i"], "c:k1", "fa")], "n")
+    assert isinstance(placed, Placed) and not placed.duplicate
+    assert (placed.id, placed.fingerprint) == (first.id, "fa")
+    again = await broker.publish(
+        [Publication(second, ["user:i"], "c:k1", "fa"), Publication(third, ["user:i"], "c:k1", "fb"),
+         Publication(second, ["user:i"], "c:k2", "fa"), Publication(third, ["user:i"], "c:k2", "fa")],
+        "n",
+    )  # fmt: skip
+    got = [p for p in again if isinstance(p, Placed)]
+    assert len(got) == 4
+    assert [(p.id, p.offsets, p.fingerprint, p.duplicate) for p in got] == [
+        (first.id, placed.offsets, "fa", True),
+        (first.id, placed.offsets, "fa", True),  # whatever the fingerprint: the caller compares
+        (second.id, got[2].offsets, "fa", False),
+        (second.id, got[2].offsets, "fa", True),  # bound by the item before it, same call
+    ]
+    kept = await broker.history.read("user:i", None, 10)
+    assert [e.message.id for e in kept] == [first.id, second.id]
+    await rec.until(lambda: len(rec.envelopes) >= 2)
+    await asyncio.sleep(0.05 * UNIT)
+    assert [e.message.id for e in rec.envelopes] == [first.id, second.id]
+    assert await broker.ledger.trail(third.id) is None
+    # another scope, the same key: another message
+    (other,) = await broker.publish([Publication(third, ["user:i"], "d:k1", "fa")], "n")
+    assert isinstance(other, Placed) and (other.id, other.duplicate) == (third.id, False)
 
 
-async def test_idempotency_claims_expire(broker: Broker) -> None:
-    keys = broker.idempotency
-    assert await keys.claim("short", 0.2 * UNIT) is None
-    await asyncio.sleep(0.4 * UNIT)
-    assert await keys.claim("short", 30) is None
-    await keys.settle("settled", b"r", 0.2 * UNIT)
-    await asyncio.sleep(0.4 * UNIT)
-    assert await keys.claim("settled", 30) is None
+async def test_bound_keys_expire(open_broker: OpenBroker) -> None:
+    broker = await open_broker(idempotency_ttl=1)
+    m1, m2 = message(), message()
+    (first,) = await broker.publish([Publication(m1, ["user:e"], "c:k", "f")], "n")
+    await asyncio.sleep(1.2)  # the key's ttl, 1 s: the shortest the setting allows
+    (later,) = await broker.publish([Publication(m2, ["user:e"], "c:k", "f")], "n")
+    assert isinstance(first, Placed) and isinstance(later, Placed)
+    assert (later.id, later.duplicate) == (m2.id, False)
+
+
+async def test_a_message_for_many_streams_reads_back_from_each(broker: Broker) -> None:
+    m = message(data={"blob": "x" * 2000})
+    users = [f"user:b{i}" for i in range(50)]
+    (placed,) = await publish(broker, [(m, users)], origin="n")
+    reads = await broker.history.read_many([(u, None) for u in users], 10)
+    assert [[(e.offset, e.message) for e in got] for got in reads] == [
+        [(placed[u], m)] for u in users
+    ]
 
 
 # -- commands and lifecycle -----------------------------------------------------------------------
@@ -511,7 +555,7 @@ async def test_accounting_counts_each_pair_once_in_its_publish_bucket(broker: Br
 
     ledger = broker.ledger
     m = timed(age=120)  # acks land in the publish bucket, however late they come
-    (placed,) = await broker.publish([(m, ["user:p1"])], origin="a")
+    (placed,) = await publish(broker, [(m, ["user:p1"])], origin="a")
     bucket = bucket_of(m.id)
     assert bucket is not None and bucket <= m.ts / 1000 < bucket + 5
     t = time.time()
@@ -559,7 +603,7 @@ async def test_accounting_ignores_ids_without_a_publish_time(broker: Broker) -> 
     from pushsvc.broker.base import Accepted, Expected
 
     m = message()
-    await broker.publish([(m, ["user:p1"])], origin="a")
+    await publish(broker, [(m, ["user:p1"])], origin="a")
     await broker.ledger.record([
         Accepted(m.id, "a", True), Expected(m.id, "d", "s", "a", 1.0), Sent(m.id, "d", "s", "a", 1.0, 1),
     ])  # fmt: skip

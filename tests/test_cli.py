@@ -294,8 +294,8 @@ def test_publish_to_topics_and_everyone(op: Operator) -> None:
     everyone = op.json("publish", "--all", "--event", "notice", "--no-ack", "--ttl", "60")
     assert list(everyone["streams"]) == ["all"]
     assert op.json("trace", everyone["id"])["trail"]["ack"] is False
-    key = uid("key")
-    first, again = (op("publish", "--user", uid(), "--event", "e", "--idempotency-key", key)
+    key, user = uid("key"), uid()  # the same request twice (another one would be a conflict)
+    first, again = (op("publish", "--user", user, "--event", "e", "--idempotency-key", key)
                     for _ in range(2))  # fmt: skip
     assert first.exit_code == again.exit_code == 0
     assert first.stdout == again.stdout and "duplicate" in again.stderr

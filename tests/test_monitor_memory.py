@@ -56,7 +56,7 @@ async def test_reconcile_in_process_names_what_the_drop_fault_swallowed(node: No
     assert sum(r.totals("acked") for r in reports) == 1
     missing = [m for r in reports for c in r.nodes.values() for m in c.samples]
     assert [(m.message_id, m.device, m.node, m.kind) for m in missing] == [
-        (swallowed.id, "ph", "solo", "unfanned")
+        (swallowed.id, "p1/ph", "solo", "unfanned")  # the device of that patient
     ]
     # the alert it would send, without an Alertmanager
     await service.probe(now)  # the registry: solo is live, its heartbeat fine

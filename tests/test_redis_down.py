@@ -29,6 +29,7 @@ from tests.support import (
     wait_until,
 )
 from tests.test_broker_contract import message
+from tests.test_broker_contract import publish as place
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -82,6 +83,7 @@ async def test_a_node_started_while_redis_is_down_waits_for_it(
     r = publish(node)
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "broker_unavailable"
+    assert r.json()["error"]["retryable"] is True
     assert r.elapsed.total_seconds() < 2 * UNIT
     token = node.token("p1")
 
@@ -243,7 +245,7 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await node.close()
         assert await broker.registry.nodes() == []
         assert broker.up
-        await broker.publish([(message(), ["user:p"])], origin="owner")  # still open
+        await place(broker, [(message(), ["user:p"])], origin="owner")  # still open
     finally:
         await broker.close()
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from pushsvc.broker.base import Command
+from pushsvc.broker.base import Command, Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis.history import range_start
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer
-from tests.test_broker_contract import Recorder, message
+from tests.test_broker_contract import Recorder, message, publish
 
 pytestmark = pytest.mark.redis
 
@@ -40,7 +40,7 @@ async def subscribed(server: RedisServer) -> AsyncIterator[tuple[RedisBroker, Re
 def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
     """One call into every part of the broker."""
     return [
-        lambda: broker.publish([(message(), ["user:p"])], origin="faults"),
+        lambda: publish(broker, [(message(), ["user:p"])], origin="faults"),
         lambda: broker.history.read("user:p", None, 10),
         lambda: broker.history.last_offset("user:p"),
         broker.bus.position,
@@ -49,7 +49,7 @@ def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
         lambda: broker.registry.find_session("s1"),
         lambda: broker.ledger.trail("m1"),
         lambda: broker.ledger.acked_ids("phone", ["m1"]),
-        lambda: broker.idempotency.claim("k", 30),
+        lambda: broker.publish([Publication(message(), ["user:p"], "c:k", "f")], "faults"),
     ]
 
 
@@ -64,7 +64,7 @@ async def assert_unavailable_fast(broker: RedisBroker, within: float, sample: in
 
 async def assert_delivers(broker: RedisBroker, rec: Recorder) -> None:
     before = len(rec.envelopes)
-    placed = await broker.publish([(message(), ["user:p"])], origin="faults")
+    placed = await publish(broker, [(message(), ["user:p"])], origin="faults")
     await rec.until(lambda: len(rec.envelopes) > before)
     assert rec.envelopes[-1].offsets == placed[0]
 
@@ -132,7 +132,7 @@ async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
         server.command("PUBLISH", broker.keys.bus, "not json")
         server.command("PUBLISH", broker.keys.commands, '{"kind": 1}')
         first, second = message(), message()
-        await broker.publish([(first, ["user:p"]), (second, ["user:p"])], origin="robust")
+        await publish(broker, [(first, ["user:p"]), (second, ["user:p"])], origin="robust")
         await Recorder().until(lambda: len(got) == 2)
         assert got == [first.id, second.id]
         assert broker.bus.subscriptions == 1 and broker.up
@@ -186,3 +186,28 @@ async def test_close_stops_the_reader_and_frees_every_connection(server: RedisSe
     await asyncio.sleep(0.2 * UNIT)
     listed = server.command("CLIENT", "LIST").strip().splitlines()
     assert len(listed) == 1, listed  # only redis-cli itself
+
+
+async def test_a_keyed_publish_lost_to_a_frozen_redis_is_found_by_its_retry(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    """The reply comes after the deadline: the publish raises, Redis appends when it wakes, and
+    a retry with the same key (a new message id) gets the first message's placement."""
+    broker, rec = subscribed
+    assert server.proc is not None
+    first, retry = message(), message()
+    # the command connection is open and the script loaded: the publish goes out and runs
+    await publish(broker, [(message(), ["user:warm-up"])], origin="faults")
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([Publication(first, ["user:lost"], "c:k", "f")], "faults")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    await rec.until(lambda: broker.bus.connected, 10 * UNIT)  # Redis answers again
+    (placed,) = await broker.publish([Publication(retry, ["user:lost"], "c:k", "f")], "faults")
+    assert isinstance(placed, Placed)
+    assert (placed.id, placed.duplicate) == (first.id, True)
+    kept = await broker.history.read("user:lost", None, 10)
+    assert [(e.offset, e.message.id) for e in kept] == [(placed.offsets["user:lost"], first.id)]
+    assert await broker.ledger.trail(retry.id) is None

@@ -9,13 +9,18 @@ A :class:`Broker` is one object with five parts, each a small interface:
 - :class:`Bus` carries envelopes and operator commands to every node.
 - :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
 - :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
-- :class:`Idempotency` remembers publish keys for their window.
 - :class:`Lease` lets one of several monitors be the active one.
 
 The ledger also keeps the **delivery accounting** the monitor reconciles (docs/monitoring.md):
 per time bucket of :data:`BUCKET_SECONDS` by publish time (:func:`bucket_of`) and per node,
 counters of published messages and of (message, device) pairs expected, sent, acked, redelivered
 and expired, each pair counted once whatever the retries, reconnects and replays.
+
+**Idempotency keys** are bound inside the same atomic step as the append: a keyed
+:class:`Publication` whose key is already bound appends nothing and gets the first message's
+:class:`Placed` back (``duplicate``). A key is bound exactly when its message was appended, so a
+publish whose outcome is unknown (its reply lost) can be retried with the same key: whichever
+attempt runs first appends, every later one gets its id. Keys live ``idempotency_ttl`` seconds.
 
 Calling contract: ``await start()`` before anything else, ``await close()`` at the end (both
 idempotent). ``up`` is False while the broker cannot be reached; publishing then raises
@@ -30,6 +35,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from pushsvc.core.trail import Trail
+from pushsvc.errors import BrokerError
 from pushsvc.types import Envelope, HistoryEntry, Message
 
 
@@ -137,6 +143,20 @@ class Expired(msgspec.Struct, tag="expired", frozen=True):
 
 LedgerEvent = Published | Sent | SentCount | Acked | Accepted | Expected | Expired
 
+
+def device_key(user: str, device: str) -> str:
+    """The name of a patient's device in ledger records and trails: device ids are chosen by
+    clients, so two patients may both have a ``phone``; they never share an ack. (User names
+    have no ``/``: the first one separates.)"""
+    return f"{user}/{device}"
+
+
+def split_device_key(key: str) -> tuple[str, str]:
+    """``(user, device)`` of a :func:`device_key`."""
+    user, _, device = key.partition("/")
+    return user, device
+
+
 #: Width of an accounting bucket, seconds. Nodes and monitor must agree: a constant, not a setting.
 BUCKET_SECONDS = 5
 
@@ -173,6 +193,34 @@ class Pair(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float  # the message's expiry, unix seconds
     attempts: int = 0  # the most writes to one session
     nodes: tuple[str, ...] = ()  # every node that wrote it or expected it
+
+
+class Publication(msgspec.Struct, frozen=True, gc=False):
+    """A message to append to ``streams``. ``key``: its idempotency key, already scoped to its
+    caller (:meth:`pushsvc.broker.keys.Keyspace.idempotency` takes it whole); ``fingerprint``:
+    what the request said, compared when the key is found bound."""
+
+    message: Message
+    streams: list[str]
+    key: str | None = None
+    fingerprint: str = ""
+
+
+class Placed(msgspec.Struct, kw_only=True):
+    """Where a publication went: its message id and offsets by stream. ``duplicate``: its key
+    was bound already, this is the first publication's placement and ``fingerprint`` the first
+    request's."""
+
+    id: str
+    offsets: dict[str, str]
+    fingerprint: str = ""
+    duplicate: bool = False
+
+
+#: What :meth:`Broker.publish` says of one publication: placed, or why not. A
+#: :class:`pushsvc.errors.BrokerError` means it may or may not have been appended (its key, if
+#: any, is bound exactly when it was).
+Outcome = Placed | BrokerError
 
 
 class History(abc.ABC):
@@ -275,19 +323,6 @@ class Ledger(abc.ABC):
         """Every expected (message, device) pair of ``message_ids`` whose trail still exists."""
 
 
-class Idempotency(abc.ABC):
-    @abc.abstractmethod
-    async def claim(self, key: str, ttl: float) -> bytes | None:
-        """Claim ``key``. None: it is yours, publish then :meth:`settle` or :meth:`release`.
-        Otherwise the stored value: a settled result, or ``b""`` while another claim is open."""
-
-    @abc.abstractmethod
-    async def settle(self, key: str, result: bytes, ttl: float) -> None: ...
-
-    @abc.abstractmethod
-    async def release(self, key: str) -> None: ...
-
-
 class Lease(abc.ABC):
     @abc.abstractmethod
     async def acquire(self, holder: str, ttl: float) -> bool:
@@ -304,7 +339,6 @@ class Broker(abc.ABC):
     bus: Bus
     registry: Registry
     ledger: Ledger
-    idempotency: Idempotency
     lease: Lease
 
     @property
@@ -318,12 +352,13 @@ class Broker(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def publish(
-        self, items: list[tuple[Message, list[str]]], origin: str
-    ) -> list[dict[str, str]]:
-        """Append each message to its streams, put its envelope on the bus and start its trail
-        (the :class:`Published` record, as if recorded to the ledger), atomically per message and
-        in order. Returns each message's offsets by stream."""
+    async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
+        """Append each message to its streams, put its envelope on the bus, start its trail
+        (the :class:`Published` record, as if recorded to the ledger) and bind its key,
+        atomically per message and in order; a publication whose key is bound already does none
+        of that. One outcome per item, in order (a :class:`Placed` with ``duplicate`` for a bound
+        key, whatever its fingerprint: the caller compares). Raises
+        :class:`pushsvc.errors.BrokerUnavailable` when no item's outcome is known."""
 
 
 __all__ = [
@@ -337,12 +372,14 @@ __all__ = [
     "Expected",
     "Expired",
     "History",
-    "Idempotency",
     "Lease",
     "Ledger",
     "LedgerEvent",
     "NodeInfo",
+    "Outcome",
     "Pair",
+    "Placed",
+    "Publication",
     "Published",
     "Registry",
     "Sent",
@@ -351,4 +388,6 @@ __all__ = [
     "Tally",
     "Trail",
     "bucket_of",
+    "device_key",
+    "split_device_key",
 ]

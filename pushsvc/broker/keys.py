@@ -1,17 +1,25 @@
 """Every Redis key and channel name pushsvc uses, and what lives there.
 
 All names start with one prefix (default ``pushsvc:``, written ``{p}`` below), so several
-deployments can share a Redis. Nothing outside this module spells a key. For each key: its type and
-content; its TTL; who writes it → who reads it.
+deployments can share a Redis. Keys are per database already; pub/sub channels are not (a
+``PUBLISH`` reaches the subscribers of every database), so channel names also carry the database
+number (written ``{db}``): two deployments on one Redis, under another prefix or in another
+database, never hear each other. Nothing outside this module spells a key. For each key: its
+type and content; its TTL; who writes it → who reads it.
 
-``{p}stream:<stream>`` — stream; entry id = the offset, field ``m`` = the Message as JSON.
+``{p}stream:<stream>`` — stream; entry id = the offset; field ``m`` = the Message as JSON, or,
+    for a message appended to several streams, field ``r`` = its id: the message is in
+    ``{p}body:<id>``, stored once however many streams hold it.
     ``history_ttl`` after the last append, trimmed to exactly ``history_size`` entries.
     The publish script (any node) → history reads (resume, offline inbox, catch-up).
-``{p}bus`` — pub/sub channel; one Envelope JSON per published message, in publish order.
+``{p}body:<message id>`` — string; the Message as JSON, of a message appended to several
+    streams. Expires when history reads stop returning it (publish time + ``history_ttl``).
+    The publish script → history reads.
+``{p}db{db}:bus`` — pub/sub channel; one Envelope JSON per published message, in publish order.
     The publish script → every node's bus reader.
 ``{p}bus:seq`` — string; the ``seq`` of the newest envelope (INCR). No TTL.
     The publish script → ``Bus.position()``.
-``{p}commands`` — pub/sub channel; Command JSON.
+``{p}db{db}:commands`` — pub/sub channel; Command JSON.
     ``Bus.send_command`` (API, CLI) → every node's bus reader.
 ``{p}nodes`` — sorted set; member = node id, score = its heartbeat expiry (unix s).
     Members are pruned :data:`NODE_PRUNE_AFTER` seconds after that expiry.
@@ -28,8 +36,10 @@ content; its TTL; who writes it → who reads it.
     (``history_ttl`` + retention until its Published record arrives).
     The publish script (its Published record) and the ledger script → ``trail()``,
     ``acked_ids()``.
-``{p}idem:<key>`` — string; ``""`` while claimed (the claim TTL), then the publish result
-    (``idempotency_ttl``). ``claim`` / ``settle`` / ``release`` → ``claim``.
+``{p}idem:<caller>:<key>`` — string; the placement of the first message published with that
+    idempotency key by that caller (the API key's name), JSON ``{"fingerprint", "id",
+    "offsets"}``; bound by the publish script in the same atomic run as the append, so it exists
+    exactly when the message was appended. ``idempotency_ttl``. The publish script → itself.
 ``{p}tally:<bucket>`` — hash; the delivery accounting of one bucket (its start, unix s; see
     ``base.bucket_of``): field ``<counter>:<node>`` → count, counters as in ``base.COUNTERS``.
     The ledger retention after its last write. The ledger script → ``Ledger.tallies`` (monitor).
@@ -79,11 +89,12 @@ NODE_PRUNE_AFTER = 60.0
 class Keyspace:
     """Key and channel names under one prefix. Pure string building: no I/O."""
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, db: int = 0) -> None:
         self.prefix = prefix
-        self.bus = prefix + "bus"
+        self.db = db
+        self.bus = f"{prefix}db{db}:bus"
         self.bus_seq = prefix + "bus:seq"
-        self.commands = prefix + "commands"
+        self.commands = f"{prefix}db{db}:commands"
         self.nodes = prefix + "nodes"
         self.monitor_lease = prefix + "monitor:lease"
 
@@ -102,8 +113,12 @@ class Keyspace:
     def trail(self, message_id: str) -> str:
         return f"{self.prefix}trail:{message_id}"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}idem:{key}"
+    def body(self, message_id: str) -> str:
+        return f"{self.prefix}body:{message_id}"
+
+    def idempotency(self, scoped_key: str) -> str:
+        """``scoped_key``: ``<caller>:<key>``, as the publisher scopes it."""
+        return f"{self.prefix}idem:{scoped_key}"
 
     def tally(self, bucket: int) -> str:
         return f"{self.prefix}tally:{bucket}"

@@ -2,13 +2,16 @@
 
 It is a real implementation, not a stand-in: one node with no Redis runs on it, and it passes the
 same contract suite as the Redis broker. Expiry is checked against ``clock()`` when data is read and
-swept as it is written, so nothing grows without bound.
+swept as it is written, so nothing grows without bound: a stream whose newest entry is older than
+the history TTL is dropped whole, idempotency keys leave an expiry heap in order (a claim costs
+O(log n) however many keys are live).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from pushsvc.broker.base import (
@@ -20,12 +23,14 @@ from pushsvc.broker.base import (
     Expected,
     Expired,
     History,
-    Idempotency,
     Lease,
     Ledger,
     LedgerEvent,
     NodeInfo,
+    Outcome,
     Pair,
+    Placed,
+    Publication,
     Published,
     Registry,
     Sent,
@@ -49,11 +54,19 @@ class MemoryHistory(History):
         self._ttl = ttl
         self._clock = clock
         self._streams: dict[str, deque[HistoryEntry]] = {}
-        self._last: dict[str, offsets.Position] = {}
+        # stream -> its newest position, least recently appended to first: a stream whose
+        # newest entry is past the TTL has no entry left to read and is dropped (as Redis
+        # expires the key ``ttl`` after its last append)
+        self._last: OrderedDict[str, offsets.Position] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Streams held."""
+        return len(self._streams)
 
     def append(self, stream: str, message: Message) -> str:
         now_ms = int(self._clock() * 1000)
-        position = offsets.next_position(self._last.get(stream, offsets.ZERO), now_ms)
+        self.sweep(now_ms)
+        position = offsets.next_position(self._last.pop(stream, offsets.ZERO), now_ms)
         self._last[stream] = position
         offset = offsets.format_position(position)
         entries = self._streams.get(stream)
@@ -62,6 +75,17 @@ class MemoryHistory(History):
         entries.append(HistoryEntry(offset, message))
         self._trim(entries, now_ms)
         return offset
+
+    def sweep(self, now_ms: int) -> None:
+        """Drop the streams last appended to more than the TTL ago (oldest first, O(1) each)."""
+        horizon = now_ms - int(self._ttl * 1000)
+        last = self._last
+        while last:
+            stream, (ms, _) = next(iter(last.items()))
+            if ms >= horizon:
+                return
+            del last[stream]
+            self._streams.pop(stream, None)
 
     def _trim(self, entries: deque[HistoryEntry], now_ms: int) -> None:
         horizon = now_ms - int(self._ttl * 1000)
@@ -327,26 +351,37 @@ class MemoryLedger(Ledger):
         return out
 
 
-class MemoryIdempotency(Idempotency):
-    def __init__(self, clock: Clock) -> None:
+class MemoryKeys:
+    """Bound idempotency keys: key -> the placement of its first publication, each kept ``ttl``
+    seconds. Expired keys leave a heap in expiry order as time passes: O(log n) per bind."""
+
+    def __init__(self, ttl: float, clock: Clock) -> None:
+        self._ttl = ttl
         self._clock = clock
-        self._keys: dict[str, tuple[bytes, float]] = {}
+        self._placed: dict[str, tuple[Placed, float]] = {}
+        self._expiry: list[tuple[float, str]] = []
 
-    async def claim(self, key: str, ttl: float) -> bytes | None:
+    def __len__(self) -> int:
+        return len(self._placed)
+
+    def get(self, key: str) -> Placed | None:
         now = self._clock()
-        held = self._keys.get(key)
-        if held is not None and held[1] > now:
-            return held[0]
-        if len(self._keys) > 10_000:
-            self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
-        self._keys[key] = (b"", now + ttl)
-        return None
+        self._sweep(now)
+        held = self._placed.get(key)
+        return held[0] if held is not None and held[1] > now else None
 
-    async def settle(self, key: str, result: bytes, ttl: float) -> None:
-        self._keys[key] = (result, self._clock() + ttl)
+    def bind(self, key: str, placed: Placed) -> None:
+        until = self._clock() + self._ttl
+        self._placed[key] = (placed, until)
+        heapq.heappush(self._expiry, (until, key))
 
-    async def release(self, key: str) -> None:
-        self._keys.pop(key, None)
+    def _sweep(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, key = heapq.heappop(expiry)
+            held = self._placed.get(key)
+            if held is not None and held[1] <= now:
+                del self._placed[key]
 
 
 class MemoryLease(Lease):
@@ -376,13 +411,14 @@ class MemoryBroker(Broker):
         history_size: int = 1000,
         history_ttl: float = 86_400,
         ledger_retention: float = 3600,
+        idempotency_ttl: float = 86_400,
         clock: Clock = time.time,
     ) -> None:
         self.history = self._history = MemoryHistory(history_size, history_ttl, clock)
         self.bus = self._bus = MemoryBus()
         self.registry = MemoryRegistry(clock)
         self.ledger = self._ledger = MemoryLedger(ledger_retention, clock)
-        self.idempotency = MemoryIdempotency(clock)
+        self.keys = MemoryKeys(idempotency_ttl, clock)
         self.lease = MemoryLease(clock)
 
     @property
@@ -395,17 +431,25 @@ class MemoryBroker(Broker):
     async def close(self) -> None:
         return None
 
-    async def publish(
-        self, items: list[tuple[Message, list[str]]], origin: str
-    ) -> list[dict[str, str]]:
-        results = []
-        for message, streams in items:
-            placed = {stream: self._history.append(stream, message) for stream in streams}
-            m = message
+    async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
+        results: list[Outcome] = []
+        for item in items:
+            held = self.keys.get(item.key) if item.key is not None else None
+            if held is not None:
+                again = Placed(
+                    id=held.id, offsets=held.offsets, fingerprint=held.fingerprint, duplicate=True
+                )
+                results.append(again)
+                continue
+            m = item.message
+            placed = {stream: self._history.append(stream, m) for stream in item.streams}
             self._ledger.start(
                 Published(m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, placed)
             )
             self._bus.seq += 1
-            self._bus.deliver(Envelope(message, placed, origin, self._bus.seq))
-            results.append(placed)
+            self._bus.deliver(Envelope(m, placed, origin, self._bus.seq))
+            result = Placed(id=m.id, offsets=placed, fingerprint=item.fingerprint)
+            if item.key is not None:
+                self.keys.bind(item.key, result)
+            results.append(result)
         return results

@@ -22,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc import __version__
-from pushsvc.auth import api_key_ok
-from pushsvc.broker.base import Command
+from pushsvc.auth import api_key_ok, caller_name
+from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
@@ -189,8 +189,11 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             where = "" if index is None else f"messages[{index}]: "
             raise ApiError(413, "message_too_large", where + str(exc)) from None
 
-    async def run(items: list[Outgoing]) -> list[dict[str, Any]]:
-        return [msgspec.to_builtins(r) for r in await publishing.run(items)]
+    async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
+        caller = caller_name(request.headers.get("authorization"), settings.api_keys)
+        if caller is None:  # checked by the router's dependency already
+            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
+        return [msgspec.to_builtins(r) for r in await publishing.run(items, caller, batch)]
 
     @v1.post(
         "/messages", status_code=202, summary="Publish one message",
@@ -198,7 +201,7 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
     )  # fmt: skip
     async def publish(request: Request) -> dict[str, Any]:
         req = await parse(request, PublishRequest)
-        (result,) = await run([outgoing(req)])
+        (result,) = await run(request, [outgoing(req)], batch=False)
         return result
 
     @v1.post(
@@ -208,7 +211,7 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
     async def publish_batch(request: Request) -> dict[str, Any]:
         req = await parse(request, BatchRequest)
         items = [outgoing(m, i) for i, m in enumerate(req.messages)]
-        return {"results": await run(items)}
+        return {"results": await run(request, items, batch=True)}
 
     @v1.get("/messages/{message_id}", summary="A message's delivery trail")
     async def message_trail(message_id: str) -> dict[str, Any]:
@@ -227,7 +230,8 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             "state": trails.state(found, time.time()),
             "devices": [
                 {
-                    "device": d.device,
+                    "user": split_device_key(d.device)[0],
+                    "device": split_device_key(d.device)[1],
                     "session": d.session,
                     "node": d.node,
                     "sent_at": d.sent_at,
@@ -322,7 +326,7 @@ def _operations(app: FastAPI, node: Node) -> None:
 def _error_answers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        return exc.response()
 
     @app.exception_handler(BrokerError)
     async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:

@@ -31,11 +31,11 @@ from typing import Annotated
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pushsvc.auth import api_key_ok
+from pushsvc.auth import caller_name
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http import jsonguard
 from pushsvc.http.models import EVENT_PATTERN
-from pushsvc.http.publishing import ApiError, Publishing, error_response, outgoing
+from pushsvc.http.publishing import ApiError, Publishing, outgoing
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import tracing
 
@@ -122,13 +122,11 @@ class PublishLane:
                 length = value
             elif name == b"authorization":
                 authorization = value
-        if (
-            length is None
-            or not length.isdigit()
-            or int(length) > self.limit
-            or authorization is None
-            or not api_key_ok(authorization.decode("latin-1"), self.api_keys)
-        ):
+        sized = length is not None and length.isdigit() and int(length) <= self.limit
+        caller = None
+        if sized and authorization is not None:
+            caller = caller_name(authorization.decode("latin-1"), self.api_keys)
+        if caller is None:
             await self.app(scope, receive, send)
             return
         body, more = await _read(receive, self.limit)
@@ -137,9 +135,9 @@ class PublishLane:
             await self.app(scope, _replay(body, more, receive), send)
             return
         try:
-            results = await self.publishing.run(items)
+            results = await self.publishing.run(items, caller, batch)
         except ApiError as exc:
-            await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
+            await exc.response()(scope, receive, send)
             return
         payload = _encode({"results": results} if batch else results[0])
         await send({"type": "http.response.start", "status": 202, "headers": [

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.responses import JSONResponse
 
 from pushsvc.core.streams import ALL, topic_stream, user_stream
-from pushsvc.errors import BrokerError, BrokerUnavailable, IdempotencyConflict
-from pushsvc.node.publish import Outgoing, Publisher, Result
+from pushsvc.errors import BrokerError
+from pushsvc.node.publish import Outcome, Outgoing, Publisher, Result
 from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -19,18 +20,47 @@ if TYPE_CHECKING:
 
 
 class ApiError(Exception):
-    """An error answer: ``status`` with ``{"error": {"code", "message"}}``."""
+    """An error answer: ``status`` with ``{"error": {"code", "message"}}``; with
+    ``"retryable": true`` in the error when ``retryable``, and ``results`` beside it (one per
+    item of a batch) when given."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        results: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retryable = retryable
+        self.results = results
+
+    def response(self) -> JSONResponse:
+        metrics.http_errors.labels(str(self.status)).inc()
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retryable:
+            error["retryable"] = True
+        body: dict[str, Any] = {"error": error}
+        if self.results is not None:
+            body["results"] = self.results
+        return JSONResponse(body, status_code=self.status)
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     metrics.http_errors.labels(str(status)).inc()
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+#: What a 503 of a publish says: the outcome is unknown, and how to retry safely.
+MAYBE = (
+    "the broker did not confirm this publish: it may or may not have been published; retry with"
+    " the same idempotency_key (its first message id is returned if it was)"
+)
 
 
 def outgoing(
@@ -68,14 +98,27 @@ class Publishing:
         self.settings = node.settings
         self._publisher = Publisher(node)
 
-    async def run(self, items: list[Outgoing]) -> list[Result]:
-        """Publish ``items``; one result each. Raises :class:`ApiError`: 503 while the broker
-        is unavailable (retry with the same key), 409 for a key being published right now."""
-        try:
-            return await self._publisher.publish(items)
-        except BrokerUnavailable as exc:
-            raise ApiError(503, exc.slug, exc.message + "; retry with the same key") from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, exc.slug, exc.message) from None
-        except BrokerError as exc:
-            raise ApiError(503, exc.slug, exc.message) from None
+    async def run(self, items: list[Outgoing], caller: str, batch: bool = False) -> list[Result]:
+        """Publish ``items`` with the idempotency scope ``caller``; one result each when every
+        one was published. Otherwise raises :class:`ApiError`: 503 ``retryable`` when any item
+        may or may not have been published, else 409 ``idempotency_conflict``; for a ``batch``
+        with ``results``, one per item in order (a result, or ``{"error": {...}}``)."""
+        outcomes = await self._publisher.attempt(items, caller)
+        failed = [o for o in outcomes if not isinstance(o, Result)]
+        if not failed:
+            return [o for o in outcomes if isinstance(o, Result)]
+        maybe = [o for o in failed if isinstance(o, BrokerError)]
+        first = maybe[0] if maybe else failed[0]
+        status, message = (503, MAYBE) if maybe else (409, first.message)
+        results = [_result_or_error(o) for o in outcomes] if batch else None
+        if batch and len(failed) < len(outcomes):
+            message = f"{len(failed)} of {len(outcomes)} messages failed (see results); " + message
+        raise ApiError(status, first.slug, message, retryable=bool(maybe), results=results)
+
+
+def _result_or_error(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, Result):
+        return msgspec.structs.asdict(outcome)
+    if isinstance(outcome, BrokerError):
+        return {"error": {"code": outcome.slug, "message": MAYBE, "retryable": True}}
+    return {"error": {"code": outcome.slug, "message": outcome.message}}

@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from pushsvc.broker.base import Expired, SentCount
+from pushsvc.broker.base import Expired, SentCount, device_key
 from pushsvc.core import frames, offsets
 from pushsvc.core import replay as replay_rules
 from pushsvc.core.flow import TokenBucket
@@ -77,7 +77,9 @@ async def replay(
             acked: set[str] = set()
             if owed:
                 await node.accounting.flush()  # acks this node holds must count too
-                acked = await node.broker.ledger.acked_ids(session.device, owed)
+                acked = await node.broker.ledger.acked_ids(
+                    device_key(session.user, session.device), owed
+                )
             picked = select(node, session, stream, entries, since, acked, now_ms)
             chosen.extend((stream, e) for e in picked)
     except (BrokerError, OSError) as exc:
@@ -144,8 +146,9 @@ def select(
     """What to replay of ``stream`` (:func:`replay.select`); counts the inbox entries this
     device came back too late for as expired (docs/monitoring.md)."""
     if is_user_stream(stream):
+        device = device_key(session.user, session.device)
         for e in entries:
             m = e.message
             if m.ack and m.expires <= now_ms and m.id not in acked:
-                node.accounting.record(Expired(m.id, session.device, node.id))
+                node.accounting.record(Expired(m.id, device, node.id))
     return replay_rules.select(stream, entries, since, acked.__contains__, now_ms)

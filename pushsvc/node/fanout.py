@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from pushsvc.broker.base import Expected, SentCount
+from pushsvc.broker.base import Expected, SentCount, device_key
 from pushsvc.core import frames, offsets
 from pushsvc.node.session import Phase
 from pushsvc.telemetry import metrics, tracing
@@ -100,8 +100,9 @@ class FanOut:
                     seen.add(session.id)
                 if dropped and session.phase == Phase.LIVE:  # fault injection: owed, not written
                     if message.ack:
+                        device = device_key(session.user, session.device)
                         node.accounting.record(
-                            Expected(message.id, session.device, session.id, node.id, now)
+                            Expected(message.id, device, session.id, node.id, now)
                         )
                 elif session.offer(stream, position, message, frame):
                     written += 1

@@ -35,6 +35,7 @@ from pushsvc.broker.base import (
     NodeInfo,
     Sent,
     SessionInfo,
+    device_key,
 )
 from pushsvc.core import frames
 from pushsvc.core.acks import AckLedger
@@ -284,7 +285,8 @@ class Node:
         if not (self.faults.drop_deliveries and self.faults.drops(message.id)):
             return True
         if message.ack:
-            self.accounting.record(Expected(message.id, session.device, session.id, self.id, now))
+            device = device_key(session.user, session.device)
+            self.accounting.record(Expected(message.id, device, session.id, self.id, now))
         return False
 
     def track(
@@ -292,7 +294,8 @@ class Node:
     ) -> None:
         """Owe an ack for ``message`` written to ``session`` and put the write in the trail."""
         attempt = self.acks.sent(session.id, message.id, (frame, message.ts), now)
-        self.accounting.record(Sent(message.id, session.device, session.id, self.id, now, attempt))
+        device = device_key(session.user, session.device)
+        self.accounting.record(Sent(message.id, device, session.id, self.id, now, attempt))
 
     def _acked(self, session: Session, ids: list[str]) -> None:
         settled = self.acks.acked(session.id, ids)
@@ -304,8 +307,9 @@ class Node:
         metrics.acked.inc(len(settled))
         if tracing.tracer is not None:
             tracing.acked(self.id, session.id, settled, time.time_ns())
+        device = device_key(session.user, session.device)
         for message_id in settled:
-            self.accounting.record(Acked(message_id, session.device, session.id, self.id, now))
+            self.accounting.record(Acked(message_id, device, session.id, self.id, now))
         # ack latency needs the publish time: message ids start with it (see publish.new_id)
         for message_id in settled:
             metrics.ack_latency.observe(max(0.0, now - int(message_id[:12], 16) / 1000))
@@ -367,9 +371,8 @@ class Node:
             if session is None:
                 continue
             session.write(r.payload[0])
-            self.accounting.record(
-                Sent(r.message_id, session.device, session.id, self.id, now, r.attempt)
-            )
+            device = device_key(session.user, session.device)
+            self.accounting.record(Sent(r.message_id, device, session.id, self.id, now, r.attempt))
         if redeliver:
             metrics.redeliveries.inc(len(redeliver))
         for session_id in exhausted:

@@ -1,29 +1,29 @@
 """The publish path: from an accepted request to an appended, announced message.
 
-:meth:`Publisher.publish` gives each message its id and times, honours idempotency keys, hands the
-batch to :meth:`Broker.publish` (history + bus, atomically per message), writes the trail's first
-record, and returns one result per item in order.
+:meth:`Publisher.attempt` gives each message its id and times, scopes its idempotency key to the
+caller, hands the batch to :meth:`Broker.publish` (history, bus, trail and key, atomically per
+message), writes the trail's first record, and says for each item, in order, what became of it:
+a :class:`Result`, an :class:`IdempotencyConflict` (its key was used by this caller for another
+request: nothing published), or a :class:`BrokerError` (it may have been published; its key,
+if any, is bound exactly when it was, so a retry with the same key returns its first id).
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import random
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from pushsvc.broker.base import Published
-from pushsvc.errors import IdempotencyConflict
+from pushsvc.broker.base import Placed, Publication, Published
+from pushsvc.errors import BrokerError, IdempotencyConflict, PushError
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import Message
 
 if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
-
-IDEMPOTENCY_WAIT = 5.0
-CLAIM_TTL = 30.0  # an open claim outlives a crashed publisher by this much, no more
 
 
 def new_id(now_ms: int) -> str:
@@ -45,6 +45,17 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     ack: bool
     idempotency_key: str | None = None
 
+    def fingerprint(self) -> str:
+        """A digest of everything the request asks for but its idempotency key: two requests
+        with one key and different fingerprints are two different requests. ``data`` counts
+        by its value (spacing and the order of object keys do not: the lane keeps the caller's
+        bytes, the routes encode compactly), the recipients as a set."""
+        data = msgspec.json.encode(msgspec.json.decode(self.data), order="sorted")
+        asked = msgspec.structs.replace(
+            self, streams=sorted(self.streams), data=data, idempotency_key=None
+        )
+        return hashlib.sha256(msgspec.json.encode(asked)).hexdigest()[:32]
+
 
 class Result(msgspec.Struct):
     id: str
@@ -53,85 +64,79 @@ class Result(msgspec.Struct):
     duplicate: bool = False
 
 
+#: What became of one item of a publish.
+Outcome = Result | PushError
+
+
 class Publisher:
     def __init__(self, node: Node) -> None:
         self._node = node
 
-    async def publish(self, items: list[Outgoing]) -> list[Result]:
-        """Publish ``items`` in order. Raises BrokerUnavailable when the broker is down and
-        IdempotencyConflict when a key is still being published by another request."""
+    async def publish(self, items: list[Outgoing], caller: str = "") -> list[Result]:
+        """:meth:`attempt`, for callers that want all or an error: raises the first item's
+        failure unless every item was published."""
+        outcomes = await self.attempt(items, caller)
+        for outcome in outcomes:
+            if isinstance(outcome, PushError):
+                raise outcome
+        return [o for o in outcomes if isinstance(o, Result)]
+
+    async def attempt(self, items: list[Outgoing], caller: str = "") -> list[Outcome]:
+        """Publish ``items`` in order; what became of each. ``caller``: the scope of their
+        idempotency keys (the API key's name; "" for the node's own pages)."""
         node = self._node
         settings = node.settings
         now_ms = int(time.time() * 1000)
-        results: list[Result | None] = [None] * len(items)
-        fresh: list[tuple[int, Message, Outgoing]] = []
-        claimed: list[str] = []
-        first_of: dict[str, int] = {}  # key -> index of its first item in this batch
-        repeats: list[tuple[int, int]] = []
         sends = tracing.sends(node.id)
+        publications = []
+        for item in items:
+            ttl = min(item.ttl, settings.history_ttl)
+            message_id = new_id(now_ms)
+            message = Message(
+                id=message_id,
+                event=item.event,
+                data=msgspec.Raw(item.data),
+                ts=now_ms,
+                ack=item.ack,
+                expires=now_ms + ttl * 1000,
+                traceparent=sends.start(message_id, item.event, item.streams),
+            )
+            key = item.idempotency_key
+            if key is None:
+                publications.append(Publication(message, item.streams))
+            else:
+                scoped = f"{caller}:{key}"
+                publications.append(Publication(message, item.streams, scoped, item.fingerprint()))
         try:
-            for i, item in enumerate(items):
-                key = item.idempotency_key
-                if key is not None and key in first_of:
-                    repeats.append((i, first_of[key]))
-                    continue
-                if key is not None:
-                    first_of[key] = i
-                    earlier = await self._claim(key)
-                    if earlier is not None:
-                        results[i] = earlier
-                        continue
-                    claimed.append(key)
-                ttl = min(item.ttl, settings.history_ttl)
-                message_id = new_id(now_ms)
-                message = Message(
-                    id=message_id,
-                    event=item.event,
-                    data=msgspec.Raw(item.data),
-                    ts=now_ms,
-                    ack=item.ack,
-                    expires=now_ms + ttl * 1000,
-                    traceparent=sends.start(message_id, item.event, item.streams),
-                )
-                fresh.append((i, message, item))
-            placed = await node.broker.publish([(m, it.streams) for _, m, it in fresh], node.id)
-        except BaseException as exc:
+            placed = await node.broker.publish(publications, node.id)
+        except BrokerError as exc:
             sends.fail(exc)
-            for held in claimed:
-                await node.broker.idempotency.release(held)
-            raise
+            return [exc] * len(items)
         sends.end()
-        for (i, message, item), offsets in zip(fresh, placed, strict=True):
-            node.accounting.record(
-                Published(message.id, message.event, message.ts / 1000, message.expires / 1000,
-                          message.ack, offsets)
-            )  # fmt: skip
-            result = Result(message.id, offsets, node.index.count(item.streams))
-            results[i] = result
-            if item.idempotency_key is not None:
-                await node.broker.idempotency.settle(
-                    item.idempotency_key,
-                    msgspec.json.encode(Result(message.id, offsets, 0)),
-                    settings.idempotency_ttl,
+        outcomes: list[Outcome] = []
+        fresh = 0
+        for item, publication, outcome in zip(items, publications, placed, strict=True):
+            if not isinstance(outcome, Placed):
+                outcomes.append(outcome)
+            elif outcome.duplicate:
+                outcomes.append(self._again(item, publication, outcome))
+            else:
+                fresh += 1
+                m = publication.message
+                offsets = outcome.offsets
+                node.accounting.record(
+                    Published(m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, offsets)
                 )
-        for i, first in repeats:
-            done = results[first]
-            assert done is not None
-            results[i] = Result(done.id, done.streams, done.online_sessions, duplicate=True)
-        metrics.published.inc(len(fresh))
-        return [r for r in results if r is not None]
+                outcomes.append(Result(m.id, offsets, node.index.count(item.streams)))
+        metrics.published.inc(fresh)
+        return outcomes
 
-    async def _claim(self, key: str) -> Result | None:
-        store = self._node.broker.idempotency
-        deadline = time.monotonic() + IDEMPOTENCY_WAIT
-        while True:
-            held = await store.claim(key, CLAIM_TTL)
-            if held is None:
-                return None
-            if held:
-                earlier = msgspec.json.decode(held, type=Result)
-                earlier.duplicate = True
-                return earlier
-            if time.monotonic() > deadline:
-                raise IdempotencyConflict(f"idempotency key {key!r} is being published right now")
-            await asyncio.sleep(0.02)
+    @staticmethod
+    def _again(item: Outgoing, publication: Publication, placed: Placed) -> Outcome:
+        """The answer to an item whose key was bound already."""
+        if placed.fingerprint != publication.fingerprint:
+            return IdempotencyConflict(
+                f"idempotency key {item.idempotency_key!r} was used for another request"
+                f" (message {placed.id}); use a new key for a new message"
+            )
+        return Result(placed.id, placed.offsets, 0, duplicate=True)

@@ -97,6 +97,11 @@ catchups = Counter(
 catchup_messages = Counter(
     "pushsvc_bus_catchup_messages", "History entries re-read by catch-ups", registry=REGISTRY
 )
+history_undecodable = Counter(
+    "pushsvc_history_undecodable",
+    "History entries that did not decode and were skipped by a read",
+    registry=REGISTRY,
+)
 frames_rejected = Counter(
     "pushsvc_client_frames_rejected", "Client frames refused, by reason", ["reason"],
     registry=REGISTRY,

@@ -5,9 +5,12 @@ Modules: ``link`` (command connections, error mapping, scripts by SHA), ``script
 Key names and the keyspace are documented in :mod:`pushsvc.broker.keys`.
 
 Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
-in one round trip: each message is appended to its streams, numbered, announced on the bus and
-given its trail inside one atomic script run, so every subscriber sees a stream's envelopes in
-offset order and a message accepted by a node that dies right after still has its trail.
+in one round trip: each message is appended to its streams, numbered, announced on the bus,
+given its trail and bound to its idempotency key inside one atomic script run, so every
+subscriber sees a stream's envelopes in offset order, a message accepted by a node that dies
+right after still has its trail, and a key is bound exactly when its message was appended.
+A run that fails leaves the messages before the failure appended (Redis does not roll a script
+back): their outcome is reported unknown, and a retry with their keys finds them.
 
 Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
 could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
@@ -17,23 +20,25 @@ about ``timeout`` seconds.
 from __future__ import annotations
 
 import msgspec
+from redis.asyncio.connection import parse_url
 
-from pushsvc.broker.base import Broker, Published
-from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
+from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
+from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
-from pushsvc.broker.redis.ledger import RedisIdempotency, RedisLease, RedisLedger
+from pushsvc.broker.redis.ledger import RedisLease, RedisLedger
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
-from pushsvc.errors import ConfigError
+from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.settings import Settings
 from pushsvc.types import Message
 
 PUBLISH_CHUNK = 128  # messages per script run: bounds how long one run holds the server
 
 _encode = msgspec.json.Encoder().encode
+_placed = msgspec.json.Decoder(Placed)
 
 
 class RedisBroker(Broker):
@@ -42,7 +47,8 @@ class RedisBroker(Broker):
     The monitor uses one without ``start()``: every part but the bus works without it.
 
     ``ledger_retention``: seconds a trail outlives its message. ``prefix``: of every key and
-    channel. ``timeout``: socket connect and read timeout, seconds.
+    channel (default ``settings.redis_prefix``). ``timeout``: socket connect and read timeout,
+    seconds.
     """
 
     def __init__(
@@ -50,15 +56,17 @@ class RedisBroker(Broker):
         settings: Settings,
         *,
         ledger_retention: float = 3600,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         timeout: float = 1.0,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("the Redis broker needs a redis_url")
-        self.keys = keys = Keyspace(prefix)
+        prefix = settings.redis_prefix if prefix is None else prefix
+        self.keys = keys = Keyspace(prefix, database(settings.redis_url))
         self._link = link = Link(settings.redis_url, timeout)
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl
+        self._keep_ms = settings.idempotency_ttl * 1000
         self._retention_ms = int(ledger_retention * 1000)
         self.history = RedisHistory(link, keys, settings.history_ttl)
         self.bus = self._bus = RedisBus(link, keys)
@@ -66,7 +74,6 @@ class RedisBroker(Broker):
         self.ledger = RedisLedger(
             link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
         )
-        self.idempotency = RedisIdempotency(link, keys)
         self.lease = RedisLease(link, keys)
         self._started = False
         self._closed = False
@@ -91,24 +98,49 @@ class RedisBroker(Broker):
         await self._bus.close()
         await self._link.aclose()
 
-    async def publish(
-        self, items: list[tuple[Message, list[str]]], origin: str
-    ) -> list[dict[str, str]]:
-        head: list[Arg] = [self._maxlen, self._ttl, self.keys.bus, _encode(origin)]
+    async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
+        head: list[Arg] = [self._maxlen, self._ttl, self.keys.bus, _encode(origin), self._keep_ms]
         calls: list[tuple[list[Arg], list[Arg]]] = []
         for start in range(0, len(items), PUBLISH_CHUNK):
             keys: list[Arg] = [self.keys.bus_seq]
             args = list(head)
-            for message, streams in items[start : start + PUBLISH_CHUNK]:
+            for item in items[start : start + PUBLISH_CHUNK]:
+                message, streams = item.message, item.streams
                 keys.append(self.keys.trail(message.id))
+                if item.key is not None:
+                    keys.append(self.keys.idempotency(item.key))
                 keys += [self.keys.stream(s) for s in streams]
+                body_at: Arg = ""
+                if len(streams) > 1:  # stored once, the entries refer to it
+                    keys.append(self.keys.body(message.id))
+                    body_at = message.ts + self._ttl * 1000
                 expire_at = message.expires + self._retention_ms
+                keyed = 1 if item.key is not None else 0
                 args += (len(streams), _encode(message), published_head(message), expire_at)
+                args += (message.id, item.fingerprint, keyed, body_at)
                 args += [_encode(s) for s in streams]
             calls.append((keys, args))
-        replies = await self._link.run_all(PUBLISH, calls)
-        ids = (entry_id.decode() for reply in replies for entry_id in reply)
-        return [{stream: next(ids) for stream in streams} for _, streams in items]
+        replies = await self._link.run_each(PUBLISH, calls)
+        out: list[Outcome] = []
+        for start, reply in zip(range(0, len(items), PUBLISH_CHUNK), replies, strict=True):
+            chunk = len(items[start : start + PUBLISH_CHUNK])
+            if isinstance(reply, BrokerError):
+                out += [reply] * chunk
+                continue
+            for flag, record in zip(reply[::2], reply[1::2], strict=True):
+                placed = _placed.decode(record)
+                placed.duplicate = flag == 1
+                out.append(placed)
+        return out
+
+
+def database(url: str) -> int:
+    """The database number ``url`` selects (0 when it names none, or for a scheme redis-py
+    does not parse)."""
+    try:
+        return int(parse_url(url).get("db") or 0)
+    except ValueError:
+        return 0
 
 
 def published_head(message: Message) -> bytes:

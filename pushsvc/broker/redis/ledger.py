@@ -1,4 +1,4 @@
-"""Delivery trails and idempotency keys in Redis.
+"""Delivery trails and the monitor lease in Redis.
 
 A trail is one hash per message (fields in :mod:`pushsvc.broker.keys`). :meth:`RedisLedger.record`
 sends a batch in one round trip, one script call per :data:`CHUNK` records. Every write commutes
@@ -23,7 +23,6 @@ from pushsvc.broker.base import (
     Acked,
     Expected,
     Expired,
-    Idempotency,
     Lease,
     Ledger,
     LedgerEvent,
@@ -37,7 +36,7 @@ from pushsvc.broker.base import (
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
-from pushsvc.broker.redis.scripts import ACKED, CLAIM, LEASE, LEDGER, RELEASE
+from pushsvc.broker.redis.scripts import ACKED, LEASE, LEDGER, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 
 CHUNK = 1000  # records per script call: bounds how long one call holds the server
@@ -236,22 +235,6 @@ def _pairs_of(message_id: str, fields: dict[bytes, bytes]) -> list[Pair]:
 def _delivery_order(d: Delivery) -> tuple[float, str]:
     first = d.sent_at if d.sent_at is not None else d.acked_at
     return (first if first is not None else 0.0, d.session)
-
-
-class RedisIdempotency(Idempotency):
-    def __init__(self, link: Link, keys: Keyspace) -> None:
-        self._link = link
-        self._keys = keys
-
-    async def claim(self, key: str, ttl: float) -> bytes | None:
-        held = await self._link.run(CLAIM, [self._keys.idempotency(key)], [_ms(ttl)])
-        return None if held is None else bytes(held)
-
-    async def settle(self, key: str, result: bytes, ttl: float) -> None:
-        await self._link.call("SET", self._keys.idempotency(key), result, "PX", _ms(ttl))
-
-    async def release(self, key: str) -> None:
-        await self._link.call("DEL", self._keys.idempotency(key))
 
 
 def _ms(seconds: float) -> int:

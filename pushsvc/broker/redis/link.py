@@ -113,6 +113,18 @@ class Link:
         """Run ``script`` once per ``(keys, args)`` call, in order and in one round trip; their
         replies. Calls the server refused with NOSCRIPT (a restarted Redis has no scripts) are
         sent again, alone, after loading the script: nothing runs twice."""
+        replies = await self.run_each(script, calls)
+        for reply in replies:
+            if isinstance(reply, BrokerError):
+                raise reply
+        return replies
+
+    async def run_each(
+        self, script: Script, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        """:meth:`run_all`, but a call the server answered with an error has the pushsvc error
+        in its place (the others ran; a script's writes before its error stay). Raises only when
+        no reply came at all."""
         packed = [pack(("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls]
         replies = await self._exchange(packed)
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -121,7 +133,7 @@ class Link:
             again = await self._exchange([packed[i] for i in refused])
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-        return self._checked(replies)
+        return [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
 
     def _checked(self, replies: list[Any]) -> list[Any]:
         """``replies``, or the pushsvc error for the first error among them."""

@@ -7,47 +7,86 @@ from __future__ import annotations
 
 from pushsvc.broker.redis.link import Script
 
-#: Publish a chunk of messages. Per message, atomically and in order: XADD to each of its streams
-#: (trimmed to exactly ``maxlen`` entries, the key's TTL renewed), INCR the bus sequence, PUBLISH
-#: the envelope, and start the message's trail with its Published record. The envelope and the
-#: record are concatenated here from pieces that are already JSON (the message, the record up to
-#: its ``streams``, the stream names, the origin) and the new entry ids, so they decode as
-#: :class:`pushsvc.types.Envelope` and :class:`pushsvc.broker.base.Published`.
+#: Publish a chunk of messages. Per message, atomically and in order: unless its idempotency key
+#: is bound already, XADD to each of its streams (trimmed to exactly ``maxlen`` entries, the key's
+#: TTL renewed), INCR the bus sequence, PUBLISH the envelope, start the message's trail with its
+#: Published record, and bind its key to its placement. A message for several streams is stored
+#: once, in its body key, and its entries hold only its id (field ``r`` instead of ``m``). The
+#: envelope, the record and the placement are concatenated here from pieces that are already
+#: JSON (the message, the record up to its ``streams``, the stream names, the origin) and the new
+#: entry ids, so they decode as :class:`pushsvc.types.Envelope`,
+#: :class:`pushsvc.broker.base.Published` and :class:`pushsvc.broker.base.Placed`.
 #:
-#: KEYS[1] the bus sequence; then per message: its trail, its stream keys.
-#: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] bus channel, ARGV[4] origin as JSON; then per
-#: message: its stream count n, the message JSON, the Published JSON cut before the value of
-#: ``streams``, the trail's expiry (unix ms), its n stream names as JSON.
-#: Returns the new entry ids (the offsets), flat, in stream key order.
+#: KEYS[1] the bus sequence; then per message: its trail, its idempotency key (when keyed), its
+#: stream keys, its body key (when stored apart).
+#: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] bus channel, ARGV[4] origin as JSON, ARGV[5]
+#: idempotency key TTL (ms); then per message: its stream count n, the message JSON, the
+#: Published JSON cut before the value of ``streams``, the trail's expiry (unix ms), its id and
+#: its request's fingerprint (plain: no quotes), "1" when keyed else "0", the body's expiry (unix
+#: ms; "" to store the message in the entries), its n stream names as JSON.
+#: Returns two values per message: 0 and its placement JSON, or 1 and the placement its key was
+#: bound to.
 PUBLISH = Script(
     "publish",
     """
-local maxlen, ttl, channel, origin = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ids = {}
+local maxlen, ttl, channel, origin, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out = {}
 local k = 1
-local a = 5
+local a = 6
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
-  local message = ARGV[a + 1]
+  local message, id, body_at = ARGV[a + 1], ARGV[a + 4], ARGV[a + 7]
   k = k + 1
   local trail = KEYS[k]
-  local offsets = {}
-  for i = 1, n do
+  local idem = nil
+  if ARGV[a + 6] == '1' then
     k = k + 1
-    local id = redis.call('XADD', KEYS[k], 'MAXLEN', maxlen, '*', 'm', message)
-    redis.call('EXPIRE', KEYS[k], ttl)
-    ids[#ids + 1] = id
-    offsets[i] = ARGV[a + 3 + i] .. ':"' .. id .. '"'
+    idem = KEYS[k]
   end
-  local placed = '{' .. table.concat(offsets, ',') .. '}'
-  local seq = redis.call('INCR', KEYS[1])
-  redis.call('PUBLISH', channel, '{"message":' .. message .. ',"offsets":' .. placed ..
-    ',"origin":' .. origin .. ',"seq":' .. string.format('%d', seq) .. '}')
-  redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
-  redis.call('PEXPIREAT', trail, ARGV[a + 3])
-  a = a + 4 + n
+  local streams = k
+  k = k + n
+  local body = nil
+  if body_at ~= '' then
+    k = k + 1
+    body = KEYS[k]
+  end
+  local held = false
+  if idem then
+    held = redis.call('GET', idem)
+  end
+  if held then
+    out[#out + 1] = 1
+    out[#out + 1] = held
+  else
+    local field, value = 'm', message
+    if body then
+      redis.call('SET', body, message, 'PXAT', body_at)
+      field, value = 'r', id
+    end
+    local offsets = {}
+    for i = 1, n do
+      local key = KEYS[streams + i]
+      local entry = redis.call('XADD', key, 'MAXLEN', maxlen, '*', field, value)
+      redis.call('EXPIRE', key, ttl)
+      offsets[i] = ARGV[a + 7 + i] .. ':"' .. entry .. '"'
+    end
+    local placed = '{' .. table.concat(offsets, ',') .. '}'
+    local seq = redis.call('INCR', KEYS[1])
+    redis.call('PUBLISH', channel, '{"message":' .. message .. ',"offsets":' .. placed ..
+      ',"origin":' .. origin .. ',"seq":' .. string.format('%d', seq) .. '}')
+    redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
+    redis.call('PEXPIREAT', trail, ARGV[a + 3])
+    local record = '{"id":"' .. id .. '","offsets":' .. placed .. ',"fingerprint":"' ..
+      ARGV[a + 5] .. '"}'
+    if idem then
+      redis.call('SET', idem, record, 'PX', keep)
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = record
+  end
+  a = a + 8 + n
 end
-return ids
+return out
 """,
 )
 
@@ -232,17 +271,5 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-""",
-)
-
-#: Claim an idempotency key. KEYS[1] the key; ARGV[1] the claim TTL (ms).
-#: Returns nil when claimed now, else the stored value ("" while another claim is open).
-CLAIM = Script(
-    "claim",
-    """
-if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then
-  return false
-end
-return redis.call('GET', KEYS[1])
 """,
 )
