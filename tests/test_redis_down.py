@@ -52,8 +52,8 @@ def lines(log: str, text: str) -> int:
 
 @pytest.fixture
 def stopped_node(server: RedisServer) -> Iterator[NodeHandle]:
-    """A node started while its Redis is stopped (the port stays the test's: nothing else binds
-    it in the meantime on this loopback range)."""
+    """A node started while its Redis is stopped; ``server.start()`` brings Redis back on the
+    same port."""
     server.stop()
     node = launch_node(redis_url=server.url, ready=False, drain_timeout=3 * UNIT)
     try:
