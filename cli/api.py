@@ -1,4 +1,4 @@
-"""A typed client of the internal API (DESIGN §6) for the operator commands, and their errors.
+"""A typed client of the internal API (docs/api.md) for the operator commands, and their errors.
 
 Every call either returns a decoded record or raises one of::
 

@@ -1,4 +1,4 @@
-"""``pushsvc drain``: ask a node to drain (DESIGN §5, close code 1001).
+"""``pushsvc drain``: ask a node to drain (close code 1001, docs/protocol.md).
 
 The node stops accepting connections and closes its sessions with 1001, and the clients reconnect
 to another node and resume. The API sends the ``drain`` command over the bus. With ``--wait`` the

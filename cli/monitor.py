@@ -45,6 +45,9 @@ def monitor(
     canary_stall: Annotated[float | None, Opt(help="Stalled after no canary for, s. [20]")] = None,
     alert_resend: Annotated[float | None, Opt(help="Re-send active alerts every, s. [60]")] = None,
     lease_ttl: Annotated[float | None, Opt(help="Active monitor's lease, s. [15]")] = None,
+    runbook_base_url: Annotated[
+        str | None, Opt(help="Where docs/ is published: alerts link <URL>/runbooks.md#<alert>.")
+    ] = None,
     log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
     once: Annotated[bool, Opt("--once", help="Reconcile once, print, exit.")] = False,
     since: Annotated[float, Opt(help="With --once: look this many seconds back.")] = 3600,

@@ -13,7 +13,7 @@ import typer
 
 from cli.settings import build, err, fail
 from pushsvc.errors import ConfigError
-from pushsvc.settings import Settings
+from pushsvc.settings import FD_RESERVE, Settings
 from pushsvc.telemetry import logging as jsonlog
 
 Opt = typer.Option
@@ -34,7 +34,7 @@ def serve(
         Opt("--allow-redis-eviction", help="Start even if Redis may evict keys (silent loss)."),
     ] = None,
     workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
-    max_connections: Annotated[int | None, Opt(help="Sessions per node. [100000]")] = None,
+    max_connections: Annotated[int | None, Opt(help="Sessions per node. [fd limit - 64]")] = None,
     token_secret: Annotated[str | None, Opt(help="HS256 secret for client tokens.")] = None,
     api_keys: Annotated[str | None, Opt(help="Comma-separated internal API keys.")] = None,
     heartbeat: Annotated[float | None, Opt(help="Seconds between server pings. [25]")] = None,
@@ -59,7 +59,7 @@ def serve(
     ledger_flush_interval: Annotated[float | None, Opt(help="Accounting flush, s. [0.05]")] = None,
     registry_interval: Annotated[float | None, Opt(help="Node heartbeat period, s. [2]")] = None,
     static_dir: Annotated[
-        str | None, Opt(help="Browser client and demo files. [clients/js]")
+        str | None, Opt(help="Browser client and demo files. [the shipped ones]")
     ] = None,
     reuse_port: Annotated[bool | None, Opt("--reuse-port", help="Bind with SO_REUSEPORT.")] = None,
     log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
@@ -84,6 +84,11 @@ def serve(
     _raise_fd_limit(settings)
     if settings.redis_url:
         _check_redis(settings, settings.redis_url)
+    if not (settings.static_dir / "pushsvc.js").is_file():
+        err.print(
+            f"[yellow]warning:[/] no pushsvc.js in {settings.static_dir}: "
+            "/client/ and /demo/ will answer 404 (check --static-dir)"
+        )
     if settings.workers > 1:
         from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
 
@@ -132,8 +137,8 @@ def _raise_fd_limit(settings: Settings) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    usable = hard - 64  # listeners, broker connections, logs
-    if settings.max_connections > usable:
+    usable = hard - FD_RESERVE
+    if "max_connections" in settings.model_fields_set and settings.max_connections > usable:
         err.print(
             f"[yellow]warning:[/] --max-connections {settings.max_connections} exceeds what one "
             f"process can hold ({usable} with an open-files limit of {hard}); "

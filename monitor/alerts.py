@@ -1,7 +1,7 @@
 """Which alerts the monitor raises, and when it sends what to Alertmanager: pure, ``now`` passed in.
 
 Each evaluation states the alerts that *should* be active (:class:`Alert`, keyed by name and
-node). :meth:`AlertBook.plan` turns that into what to post (DESIGN §7):
+node). :meth:`AlertBook.plan` turns that into what to post (docs/monitoring.md):
 
 - a new alert is sent at once, ``startsAt`` now, ``endsAt = now + 4 * resend``;
 - an active one is sent again every ``resend`` seconds (and at once when its annotations
@@ -15,9 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from monitor.reconcile import NodeLoss
+from pushsvc.assets import RUNBOOK_PLACEHOLDER
 
-RUNBOOKS = "docs/runbooks.md"
 SERVICE = "pushsvc"
+
+
+def runbook(base: str, alert: str) -> str:
+    """The absolute link to ``alert``'s section of runbooks.md, with docs/ published at ``base``."""
+    return f"{base.rstrip('/')}/runbooks.md#{alert.lower()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,7 @@ class AlertBook:
                 self.unsent.append(s)
 
 
-def delivery_loss(node: str, loss: NodeLoss) -> Alert:
+def delivery_loss(node: str, loss: NodeLoss, runbooks: str = RUNBOOK_PLACEHOLDER) -> Alert:
     """PushDeliveryLoss for ``node``: deliveries it owed and that did not happen."""
     samples = ", ".join(f"{m.message_id} ({m.kind}, device {m.device})" for m in loss.samples)
     return Alert(
@@ -106,12 +111,12 @@ def delivery_loss(node: str, loss: NodeLoss) -> Alert:
             ("lost", str(loss.lost)),
             ("ratio", f"{loss.ratio:.6f}"),
             ("samples", samples),
-            ("runbook_url", f"{RUNBOOKS}#pushdeliveryloss"),
+            ("runbook_url", runbook(runbooks, "PushDeliveryLoss")),
         ),
     )  # fmt: skip
 
 
-def node_stalled(node: str, silent_for: float) -> Alert:
+def node_stalled(node: str, silent_for: float, runbooks: str = RUNBOOK_PLACEHOLDER) -> Alert:
     """PushNodeStalled: the canary through ``node`` stopped arriving while it is registered."""
     return Alert(
         "PushNodeStalled",
@@ -123,12 +128,12 @@ def node_stalled(node: str, silent_for: float) -> Alert:
                 f"{node} keeps its heartbeat, but the monitor's canary client on it has received "
                 f"nothing for {silent_for:.0f} s: its fan-out or bus subscription is stalled."
             )),
-            ("runbook_url", f"{RUNBOOKS}#pushnodestalled"),
+            ("runbook_url", runbook(runbooks, "PushNodeStalled")),
         ),
     )  # fmt: skip
 
 
-def heartbeat_missing(node: str, lapsed_for: float) -> Alert:
+def heartbeat_missing(node: str, lapsed_for: float, runbooks: str = RUNBOOK_PLACEHOLDER) -> Alert:
     """PushNodeHeartbeatMissing: ``node`` stopped refreshing its registry entry."""
     return Alert(
         "PushNodeHeartbeatMissing",
@@ -140,6 +145,6 @@ def heartbeat_missing(node: str, lapsed_for: float) -> Alert:
                 f"{node} has not refreshed its registry entry for {lapsed_for:.0f} s and did not "
                 "deregister: it crashed, was killed, or its event loop is stuck."
             )),
-            ("runbook_url", f"{RUNBOOKS}#pushnodeheartbeatmissing"),
+            ("runbook_url", runbook(runbooks, "PushNodeHeartbeatMissing")),
         ),
     )  # fmt: skip

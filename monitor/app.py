@@ -167,12 +167,13 @@ class Monitor:
     async def desired(self, now: float) -> list[Alert]:
         """The alerts that should be active at ``now``."""
         out: list[Alert] = []
+        runbooks = self.settings.runbook_base_url
         if self.reconciler is not None:
             for node, loss in sorted(
                 self.reconciler.losses(now, self.settings.loss_window).items()
             ):
                 if loss.missing:
-                    out.append(delivery_loss(node, loss))
+                    out.append(delivery_loss(node, loss, runbooks))
         live = {n.id: n for n in self._nodes}
         if self.canary is not None:
             for node, track in sorted(self.canary.tracks.items()):
@@ -182,7 +183,7 @@ class Monitor:
                     metrics.canary_lost.labels(node).inc(max(0, track.lost - counted))
                     self._canary_lost[node] = track.lost
                 if node in live and not track.up(now):
-                    out.append(node_stalled(node, track.silent_for(now)))
+                    out.append(node_stalled(node, track.silent_for(now), runbooks))
         heartbeats = await self.broker.registry.heartbeats()
         for node, expiry in heartbeats.items():
             if expiry < now and node not in live:
@@ -191,7 +192,7 @@ class Monitor:
             if node in live or now - self._lapsed[node] > FORGET_MISSING_NODE:
                 del self._lapsed[node]
             else:
-                out.append(heartbeat_missing(node, now - self._lapsed[node]))
+                out.append(heartbeat_missing(node, now - self._lapsed[node], runbooks))
         return out
 
     async def alert(self, now: float) -> list[Send]:

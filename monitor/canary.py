@@ -8,7 +8,9 @@ node's bus subscription and fan-out, so a node whose subscription died while its
 on stops delivering canaries: :class:`CanaryTrack` notices (pure, ``now`` passed in).
 
 Only live deliveries count: a canary replayed from the inbox after a reconnect proves nothing
-about the fan-out. A node that is draining or restarting starts a fresh track.
+about the fan-out. A node that is draining or restarting starts a fresh track. A new probe waits
+for the node's internal API to answer (``GET /readyz``, any status) before its first publish: a
+node registers before its API listens.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 EVENT = "pushsvc.canary"
 TTL = 60  # seconds: a canary nobody received does not linger in an inbox
+LISTEN_WAIT = 2.0  # seconds a tick waits at most for a new node's API to listen
+LISTEN_POLL = 0.05
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@+=-]")
 
 
@@ -87,6 +91,7 @@ class _Probe:
     client: PushClient
     reader: asyncio.Task[None]
     sequence: int = 0
+    listening: bool = False  # the node's API has answered once
 
 
 class Canary:
@@ -167,7 +172,26 @@ class Canary:
         if self._on_latency is not None:
             self._on_latency(node_id, latency)
 
+    async def _listening(self, node: NodeInfo) -> bool:
+        """Whether ``node``'s internal API answers, waiting up to LISTEN_WAIT (or the interval)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(LISTEN_WAIT, self._interval)
+        while True:
+            try:
+                await self._http.get(f"http://{node.internal_addr}/readyz")
+            except httpx.TransportError:
+                if loop.time() + LISTEN_POLL >= deadline:
+                    log.info("canary waits for the node's API", extra={"node": node.id})
+                    return False
+                await asyncio.sleep(LISTEN_POLL)
+            else:
+                return True
+
     async def _publish(self, probe: _Probe, now: float) -> None:
+        if not probe.listening:
+            probe.listening = await self._listening(probe.node)
+            if not probe.listening:
+                return
         probe.sequence += 1
         body = {
             "to": {"users": [canary_user(probe.node.id)]}, "event": EVENT, "ack": True,

@@ -1,15 +1,16 @@
 """The monitor's own Prometheus metrics (``pushsvc_monitor_*``, docs/observability.md).
 
-Names are a contract (DESIGN §8): the delivery dashboard and the rules in ``alerts/`` read them.
+Names are a contract: the delivery dashboard and the rules in ``alerts/`` read them.
 ``node`` is the node a count or a canary is about; every per-node series starts at 0 the first
-time the monitor sees the node, so ``increase()`` sees the first event.
+time the monitor sees the node, so ``increase()`` sees the first event. The other labelled
+counters start at 0 for every value they can take (checks, jobs, alert names and states).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from monitor.reconcile import Increments
+from monitor.reconcile import FANOUT, FINAL, LOSS, Increments
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -67,6 +68,19 @@ errors = Counter(
     "pushsvc_monitor_errors", "Failed jobs, by job (redis, alertmanager)", ["job"],
     registry=REGISTRY,
 )  # fmt: skip
+
+# every other label value, each series exposed at 0 from the start
+CHECKS = tuple(str(check) for check in (FANOUT, LOSS, FINAL))
+JOBS = ("redis", "alertmanager")
+ALERTS = ("PushDeliveryLoss", "PushNodeStalled", "PushNodeHeartbeatMissing")
+ALERT_STATES = ("firing", "resolved")
+for _check in CHECKS:
+    buckets_checked.labels(_check)
+for _job in JOBS:
+    errors.labels(_job)
+for _alert in ALERTS:
+    for _state in ALERT_STATES:
+        alerts_sent.labels(_alert, _state)
 
 _BY_NAME = {"expected": expected, "sent": sent, "acked": acked, "unfanned": unfanned, "lost": lost}
 _known: set[str] = set()

@@ -1,4 +1,4 @@
-"""Asyncio client for the pushsvc WebSocket protocol (DESIGN.md §4 and §5).
+"""Asyncio client for the pushsvc WebSocket protocol (docs/protocol.md).
 
     async with PushClient("wss://push.example/ws", token, device="phone-1") as client:
         async for msg in client:

@@ -8,6 +8,7 @@ Nothing else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pushsvc.assets import RUNBOOK_PLACEHOLDER, asset_dir
 from pushsvc.broker.keys import DEFAULT_PREFIX
 from pushsvc.errors import ConfigError
 
@@ -23,6 +25,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+FD_RESERVE = 64  # listeners, broker connections, log files
+
+
+def default_max_connections() -> int:
+    """What one process can hold: its hard open-files limit (a node raises its soft limit to it)
+    less :data:`FD_RESERVE`, at most 100,000."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 100_000
+    return max(1, min(100_000, hard - FD_RESERVE))
 
 
 class Settings(BaseSettings):
@@ -42,7 +56,7 @@ class Settings(BaseSettings):
         False, description="start even when redis's maxmemory-policy is not noeviction"
     )
     workers: int = Field(1, ge=1, le=64)
-    max_connections: int = Field(100_000, ge=1)
+    max_connections: int = Field(default_factory=default_max_connections, ge=1)
     reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")
     dev: bool = False
 
@@ -91,9 +105,12 @@ class Settings(BaseSettings):
     canary_stall: float = Field(20.0, gt=0, description="no canary for this long: stalled, s")
     alert_resend: float = Field(60.0, ge=0.2, description="re-send active alerts every, s")
     lease_ttl: float = Field(15.0, ge=0.5, description="the active monitor's lease, s")
+    runbook_base_url: str = Field(
+        RUNBOOK_PLACEHOLDER, description="where docs/ is published: the alerts' runbook links"
+    )
 
     # paths
-    static_dir: Path = REPO_ROOT / "clients" / "js"
+    static_dir: Path = Field(default_factory=lambda: asset_dir("client"))
     log_level: str = "INFO"
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 

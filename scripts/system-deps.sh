@@ -16,6 +16,7 @@ want=(
   "openssl:openssl"
   "faketime:faketime"
   "dot:graphviz"
+  "npm:npm"
 )
 [ "${1:-}" = "--run-only" ] && want=("python3:python3")
 

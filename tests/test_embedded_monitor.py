@@ -1,4 +1,4 @@
-"""DESIGN §2: a single node on the in-memory broker runs the monitor inside its own process."""
+"""A single node on the in-memory broker runs the monitor inside its own process."""
 
 from __future__ import annotations
 

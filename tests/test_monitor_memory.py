@@ -1,4 +1,4 @@
-"""The monitor's reconciliation in-process against an embedded node's memory broker (DESIGN §2):
+"""The monitor's reconciliation in-process against an embedded node's memory broker (docs/architecture.md):
 a real node on a free port, a real WebSocket client, the drop fault, then one reconciliation."""
 
 from __future__ import annotations

@@ -188,7 +188,10 @@ def test_delivery_loss_annotations_name_counts_ratio_samples_and_runbook() -> No
                           "service": "pushsvc"}  # fmt: skip
     assert (notes["unfanned"], notes["lost"], notes["expected"]) == ("2", "1", "2000")
     assert notes["ratio"] == "0.001500" and "m1 (unfanned, device phone)" in notes["samples"]
-    assert notes["runbook_url"] == "docs/runbooks.md#pushdeliveryloss"
+    assert notes["runbook_url"] == "https://pushsvc.invalid/docs/runbooks.md#pushdeliveryloss"
+    published = delivery_loss("a", loss, "https://wiki.example/pushsvc/docs/")
+    link = dict(published.annotations)["runbook_url"]
+    assert link == "https://wiki.example/pushsvc/docs/runbooks.md#pushdeliveryloss"
 
 
 def test_canary_track_up_stalled_latency_and_lost() -> None:

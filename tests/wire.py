@@ -1,4 +1,4 @@
-"""A thin WebSocket test client that speaks the wire protocol by hand (DESIGN §5)."""
+"""A thin WebSocket test client that speaks the wire protocol by hand (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// Type declarations for the pushsvc browser client (pushsvc.js). Wire protocol: DESIGN.md §5.
+// Type declarations for the pushsvc browser client (pushsvc.js). Wire protocol: docs/protocol.md.
 
 /** A token, or a function asked for a fresh one before every connection attempt. */
 export type TokenSource = string | (() => string | Promise<string>);

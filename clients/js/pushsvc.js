@@ -5,7 +5,7 @@
 //   client.on("state", (s) => render(s.state, s.code));
 //   client.on("message", (m) => show(m.event, m.data));
 //
-// What the client does for you (wire protocol: DESIGN.md §5):
+// What the client does for you (wire protocol: docs/protocol.md):
 // - sends the hello frame with a per-browser device id kept in localStorage;
 // - acknowledges messages that ask for it, in batches;
 // - emits each message id once (duplicates that ask for an ack are acked again, not emitted);
@@ -18,7 +18,7 @@
 // The pure pieces (backoff, dedupe window, offset arithmetic, storage) are named exports so they
 // can be tested without a browser.
 
-/** Close codes after which the client stays closed (DESIGN.md §5). */
+/** Close codes after which the client stays closed (docs/protocol.md). */
 export const NO_RECONNECT_CODES = Object.freeze([4001, 4002, 4010]);
 
 /** Local close codes reported in state events for failures the client detects itself. */

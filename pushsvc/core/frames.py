@@ -1,4 +1,4 @@
-"""The wire protocol's frames (DESIGN §5), decoded in one place and encoded once.
+"""The wire protocol's frames (docs/protocol.md), decoded in one place and encoded once.
 
 Client frames are decoded with :func:`decode_client_frame`, which returns one of the typed structs
 or raises :class:`FrameError` carrying the close code. Server frames are encoded to JSON bytes by

@@ -1,4 +1,4 @@
-"""What a connecting session is sent before it goes live (DESIGN §4 resume and offline inbox).
+"""What a connecting session is sent before it goes live (resume, offline inbox: docs/protocol.md).
 
 For each stream the session reads:
 - with a resume offset: every unexpired entry after it; on the user stream also every entry at or

@@ -1,4 +1,8 @@
-"""JSON-lines logs. One record per connection open and close; nothing per message at INFO."""
+"""JSON-lines logs. One record per connection open and close; nothing per message at INFO.
+
+Libraries that log every request or job at INFO (uvicorn's access log, httpx, APScheduler) are
+kept at WARNING unless the level is DEBUG.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,12 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "asctime",
     "color_message",  # uvicorn's terminal-coloured duplicate of msg
 }
+
+
+# one record per request or per job at INFO: warnings and errors only, unless debugging
+THIRD_PARTY = ("uvicorn.access", "httpx", "httpcore", "apscheduler")
+# one record per frame at DEBUG: warnings and errors only, always
+PER_FRAME = ("websockets",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,7 +47,10 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "websockets"):
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for noisy in THIRD_PARTY:
+        logging.getLogger(noisy).setLevel(quiet)
+    for noisy in PER_FRAME:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,7 +1,10 @@
-"""Prometheus metrics of a node (DESIGN §8). Names are a contract: extend, don't rename.
+"""Prometheus metrics of a node (docs/observability.md). Names are a contract: extend, don't
+rename.
 
 No label carries unbounded values; per-session detail goes through ``GET /v1/sessions``.
 The fan-out path increments counters once per message per node, never once per connection.
+Every labelled counter starts at 0 for each label value the node records (:data:`KNOWN_LABELS`),
+so a dashboard shows 0 rather than "No data" and ``increase()`` sees the first event.
 """
 
 from __future__ import annotations
@@ -123,6 +126,31 @@ info = Gauge("pushsvc_node_info", "Node identity", ["node", "version"], registry
 _CLOSE_CODES = {
     code: str(code) for code in (*range(1000, 1016), 4001, 4002, 4003, 4004, 4008, 4009, 4010, 4011)
 }
+
+
+# the label values the node records, each series exposed at 0 from the start
+FRAME_REJECTIONS = (
+    "frame_too_large", "rate_limited", "binary_frame", "fragmented", "malformed_json",
+    "not_an_object", "unknown_frame_type", "invalid_frame", "invalid_offset", "duplicate_hello",
+    "hello_expected", "protocol_error",
+)  # fmt: skip
+HTTP_ERROR_STATUSES = ("400", "401", "403", "404", "405", "409", "413", "415", "422", "429", "503")
+CONNECTION_RESULTS = (
+    "ok", "unauthorized", "protocol_error", "refused", "hello_timeout", "abandoned",
+)  # fmt: skip
+CLOSE_CODES = (
+    "1000", "1001", "1006", "1011", "4001", "4002", "4003", "4004", "4008", "4009", "4010", "4011",
+    "other",
+)  # fmt: skip
+KNOWN_LABELS: dict[str, tuple[Counter, tuple[str, ...]]] = {
+    "pushsvc_client_frames_rejected_total": (frames_rejected, FRAME_REJECTIONS),
+    "pushsvc_http_errors_total": (http_errors, HTTP_ERROR_STATUSES),
+    "pushsvc_connections_opened_total": (connections_opened, CONNECTION_RESULTS),
+    "pushsvc_connections_closed_total": (connections_closed, CLOSE_CODES),
+}
+for _counter, _values in KNOWN_LABELS.values():
+    for _value in _values:
+        _counter.labels(_value)
 
 
 def close_code(code: int) -> str:

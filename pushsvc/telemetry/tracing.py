@@ -1,4 +1,4 @@
-"""Traces of a message's way through the cluster (DESIGN §8), with the OpenTelemetry SDK.
+"""Traces of a message's way through the cluster (docs/observability.md), with OpenTelemetry.
 
 One trace per published message::
 
