@@ -16,7 +16,6 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -30,6 +29,7 @@ from tests.support import (
     wait_until,
 )
 from tests.test_broker_contract import message
+from tests.test_broker_contract import publish as place
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -52,8 +52,8 @@ def lines(log: str, text: str) -> int:
 
 @pytest.fixture
 def stopped_node(server: RedisServer) -> Iterator[NodeHandle]:
-    """A node started while its Redis is stopped (the port stays the test's: nothing else binds
-    it in the meantime on this loopback range)."""
+    """A node started while its Redis is stopped; ``server.start()`` brings Redis back on the
+    same port."""
     server.stop()
     node = launch_node(redis_url=server.url, ready=False, drain_timeout=3 * UNIT)
     try:
@@ -83,6 +83,7 @@ async def test_a_node_started_while_redis_is_down_waits_for_it(
     r = publish(node)
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "broker_unavailable"
+    assert r.json()["error"]["retryable"] is True
     assert r.elapsed.total_seconds() < 2 * UNIT
     token = node.token("p1")
 
@@ -244,8 +245,7 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await node.close()
         assert await broker.registry.nodes() == []
         assert broker.up
-        placed = await broker.publish([Publication(message(), ["user:p"])], origin="owner")
-        assert isinstance(placed[0], Placed)  # still open
+        await place(broker, [(message(), ["user:p"])], origin="owner")  # still open
     finally:
         await broker.close()
 

@@ -4,16 +4,18 @@
   object is level 1). Parsers recurse: msgspec raises ``RecursionError`` a few hundred levels
   down, pydantic calls the body malformed; no message of a hospital system is nested this deep.
 - **NaN and infinities.** ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON, yet pydantic and
-  Python's ``json`` take them; and every parser turns a number too large for a double, such as
-  ``1e400``, into infinity. A client cannot receive any of them (an encoder writes ``null`` or
-  fails), so a body holding one anywhere, ``data`` included, is refused rather than altered.
+  Python's ``json`` take them; and a number too large for a double, such as ``1e400`` or an
+  integer of 309 digits, is infinity to every parser that reads it as a double (browsers'
+  ``JSON.parse`` among them; pydantic gives up on integers past 4,300 digits). A client cannot
+  receive any of them (an encoder writes ``null`` or fails, a browser reads ``Infinity``), so a
+  body holding one anywhere, ``data`` included, is refused rather than altered.
 
 :func:`problem` judges the raw bytes before any parser sees them, so the publish lane
 (:mod:`pushsvc.http.lane`) and the FastAPI routes (:mod:`pushsvc.http.internal`) refuse exactly
 the same bodies. It runs in a few passes of C code (``bytes`` methods, regular expressions) and
 most bodies leave after the first: fewer than :data:`MAX_DEPTH` brackets, no ``NaN``, no
-``Infinity``, no exponent. It is exact for well-formed JSON; on malformed bytes its verdict only
-picks which refusal the caller gets.
+``Infinity``, no exponent of 100 or more, no number of 209 digits. It is exact for well-formed
+JSON; on malformed bytes its verdict only picks which refusal the caller gets.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ NOT_FINITE = "body holds NaN or an infinite number, which JSON cannot carry"
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NON_FINITE = re.compile(rb"NaN|Infinity")
-_HUGE = re.compile(rb"-?\d+(?:\.\d+)?[eE][+-]?\d+|-?\d{309,}\.\d+")
+_HUGE = re.compile(rb"-?\d+(?:\.\d+)?[eE][+-]?\d+|-?\d{309,}(?:\.\d+)?")
 # A number reaches 1.8e308 only with an exponent of 100 or more, or with 209 digits or more
 # before its point (a smaller exponent then adds the rest).
 _BIG_EXPONENT = b"0e000"
