@@ -49,6 +49,13 @@ def test_decode_valid_frames(raw: bytes, expected: frames.ClientFrame) -> None:
         (b'{"type":"ack","ids":[1]}', "invalid_frame"),
         (b'{"type":"hello","token":""}', "invalid_frame"),
         (b'{"type":"ack","ids":[' + b",".join([b'"x"'] * 1001) + b"]}", "invalid_frame"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested_too_deep"),
+        (b'{"type":"ack","ids":["a"],"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested_too_deep"),
+        (
+            b'{"type":"hello","token":"t","resume":' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+            "nested_too_deep",
+        ),
+        (b"[" * 100_000, "nested_too_deep"),
     ],
 )
 def test_decode_bad_frames(raw: bytes, slug: str) -> None:
@@ -98,10 +105,31 @@ def test_next_position_is_monotonic(
     assert offsets.next_position(last, now) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "1", "a-1", "1-b", "-1", "1-", "1-2-3", "9" * 40 + "-1"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "1", "a-1", "1-b", "-1", "1-", "1-2-3", "9" * 40 + "-1", "\u0663-1", "1-\u00b2",
+     "\uff11-0", " 1-0", "+1-0", "1-0\n"],
+)  # fmt: skip
 def test_parse_rejects_bad_offsets(bad: str) -> None:
     with pytest.raises(FrameError):
         offsets.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("position", "end", "expected"),
+    [
+        ((5, 0), (9, 0), (5, 0)),
+        ((9, 0), (9, 0), (9, 0)),
+        ((9, 1), (9, 0), (9, 0)),
+        ((10**30, 0), (9, 3), (9, 3)),
+        ((4, 0), None, (0, 0)),
+        ((0, 0), None, (0, 0)),
+    ],
+)
+def test_clamp_keeps_resume_positions_within_the_stream(
+    position: offsets.Position, end: offsets.Position | None, expected: offsets.Position
+) -> None:
+    assert offsets.clamp(position, end) == expected
 
 
 def test_offsets_order_numerically_not_as_text() -> None:

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from pushsvc.broker.base import Expired, SentCount
 from pushsvc.core import frames, offsets
 from pushsvc.core import replay as replay_rules
-from pushsvc.core.flow import TokenBucket
-from pushsvc.core.streams import is_user_stream, subscriptions
+from pushsvc.core.streams import is_user_stream, subscriptions, valid_name
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.node.session import Phase, Session
 from pushsvc.telemetry import metrics, tracing
@@ -32,7 +31,8 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
         return
     try:
         claims = node.tokens.verify(hello.token)
-        resume = {stream: offsets.parse(o) for stream, o in hello.resume.items()}
+        resume = resume_positions(hello.resume)
+        check_device(hello.device)
     except AuthError as exc:
         metrics.connections_opened.labels("unauthorized").inc()
         session.close(exc.code, exc.slug, exc.message)
@@ -48,8 +48,6 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.streams = subscriptions(claims.user, claims.topics)
     session.phase = Phase.REPLAY
     session.buffer = []
-    s = node.settings
-    session.bucket = TokenBucket.full(s.client_frame_rate, s.client_frame_burst, time.monotonic())
     session.hello_accepted()
     node.sessions[session.id] = session
     node.users[session.user] = node.users.get(session.user, 0) + 1
@@ -64,22 +62,8 @@ async def replay(
     node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> None:
     """Send the welcome and what the session missed, then switch it to live."""
-    now_ms = int(time.time() * 1000)
-    chosen: list[tuple[str, HistoryEntry]] = []
     try:
-        for stream in session.streams:
-            since = wanted.get(stream)
-            if since is None and not is_user_stream(stream):
-                continue
-            after = None if is_user_stream(stream) else since
-            entries = await node.broker.history.read(stream, after, node.settings.history_size)
-            owed = [e.message.id for e in entries if e.message.ack]
-            acked: set[str] = set()
-            if owed:
-                await node.accounting.flush()  # acks this node holds must count too
-                acked = await node.broker.ledger.acked_ids(session.device, owed)
-            picked = select(node, session, stream, entries, since, acked, now_ms)
-            chosen.extend((stream, e) for e in picked)
+        chosen = await missed(node, session, wanted, positions)
     except (BrokerError, OSError) as exc:
         node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
         session.close(1011, "internal_error", "could not read history, reconnect")
@@ -130,6 +114,57 @@ async def replay(
             "remote": session.remote, "replayed": len(chosen),
         },
     )  # fmt: skip
+
+
+async def missed(
+    node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+) -> list[tuple[str, HistoryEntry]]:
+    """Read what ``session`` missed, per stream; clamp ``positions`` to the streams' ends."""
+    now_ms = int(time.time() * 1000)
+    chosen: list[tuple[str, HistoryEntry]] = []
+    for stream in session.streams:
+        since = wanted.get(stream)
+        if since is None and not is_user_stream(stream):
+            continue
+        after = None if is_user_stream(stream) else since
+        entries = await node.broker.history.read(stream, after, node.settings.history_size)
+        if since is not None:
+            await clamp(node, stream, entries, positions)
+        owed = [e.message.id for e in entries if e.message.ack]
+        acked: set[str] = set()
+        if owed:
+            await node.accounting.flush()  # acks this node holds must count too
+            acked = await node.broker.ledger.acked_ids(session.device, owed)
+        picked = select(node, session, stream, entries, since, acked, now_ms)
+        chosen.extend((stream, e) for e in picked)
+    return chosen
+
+
+def resume_positions(resume: dict[str, str]) -> dict[str, offsets.Position]:
+    """The hello's resume offsets as positions; :class:`FrameError` ``bad_resume`` (4003) when one
+    is not ``<digits>-<digits>``."""
+    try:
+        return {stream: offsets.parse(offset) for stream, offset in resume.items()}
+    except FrameError as exc:
+        raise FrameError(f"bad resume: {exc.message}", slug="bad_resume") from None
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`FrameError` ``invalid_device`` (4003) unless ``device`` is a valid name."""
+    if device is not None and not valid_name(device):
+        raise FrameError(f"invalid device id {device[:48]!r}", slug="invalid_device")
+
+
+async def clamp(
+    node: Node, stream: str, entries: list[HistoryEntry], positions: dict[str, offsets.Position]
+) -> None:
+    """Clamp the resume position of ``stream`` to the stream's end (:func:`offsets.clamp`), so a
+    resume beyond it does not make the session drop later messages as already seen."""
+    wanted = positions[stream]
+    if entries and offsets.parse(entries[-1].offset) >= wanted:
+        return  # what was read reaches the resume position: it is within the stream
+    end = await node.broker.history.last_offset(stream)
+    positions[stream] = offsets.clamp(wanted, None if end is None else offsets.parse(end))
 
 
 def select(

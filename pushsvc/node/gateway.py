@@ -67,6 +67,7 @@ class Node:
         self.loop = asyncio.get_event_loop_policy().get_event_loop()
         self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
         self.connections: set[Session] = set()  # every open connection, hello or not
+        self.upgraded: set[Session] = set()  # every WebSocket connection, hello or not
         self.users: dict[str, int] = {}  # user -> open sessions here
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()

@@ -73,6 +73,7 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_close_code",
+        "_held",
         "_http",
         "_method",
         "_over",
@@ -113,6 +114,7 @@ class Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._close_code = 1006
         self._over: float | None = None  # when the outbox went over its cap
+        self._held: list[Frame] | None = None  # frames read while over the frame rate
         self.id = ""
         self.user = ""
         self.device = ""
@@ -171,6 +173,7 @@ class Session(asyncio.Protocol):
         self.phase = Phase.CLOSED
         self.transport = None
         self.node.connections.discard(self)
+        self.node.upgraded.discard(self)
         self._http = None  # the parser holds this protocol: a cycle
         if self._ws is not None:
             # The sans-io protocol and its parser generator reference each other. Closing the
@@ -233,17 +236,23 @@ class Session(asyncio.Protocol):
         except HandshakeRefused as exc:
             self._http_answer(exc.status, exc.message.encode())
             return
-        if self.node.draining or len(self.node.sessions) >= self.node.settings.max_connections:
+        settings = self.node.settings
+        # Every upgraded connection counts, hello or not: connections that never say hello must
+        # not get past the limit (nor hold the node's file descriptors) for free.
+        if self.node.draining or len(self.node.upgraded) >= settings.max_connections:
             metrics.connections_opened.labels("refused").inc()
             self._http_answer(503, b"node is not accepting connections")
             return
         self._http = None
         self.headers = {}
-        self._ws = _Frames(
-            state=WsState.OPEN, max_size=self.node.settings.max_frame_size, logger=_ws_log
-        )
+        self._ws = _Frames(state=WsState.OPEN, max_size=settings.max_frame_size, logger=_ws_log)
         self.phase = Phase.HELLO
+        self.node.upgraded.add(self)
         self.connected_at = time.time()
+        # Rate limited from the first frame: a hello is a frame like any other.
+        self.bucket = TokenBucket.full(
+            settings.client_frame_rate, settings.client_frame_burst, time.monotonic()
+        )
         assert self.transport is not None
         self.transport.write(response)
         self.transport.set_write_buffer_limits(high=self.node.settings.outbox_cap)
@@ -294,9 +303,50 @@ class Session(asyncio.Protocol):
         for event in ws.events_received():
             if not isinstance(event, Frame):
                 continue  # handshake events: the handshake was ours, none arrive
-            if self.phase >= Phase.CLOSING and event.opcode is not Opcode.CLOSE:
-                continue
-            self._frame(event)
+            if self._held is not None:
+                self._held.append(event)  # over the frame rate: read after the wait
+            else:
+                self._take(event)
+        self._settle()
+
+    def _take(self, frame: Frame) -> None:
+        if self.phase >= Phase.CLOSING and frame.opcode is not Opcode.CLOSE:
+            return
+        bucket = self.bucket
+        if frame.opcode is Opcode.TEXT and bucket is not None and self.transport is not None:
+            wait = bucket.take(time.monotonic())
+            if wait > 0:
+                # Backpressure, not punishment: this frame is handled, the ones that follow wait,
+                # and the socket is not read meanwhile.
+                metrics.frames_rejected.labels("rate_limited").inc()
+                self.transport.pause_reading()
+                self._held = []
+                self.node.loop.call_later(wait, self._release)
+        try:
+            self._frame(frame)
+        except Exception:  # a bug of ours: never let it out of data_received
+            log.exception("frame handling failed", extra={"session": self.id})
+            self.close(1011, "internal_error", "internal error, reconnect")
+
+    def _release(self) -> None:
+        """The wait is over: handle the frames held back, then read the socket again."""
+        held, self._held = self._held or [], None
+        if self._ws is None or self.transport is None:
+            return
+        for i, frame in enumerate(held):
+            if self._held is not None:  # over the rate again
+                self._held.extend(held[i:])
+                break
+            self._take(frame)
+        if self._held is None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Write what the WebSocket protocol has to send and follow its closing handshake."""
+        ws = self._ws
+        if ws is None:
+            return
         self._flush()
         if ws.close_sent is not None and self.phase < Phase.CLOSING:
             self.phase = Phase.CLOSING  # the protocol itself closed (4004, 1002, 1007)
@@ -314,14 +364,6 @@ class Session(asyncio.Protocol):
             if not frame.fin:
                 self._reject(FrameError("fragmented messages are not accepted", slug="fragmented"))
                 return
-            bucket = self.bucket
-            if bucket is not None:
-                wait = bucket.take(time.monotonic())
-                if wait > 0 and self.transport is not None:
-                    # Backpressure, not punishment: stop reading this socket for a while.
-                    metrics.frames_rejected.labels("rate_limited").inc()
-                    self.transport.pause_reading()
-                    self.node.loop.call_later(wait, self._resume_reading)
             try:
                 decoded = frames.decode_client_frame(frame.data)
             except FrameError as exc:
@@ -333,10 +375,6 @@ class Session(asyncio.Protocol):
         elif op is Opcode.CLOSE and self._close_code == 1006:
             ws = self._ws
             self._close_code = ws.close_rcvd.code if ws and ws.close_rcvd else 1005
-
-    def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def _reject(self, exc: FrameError) -> None:
         metrics.frames_rejected.labels(exc.slug).inc()
