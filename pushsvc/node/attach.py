@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pushsvc.broker.base import Expired, SentCount
 from pushsvc.core import frames, offsets
 from pushsvc.core import replay as replay_rules
+from pushsvc.core.clock import expired
 from pushsvc.core.streams import is_user_stream, subscriptions, valid_name
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.node.session import Phase, Session
@@ -120,16 +121,23 @@ async def missed(
     node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> list[tuple[str, HistoryEntry]]:
     """Read what ``session`` missed, per stream; clamp ``positions`` to the streams' ends."""
-    now_ms = int(time.time() * 1000)
+    now_ms = node.clock.now(int(time.time() * 1000))
     chosen: list[tuple[str, HistoryEntry]] = []
+    history = node.broker.history
+    catchup = node.catchup
     for stream in session.streams:
         since = wanted.get(stream)
         if since is None and not is_user_stream(stream):
+            if not catchup.knows(stream):  # the first session here to read it
+                catchup.start(stream, await history.last_offset(stream))
             continue
         after = None if is_user_stream(stream) else since
-        entries = await node.broker.history.read(stream, after, node.settings.history_size)
+        entries = await history.read(stream, after, node.settings.history_size)
+        end = entries[-1].offset if entries else None
         if since is not None:
-            await clamp(node, stream, entries, positions)
+            end = await clamp(node, stream, entries, positions)
+        if not catchup.knows(stream):
+            catchup.start(stream, end)
         owed = [e.message.id for e in entries if e.message.ack]
         acked: set[str] = set()
         if owed:
@@ -157,14 +165,16 @@ def check_device(device: str | None) -> None:
 
 async def clamp(
     node: Node, stream: str, entries: list[HistoryEntry], positions: dict[str, offsets.Position]
-) -> None:
+) -> str | None:
     """Clamp the resume position of ``stream`` to the stream's end (:func:`offsets.clamp`), so a
-    resume beyond it does not make the session drop later messages as already seen."""
+    resume beyond it does not make the session drop later messages as already seen; return the
+    newest offset known of the stream (None: it is empty)."""
     wanted = positions[stream]
     if entries and offsets.parse(entries[-1].offset) >= wanted:
-        return  # what was read reaches the resume position: it is within the stream
+        return entries[-1].offset  # what was read reaches the resume position: within the stream
     end = await node.broker.history.last_offset(stream)
     positions[stream] = offsets.clamp(wanted, None if end is None else offsets.parse(end))
+    return end
 
 
 def select(
@@ -181,6 +191,6 @@ def select(
     if is_user_stream(stream):
         for e in entries:
             m = e.message
-            if m.ack and m.expires <= now_ms and m.id not in acked:
+            if m.ack and m.id not in acked and expired(m, offsets.parse(e.offset), now_ms):
                 node.accounting.record(Expired(m.id, session.device, node.id))
     return replay_rules.select(stream, entries, since, acked.__contains__, now_ms)

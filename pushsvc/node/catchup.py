@@ -6,7 +6,8 @@ a jump in ``seq`` between two envelopes; the bus telling it the subscription was
 longer than one check interval (a subscription that died without a word).
 
 Then it *holds* the fan-out (new envelopes wait), reads every locally subscribed stream's history
-from just before the last envelope it did receive, queues those entries first and the held
+from just before the newest offset of that stream that reached it (:mod:`pushsvc.core.marks`:
+positions are stream ids, never a node's wall clock), queues those entries first and the held
 envelopes after them. Sessions drop what they already have by offset, so a message is never
 written twice and never skipped.
 
@@ -22,6 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from pushsvc.core import marks, offsets
 from pushsvc.errors import BrokerError
 from pushsvc.telemetry import metrics
 from pushsvc.types import Envelope
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MARGIN_MS = 2000  # read history from this long before the last envelope that did arrive
 CHECK_INTERVAL = 1.0
 
 
@@ -39,8 +40,8 @@ class CatchUp:
     def __init__(self, node: Node) -> None:
         self._node = node
         self.seq = 0  # newest envelope seq seen here
-        self.last_ts = int(time.time() * 1000)  # publish time of the newest envelope seen here
-        self._since: int | None = None  # catch-up wanted from this ms
+        self.marks = marks.StreamMarks()  # per locally read stream, the newest offset seen here
+        self._since: dict[str, offsets.Position] | None = None  # catch-up wanted from these marks
         self._running = False
         self._suspect: int | None = None  # bus position seen ahead of us at the last check
         self.recoveries = 0
@@ -55,10 +56,29 @@ class CatchUp:
                 "bus gap", extra={"node": self._node.id, "expected": self.seq + 1, "got": seq}
             )
             self.request()
-        if seq > self.seq:
-            self.seq = seq
-            self.last_ts = max(self.last_ts, envelope.message.ts)
+        self.seq = max(self.seq, seq)
+        first = next(iter(envelope.offsets.values()), None)
+        if seq and first is not None:  # a live envelope: it was appended a moment ago
+            self._node.clock.observe(offsets.parse(first), int(time.time() * 1000))
+        index = self._node.index
+        for stream, offset in envelope.offsets.items():
+            if index.get(stream) is not None:
+                self.marks.seen(stream, offsets.parse(offset))
         self._node.fanout.submit(envelope)
+
+    def start(self, stream: str, end: str | None) -> None:
+        """A session starts reading ``stream``, whose newest offset is ``end`` (None: empty)."""
+        self.marks.start(stream, None if end is None else offsets.parse(end))
+
+    def knows(self, stream: str) -> bool:
+        return self.marks.knows(stream)
+
+    def forget(self, streams: tuple[str, ...]) -> None:
+        """``streams`` of a closed session: drop the marks of those no local session reads."""
+        index = self._node.index
+        for stream in streams:
+            if index.get(stream) is None:
+                self.marks.forget(stream)
 
     def resync(self) -> None:
         """Bus callback: the subscription came back after a loss."""
@@ -71,9 +91,8 @@ class CatchUp:
         self.request()
 
     def request(self) -> None:
-        """Catch up from before the last envelope that arrived (merged with any pending ask)."""
-        since = self.last_ts - MARGIN_MS
-        self._since = since if self._since is None else min(self._since, since)
+        """Catch up from the marks as they are now (merged with any pending ask)."""
+        self._since = marks.merge(self._since, self.marks.snapshot())
         self._node.fanout.hold()
         if not self._running:
             self._running = True
@@ -88,7 +107,7 @@ class CatchUp:
                     entries = await self._read(since)
                 except (BrokerError, OSError) as exc:
                     log.warning("catch-up failed, retrying", extra={"error": str(exc)})
-                    self._since = since if self._since is None else min(self._since, since)
+                    self._since = marks.merge(self._since, since)
                     await asyncio.sleep(CHECK_INTERVAL)
                     continue
                 node.fanout.release(entries)
@@ -96,22 +115,27 @@ class CatchUp:
                 metrics.catchups.inc()
                 metrics.catchup_messages.inc(len(entries))
                 log.info(
-                    "caught up", extra={"node": node.id, "since": since, "entries": len(entries)}
+                    "caught up",
+                    extra={"node": node.id, "streams": len(since), "entries": len(entries)},
                 )
         finally:
             self._running = False
             node.fanout.release([])
 
-    async def _read(self, since_ms: int) -> list[Envelope]:
+    async def _read(self, since: dict[str, offsets.Position]) -> list[Envelope]:
         node = self._node
-        after = f"{max(0, since_ms)}-0"
-        streams = list(node.index.streams())
-        read = await node.broker.history.read_many(
-            [(stream, after) for stream in streams], node.settings.history_size
-        )
+        current = self.marks.snapshot()  # streams first read after the loss was noticed
+        reads: list[tuple[str, str | None]] = []
+        for stream in node.index.streams():
+            mark = since.get(stream, current.get(stream))
+            if mark is not None:  # else its first session is still starting: nothing was missed
+                reads.append((stream, marks.read_after(mark)))
+        read = await node.broker.history.read_many(reads, node.settings.history_size)
         out: list[Envelope] = []
-        for stream, entries in zip(streams, read, strict=True):
+        for (stream, _), entries in zip(reads, read, strict=True):
             out.extend(Envelope(e.message, {stream: e.offset}, "history") for e in entries)
+            if entries:
+                self.marks.seen(stream, offsets.parse(entries[-1].offset))
         return out
 
     async def watch(self) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pushsvc.broker.base import Expected, SentCount
 from pushsvc.core import frames, offsets
+from pushsvc.core.clock import expired
 from pushsvc.node.session import Phase
 from pushsvc.telemetry import metrics, tracing
 
@@ -73,7 +74,8 @@ class FanOut:
         now = time.time()
         self.lag = max(0.0, now - message.ts / 1000)
         metrics.broker_lag.set(self.lag)
-        if message.expires <= now * 1000:
+        appended = offsets.parse(next(iter(envelope.offsets.values()), "0-0"))
+        if expired(message, appended, node.clock.now(int(now * 1000))):
             return
         traced = tracing.tracer is not None
         span = tracing.process(message, envelope.offsets, node.id) if traced else None

@@ -32,6 +32,7 @@ from pushsvc.broker.base import (
 )
 from pushsvc.core import frames
 from pushsvc.core.acks import AckLedger
+from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.errors import BrokerError, FrameError
@@ -71,6 +72,7 @@ class Node:
         self.users: dict[str, int] = {}  # user -> open sessions here
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
+        self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer(settings.token_secret)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
@@ -267,6 +269,7 @@ class Node:
         else:
             self.users.pop(session.user, None)
         self.index.remove(session.id, session.streams)
+        self.catchup.forget(session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
         metrics.connections.set(len(self.sessions))
