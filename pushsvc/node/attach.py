@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 from pushsvc.broker.base import Expired, SentCount
 from pushsvc.core import frames, offsets
 from pushsvc.core import replay as replay_rules
+from pushsvc.core import session as core
 from pushsvc.core.clock import expired
+from pushsvc.core.session import Phase
 from pushsvc.core.streams import is_user_stream, subscriptions, valid_name
 from pushsvc.errors import AuthError, BrokerError, FrameError
-from pushsvc.node.session import Phase, Session
+from pushsvc.node.session import Session
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import HistoryEntry
 
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     """Verify the hello; on success register the session and start its replay."""
     if node.draining:
-        session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
+        d = core.DRAINING
+        session.close(d.code, d.slug, d.message)
         return
     try:
         claims = node.tokens.verify(hello.token)
@@ -47,8 +50,7 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.device = hello.device or session.id
     session.topics = claims.topics
     session.streams = subscriptions(claims.user, claims.topics)
-    session.phase = Phase.REPLAY
-    session.buffer = []
+    session.core.accept()
     session.hello_accepted()
     node.sessions[session.id] = session
     node.users[session.user] = node.users.get(session.user, 0) + 1
@@ -69,7 +71,7 @@ async def replay(
         node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
         session.close(1011, "internal_error", "could not read history, reconnect")
         return
-    if session.phase != Phase.REPLAY:
+    if session.core.phase != Phase.REPLAY:
         return
     s = node.settings
     session.write(
@@ -78,18 +80,14 @@ async def replay(
         )
     )
     now = time.time()
-    last = session.last
-    last.update(positions)
+    written: list[tuple[str, offsets.Position]] = []
     for stream, entry in [c for c in chosen if node.keep(session, c[1].message, now)]:
         m = entry.message
         frame = frames.ws_text_frame(
             frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
         )
         session.write(frame)
-        session.sent += 1
-        position = offsets.parse(entry.offset)
-        if position > last.get(stream, offsets.ZERO):
-            last[stream] = position
+        written.append((stream, offsets.parse(entry.offset)))
         if m.ack:
             node.track(session, m, frame, now, replay=True)
         else:
@@ -100,8 +98,7 @@ async def replay(
         if tracing.tracer is not None:
             tracing.replayed(node.id, [(stream, e.message) for stream, e in chosen])
         metrics.sent.inc(len(chosen))
-    buffered, session.buffer = session.buffer or [], None
-    session.phase = Phase.LIVE
+    buffered = session.core.replayed(positions, written)
     for stream, position, message, frame in [b for b in buffered if node.keep(session, b[2], now)]:
         if session.offer(stream, position, message, frame) and message.ack:
             node.track(session, message, frame, now, replay=False)

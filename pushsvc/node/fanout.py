@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pushsvc.broker.base import Expected, SentCount
 from pushsvc.core import frames, offsets
 from pushsvc.core.clock import expired
-from pushsvc.node.session import Phase
+from pushsvc.core.session import Phase
 from pushsvc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -100,7 +100,9 @@ class FanOut:
                     if session.id in seen:
                         continue
                     seen.add(session.id)
-                if dropped and session.phase == Phase.LIVE:  # fault injection: owed, not written
+                if (
+                    dropped and session.core.phase == Phase.LIVE
+                ):  # fault injection: owed, not written
                     if message.ack:
                         node.accounting.record(
                             Expected(message.id, session.device, session.id, node.id, now)

@@ -31,18 +31,20 @@ from pushsvc.broker.base import (
     SessionInfo,
 )
 from pushsvc.core import frames
+from pushsvc.core import session as core
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
-from pushsvc.errors import BrokerError, FrameError
+from pushsvc.core.session import Phase
+from pushsvc.errors import BrokerError
 from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node import attach
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
-from pushsvc.node.session import Phase, Session
+from pushsvc.node.session import Session
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
@@ -50,8 +52,6 @@ from pushsvc.types import Message
 
 log = logging.getLogger(__name__)
 
-PING_FRAME = frames.ws_text_frame(frames.PING)
-PONG_FRAME = frames.ws_text_frame(frames.PONG)
 
 STOP_TIMEOUT = 5.0  # seconds cancelled background tasks get to finish at shutdown
 FREEZE_AFTER = 500  # sessions opened between two gc.freeze() calls
@@ -200,28 +200,22 @@ class Node:
     # -- frames from sessions ---------------------------------------------------------------
 
     def frame_received(self, session: Session, frame: frames.ClientFrame) -> None:
-        session.ping_sent = None if not isinstance(frame, frames.Pong) else session.ping_sent
-        match frame:
-            case frames.Hello():
-                if session.phase != Phase.HELLO:
-                    raise_in(
-                        session, FrameError("hello was already received", slug="duplicate_hello")
-                    )
-                    return
-                attach.hello(self, session, frame)
-            case frames.Ack():
-                if session.phase < Phase.REPLAY:
-                    raise_in(session, FrameError("ack before hello", slug="hello_expected"))
-                    return
-                self._acked(session, frame.ids)
-            case frames.Ping():
-                session.write(PONG_FRAME)
-            case frames.Pong():
-                if session.ping_sent is not None:
-                    session.rtt = time.monotonic() - session.ping_sent
-                    session.ping_sent = None
+        """Apply what the session's rules make of ``frame`` (:meth:`SessionCore.receive`)."""
+        effect = session.core.receive(frame, time.monotonic())
+        match effect:
+            case None:
+                pass
+            case core.Write(payload):
+                session.write(payload)
+            case core.Close(code, slug, message):
+                metrics.frames_rejected.labels(slug).inc()
+                session.close(code, slug, message)
+            case core.Admit(hello):
+                attach.hello(self, session, hello)
+            case core.Settle(ids):
+                self._acked(session, ids)
             case _:
-                assert_never(frame)
+                assert_never(effect)
 
     def keep(self, session: Session, message: Message, now: float) -> bool:
         """False when the drop fault swallows ``message`` (it is then owed, never written)."""
@@ -243,8 +237,7 @@ class Node:
         if not settled:
             return
         now = time.time()
-        session.acked += len(settled)
-        session.last_ack = now
+        session.core.settled(len(settled), now)
         metrics.acked.inc(len(settled))
         if tracing.tracer is not None:
             tracing.acked(self.id, session.id, settled, time.time_ns())
@@ -282,8 +275,8 @@ class Node:
             "session closed",
             extra={
                 "session": session.id, "user": session.user, "device": session.device,
-                "code": code, "duration": round(duration, 3), "sent": session.sent,
-                "acked": session.acked,
+                "code": code, "duration": round(duration, 3), "sent": session.core.sent,
+                "acked": session.core.acked,
             },
         )  # fmt: skip
 
@@ -321,7 +314,7 @@ class Node:
             session = self.sessions.get(session_id)
             self.acks.forget_session(session_id)
             if session is not None:
-                session.close(4011, "not_acknowledged", "deliveries were not acknowledged")
+                apply_close(session, core.NOT_ACKNOWLEDGED)
         for session in list(self.over_cap):
             if slow_consumer(
                 session.outbox_bytes(), self.settings.outbox_cap, session.over_since(),
@@ -329,19 +322,17 @@ class Node:
             ):  # fmt: skip
                 self.over_cap.discard(session)
                 metrics.outbox_overflows.inc()
-                session.close(4008, "slow_consumer", "the client does not read fast enough")
+                apply_close(session, core.SLOW_CONSUMER)
         pings = self.pings
         heartbeat = self.settings.heartbeat
         while pings and pings[0][0] <= mono:
             _, session = pings.popleft()
-            if session.phase != Phase.LIVE:
-                continue
-            if session.ping_sent is not None:
-                session.close(4009, "heartbeat_timeout", "no pong in time")
-                continue
-            session.ping_sent = mono
-            session.write(PING_FRAME)
-            pings.append((mono + heartbeat, session))
+            effect = session.core.heartbeat(mono)
+            if isinstance(effect, core.Close):
+                apply_close(session, effect)
+            elif isinstance(effect, core.Write):
+                session.write(effect.payload)
+                pings.append((mono + heartbeat, session))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -382,8 +373,9 @@ class Node:
         return SessionInfo(
             id=session.id, node=self.id, user=session.user, device=session.device,
             remote=session.remote, connected_at=session.connected_at, topics=list(session.topics),
-            sent=session.sent, acked=session.acked, pending=self.acks.pending(session.id),
-            outbox_bytes=session.outbox_bytes(), last_ack=session.last_ack, rtt=session.rtt,
+            sent=session.core.sent, acked=session.core.acked,
+            pending=self.acks.pending(session.id), outbox_bytes=session.outbox_bytes(),
+            last_ack=session.core.last_ack, rtt=session.core.rtt,
         )  # fmt: skip
 
     # -- the client listener's plain HTTP requests ------------------------------------------
@@ -392,6 +384,5 @@ class Node:
         self.routes.handle(session, method, url, body)
 
 
-def raise_in(session: Session, exc: FrameError) -> None:
-    metrics.frames_rejected.labels(exc.slug).inc()
-    session.close(exc.code, exc.slug, exc.message)
+def apply_close(session: Session, close: core.Close) -> None:
+    session.close(close.code, close.slug, close.message)

@@ -6,14 +6,14 @@ answered by :mod:`pushsvc.http.client_routes` and the connection closed. Then We
 handed to the node; server frames are written straight to the transport, pre-framed, so a
 broadcast is encoded once per node.
 
-Life of a session: HTTP → HELLO (waiting for the hello, ``hello_timeout``) → REPLAY (welcome and
-replay being prepared; live messages are buffered) → LIVE → CLOSING → CLOSED.
+The rules of the session's life (phases, frames allowed when, the live buffer during replay,
+dedupe by offset, heartbeats, admission) are :class:`pushsvc.core.session.SessionCore`'s; this
+module only feeds it and applies what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 from pushsvc.core import frames
 from pushsvc.core.flow import TokenBucket
 from pushsvc.core.handshake import HandshakeRefused, check_upgrade
+from pushsvc.core.session import REFUSED, Phase, SessionCore, admits
 from pushsvc.errors import FrameError
 from pushsvc.telemetry import metrics
 
@@ -45,15 +46,6 @@ MAX_HEADER_BYTES = 16 * 1024
 
 class _BodyTooLarge(Exception):
     pass
-
-
-class Phase(enum.IntEnum):
-    HTTP = 0
-    HELLO = 1
-    REPLAY = 2
-    LIVE = 3
-    CLOSING = 4
-    CLOSED = 5
 
 
 class _Frames(ServerProtocol):
@@ -80,21 +72,14 @@ class Session(asyncio.Protocol):
         "_timer",
         "_url",
         "_ws",
-        "acked",
         "bucket",
-        "buffer",
         "connected_at",
+        "core",
         "device",
         "headers",
         "id",
-        "last",
-        "last_ack",
         "node",
-        "phase",
-        "ping_sent",
         "remote",
-        "rtt",
-        "sent",
         "streams",
         "topics",
         "transport",
@@ -103,7 +88,7 @@ class Session(asyncio.Protocol):
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.phase = Phase.HTTP
+        self.core: SessionCore[Message] = SessionCore()
         self.transport: asyncio.Transport | None = None
         self._http: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._ws: _Frames | None = None
@@ -120,15 +105,8 @@ class Session(asyncio.Protocol):
         self.device = ""
         self.topics: tuple[str, ...] = ()
         self.streams: tuple[str, ...] = ()
-        self.last: dict[str, Position] = {}
-        self.buffer: list[tuple[str, Position, Message, bytes]] | None = None
         self.remote = ""
         self.connected_at = 0.0
-        self.sent = 0
-        self.acked = 0
-        self.last_ack: float | None = None
-        self.rtt: float | None = None
-        self.ping_sent: float | None = None
         self.bucket: TokenBucket | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -169,8 +147,7 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        was = self.phase
-        self.phase = Phase.CLOSED
+        was = self.core.closed()
         self.transport = None
         self.node.connections.discard(self)
         self.node.upgraded.discard(self)
@@ -239,14 +216,14 @@ class Session(asyncio.Protocol):
         settings = self.node.settings
         # Every upgraded connection counts, hello or not: connections that never say hello must
         # not get past the limit (nor hold the node's file descriptors) for free.
-        if self.node.draining or len(self.node.upgraded) >= settings.max_connections:
+        if not admits(len(self.node.upgraded), settings.max_connections, self.node.draining):
             metrics.connections_opened.labels("refused").inc()
-            self._http_answer(503, b"node is not accepting connections")
+            self._http_answer(503, REFUSED.encode())
             return
         self._http = None
         self.headers = {}
         self._ws = _Frames(state=WsState.OPEN, max_size=settings.max_frame_size, logger=_ws_log)
-        self.phase = Phase.HELLO
+        self.core.upgraded()
         self.node.upgraded.add(self)
         self.connected_at = time.time()
         # Rate limited from the first frame: a hello is a frame like any other.
@@ -288,12 +265,12 @@ class Session(asyncio.Protocol):
 
     def _no_hello(self) -> None:
         self._timer = None
-        if self.phase == Phase.HTTP:
+        if self.core.phase == Phase.HTTP:
             if self.transport is not None:
                 self.transport.abort()
-        elif self.phase == Phase.HELLO:
+        elif (effect := self.core.hello_timeout()) is not None:
             metrics.connections_opened.labels("hello_timeout").inc()
-            self.close(4002, "hello_timeout", "no hello frame in time")
+            self.close(effect.code, effect.slug, effect.message)
 
     # -- WebSocket phase --------------------------------------------------------------------
 
@@ -310,7 +287,7 @@ class Session(asyncio.Protocol):
         self._settle()
 
     def _take(self, frame: Frame) -> None:
-        if self.phase >= Phase.CLOSING and frame.opcode is not Opcode.CLOSE:
+        if self.core.phase >= Phase.CLOSING and frame.opcode is not Opcode.CLOSE:
             return
         bucket = self.bucket
         if frame.opcode is Opcode.TEXT and bucket is not None and self.transport is not None:
@@ -348,8 +325,8 @@ class Session(asyncio.Protocol):
         if ws is None:
             return
         self._flush()
-        if ws.close_sent is not None and self.phase < Phase.CLOSING:
-            self.phase = Phase.CLOSING  # the protocol itself closed (4004, 1002, 1007)
+        if ws.close_sent is not None and self.core.closing():
+            # the protocol itself closed (4004, 1002, 1007)
             self._close_code = ws.close_sent.code
             self._timer = self._timer or self.node.loop.call_later(CLOSE_TIMEOUT, self._abort)
         if ws.close_expected() and self.transport is not None:
@@ -396,24 +373,16 @@ class Session(asyncio.Protocol):
     def write(self, payload: bytes) -> None:
         """Write a pre-framed server frame (see :func:`frames.ws_text_frame`)."""
         transport = self.transport
-        if transport is not None and self.phase < Phase.CLOSING:
+        if transport is not None and self.core.phase < Phase.CLOSING:
             transport.write(payload)
 
     def offer(self, stream: str, position: Position, message: Message, frame: bytes) -> bool:
         """Give a live message to this session; True when it was written now."""
-        if self.phase == Phase.LIVE:
-            last = self.last.get(stream)
-            if last is not None and position <= last:
-                return False  # already replayed, or a duplicate
-            self.last[stream] = position
+        if self.core.offer(stream, position, message, frame):
             transport = self.transport
-            if transport is None:
-                return False
-            transport.write(frame)
-            self.sent += 1
-            return True
-        if self.phase == Phase.REPLAY and self.buffer is not None:
-            self.buffer.append((stream, position, message, frame))
+            if transport is not None:  # (it is while live: connection_lost ends the phase first)
+                transport.write(frame)
+                return True
         return False
 
     def outbox_bytes(self) -> int:
@@ -429,10 +398,9 @@ class Session(asyncio.Protocol):
         The TCP connection is aborted if the client does not complete the close handshake within
         a couple of seconds.
         """
-        if self.phase >= Phase.CLOSING or self.transport is None:
+        if self.transport is None or not self.core.closing():
             return
         ws = self._ws
-        self.phase = Phase.CLOSING
         self._close_code = code
         if self._timer is not None:
             self._timer.cancel()
