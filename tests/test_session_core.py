@@ -8,6 +8,7 @@ from pushsvc.core import frames
 from pushsvc.core import session as core
 from pushsvc.core.offsets import Position
 from pushsvc.core.session import Phase, SessionCore
+from pushsvc.errors import FrameError
 
 
 def at(phase: Phase) -> SessionCore[str]:
@@ -208,3 +209,40 @@ def test_settled_acks_are_counted() -> None:
     s.settled(2, 6.0)
     s.settled(1, 7.0)
     assert (s.acked, s.last_ack) == (3, 7.0)
+
+
+# -- the hello's device and resume ------------------------------------------------------------
+
+STREAMS = ("user:p1", "topic:c1", "all")
+
+
+@pytest.mark.parametrize(
+    ("device", "resume", "slug"),
+    [
+        ("a b", {}, "invalid_device"),
+        ("phone/1", {}, "invalid_device"),
+        ("\u00fc", {}, "invalid_device"),
+        ("p1\n", {}, "invalid_device"),
+        (None, {"all": "yesterday"}, "bad_resume"),
+        (None, {"all": "\u0663-0"}, "bad_resume"),
+        (None, {"all": "1-\u00b2"}, "bad_resume"),
+        (None, {"topic:other": "1"}, "bad_resume"),  # checked even when not read
+        ("ok", {"all": "1-0", "user:p1": ""}, "bad_resume"),
+    ],
+)
+def test_check_hello_refuses_bad_devices_and_offsets(
+    device: str | None, resume: dict[str, str], slug: str
+) -> None:
+    with pytest.raises(FrameError) as info:
+        core.check_hello(frames.Hello(token="t", device=device, resume=resume), STREAMS)
+    assert (info.value.code, info.value.slug) == (4003, slug)
+
+
+def test_check_hello_keeps_the_streams_the_session_reads() -> None:
+    hello = frames.Hello(
+        token="t", device="phone-1", resume={"user:p1": "5-1", "user:p2": "9-0", "all": "7-0"}
+    )
+    resume = core.check_hello(hello, STREAMS)
+    assert resume.offsets == {"user:p1": "5-1", "all": "7-0"}
+    assert resume.positions == {"user:p1": (5, 1), "all": (7, 0)}
+    assert core.check_hello(frames.Hello(token="t"), STREAMS) == core.Resume({}, {})

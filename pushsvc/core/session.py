@@ -26,9 +26,11 @@ import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar, assert_never
 
-from pushsvc.core import frames
+from pushsvc.core import frames, offsets
 from pushsvc.core.frames import ClientFrame
 from pushsvc.core.offsets import Position
+from pushsvc.core.streams import valid_name
+from pushsvc.errors import FrameError
 
 M = TypeVar("M")
 
@@ -79,6 +81,32 @@ NOT_ACKNOWLEDGED = Close(4011, "not_acknowledged", "deliveries were not acknowle
 SLOW_CONSUMER = Close(4008, "slow_consumer", "the client does not read fast enough")
 DRAINING = Close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
 REFUSED = "node is not accepting connections"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a hello asks to resume, checked: ``offsets`` of the streams the session reads (as
+    sent, for the history reads) and their ``positions``."""
+
+    offsets: dict[str, str]
+    positions: dict[str, Position]
+
+
+def check_hello(hello: frames.Hello, streams: tuple[str, ...]) -> Resume:
+    """Check a hello's ``device`` and ``resume`` for a session reading ``streams``.
+
+    Raises :class:`FrameError` (4003): ``bad_resume`` when an offset is not ASCII
+    ``<digits>-<digits>``, ``invalid_device`` when the device id is not a name
+    (:func:`streams.valid_name`). Entries for streams the session does not read are ignored.
+    """
+    if hello.device is not None and not valid_name(hello.device):
+        raise FrameError(f"invalid device id {hello.device[:48]!r}", slug="invalid_device")
+    try:
+        positions = {stream: offsets.parse(offset) for stream, offset in hello.resume.items()}
+    except FrameError as exc:
+        raise FrameError(f"bad resume: {exc.message}", slug="bad_resume") from None
+    wanted = {s: o for s, o in hello.resume.items() if s in streams}
+    return Resume(wanted, {s: positions[s] for s in wanted})
 
 
 def admits(upgraded: int, max_connections: int, draining: bool) -> bool:

@@ -17,7 +17,7 @@ from pushsvc.core import replay as replay_rules
 from pushsvc.core import session as core
 from pushsvc.core.clock import expired
 from pushsvc.core.session import Phase
-from pushsvc.core.streams import is_user_stream, subscriptions, valid_name
+from pushsvc.core.streams import is_user_stream, subscriptions
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.node.session import Session
 from pushsvc.telemetry import metrics, tracing
@@ -35,8 +35,8 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
         return
     try:
         claims = node.tokens.verify(hello.token)
-        resume = resume_positions(hello.resume)
-        check_device(hello.device)
+        streams = subscriptions(claims.user, claims.topics)
+        resume = core.check_hello(hello, streams)
     except AuthError as exc:
         metrics.connections_opened.labels("unauthorized").inc()
         session.close(exc.code, exc.slug, exc.message)
@@ -49,7 +49,7 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.user = claims.user
     session.device = hello.device or session.id
     session.topics = claims.topics
-    session.streams = subscriptions(claims.user, claims.topics)
+    session.streams = streams
     session.core.accept()
     session.hello_accepted()
     node.sessions[session.id] = session
@@ -57,8 +57,7 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     node.unfrozen += 1
     node.index.add(session.id, session.streams, session)
     metrics.connections.set(len(node.sessions))
-    wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
-    node.spawn(replay(node, session, wanted, resume))
+    node.spawn(replay(node, session, resume.offsets, resume.positions))
 
 
 async def replay(
@@ -143,21 +142,6 @@ async def missed(
         picked = select(node, session, stream, entries, since, acked, now_ms)
         chosen.extend((stream, e) for e in picked)
     return chosen
-
-
-def resume_positions(resume: dict[str, str]) -> dict[str, offsets.Position]:
-    """The hello's resume offsets as positions; :class:`FrameError` ``bad_resume`` (4003) when one
-    is not ``<digits>-<digits>``."""
-    try:
-        return {stream: offsets.parse(offset) for stream, offset in resume.items()}
-    except FrameError as exc:
-        raise FrameError(f"bad resume: {exc.message}", slug="bad_resume") from None
-
-
-def check_device(device: str | None) -> None:
-    """Raise :class:`FrameError` ``invalid_device`` (4003) unless ``device`` is a valid name."""
-    if device is not None and not valid_name(device):
-        raise FrameError(f"invalid device id {device[:48]!r}", slug="invalid_device")
 
 
 async def clamp(
