@@ -29,7 +29,15 @@ from pushsvc.telemetry import metrics
 from pushsvc.types import Envelope
 
 if TYPE_CHECKING:
-    from pushsvc.node.gateway import Node
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
+    from pushsvc.broker.base import Broker
+    from pushsvc.core.clock import StreamClock
+    from pushsvc.core.index import SubscriberIndex
+    from pushsvc.node.fanout import FanOut
+    from pushsvc.node.faults import Faults
+    from pushsvc.node.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,28 @@ CHECK_INTERVAL = 1.0
 
 
 class CatchUp:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    """Watches the bus for losses and catches ``fanout`` up from ``broker``'s history for the
+    streams of ``index``; ``spawn`` runs a tracked task (``Node.spawn``)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        broker: Broker,
+        fanout: FanOut,
+        index: SubscriberIndex[Session],
+        clock: StreamClock,
+        faults: Faults,
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
+        history_size: int,
+    ) -> None:
+        self._node_id = node_id
+        self._broker = broker
+        self._fanout = fanout
+        self._index = index
+        self._clock = clock
+        self._faults = faults
+        self._spawn = spawn
+        self._history_size = history_size
         self.seq = 0  # newest envelope seq seen here
         self.marks = marks.StreamMarks()  # per locally read stream, the newest offset seen here
         self._since: dict[str, offsets.Position] | None = None  # catch-up wanted from these marks
@@ -48,23 +76,23 @@ class CatchUp:
 
     def envelope(self, envelope: Envelope) -> None:
         """Bus callback: check the sequence, then hand the envelope to the fan-out."""
-        if self._node.faults.stop_bus:
+        if self._faults.stop_bus:
             return
         seq = envelope.seq
         if seq and self.seq and seq > self.seq + 1:
             log.warning(
-                "bus gap", extra={"node": self._node.id, "expected": self.seq + 1, "got": seq}
+                "bus gap", extra={"node": self._node_id, "expected": self.seq + 1, "got": seq}
             )
             self.request()
         self.seq = max(self.seq, seq)
         first = next(iter(envelope.offsets.values()), None)
         if seq and first is not None:  # a live envelope: it was appended a moment ago
-            self._node.clock.observe(offsets.parse(first), int(time.time() * 1000))
-        index = self._node.index
+            self._clock.observe(offsets.parse(first), int(time.time() * 1000))
+        index = self._index
         for stream, offset in envelope.offsets.items():
             if index.get(stream) is not None:
                 self.marks.seen(stream, offsets.parse(offset))
-        self._node.fanout.submit(envelope)
+        self._fanout.submit(envelope)
 
     def start(self, stream: str, end: str | None) -> None:
         """A session starts reading ``stream``, whose newest offset is ``end`` (None: empty)."""
@@ -75,14 +103,14 @@ class CatchUp:
 
     def forget(self, streams: tuple[str, ...]) -> None:
         """``streams`` of a closed session: drop the marks of those no local session reads."""
-        index = self._node.index
+        index = self._index
         for stream in streams:
             if index.get(stream) is None:
                 self.marks.forget(stream)
 
     def resync(self) -> None:
         """Bus callback: the subscription came back after a loss."""
-        if not self._node.faults.stop_bus:
+        if not self._faults.stop_bus:
             self.request()
 
     def restart(self) -> None:
@@ -93,13 +121,12 @@ class CatchUp:
     def request(self) -> None:
         """Catch up from the marks as they are now (merged with any pending ask)."""
         self._since = marks.merge(self._since, self.marks.snapshot())
-        self._node.fanout.hold()
+        self._fanout.hold()
         if not self._running:
             self._running = True
-            self._node.spawn(self._run())
+            self._spawn(self._run())
 
     async def _run(self) -> None:
-        node = self._node
         try:
             while self._since is not None:
                 since, self._since = self._since, None
@@ -110,27 +137,26 @@ class CatchUp:
                     self._since = marks.merge(self._since, since)
                     await asyncio.sleep(CHECK_INTERVAL)
                     continue
-                node.fanout.release(entries)
+                self._fanout.release(entries)
                 self.recoveries += 1
                 metrics.catchups.inc()
                 metrics.catchup_messages.inc(len(entries))
                 log.info(
                     "caught up",
-                    extra={"node": node.id, "streams": len(since), "entries": len(entries)},
+                    extra={"node": self._node_id, "streams": len(since), "entries": len(entries)},
                 )
         finally:
             self._running = False
-            node.fanout.release([])
+            self._fanout.release([])
 
     async def _read(self, since: dict[str, offsets.Position]) -> list[Envelope]:
-        node = self._node
         current = self.marks.snapshot()  # streams first read after the loss was noticed
         reads: list[tuple[str, str | None]] = []
-        for stream in node.index.streams():
+        for stream in self._index.streams():
             mark = since.get(stream, current.get(stream))
             if mark is not None:  # else its first session is still starting: nothing was missed
                 reads.append((stream, marks.read_after(mark)))
-        read = await node.broker.history.read_many(reads, node.settings.history_size)
+        read = await self._broker.history.read_many(reads, self._history_size)
         out: list[Envelope] = []
         for (stream, _), entries in zip(reads, read, strict=True):
             out.extend(Envelope(e.message, {stream: e.offset}, "history") for e in entries)
@@ -142,11 +168,11 @@ class CatchUp:
         """Compare the bus position with what arrived here, every second, until cancelled."""
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
-            if self._node.faults.stop_bus:
+            if self._faults.stop_bus:
                 continue
             seen = self.seq  # before asking: envelopes keep arriving while we wait
             try:
-                position = await self._node.broker.bus.position()
+                position = await self._broker.bus.position()
             except (BrokerError, OSError):
                 continue
             if position < seen:  # below what had already arrived: the counter restarted
@@ -157,7 +183,7 @@ class CatchUp:
             elif self._suspect is not None and self.seq < self._suspect:
                 log.warning(
                     "bus silent while behind",
-                    extra={"node": self._node.id, "here": self.seq, "bus": position},
+                    extra={"node": self._node_id, "here": self.seq, "bus": position},
                 )
                 self._suspect = None
                 self.seq = position

@@ -77,8 +77,19 @@ class Node:
         self.tokens = TokenIssuer(settings.token_secret)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
         self.faults = Faults()  # game days only: see pushsvc.http.admin
-        self.fanout = FanOut(self)
-        self.catchup = CatchUp(self)
+        self.fanout = FanOut(
+            self.id, self.index, self.clock, self.accounting, self.track, self.faults
+        )
+        self.catchup = CatchUp(
+            self.id,
+            broker,
+            self.fanout,
+            self.index,
+            self.clock,
+            self.faults,
+            self.spawn,
+            settings.history_size,
+        )
         self.over_cap: set[Session] = set()
         self.draining = False
         self.started = 0.0
