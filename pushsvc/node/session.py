@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 import msgspec
@@ -34,7 +34,7 @@ from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
     from pushsvc.core.offsets import Position
-    from pushsvc.node.gateway import Node
+    from pushsvc.settings import Settings
     from pushsvc.types import Message
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,24 @@ class _Frames(ServerProtocol):
             metrics.frames_rejected.labels("frame_too_large").inc()
             code, reason = 4004, "frame too large"
         super().fail(code, reason)
+
+
+class Host(Protocol):
+    """What a session needs of its node (``Node`` is one): where it is counted, its settings and
+    loop, and where it hands frames, plain HTTP requests and its end."""
+
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    draining: bool
+    connections: set[Session]  # every open connection
+    upgraded: set[Session]  # every WebSocket connection, hello or not
+    over_cap: set[Session]  # sessions whose outbox is over its cap
+
+    def frame_received(self, session: Session, frame: frames.ClientFrame) -> None: ...
+
+    def http_request(self, session: Session, method: bytes, url: bytes, body: bytes) -> None: ...
+
+    def session_closed(self, session: Session, code: int, phase: Phase) -> None: ...
 
 
 class Session(asyncio.Protocol):
@@ -86,7 +104,7 @@ class Session(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host) -> None:
         self.node = node
         self.core: SessionCore[Message] = SessionCore()
         self.transport: asyncio.Transport | None = None
