@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pushsvc.core import frames, offsets, replay, streams
+from pushsvc.core import clock, frames, marks, offsets, replay, streams
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.flow import TokenBucket, slow_consumer
 from pushsvc.core.handshake import HandshakeRefused, accept_key, check_upgrade
@@ -49,6 +49,13 @@ def test_decode_valid_frames(raw: bytes, expected: frames.ClientFrame) -> None:
         (b'{"type":"ack","ids":[1]}', "invalid_frame"),
         (b'{"type":"hello","token":""}', "invalid_frame"),
         (b'{"type":"ack","ids":[' + b",".join([b'"x"'] * 1001) + b"]}", "invalid_frame"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested_too_deep"),
+        (b'{"type":"ack","ids":["a"],"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested_too_deep"),
+        (
+            b'{"type":"hello","token":"t","resume":' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+            "nested_too_deep",
+        ),
+        (b"[" * 100_000, "nested_too_deep"),
     ],
 )
 def test_decode_bad_frames(raw: bytes, slug: str) -> None:
@@ -98,10 +105,31 @@ def test_next_position_is_monotonic(
     assert offsets.next_position(last, now) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "1", "a-1", "1-b", "-1", "1-", "1-2-3", "9" * 40 + "-1"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "1", "a-1", "1-b", "-1", "1-", "1-2-3", "9" * 40 + "-1", "\u0663-1", "1-\u00b2",
+     "\uff11-0", " 1-0", "+1-0", "1-0\n"],
+)  # fmt: skip
 def test_parse_rejects_bad_offsets(bad: str) -> None:
     with pytest.raises(FrameError):
         offsets.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("position", "end", "expected"),
+    [
+        ((5, 0), (9, 0), (5, 0)),
+        ((9, 0), (9, 0), (9, 0)),
+        ((9, 1), (9, 0), (9, 0)),
+        ((10**30, 0), (9, 3), (9, 3)),
+        ((4, 0), None, (0, 0)),
+        ((0, 0), None, (0, 0)),
+    ],
+)
+def test_clamp_keeps_resume_positions_within_the_stream(
+    position: offsets.Position, end: offsets.Position | None, expected: offsets.Position
+) -> None:
+    assert offsets.clamp(position, end) == expected
 
 
 def test_offsets_order_numerically_not_as_text() -> None:
@@ -322,3 +350,85 @@ def test_a_session_can_resume_every_stream_its_token_allows() -> None:
         msgspec.json.encode({"type": "hello", "token": "t", "resume": resume})
     )
     assert isinstance(hello, frames.Hello) and len(hello.resume) == streams.MAX_TOPICS + 2
+
+
+# -- clocks and catch-up marks ----------------------------------------------------------------
+
+
+def _message(ts: int, ttl_ms: int) -> Message:
+    return Message("m", "e", msgspec.Raw(b"null"), ts, True, ts + ttl_ms)
+
+
+@pytest.mark.parametrize(
+    ("published_ts", "appended_ms", "ttl_ms", "stream_now", "is_expired"),
+    [
+        (1_000, 1_000, 500, 1_499, False),
+        (1_000, 1_000, 500, 1_500, True),
+        # the publishing node is 60 s ahead of the broker: its ts does not matter
+        (61_000, 1_000, 20_000, 20_999, False),
+        (61_000, 1_000, 20_000, 21_000, True),
+        # ... nor 60 s behind
+        (1_000, 61_000, 20_000, 80_999, False),
+    ],
+)
+def test_expiry_is_measured_from_the_offset_in_the_streams_clock(
+    published_ts: int, appended_ms: int, ttl_ms: int, stream_now: int, is_expired: bool
+) -> None:
+    message = _message(published_ts, ttl_ms)
+    assert clock.expired(message, (appended_ms, 0), stream_now) is is_expired
+
+
+@pytest.mark.parametrize(
+    ("appended", "arrived", "local", "stream_now"),
+    [
+        ((100_000, 0), 100_002, 200_000, 199_998),  # same clocks, 2 ms on the bus
+        ((100_000, 0), 160_000, 200_000, 140_000),  # this node 60 s ahead of the broker
+        ((100_000, 0), 40_000, 50_000, 110_000),  # ... or 60 s behind
+    ],
+)
+def test_stream_clock_corrects_the_local_clock_by_what_the_bus_shows(
+    appended: offsets.Position, arrived: int, local: int, stream_now: int
+) -> None:
+    c = clock.StreamClock()
+    assert c.now(local) == local  # nothing seen yet: no correction
+    c.observe(appended, arrived)
+    assert c.now(local) == stream_now
+
+
+def test_stream_marks_advance_with_the_bus_and_start_at_a_streams_end() -> None:
+    m = marks.StreamMarks()
+    m.start("topic:a", (50, 0))
+    m.start("user:p", None)  # empty when its first session started
+    m.seen("topic:a", (40, 0))  # an envelope that crossed another on the bus: no step back
+    assert m.snapshot() == {"topic:a": (50, 0), "user:p": (0, 0)}
+    m.seen("user:p", (70, 1))
+    m.start("user:p", (60, 0))  # already known: the bus knows better
+    assert m.snapshot() == {"topic:a": (50, 0), "user:p": (70, 1)}
+    m.forget("topic:a")
+    assert not m.knows("topic:a") and len(m) == 1
+
+
+@pytest.mark.parametrize(
+    ("pending", "snapshot", "merged"),
+    [
+        (None, {"a": (5, 0)}, {"a": (5, 0)}),
+        ({"a": (3, 0)}, {"a": (5, 0), "b": (1, 0)}, {"a": (3, 0), "b": (1, 0)}),
+        ({"a": (7, 0), "c": (2, 0)}, {"a": (5, 0)}, {"a": (5, 0), "c": (2, 0)}),
+    ],
+)
+def test_catch_up_asks_merge_to_the_earlier_mark(
+    pending: dict[str, offsets.Position] | None,
+    snapshot: dict[str, offsets.Position],
+    merged: dict[str, offsets.Position],
+) -> None:
+    assert marks.merge(pending, snapshot) == merged
+
+
+@pytest.mark.parametrize(
+    ("mark", "after"),
+    [((0, 0), "0-0"), ((1_700_000_002_000, 3), "1700000000000-0"), ((1_500, 0), "0-0")],
+)
+def test_catch_up_reads_a_margin_of_the_streams_clock_before_the_mark(
+    mark: offsets.Position, after: str
+) -> None:
+    assert marks.read_after(mark) == after

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests.support import UNIT, NodeHandle, start_node, wait_until
 from tests.wire import Wire
@@ -282,11 +283,103 @@ async def test_4003_before_hello(node: NodeHandle, frame: str, slug: str) -> Non
     assert (code, frames[-1]["code"]) == (4003, slug)
 
 
-async def test_4003_invalid_resume_offset(node: NodeHandle) -> None:
+@pytest.mark.parametrize(
+    "offset", ["yesterday", "\u0663-0", "1-\u00b2", "\uff11-0", "1", "1-2-3", "-1", " 1-0", ""]
+)
+async def test_4003_bad_resume_offset(node: NodeHandle, offset: str) -> None:
     client = await Wire.open(node.client_url, None)
-    await client.send({"type": "hello", "token": node.token(uid()), "resume": {"all": "yesterday"}})
+    await client.send({"type": "hello", "token": node.token(uid()), "resume": {"all": offset}})
     code, _, frames = await client.closed()
-    assert (code, frames[-1]["code"]) == (4003, "invalid_offset")
+    assert (code, frames[-1]["type"], frames[-1]["code"]) == (4003, "error", "bad_resume")
+    assert "Traceback" not in node.log()
+
+
+@pytest.mark.parametrize("device", ["a b", "phone/1", "x" * 129, "\u00fc", "p1\n", "a\u0000b"])
+async def test_4003_invalid_device(node: NodeHandle, device: str) -> None:
+    client = await Wire.open(node.client_url, None)
+    await client.send({"type": "hello", "token": node.token(uid()), "device": device})
+    code, _, frames = await client.closed()
+    assert (code, frames[-1]["type"], frames[-1]["code"]) in (
+        (4003, "error", "invalid_device"),
+        (4003, "error", "invalid_frame"),  # longer than any device id: refused by the decoder
+    )
+    assert frames[-1]["code"] == "invalid_device" or len(device) > 128
+
+
+async def test_valid_device_ids_are_welcomed(node: NodeHandle) -> None:
+    for device in ("phone-1", "a.b@c+d=e_f", "x" * 128):
+        client = await Wire.open(node.client_url, node.token(uid()), device=device)
+        assert client.welcome["type"] == "welcome"
+        await client.close()
+
+
+DEEP = ["[" * 100_000 + "]" * 100_000, '{"type":"ack","ids":["a"],"x":' + "[" * 3000 + "]" * 3000 + "}",
+        "[" * 50_000, '{"type":"hello","token":"t","resume":' + '{"a":' * 3000 + "1" + "}" * 3001]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def roomy() -> Iterator[NodeHandle]:
+    """A node that accepts frames of a megabyte, to reach the decoder with anything."""
+    with start_node(max_frame_size=1 << 20) as handle:
+        yield handle
+
+
+@pytest.mark.parametrize("frame", DEEP)
+@pytest.mark.parametrize("hello", [False, True])
+async def test_4003_frames_nested_too_deep_never_raise(
+    roomy: NodeHandle, frame: str, hello: bool
+) -> None:
+    client = await Wire.open(roomy.client_url, roomy.token(uid()) if hello else None)
+    await client.send(frame)
+    code, _, frames = await client.closed()
+    assert (code, frames[-1]["type"], frames[-1]["code"]) == (4003, "error", "nested_too_deep")
+    again = await Wire.open(roomy.client_url, roomy.token(uid()))  # the node is fine
+    await again.close()
+    log = roomy.log()
+    assert "Traceback" not in log and '"exc"' not in log and '"level":"error"' not in log
+
+
+async def test_max_connections_counts_connections_that_have_not_said_hello() -> None:
+    with start_node(max_connections=3, hello_timeout=30 * UNIT) as small:
+        silent: list[Wire] = []  # (the embedded monitor's canary may hold one of the three)
+        with pytest.raises(InvalidStatus) as refused:  # noqa: PT012 - the 3rd or 4th is refused
+            while len(silent) < 4:
+                silent.append(await Wire.open(small.client_url, None))
+        assert 2 <= len(silent) <= 3
+        assert refused.value.response.status_code == 503
+        assert b'"unavailable"' in refused.value.response.body
+        with pytest.raises(InvalidStatus):
+            await Wire.open(small.client_url, small.token(uid()))
+        await silent[0].close()
+        admitted = await admitted_within(small, 5 * UNIT)
+        for client in (*silent[1:], admitted):
+            await client.close()
+
+
+async def admitted_within(node: NodeHandle, timeout: float) -> Wire:
+    """A welcomed client, retried while the node still counts a connection that is closing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await Wire.open(node.client_url, node.token(uid()))
+        except InvalidStatus:
+            assert time.monotonic() < deadline, "never admitted"
+            await asyncio.sleep(0.05)
+
+
+async def test_frames_before_hello_are_rate_limited() -> None:
+    rate, burst, sent = 40, 10, 50
+    with start_node(client_frame_rate=rate, client_frame_burst=burst) as limited:
+        client = await Wire.open(limited.client_url, None)
+        started = time.monotonic()
+        for _ in range(sent):
+            await client.send({"type": "ping"})
+        for _ in range(sent):
+            assert (await client.recv())["type"] == "pong"
+        assert time.monotonic() - started >= 0.9 * (sent - burst) / rate
+        await client.send({"type": "hello", "token": limited.token(uid())})
+        assert (await client.recv())["type"] == "welcome"
+        await client.close()
 
 
 async def test_4004_frame_too_large(node: NodeHandle) -> None:

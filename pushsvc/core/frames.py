@@ -1,7 +1,8 @@
 """The wire protocol's frames (docs/protocol.md), decoded in one place and encoded once.
 
 Client frames are decoded with :func:`decode_client_frame`, which returns one of the typed structs
-or raises :class:`FrameError` carrying the close code. Server frames are encoded to JSON bytes by
+or raises :class:`FrameError` carrying the close code, whatever the bytes (nesting too deep for
+the decoder included). Server frames are encoded to JSON bytes by
 the ``encode_*`` functions; :func:`ws_text_frame` wraps a payload into an unmasked WebSocket text
 frame so that a broadcast is framed once per node and written as-is to every socket.
 """
@@ -55,6 +56,8 @@ def decode_client_frame(data: bytes | bytearray | memoryview | str) -> ClientFra
         frame: ClientFrame = _decoder.decode(data)
     except UnicodeDecodeError:
         raise FrameError("frame is not valid UTF-8", slug="malformed_json") from None
+    except RecursionError:
+        raise FrameError("frame is nested too deeply", slug="nested_too_deep") from None
     except msgspec.DecodeError as exc:
         raise _explain(data, exc) from None
     return frame
@@ -66,6 +69,8 @@ def _explain(data: bytes | bytearray | memoryview | str, exc: msgspec.DecodeErro
         value = _any.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return FrameError("frame is not valid JSON", slug="malformed_json")
+    except RecursionError:
+        return FrameError("frame is nested too deeply", slug="nested_too_deep")
     if not isinstance(value, dict):
         return FrameError("frame must be a JSON object", slug="not_an_object")
     kind = value.get("type")

@@ -16,9 +16,25 @@ ZERO: Position = (0, 0)
 def parse(offset: str) -> Position:
     """Parse an offset; raise :class:`FrameError` (4003) when it is not ``<ms>-<seq>``."""
     ms, sep, seq = offset.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit() or len(offset) > 41:
+    if not sep or not _digits(ms) or not _digits(seq) or len(offset) > 41:
         raise FrameError(f"invalid offset {offset[:48]!r}", slug="invalid_offset")
     return int(ms), int(seq)
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit alone accepts every Unicode digit ("٣", "²"), which int() may not read
+    return text.isascii() and text.isdigit()
+
+
+def clamp(position: Position, end: Position | None) -> Position:
+    """A resume position no further than the stream's ``end`` (None: the stream is empty).
+
+    A client may hold an offset beyond what the stream has (a history lost with its Redis, a forged
+    resume); positions are compared to drop duplicates, so an unclamped one would drop every later
+    message of the stream as already seen.
+    """
+    limit = ZERO if end is None else end
+    return position if position <= limit else limit
 
 
 def format_position(position: Position) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from pushsvc.core import offsets
+from pushsvc.core.clock import expired
 from pushsvc.core.streams import is_user_stream
 from pushsvc.types import HistoryEntry
 
@@ -28,7 +29,8 @@ def select(
     acked_by_device: Callable[[str], bool],
     now_ms: int,
 ) -> list[HistoryEntry]:
-    """The entries of ``stream`` (in offset order) to replay to a connecting session."""
+    """The entries of ``stream`` (in offset order) to replay to a connecting session; ``now_ms``
+    is in the stream's clock (:mod:`pushsvc.core.clock`)."""
     user = is_user_stream(stream)
     if resume is None and not user:
         return []
@@ -36,9 +38,10 @@ def select(
     chosen = []
     for entry in entries:
         message = entry.message
-        if message.expires <= now_ms:
+        position = offsets.parse(entry.offset)
+        if expired(message, position, now_ms):
             continue
-        if after is not None and offsets.parse(entry.offset) > after:
+        if after is not None and position > after:
             chosen.append(entry)
         elif user and message.ack and not acked_by_device(message.id):
             chosen.append(entry)

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 from pushsvc.broker.base import Expired, SentCount, device_key
 from pushsvc.core import frames, offsets
 from pushsvc.core import replay as replay_rules
-from pushsvc.core.flow import TokenBucket
+from pushsvc.core import session as core
+from pushsvc.core.clock import expired
+from pushsvc.core.session import Phase
 from pushsvc.core.streams import is_user_stream, subscriptions
 from pushsvc.errors import AuthError, BrokerError, FrameError
-from pushsvc.node.session import Phase, Session
+from pushsvc.node.session import Session
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import HistoryEntry
 
@@ -28,11 +30,13 @@ if TYPE_CHECKING:
 def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     """Verify the hello; on success register the session and start its replay."""
     if node.draining:
-        session.close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
+        d = core.DRAINING
+        session.close(d.code, d.slug, d.message)
         return
     try:
         claims = node.tokens.verify(hello.token)
-        resume = {stream: offsets.parse(o) for stream, o in hello.resume.items()}
+        streams = subscriptions(claims.user, claims.topics)
+        resume = core.check_hello(hello, streams)
     except AuthError as exc:
         metrics.connections_opened.labels("unauthorized").inc()
         session.close(exc.code, exc.slug, exc.message)
@@ -45,48 +49,28 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.user = claims.user
     session.device = hello.device or session.id
     session.topics = claims.topics
-    session.streams = subscriptions(claims.user, claims.topics)
-    session.phase = Phase.REPLAY
-    session.buffer = []
-    s = node.settings
-    session.bucket = TokenBucket.full(s.client_frame_rate, s.client_frame_burst, time.monotonic())
+    session.streams = streams
+    session.core.accept()
     session.hello_accepted()
     node.sessions[session.id] = session
     node.users[session.user] = node.users.get(session.user, 0) + 1
     node.unfrozen += 1
     node.index.add(session.id, session.streams, session)
     metrics.connections.set(len(node.sessions))
-    wanted = {k: v for k, v in hello.resume.items() if k in session.streams}
-    node.spawn(replay(node, session, wanted, resume))
+    node.spawn(replay(node, session, resume.offsets, resume.positions))
 
 
 async def replay(
     node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> None:
     """Send the welcome and what the session missed, then switch it to live."""
-    now_ms = int(time.time() * 1000)
-    chosen: list[tuple[str, HistoryEntry]] = []
     try:
-        for stream in session.streams:
-            since = wanted.get(stream)
-            if since is None and not is_user_stream(stream):
-                continue
-            after = None if is_user_stream(stream) else since
-            entries = await node.broker.history.read(stream, after, node.settings.history_size)
-            owed = [e.message.id for e in entries if e.message.ack]
-            acked: set[str] = set()
-            if owed:
-                await node.accounting.flush()  # acks this node holds must count too
-                acked = await node.broker.ledger.acked_ids(
-                    device_key(session.user, session.device), owed
-                )
-            picked = select(node, session, stream, entries, since, acked, now_ms)
-            chosen.extend((stream, e) for e in picked)
+        chosen = await missed(node, session, wanted, positions)
     except (BrokerError, OSError) as exc:
         node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})
         session.close(1011, "internal_error", "could not read history, reconnect")
         return
-    if session.phase != Phase.REPLAY:
+    if session.core.phase != Phase.REPLAY:
         return
     s = node.settings
     session.write(
@@ -95,18 +79,14 @@ async def replay(
         )
     )
     now = time.time()
-    last = session.last
-    last.update(positions)
+    written: list[tuple[str, offsets.Position]] = []
     for stream, entry in [c for c in chosen if node.keep(session, c[1].message, now)]:
         m = entry.message
         frame = frames.ws_text_frame(
             frames.encode_msg(m.id, stream, entry.offset, m.event, m.data, m.ts, m.ack, True)
         )
         session.write(frame)
-        session.sent += 1
-        position = offsets.parse(entry.offset)
-        if position > last.get(stream, offsets.ZERO):
-            last[stream] = position
+        written.append((stream, offsets.parse(entry.offset)))
         if m.ack:
             node.track(session, m, frame, now, replay=True)
         else:
@@ -117,8 +97,7 @@ async def replay(
         if tracing.tracer is not None:
             tracing.replayed(node.id, [(stream, e.message) for stream, e in chosen])
         metrics.sent.inc(len(chosen))
-    buffered, session.buffer = session.buffer or [], None
-    session.phase = Phase.LIVE
+    buffered = session.core.replayed(positions, written)
     for stream, position, message, frame in [b for b in buffered if node.keep(session, b[2], now)]:
         if session.offer(stream, position, message, frame) and message.ack:
             node.track(session, message, frame, now, replay=False)
@@ -132,6 +111,53 @@ async def replay(
             "remote": session.remote, "replayed": len(chosen),
         },
     )  # fmt: skip
+
+
+async def missed(
+    node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+) -> list[tuple[str, HistoryEntry]]:
+    """Read what ``session`` missed, per stream; clamp ``positions`` to the streams' ends."""
+    now_ms = node.clock.now(int(time.time() * 1000))
+    chosen: list[tuple[str, HistoryEntry]] = []
+    history = node.broker.history
+    catchup = node.catchup
+    for stream in session.streams:
+        since = wanted.get(stream)
+        if since is None and not is_user_stream(stream):
+            if not catchup.knows(stream):  # the first session here to read it
+                catchup.start(stream, await history.last_offset(stream))
+            continue
+        after = None if is_user_stream(stream) else since
+        entries = await history.read(stream, after, node.settings.history_size)
+        end = entries[-1].offset if entries else None
+        if since is not None:
+            end = await clamp(node, stream, entries, positions)
+        if not catchup.knows(stream):
+            catchup.start(stream, end)
+        owed = [e.message.id for e in entries if e.message.ack]
+        acked: set[str] = set()
+        if owed:
+            await node.accounting.flush()  # acks this node holds must count too
+            acked = await node.broker.ledger.acked_ids(
+                device_key(session.user, session.device), owed
+            )
+        picked = select(node, session, stream, entries, since, acked, now_ms)
+        chosen.extend((stream, e) for e in picked)
+    return chosen
+
+
+async def clamp(
+    node: Node, stream: str, entries: list[HistoryEntry], positions: dict[str, offsets.Position]
+) -> str | None:
+    """Clamp the resume position of ``stream`` to the stream's end (:func:`offsets.clamp`), so a
+    resume beyond it does not make the session drop later messages as already seen; return the
+    newest offset known of the stream (None: it is empty)."""
+    wanted = positions[stream]
+    if entries and offsets.parse(entries[-1].offset) >= wanted:
+        return entries[-1].offset  # what was read reaches the resume position: within the stream
+    end = await node.broker.history.last_offset(stream)
+    positions[stream] = offsets.clamp(wanted, None if end is None else offsets.parse(end))
+    return end
 
 
 def select(
@@ -149,6 +175,6 @@ def select(
         device = device_key(session.user, session.device)
         for e in entries:
             m = e.message
-            if m.ack and m.expires <= now_ms and m.id not in acked:
+            if m.ack and m.id not in acked and expired(m, offsets.parse(e.offset), now_ms):
                 node.accounting.record(Expired(m.id, device, node.id))
     return replay_rules.select(stream, entries, since, acked.__contains__, now_ms)

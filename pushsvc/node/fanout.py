@@ -10,23 +10,52 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pushsvc.broker.base import Expected, SentCount, device_key
 from pushsvc.core import frames, offsets
-from pushsvc.node.session import Phase
+from pushsvc.core.clock import expired
+from pushsvc.core.session import Phase
 from pushsvc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
-    from pushsvc.node.gateway import Node
-    from pushsvc.types import Envelope
+    from pushsvc.core.clock import StreamClock
+    from pushsvc.core.index import SubscriberIndex
+    from pushsvc.node.accounting import Accounting
+    from pushsvc.node.faults import Faults
+    from pushsvc.node.session import Session
+    from pushsvc.types import Envelope, Message
 
 YIELD_EVERY = 2000
 
 
+class Track(Protocol):
+    """Owes an ack for ``message`` written to ``session`` (``Node.track``)."""
+
+    def __call__(
+        self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
+    ) -> None: ...
+
+
 class FanOut:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    """Delivers envelopes to the sessions of ``index``; ``track`` owes the acks of what it wrote,
+    ``accounting`` counts the rest, ``clock`` judges expiry, ``faults`` may drop deliveries."""
+
+    def __init__(
+        self,
+        node_id: str,
+        index: SubscriberIndex[Session],
+        clock: StreamClock,
+        accounting: Accounting,
+        track: Track,
+        faults: Faults,
+    ) -> None:
+        self._node_id = node_id
+        self._index = index
+        self._clock = clock
+        self._accounting = accounting
+        self._track = track
+        self._faults = faults
         self._queue: deque[Envelope] = deque()
         self._ready = asyncio.Event()
         self._held: list[Envelope] | None = None
@@ -67,22 +96,27 @@ class FanOut:
                 await self.deliver(queue.popleft())
 
     async def deliver(self, envelope: Envelope) -> None:
-        node = self._node
         message = envelope.message
+        node_id = self._node_id
+        index = self._index
+        accounting = self._accounting
+        track = self._track
         started = time.perf_counter()
         now = time.time()
         self.lag = max(0.0, now - message.ts / 1000)
         metrics.broker_lag.set(self.lag)
-        if message.expires <= now * 1000:
+        appended = offsets.parse(next(iter(envelope.offsets.values()), "0-0"))
+        if expired(message, appended, self._clock.now(int(now * 1000))):
             return
         traced = tracing.tracer is not None
-        span = tracing.process(message, envelope.offsets, node.id) if traced else None
+        span = tracing.process(message, envelope.offsets, node_id) if traced else None
         written = 0
         visited = 0
         seen: set[str] | None = set() if len(envelope.offsets) > 1 else None
-        dropped = node.faults.drop_deliveries > 0 and node.faults.drops(message.id)
+        faults = self._faults
+        dropped = faults.drop_deliveries > 0 and faults.drops(message.id)
         for stream, offset in envelope.offsets.items():
-            readers = node.index.get(stream)
+            readers = index.get(stream)
             if not readers:
                 continue
             position = offsets.parse(offset)
@@ -98,28 +132,43 @@ class FanOut:
                     if session.id in seen:
                         continue
                     seen.add(session.id)
-                if dropped and session.phase == Phase.LIVE:  # fault injection: owed, not written
+                core = session.core
+                if dropped and core.phase == Phase.LIVE:  # fault injection: owed, not written
                     if message.ack:
-                        device = device_key(session.user, session.device)
-                        node.accounting.record(
-                            Expected(message.id, device, session.id, node.id, now)
+                        accounting.record(
+                            Expected(
+                                message.id,
+                                device_key(session.user, session.device),
+                                session.id,
+                                node_id,
+                                now,
+                            )
                         )
-                elif session.offer(stream, position, message, frame):
-                    written += 1
-                    if message.ack:
-                        node.track(session, message, frame, now, replay=False)
+                # the session's rule, applied here rather than through Session.offer: one call
+                # less per delivery (measured: ~250 ns instead of ~530 ns per offer)
+                elif core.offer(stream, position, message, frame):
+                    transport = session.transport
+                    if transport is not None:  # (it is while live)
+                        transport.write(frame)
+                        written += 1
+                        if message.ack:
+                            track(session, message, frame, now, replay=False)
                 visited += 1
                 if visited % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         if written:
-            metrics.sent.inc(written)
-            if message.ack:
-                metrics.ack_requested.inc(written)
-            else:
-                node.accounting.record(SentCount(message.id, node.id, written))
-            done = time.time()
-            metrics.delivery_latency.observe(max(0.0, done - message.ts / 1000))
-            metrics.fanout_duration.observe(time.perf_counter() - started)
-            self.delivered += written
+            self._count(message, written, started)
         if span is not None:
-            tracing.processed(span, message, envelope.offsets, node.id, written)
+            tracing.processed(span, message, envelope.offsets, node_id, written)
+
+    def _count(self, message: Message, written: int, started: float) -> None:
+        """``written`` sessions got ``message``: metrics, and the count of an ``ack: false``
+        message (acked messages are counted one by one by ``track``)."""
+        metrics.sent.inc(written)
+        if message.ack:
+            metrics.ack_requested.inc(written)
+        else:
+            self._accounting.record(SentCount(message.id, self._node_id, written))
+        metrics.delivery_latency.observe(max(0.0, time.time() - message.ts / 1000))
+        metrics.fanout_duration.observe(time.perf_counter() - started)
+        self.delivered += written

@@ -38,18 +38,21 @@ from pushsvc.broker.base import (
     device_key,
 )
 from pushsvc.core import frames
+from pushsvc.core import session as core
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.backoff import backoff_delay
+from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
-from pushsvc.errors import BrokerError, FrameError
+from pushsvc.core.session import Phase
+from pushsvc.errors import BrokerError
 from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node import attach
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
-from pushsvc.node.session import Phase, Session
+from pushsvc.node.session import Session
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
@@ -57,8 +60,6 @@ from pushsvc.types import Message
 
 log = logging.getLogger(__name__)
 
-PING_FRAME = frames.ws_text_frame(frames.PING)
-PONG_FRAME = frames.ws_text_frame(frames.PONG)
 
 STOP_TIMEOUT = 5.0  # seconds cancelled background tasks get to finish at shutdown
 JOIN_BACKOFF = (0.1, 2.0)  # seconds: first and longest wait between two attempts to join
@@ -76,15 +77,28 @@ class Node:
         self.loop = asyncio.get_event_loop_policy().get_event_loop()
         self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
         self.connections: set[Session] = set()  # every open connection, hello or not
+        self.upgraded: set[Session] = set()  # every WebSocket connection, hello or not
         self.users: dict[str, int] = {}  # user -> open sessions here
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
+        self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer.from_settings(settings)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
         self.faults = Faults()  # game days only: see pushsvc.http.admin
-        self.fanout = FanOut(self)
-        self.catchup = CatchUp(self)
+        self.fanout = FanOut(
+            self.id, self.index, self.clock, self.accounting, self.track, self.faults
+        )
+        self.catchup = CatchUp(
+            self.id,
+            broker,
+            self.fanout,
+            self.index,
+            self.clock,
+            self.faults,
+            self.spawn,
+            settings.history_size,
+        )
         self.over_cap: set[Session] = set()
         self.leaving = False  # drain() was called
         self.joined = False  # registered in the cluster since start()
@@ -257,28 +271,22 @@ class Node:
     # -- frames from sessions ---------------------------------------------------------------
 
     def frame_received(self, session: Session, frame: frames.ClientFrame) -> None:
-        session.ping_sent = None if not isinstance(frame, frames.Pong) else session.ping_sent
-        match frame:
-            case frames.Hello():
-                if session.phase != Phase.HELLO:
-                    raise_in(
-                        session, FrameError("hello was already received", slug="duplicate_hello")
-                    )
-                    return
-                attach.hello(self, session, frame)
-            case frames.Ack():
-                if session.phase < Phase.REPLAY:
-                    raise_in(session, FrameError("ack before hello", slug="hello_expected"))
-                    return
-                self._acked(session, frame.ids)
-            case frames.Ping():
-                session.write(PONG_FRAME)
-            case frames.Pong():
-                if session.ping_sent is not None:
-                    session.rtt = time.monotonic() - session.ping_sent
-                    session.ping_sent = None
+        """Apply what the session's rules make of ``frame`` (:meth:`SessionCore.receive`)."""
+        effect = session.core.receive(frame, time.monotonic())
+        match effect:
+            case None:
+                pass
+            case core.Write(payload):
+                session.write(payload)
+            case core.Close(code, slug, message):
+                metrics.frames_rejected.labels(slug).inc()
+                session.close(code, slug, message)
+            case core.Admit(hello):
+                attach.hello(self, session, hello)
+            case core.Settle(ids):
+                self._acked(session, ids)
             case _:
-                assert_never(frame)
+                assert_never(effect)
 
     def keep(self, session: Session, message: Message, now: float) -> bool:
         """False when the drop fault swallows ``message`` (it is then owed, never written)."""
@@ -302,8 +310,7 @@ class Node:
         if not settled:
             return
         now = time.time()
-        session.acked += len(settled)
-        session.last_ack = now
+        session.core.settled(len(settled), now)
         metrics.acked.inc(len(settled))
         if tracing.tracer is not None:
             tracing.acked(self.id, session.id, settled, time.time_ns())
@@ -329,6 +336,7 @@ class Node:
         else:
             self.users.pop(session.user, None)
         self.index.remove(session.id, session.streams)
+        self.catchup.forget(session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
         metrics.connections.set(len(self.sessions))
@@ -341,8 +349,8 @@ class Node:
             "session closed",
             extra={
                 "session": session.id, "user": session.user, "device": session.device,
-                "code": code, "duration": round(duration, 3), "sent": session.sent,
-                "acked": session.acked,
+                "code": code, "duration": round(duration, 3), "sent": session.core.sent,
+                "acked": session.core.acked,
             },
         )  # fmt: skip
 
@@ -379,7 +387,7 @@ class Node:
             session = self.sessions.get(session_id)
             self.acks.forget_session(session_id)
             if session is not None:
-                session.close(4011, "not_acknowledged", "deliveries were not acknowledged")
+                apply_close(session, core.NOT_ACKNOWLEDGED)
         for session in list(self.over_cap):
             if slow_consumer(
                 session.outbox_bytes(), self.settings.outbox_cap, session.over_since(),
@@ -387,19 +395,17 @@ class Node:
             ):  # fmt: skip
                 self.over_cap.discard(session)
                 metrics.outbox_overflows.inc()
-                session.close(4008, "slow_consumer", "the client does not read fast enough")
+                apply_close(session, core.SLOW_CONSUMER)
         pings = self.pings
         heartbeat = self.settings.heartbeat
         while pings and pings[0][0] <= mono:
             _, session = pings.popleft()
-            if session.phase != Phase.LIVE:
-                continue
-            if session.ping_sent is not None:
-                session.close(4009, "heartbeat_timeout", "no pong in time")
-                continue
-            session.ping_sent = mono
-            session.write(PING_FRAME)
-            pings.append((mono + heartbeat, session))
+            effect = session.core.heartbeat(mono)
+            if isinstance(effect, core.Close):
+                apply_close(session, effect)
+            elif isinstance(effect, core.Write):
+                session.write(effect.payload)
+                pings.append((mono + heartbeat, session))
 
     async def _heartbeat(self) -> None:
         """Register every ``registry_interval``. While it fails, one warning per kind of
@@ -449,8 +455,9 @@ class Node:
         return SessionInfo(
             id=session.id, node=self.id, user=session.user, device=session.device,
             remote=session.remote, connected_at=session.connected_at, topics=list(session.topics),
-            sent=session.sent, acked=session.acked, pending=self.acks.pending(session.id),
-            outbox_bytes=session.outbox_bytes(), last_ack=session.last_ack, rtt=session.rtt,
+            sent=session.core.sent, acked=session.core.acked,
+            pending=self.acks.pending(session.id), outbox_bytes=session.outbox_bytes(),
+            last_ack=session.core.last_ack, rtt=session.core.rtt,
         )  # fmt: skip
 
     # -- the client listener's plain HTTP requests ------------------------------------------
@@ -459,6 +466,5 @@ class Node:
         self.routes.handle(session, method, url, body)
 
 
-def raise_in(session: Session, exc: FrameError) -> None:
-    metrics.frames_rejected.labels(exc.slug).inc()
-    session.close(exc.code, exc.slug, exc.message)
+def apply_close(session: Session, close: core.Close) -> None:
+    session.close(close.code, close.slug, close.message)

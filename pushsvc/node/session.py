@@ -6,17 +6,17 @@ answered by :mod:`pushsvc.http.client_routes` and the connection closed. Then We
 handed to the node; server frames are written straight to the transport, pre-framed, so a
 broadcast is encoded once per node.
 
-Life of a session: HTTP → HELLO (waiting for the hello, ``hello_timeout``) → REPLAY (welcome and
-replay being prepared; live messages are buffered) → LIVE → CLOSING → CLOSED.
+The rules of the session's life (phases, frames allowed when, the live buffer during replay,
+dedupe by offset, heartbeats, admission) are :class:`pushsvc.core.session.SessionCore`'s; this
+module only feeds it and applies what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 import msgspec
@@ -28,12 +28,13 @@ from websockets.server import ServerProtocol
 from pushsvc.core import frames
 from pushsvc.core.flow import TokenBucket
 from pushsvc.core.handshake import HandshakeRefused, check_upgrade
+from pushsvc.core.session import REFUSED, Phase, SessionCore, admits
 from pushsvc.errors import FrameError
 from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
     from pushsvc.core.offsets import Position
-    from pushsvc.node.gateway import Node
+    from pushsvc.settings import Settings
     from pushsvc.types import Message
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,6 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class Phase(enum.IntEnum):
-    HTTP = 0
-    HELLO = 1
-    REPLAY = 2
-    LIVE = 3
-    CLOSING = 4
-    CLOSED = 5
-
-
 class _Frames(ServerProtocol):
     """websockets' sans-io protocol, already open, that reports an oversized frame as 4004."""
 
@@ -67,42 +59,56 @@ class _Frames(ServerProtocol):
         super().fail(code, reason)
 
 
+class Host(Protocol):
+    """What a session needs of its node (``Node`` is one): where it is counted, its settings and
+    loop, and where it hands frames, plain HTTP requests and its end."""
+
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    connections: set[Session]  # every open connection
+    upgraded: set[Session]  # every WebSocket connection, hello or not
+    over_cap: set[Session]  # sessions whose outbox is over its cap
+
+    @property
+    def draining(self) -> bool: ...  # refusing new clients (drain or shutdown)
+
+    def frame_received(self, session: Session, frame: frames.ClientFrame) -> None: ...
+
+    def http_request(self, session: Session, method: bytes, url: bytes, body: bytes) -> None: ...
+
+    def session_closed(self, session: Session, code: int, phase: Phase) -> None: ...
+
+
 class Session(asyncio.Protocol):
     """A client connection. The node calls :meth:`offer`, :meth:`write` and :meth:`close`."""
 
     __slots__ = (
         "_body",
         "_close_code",
+        "_held",
         "_http",
         "_method",
         "_over",
         "_timer",
         "_url",
         "_ws",
-        "acked",
         "bucket",
-        "buffer",
         "connected_at",
+        "core",
         "device",
         "headers",
         "id",
-        "last",
-        "last_ack",
         "node",
-        "phase",
-        "ping_sent",
         "remote",
-        "rtt",
-        "sent",
         "streams",
         "topics",
         "transport",
         "user",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host) -> None:
         self.node = node
-        self.phase = Phase.HTTP
+        self.core: SessionCore[Message] = SessionCore()
         self.transport: asyncio.Transport | None = None
         self._http: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._ws: _Frames | None = None
@@ -113,20 +119,14 @@ class Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._close_code = 1006
         self._over: float | None = None  # when the outbox went over its cap
+        self._held: list[Frame] | None = None  # frames read while over the frame rate
         self.id = ""
         self.user = ""
         self.device = ""
         self.topics: tuple[str, ...] = ()
         self.streams: tuple[str, ...] = ()
-        self.last: dict[str, Position] = {}
-        self.buffer: list[tuple[str, Position, Message, bytes]] | None = None
         self.remote = ""
         self.connected_at = 0.0
-        self.sent = 0
-        self.acked = 0
-        self.last_ack: float | None = None
-        self.rtt: float | None = None
-        self.ping_sent: float | None = None
         self.bucket: TokenBucket | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -167,10 +167,10 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        was = self.phase
-        self.phase = Phase.CLOSED
+        was = self.core.closed()
         self.transport = None
         self.node.connections.discard(self)
+        self.node.upgraded.discard(self)
         self._http = None  # the parser holds this protocol: a cycle
         if self._ws is not None:
             # The sans-io protocol and its parser generator reference each other. Closing the
@@ -233,17 +233,23 @@ class Session(asyncio.Protocol):
         except HandshakeRefused as exc:
             self._http_answer(exc.status, exc.message.encode())
             return
-        if self.node.draining or len(self.node.sessions) >= self.node.settings.max_connections:
+        settings = self.node.settings
+        # Every upgraded connection counts, hello or not: connections that never say hello must
+        # not get past the limit (nor hold the node's file descriptors) for free.
+        if not admits(len(self.node.upgraded), settings.max_connections, self.node.draining):
             metrics.connections_opened.labels("refused").inc()
-            self._http_answer(503, b"node is not accepting connections")
+            self._http_answer(503, REFUSED.encode())
             return
         self._http = None
         self.headers = {}
-        self._ws = _Frames(
-            state=WsState.OPEN, max_size=self.node.settings.max_frame_size, logger=_ws_log
-        )
-        self.phase = Phase.HELLO
+        self._ws = _Frames(state=WsState.OPEN, max_size=settings.max_frame_size, logger=_ws_log)
+        self.core.upgraded()
+        self.node.upgraded.add(self)
         self.connected_at = time.time()
+        # Rate limited from the first frame: a hello is a frame like any other.
+        self.bucket = TokenBucket.full(
+            settings.client_frame_rate, settings.client_frame_burst, time.monotonic()
+        )
         assert self.transport is not None
         self.transport.write(response)
         self.transport.set_write_buffer_limits(high=self.node.settings.outbox_cap)
@@ -284,12 +290,12 @@ class Session(asyncio.Protocol):
 
     def _no_hello(self) -> None:
         self._timer = None
-        if self.phase == Phase.HTTP:
+        if self.core.phase == Phase.HTTP:
             if self.transport is not None:
                 self.transport.abort()
-        elif self.phase == Phase.HELLO:
+        elif (effect := self.core.hello_timeout()) is not None:
             metrics.connections_opened.labels("hello_timeout").inc()
-            self.close(4002, "hello_timeout", "no hello frame in time")
+            self.close(effect.code, effect.slug, effect.message)
 
     # -- WebSocket phase --------------------------------------------------------------------
 
@@ -299,12 +305,53 @@ class Session(asyncio.Protocol):
         for event in ws.events_received():
             if not isinstance(event, Frame):
                 continue  # handshake events: the handshake was ours, none arrive
-            if self.phase >= Phase.CLOSING and event.opcode is not Opcode.CLOSE:
-                continue
-            self._frame(event)
+            if self._held is not None:
+                self._held.append(event)  # over the frame rate: read after the wait
+            else:
+                self._take(event)
+        self._settle()
+
+    def _take(self, frame: Frame) -> None:
+        if self.core.phase >= Phase.CLOSING and frame.opcode is not Opcode.CLOSE:
+            return
+        bucket = self.bucket
+        if frame.opcode is Opcode.TEXT and bucket is not None and self.transport is not None:
+            wait = bucket.take(time.monotonic())
+            if wait > 0:
+                # Backpressure, not punishment: this frame is handled, the ones that follow wait,
+                # and the socket is not read meanwhile.
+                metrics.frames_rejected.labels("rate_limited").inc()
+                self.transport.pause_reading()
+                self._held = []
+                self.node.loop.call_later(wait, self._release)
+        try:
+            self._frame(frame)
+        except Exception:  # a bug of ours: never let it out of data_received
+            log.exception("frame handling failed", extra={"session": self.id})
+            self.close(1011, "internal_error", "internal error, reconnect")
+
+    def _release(self) -> None:
+        """The wait is over: handle the frames held back, then read the socket again."""
+        held, self._held = self._held or [], None
+        if self._ws is None or self.transport is None:
+            return
+        for i, frame in enumerate(held):
+            if self._held is not None:  # over the rate again
+                self._held.extend(held[i:])
+                break
+            self._take(frame)
+        if self._held is None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Write what the WebSocket protocol has to send and follow its closing handshake."""
+        ws = self._ws
+        if ws is None:
+            return
         self._flush()
-        if ws.close_sent is not None and self.phase < Phase.CLOSING:
-            self.phase = Phase.CLOSING  # the protocol itself closed (4004, 1002, 1007)
+        if ws.close_sent is not None and self.core.closing():
+            # the protocol itself closed (4004, 1002, 1007)
             self._close_code = ws.close_sent.code
             self._timer = self._timer or self.node.loop.call_later(CLOSE_TIMEOUT, self._abort)
         if ws.close_expected() and self.transport is not None:
@@ -319,14 +366,6 @@ class Session(asyncio.Protocol):
             if not frame.fin:
                 self._reject(FrameError("fragmented messages are not accepted", slug="fragmented"))
                 return
-            bucket = self.bucket
-            if bucket is not None:
-                wait = bucket.take(time.monotonic())
-                if wait > 0 and self.transport is not None:
-                    # Backpressure, not punishment: stop reading this socket for a while.
-                    metrics.frames_rejected.labels("rate_limited").inc()
-                    self.transport.pause_reading()
-                    self.node.loop.call_later(wait, self._resume_reading)
             try:
                 decoded = frames.decode_client_frame(frame.data)
             except FrameError as exc:
@@ -338,10 +377,6 @@ class Session(asyncio.Protocol):
         elif op is Opcode.CLOSE and self._close_code == 1006:
             ws = self._ws
             self._close_code = ws.close_rcvd.code if ws and ws.close_rcvd else 1005
-
-    def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def _reject(self, exc: FrameError) -> None:
         metrics.frames_rejected.labels(exc.slug).inc()
@@ -363,24 +398,16 @@ class Session(asyncio.Protocol):
     def write(self, payload: bytes) -> None:
         """Write a pre-framed server frame (see :func:`frames.ws_text_frame`)."""
         transport = self.transport
-        if transport is not None and self.phase < Phase.CLOSING:
+        if transport is not None and self.core.phase < Phase.CLOSING:
             transport.write(payload)
 
     def offer(self, stream: str, position: Position, message: Message, frame: bytes) -> bool:
         """Give a live message to this session; True when it was written now."""
-        if self.phase == Phase.LIVE:
-            last = self.last.get(stream)
-            if last is not None and position <= last:
-                return False  # already replayed, or a duplicate
-            self.last[stream] = position
+        if self.core.offer(stream, position, message, frame):
             transport = self.transport
-            if transport is None:
-                return False
-            transport.write(frame)
-            self.sent += 1
-            return True
-        if self.phase == Phase.REPLAY and self.buffer is not None:
-            self.buffer.append((stream, position, message, frame))
+            if transport is not None:  # (it is while live: connection_lost ends the phase first)
+                transport.write(frame)
+                return True
         return False
 
     def outbox_bytes(self) -> int:
@@ -396,10 +423,9 @@ class Session(asyncio.Protocol):
         The TCP connection is aborted if the client does not complete the close handshake within
         a couple of seconds.
         """
-        if self.phase >= Phase.CLOSING or self.transport is None:
+        if self.transport is None or not self.core.closing():
             return
         ws = self._ws
-        self.phase = Phase.CLOSING
         self._close_code = code
         if self._timer is not None:
             self._timer.cancel()

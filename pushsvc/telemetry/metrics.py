@@ -132,7 +132,7 @@ _CLOSE_CODES = {
 FRAME_REJECTIONS = (
     "frame_too_large", "rate_limited", "binary_frame", "fragmented", "malformed_json",
     "not_an_object", "unknown_frame_type", "invalid_frame", "invalid_offset", "duplicate_hello",
-    "hello_expected", "protocol_error",
+    "hello_expected", "protocol_error", "bad_resume", "invalid_device", "nested_too_deep",
 )  # fmt: skip
 HTTP_ERROR_STATUSES = ("400", "401", "403", "404", "405", "409", "413", "415", "422", "429", "503")
 CONNECTION_RESULTS = (

@@ -1,0 +1,248 @@
+"""A session's rules (pushsvc.core.session), tested with tables: no event loop, no socket."""
+
+from __future__ import annotations
+
+import pytest
+
+from pushsvc.core import frames
+from pushsvc.core import session as core
+from pushsvc.core.offsets import Position
+from pushsvc.core.session import Phase, SessionCore
+from pushsvc.errors import FrameError
+
+
+def at(phase: Phase) -> SessionCore[str]:
+    """A session driven through its real transitions to ``phase``."""
+    s: SessionCore[str] = SessionCore()
+    if phase >= Phase.HELLO:
+        s.upgraded()
+    if phase >= Phase.REPLAY:
+        s.accept()
+    if phase >= Phase.LIVE:
+        s.replayed({}, [])
+    if phase >= Phase.CLOSING:
+        assert s.closing()
+    if phase == Phase.CLOSED:
+        s.closed()
+    assert s.phase == phase
+    return s
+
+
+HELLO = frames.Hello(token="t")
+ACK = frames.Ack(ids=["m1", "m2"])
+
+
+# -- frames, by phase -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "frame", "effect"),
+    [
+        (Phase.HELLO, HELLO, core.Admit(HELLO)),
+        (Phase.REPLAY, HELLO, core.DUPLICATE_HELLO),
+        (Phase.LIVE, HELLO, core.DUPLICATE_HELLO),
+        (Phase.HELLO, ACK, core.HELLO_EXPECTED),
+        (Phase.REPLAY, ACK, core.Settle(["m1", "m2"])),
+        (Phase.LIVE, ACK, core.Settle(["m1", "m2"])),
+        (Phase.HELLO, frames.Ping(), core.PONG),
+        (Phase.LIVE, frames.Ping(), core.PONG),
+        (Phase.HELLO, frames.Pong(), None),
+        (Phase.LIVE, frames.Pong(), None),
+    ],
+)
+def test_frames_allowed_by_phase(
+    phase: Phase, frame: frames.ClientFrame, effect: core.Effect | None
+) -> None:
+    assert at(phase).receive(frame, 0.0) == effect
+
+
+def test_protocol_closes_carry_their_codes() -> None:
+    assert (core.DUPLICATE_HELLO.code, core.DUPLICATE_HELLO.slug) == (4003, "duplicate_hello")
+    assert (core.HELLO_EXPECTED.code, core.HELLO_EXPECTED.slug) == (4003, "hello_expected")
+    assert (core.HELLO_TIMEOUT.code, core.HELLO_TIMEOUT.slug) == (4002, "hello_timeout")
+    assert (core.SLOW_CONSUMER.code, core.SLOW_CONSUMER.slug) == (4008, "slow_consumer")
+    assert (core.HEARTBEAT_TIMEOUT.code, core.HEARTBEAT_TIMEOUT.slug) == (4009, "heartbeat_timeout")
+    assert (core.NOT_ACKNOWLEDGED.code, core.NOT_ACKNOWLEDGED.slug) == (4011, "not_acknowledged")
+    assert (core.DRAINING.code, core.DRAINING.slug) == (1001, "node_draining")
+
+
+# -- hello timeout and admission --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "effect"),
+    [
+        (Phase.HTTP, None),  # not upgraded: the pump drops the TCP connection
+        (Phase.HELLO, core.HELLO_TIMEOUT),
+        (Phase.REPLAY, None),
+        (Phase.LIVE, None),
+        (Phase.CLOSING, None),
+    ],
+)
+def test_hello_timeout_closes_4002_only_while_waiting_for_hello(
+    phase: Phase, effect: core.Close | None
+) -> None:
+    assert at(phase).hello_timeout() == effect
+
+
+@pytest.mark.parametrize(
+    ("upgraded", "limit", "draining", "admitted"),
+    [(0, 1, False, True), (2, 3, False, True), (3, 3, False, False), (4, 3, False, False),
+     (0, 3, True, False)],
+)  # fmt: skip
+def test_admission_counts_every_upgraded_connection(
+    upgraded: int, limit: int, draining: bool, admitted: bool
+) -> None:
+    assert core.admits(upgraded, limit, draining) is admitted
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+
+def test_transitions_only_from_their_phase() -> None:
+    s = at(Phase.LIVE)
+    s.upgraded()
+    s.accept()
+    assert s.phase == Phase.LIVE and s.buffer is None
+    assert s.replayed({"all": (1, 0)}, []) == [] and s.last == {}
+    assert s.closing() is True and s.closing() is False
+    assert s.closed() == Phase.CLOSING and s.phase == Phase.CLOSED
+    assert s.closing() is False
+
+
+# -- delivery: buffer during replay, dedupe by offset -----------------------------------------
+
+
+def offer_all(s: SessionCore[str], items: list[tuple[str, Position]]) -> list[bool]:
+    return [s.offer(stream, p, f"{stream}@{p}", b"f") for stream, p in items]
+
+
+@pytest.mark.parametrize(
+    ("phase", "written"),
+    [(Phase.HTTP, False), (Phase.HELLO, False), (Phase.REPLAY, False), (Phase.LIVE, True),
+     (Phase.CLOSING, False), (Phase.CLOSED, False)],
+)  # fmt: skip
+def test_offer_writes_only_when_live(phase: Phase, written: bool) -> None:
+    s = at(phase)
+    assert s.offer("all", (1, 0), "m", b"f") is written
+    assert s.sent == (1 if written else 0)
+
+
+@pytest.mark.parametrize(
+    ("positions", "replayed", "buffered", "expected_live"),
+    [
+        # nothing replayed: every buffered message goes out, in order
+        ({}, [], [("user:p", (5, 0)), ("all", (6, 0))], [True, True]),
+        # a buffered message the replay already wrote is not written twice
+        ({}, [("user:p", (5, 0))], [("user:p", (5, 0)), ("user:p", (6, 0))], [False, True]),
+        # the resume position counts as written: older buffered offsets are dropped
+        ({"topic:a": (9, 0)}, [], [("topic:a", (8, 0)), ("topic:a", (9, 1))], [False, True]),
+        # a replay older than the resume position does not move it back
+        ({"user:p": (9, 0)}, [("user:p", (3, 0))], [("user:p", (4, 0))], [False]),
+        # streams are independent
+        ({"user:p": (9, 0)}, [], [("all", (1, 0))], [True]),
+    ],
+)
+def test_replay_then_live_without_gap_or_duplicate(
+    positions: dict[str, Position],
+    replayed: list[tuple[str, Position]],
+    buffered: list[tuple[str, Position]],
+    expected_live: list[bool],
+) -> None:
+    s = at(Phase.REPLAY)
+    assert offer_all(s, buffered) == [False] * len(buffered)  # buffered, not written
+    held = s.replayed(positions, replayed)
+    assert [(stream, p) for stream, p, _, _ in held] == buffered
+    assert s.phase == Phase.LIVE and s.buffer is None
+    assert [s.offer(stream, p, item, frame) for stream, p, item, frame in held] == expected_live
+    assert s.sent == len(replayed) + sum(expected_live)
+
+
+@pytest.mark.parametrize(
+    ("offers", "written"),
+    [
+        ([("all", (1, 0)), ("all", (1, 0))], [True, False]),
+        ([("all", (2, 0)), ("all", (1, 5))], [True, False]),
+        ([("all", (1, 0)), ("all", (1, 1)), ("user:p", (1, 0))], [True, True, True]),
+    ],
+)
+def test_live_dedupe_by_offset(offers: list[tuple[str, Position]], written: list[bool]) -> None:
+    assert offer_all(at(Phase.LIVE), offers) == written
+
+
+def test_a_closing_session_drops_its_buffer() -> None:
+    s = at(Phase.REPLAY)
+    s.offer("all", (1, 0), "m", b"f")
+    assert s.closing() and s.buffer is None
+    assert s.replayed({}, []) == []
+
+
+# -- heartbeats and acks ----------------------------------------------------------------------
+
+
+def test_heartbeat_pings_then_closes_4009_without_a_pong() -> None:
+    s = at(Phase.LIVE)
+    assert s.heartbeat(10.0) == core.PING and s.ping_sent == 10.0
+    assert s.heartbeat(35.0) == core.HEARTBEAT_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "answer", [frames.Pong(), frames.Ping(), frames.Ack(ids=["m"])], ids=["pong", "ping", "ack"]
+)
+def test_any_frame_answers_a_ping(answer: frames.ClientFrame) -> None:
+    s = at(Phase.LIVE)
+    assert s.heartbeat(10.0) == core.PING
+    s.receive(answer, 10.25)
+    assert s.heartbeat(35.0) == core.PING
+    assert (s.rtt == 0.25) is isinstance(answer, frames.Pong)
+
+
+@pytest.mark.parametrize("phase", [Phase.HELLO, Phase.REPLAY, Phase.CLOSING, Phase.CLOSED])
+def test_no_heartbeat_unless_live(phase: Phase) -> None:
+    assert at(phase).heartbeat(1.0) is None
+
+
+def test_settled_acks_are_counted() -> None:
+    s = at(Phase.LIVE)
+    s.settled(0, 5.0)
+    assert (s.acked, s.last_ack) == (0, None)
+    s.settled(2, 6.0)
+    s.settled(1, 7.0)
+    assert (s.acked, s.last_ack) == (3, 7.0)
+
+
+# -- the hello's device and resume ------------------------------------------------------------
+
+STREAMS = ("user:p1", "topic:c1", "all")
+
+
+@pytest.mark.parametrize(
+    ("device", "resume", "slug"),
+    [
+        ("a b", {}, "invalid_device"),
+        ("phone/1", {}, "invalid_device"),
+        ("\u00fc", {}, "invalid_device"),
+        ("p1\n", {}, "invalid_device"),
+        (None, {"all": "yesterday"}, "bad_resume"),
+        (None, {"all": "\u0663-0"}, "bad_resume"),
+        (None, {"all": "1-\u00b2"}, "bad_resume"),
+        (None, {"topic:other": "1"}, "bad_resume"),  # checked even when not read
+        ("ok", {"all": "1-0", "user:p1": ""}, "bad_resume"),
+    ],
+)
+def test_check_hello_refuses_bad_devices_and_offsets(
+    device: str | None, resume: dict[str, str], slug: str
+) -> None:
+    with pytest.raises(FrameError) as info:
+        core.check_hello(frames.Hello(token="t", device=device, resume=resume), STREAMS)
+    assert (info.value.code, info.value.slug) == (4003, slug)
+
+
+def test_check_hello_keeps_the_streams_the_session_reads() -> None:
+    hello = frames.Hello(
+        token="t", device="phone-1", resume={"user:p1": "5-1", "user:p2": "9-0", "all": "7-0"}
+    )
+    resume = core.check_hello(hello, STREAMS)
+    assert resume.offsets == {"user:p1": "5-1", "all": "7-0"}
+    assert resume.positions == {"user:p1": (5, 1), "all": (7, 0)}
+    assert core.check_hello(frames.Hello(token="t"), STREAMS) == core.Resume({}, {})
