@@ -7,11 +7,16 @@
 - **misrouted** — no device was handed a message whose address does not cover it.
 - **double ids** — at most one id per (caller, idempotency key): from every 202 of every retry,
   and from the ids the devices received (each message carries its key in ``data``).
+- **publish answers** — every answer to a (valid) publish is 202, 503 (retry with the same key)
+  or 409 (the key is being published right now); anything else, e.g. a 500, leaves the caller
+  unable to know whether it was published, and the publisher gives that key up.
 - **monitor: no false loss** — per node, the monitor's unfanned + lost deliveries (its
   ``/metrics``) are not more than the acked-message pairs that really went missing there plus
   the canaries it lost itself (a canary dropped by the ``drop`` fault is a real loss too).
 - **monitor: injected loss reported** — each node that lost deliveries on purpose shows them in
   the monitor's metrics or in a ``PushDeliveryLoss`` alert in Alertmanager.
+- **monitor: real loss reported** — likewise each node where an ``ack: true`` message went
+  missing without the ``drop`` fault (n/a when none did): a loss nobody reports is the worst.
 """
 
 from __future__ import annotations
@@ -146,14 +151,32 @@ def judge(
         ", ".join(f"{k}: {sorted(ids)}" for k, ids in list(doubles.items())[:SAMPLES]),
     )
 
+    statuses: dict[str, int] = {}
+    for p in publishers:
+        for k, n in p.statuses.items():
+            statuses[k] = statuses.get(k, 0) + n
+    odd = {k: n for k, n in statuses.items() if k.isdigit() and k not in ("202", "409", "503")}
+    v.add(
+        "publish answers 202 or 503",
+        not odd,
+        sum(odd.values()),
+        ", ".join(f"{n} x HTTP {k}" for k, n in sorted(odd.items()))
+        + (f" ({len(abandoned)} keys given up)" if abandoned else ""),
+    )
+
     truth: dict[str, int] = {}
     for m in missing:
         if m.sent.users:  # acked messages are the ones the monitor reconciles
             truth[m.device.node] = truth.get(m.device.node, 0) + 1
     lost_on = {m.device.node for m in injected}
+    real_on: dict[str, int] = {}
+    for m in unexcused:
+        if m.sent.users:
+            real_on[m.device.node] = real_on.get(m.device.node, 0) + 1
     if monitor_missing is None:
         v.add("monitor: no false loss", False, "?", "the monitor's /metrics could not be read")
         v.add("monitor: injected loss reported", False, "?", "")
+        v.add("monitor: real loss reported", False, "?", "")
     else:
         said = {n: int(c["unfanned"] + c["lost"]) for n, c in monitor_missing.items()}
         # the canaries' own deliveries are reconciled too: a lost canary is a real loss
@@ -177,15 +200,24 @@ def judge(
             len(injected),
             detail or "no delivery was dropped on purpose",
         )
+        blind = sorted(n for n in real_on if not said.get(n) and n not in loss_alerts)
+        v.add(
+            "monitor: real loss reported",
+            not blind if real_on else None,
+            sum(real_on.values()),
+            "; ".join(
+                f"{n}: {c} missing, monitor {said.get(n, 0)}, "
+                f"alert {'yes' if n in loss_alerts else 'no'}"
+                for n, c in sorted(real_on.items())
+            )
+            or "no acked message went missing",
+        )
 
-    statuses: dict[str, int] = {}
-    for p in publishers:
-        for k, n in p.statuses.items():
-            statuses[k] = statuses.get(k, 0) + n
     v.facts = {
         "published_202": len(accepted),
         "retried_publishes": sum(1 for s in accepted if s.attempts > 1),
         "publish_answers": dict(sorted(statuses.items())),
+        "publish_to_202_s": _quantiles(sorted(x for p in publishers for x in p.latencies)),
         "abandoned_keys": len(abandoned),
         "appended_without_202": len(orphans),
         "devices": len(devices),
@@ -207,3 +239,11 @@ def _count(values: Any) -> dict[str, int]:
     for x in values:
         out[x] = out.get(x, 0) + 1
     return out
+
+
+def _quantiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    pick = {"p50": 0.5, "p99": 0.99}
+    out = {k: round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) for k, q in pick.items()}
+    return out | {"max": round(xs[-1], 3)}

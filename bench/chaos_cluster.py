@@ -132,6 +132,13 @@ class ChaosRedis:
         raise RuntimeError("INFO memory without used_memory")
 
 
+def libfaketime() -> str:
+    """The multi-threaded libfaketime of Debian's ``faketime`` package."""
+    for lib in Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"):
+        return str(lib)
+    raise SystemExit("libfaketime is not installed (apt-get install faketime)")
+
+
 @dataclass
 class ChaosNode:
     """One ``pushsvc serve`` with fault injection on; keeps its id and ports across restarts."""
@@ -165,10 +172,17 @@ class ChaosNode:
             **NODE,
         }
         argv = [sys.executable, "-m", "cli", "serve", "--enable-fault-injection"]
-        extra = {}
+        extra: dict[str, str] = {}
         if skew:
-            argv = ["faketime", "-f", f"{skew:+g}s", *argv]
-            extra["DONT_FAKE_MONOTONIC"] = "1"  # only the wall clock disagrees
+            # preloaded into the node itself: the `faketime` command forks and would take the
+            # signals meant for the node; only the wall clock disagrees, not the monotonic one
+            extra = {
+                "LD_PRELOAD": libfaketime(),
+                "FAKETIME": f"{skew:+g}s",
+                "DONT_FAKE_MONOTONIC": "1",
+            }
+        if soak.ready(self.api + "/readyz"):
+            raise RuntimeError(f"{self.node_id}: an earlier process still serves {self.api}")
         self.skew = skew
         self.proc = _spawn(argv, env, self.logs / f"{self.node_id}.log", extra)
         soak.wait(self.ready, ready_s, f"{self.node_id} ready")

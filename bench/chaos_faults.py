@@ -14,7 +14,7 @@ Fault classes (``--faults``):
 ``redis-restart``     SIGTERM redis-server (append-only file: history survives), down 0.5 to 2 s
 ``redis-freeze``      SIGSTOP redis-server for 1 to 3 s, then SIGCONT
 ``maxmemory``         ``CONFIG SET maxmemory`` below the used memory for 2 to 4 s (writes refused)
-``skew``              restart a node under ``faketime`` with its wall clock ±30 s off
+``skew``              restart a node under libfaketime with its wall clock ±30 s off
 ``garbage``           XADD an undecodable entry to a user's stream, then drain that user's first
                       device's node so its devices resume through the entry
 ``drop``              the node's ``drop_deliveries`` fault (20 % of messages) for 6 to 9 s: the

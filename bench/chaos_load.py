@@ -97,6 +97,7 @@ class Publisher:
     ids_by_key: dict[str, set[str]] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     abandoned: list[str] = field(default_factory=list)  # keys never answered 202
+    latencies: list[float] = field(default_factory=list)  # s from first attempt to the 202
 
     async def run(self, rate: float, stop: asyncio.Event) -> None:
         """Publish about ``rate`` messages per second, one at a time, until ``stop``."""
@@ -127,7 +128,8 @@ class Publisher:
             "data": {"users": list(users), "topics": list(topics), "key": key},
         }
         turn = self.rng.randrange(len(self.nodes))
-        deadline = time.monotonic() + self.give_up
+        first = time.monotonic()
+        deadline = first + self.give_up
         attempt = 0
         while time.monotonic() < deadline:
             node = self.nodes[(turn + attempt) % len(self.nodes)]
@@ -147,6 +149,7 @@ class Publisher:
                         Sent(msg_id, self.caller, key, users, topics, time.time(), attempt)
                     )
                 ids.add(msg_id)
+                self.latencies.append(time.monotonic() - first)
                 return
             if r.status_code not in RETRIED:
                 self.abandoned.append(key)  # a 4xx other than 409: the request itself is bad
