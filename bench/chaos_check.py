@@ -161,7 +161,8 @@ def judge(
         not odd,
         sum(odd.values()),
         ", ".join(f"{n} x HTTP {k}" for k, n in sorted(odd.items()))
-        + (f" ({len(abandoned)} keys given up)" if abandoned else ""),
+        + (f" ({len(abandoned)} keys given up)" if abandoned else "")
+        + "".join(f"; {x}" for x in [o for p in publishers for o in p.odd][:2]),
     )
 
     truth: dict[str, int] = {}
@@ -225,6 +226,7 @@ def judge(
         "reconnects": sum(max(0, d.connections - 1) for d in devices),
         "missing_pairs": len(missing),
         "injected_missing_pairs": len(injected),
+        "injected_but_delivered": _healed(publishers, devices, faults),
         "expired_pairs": sum(1 for m in others if states.get(m.sent.id) == "expired"),
         "trail_states_of_missing": _count(states.values()),
         "monitor_missing": monitor_missing,
@@ -247,3 +249,18 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     pick = {"p50": 0.5, "p99": 0.99}
     out = {k: round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) for k, q in pick.items()}
     return out | {"max": round(xs[-1], 3)}
+
+
+def _healed(publishers: list[Publisher], devices: list[Device], faults: list[Fault]) -> int:
+    """Acked-message pairs the ``drop`` fault should have eaten that arrived after all."""
+    by_user: dict[str, list[Device]] = {}
+    for d in devices:
+        by_user.setdefault(d.user, []).append(d)
+    return sum(
+        1
+        for p in publishers
+        for s in p.accepted
+        for u in s.users
+        for d in by_user.get(u, [])
+        if s.id in d.received and dropped(s, d, faults)
+    )

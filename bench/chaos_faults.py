@@ -17,7 +17,7 @@ Fault classes (``--faults``):
 ``skew``              restart a node under libfaketime with its wall clock ±30 s off
 ``garbage``           XADD an undecodable entry to a user's stream, then drain that user's first
                       device's node so its devices resume through the entry
-``drop``              the node's ``drop_deliveries`` fault (20 % of messages) for 6 to 9 s: the
+``drop``              the node's ``drop_deliveries`` fault (30 % of messages) for 6 to 9 s: the
                       deliberate losses the monitor must report
 ====================  ===========================================================================
 """
@@ -48,7 +48,7 @@ FAULTS = (
     "garbage",
     "drop",
 )
-DROP_FRACTION = 0.2
+DROP_FRACTION = 0.3
 GARBAGE = "\xff{not json"
 
 

@@ -98,6 +98,7 @@ class Publisher:
     statuses: Counter[str] = field(default_factory=Counter)
     abandoned: list[str] = field(default_factory=list)  # keys never answered 202
     latencies: list[float] = field(default_factory=list)  # s from first attempt to the 202
+    odd: list[str] = field(default_factory=list)  # the first answers other than 202/409/503
 
     async def run(self, rate: float, stop: asyncio.Event) -> None:
         """Publish about ``rate`` messages per second, one at a time, until ``stop``."""
@@ -152,6 +153,8 @@ class Publisher:
                 self.latencies.append(time.monotonic() - first)
                 return
             if r.status_code not in RETRIED:
+                if len(self.odd) < 5:
+                    self.odd.append(f"{r.status_code} {r.text[:200]}")
                 self.abandoned.append(key)  # a 4xx other than 409: the request itself is bad
                 return
             await asyncio.sleep(0.1)

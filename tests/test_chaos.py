@@ -23,7 +23,7 @@ from bench.chaos_faults import DROP_FRACTION, FAULTS, Fault, schedule
 from bench.chaos_load import Device, Publisher, Sent
 from tests.support import ROOT, UNIT
 
-CI_FAULTS = ("kill", "term", "pubsub", "redis-freeze", "maxmemory", "skew", "drop")
+CI_FAULTS = ("kill", "term", "pubsub", "skew", "drop")
 NOWHERE = "http://127.0.0.1:9"  # discard port: trails cannot be read there
 
 
@@ -137,7 +137,7 @@ def _dropped(message_id: str) -> bool:
 @pytest.mark.timeout(int(300 * UNIT))
 def test_a_short_campaign_keeps_every_guarantee(tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
-    campaign = "--seed 11 --duration 70 --nodes 3 --devices 12 --rate 8 --fault-every 8"
+    campaign = "--seed 11 --duration 60 --nodes 3 --devices 12 --rate 8 --fault-every 8"
     argv = [sys.executable, "-m", "bench.chaos", *campaign.split(), "--report", str(report)]
     argv += ["--faults", ",".join(CI_FAULTS), "--settle", f"{30 * UNIT:g}"]
     done = subprocess.run(
