@@ -34,8 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import provenance, soak
-from bench.chaos_check import judge, missing_pairs
+from bench.chaos_check import dropped, judge, missing_pairs
 from bench.chaos_cluster import ChaosMonitor, ChaosNode, ChaosRedis, settle_policy
 from bench.chaos_faults import FAULTS, Injector, schedule
 from bench.chaos_load import Device, Publisher, devices_for
@@ -133,8 +135,8 @@ async def _run(
         await asyncio.sleep(max(0.0, wait_monitor))
         try:
             said: dict[str, dict[str, float]] | None = await asyncio.to_thread(mon.missing)
-        except OSError:
-            said = None
+        except (OSError, httpx.HTTPError):
+            said = None  # judged as a failure: the monitor must answer
         loss_alerts = {n for (name, n) in alerts.seen if name == "PushDeliveryLoss"}
         verdict = await asyncio.to_thread(
             judge, pubs, devices, injector.done, nodes[0].api, said, loss_alerts
@@ -170,8 +172,6 @@ async def _settle(
 ) -> float | None:
     """Wait until nothing is missing but what the ``drop`` fault ate; seconds waited (None:
     still missing after ``within``)."""
-    from bench.chaos_check import dropped  # noqa: PLC0415 - used only here
-
     start = time.monotonic()
     while time.monotonic() - start < within:
         missing, _ = missing_pairs(pubs, devices)

@@ -11,8 +11,9 @@
   or 409 (the key is being published right now); anything else, e.g. a 500, leaves the caller
   unable to know whether it was published, and the publisher gives that key up.
 - **monitor: no false loss** — per node, the monitor's unfanned + lost deliveries (its
-  ``/metrics``) are not more than the acked-message pairs that really went missing there plus
-  the canaries it lost itself (a canary dropped by the ``drop`` fault is a real loss too).
+  ``/metrics``) are not more than the acked-message pairs that really went missing there, plus
+  those the ``drop`` fault ate that only arrived after the monitor's fan-out check (replayed
+  when the node restarted), plus the canaries it lost itself (a dropped canary is lost too).
 - **monitor: injected loss reported** — each node that lost deliveries on purpose shows them in
   the monitor's metrics or in a ``PushDeliveryLoss`` alert in Alertmanager.
 - **monitor: real loss reported** — likewise each node where an ``ack: true`` message went
@@ -27,13 +28,16 @@ from typing import Any
 
 import httpx
 
-from bench.chaos_cluster import KEY
+from bench.chaos_cluster import KEY, MONITOR
 from bench.chaos_faults import DROP_FRACTION, Fault
 from bench.chaos_load import Device, Publisher, Sent
 
 WINDOW_MARGIN = 1.0  # s around a drop window: a 202 comes a moment after the fan-out
 TRAILS_READ = 300  # most trails looked up for missing pairs
 SAMPLES = 5
+#: The earliest the monitor's fan-out check looks at a message after its publish: a dropped
+#: delivery that arrives later (replayed after its node restarted) is counted unfanned by then.
+FANOUT_AFTER = MONITOR["ack_timeout"] + MONITOR["monitor_grace"]
 
 
 @dataclass
@@ -169,6 +173,9 @@ def judge(
     for m in missing:
         if m.sent.users:  # acked messages are the ones the monitor reconciles
             truth[m.device.node] = truth.get(m.device.node, 0) + 1
+    late = _healed(publishers, devices, faults, late_after=FANOUT_AFTER)
+    for d, _ in late:  # missing at the monitor's fan-out check: it counts them, rightly
+        truth[d.node] = truth.get(d.node, 0) + 1
     lost_on = {m.device.node for m in injected}
     real_on: dict[str, int] = {}
     for m in unexcused:
@@ -226,7 +233,8 @@ def judge(
         "reconnects": sum(max(0, d.connections - 1) for d in devices),
         "missing_pairs": len(missing),
         "injected_missing_pairs": len(injected),
-        "injected_but_delivered": _healed(publishers, devices, faults),
+        "injected_but_delivered": len(_healed(publishers, devices, faults)),
+        "injected_delivered_late": len(late),
         "expired_pairs": sum(1 for m in others if states.get(m.sent.id) == "expired"),
         "trail_states_of_missing": _count(states.values()),
         "monitor_missing": monitor_missing,
@@ -251,16 +259,19 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     return out | {"max": round(xs[-1], 3)}
 
 
-def _healed(publishers: list[Publisher], devices: list[Device], faults: list[Fault]) -> int:
-    """Acked-message pairs the ``drop`` fault should have eaten that arrived after all."""
+def _healed(
+    publishers: list[Publisher], devices: list[Device], faults: list[Fault], late_after: float = 0
+) -> list[tuple[Device, Sent]]:
+    """Acked-message pairs the ``drop`` fault aimed at that arrived after all, more than
+    ``late_after`` s after their 202 (a restart of the node replays what was not acked)."""
     by_user: dict[str, list[Device]] = {}
     for d in devices:
         by_user.setdefault(d.user, []).append(d)
-    return sum(
-        1
+    return [
+        (d, s)
         for p in publishers
         for s in p.accepted
         for u in s.users
         for d in by_user.get(u, [])
-        if s.id in d.received and dropped(s, d, faults)
-    )
+        if s.id in d.received and d.received[s.id] - s.at > late_after and dropped(s, d, faults)
+    ]

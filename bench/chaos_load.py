@@ -37,7 +37,7 @@ class Device:
     url: str
     token: str
     topics: tuple[str, ...] = ()
-    received: dict[str, float] = field(default_factory=dict)  # id -> when
+    received: dict[str, float] = field(default_factory=dict)  # id -> when (unix s)
     misrouted: list[tuple[str, str]] = field(default_factory=list)  # (id, stream)
     keys: dict[str, str] = field(default_factory=dict)  # id -> the idempotency key in its data
     failure: str | None = None
@@ -54,7 +54,7 @@ class Device:
                 self.failure = repr(exc)
 
     def _take(self, msg_id: str, stream: str, data: Any) -> None:
-        self.received.setdefault(msg_id, time.monotonic())
+        self.received.setdefault(msg_id, time.time())
         to = data if isinstance(data, dict) else {}
         self.keys[msg_id] = str(to.get("key", ""))
         kind, _, name = stream.partition(":")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos import options
 from bench.chaos_check import judge, missing_pairs
 from bench.chaos_faults import DROP_FRACTION, FAULTS, Fault, schedule
 from bench.chaos_load import Device, Publisher, Sent
@@ -163,3 +164,34 @@ def test_a_short_campaign_keeps_every_guarantee(tmp_path: Path) -> None:
     assert facts["reconnects"] > 0, facts  # the faults reached the devices
     assert facts["injected_missing_pairs"] > 0, facts  # and the deliberate losses happened
     assert facts["devices_ended"] == [], facts
+
+
+@pytest.mark.parametrize(
+    ("argv", "ok"),
+    [
+        (["--faults", "kill,drop"], True),
+        (["--faults", "kill,meteor"], False),
+        (["--nodes", "1"], False),
+    ],
+)
+def test_the_campaign_refuses_what_it_cannot_run(argv: list[str], ok: bool) -> None:
+    if ok:
+        assert options(argv).fault_list == ["kill", "drop"]
+    else:
+        with pytest.raises(SystemExit) as exc:
+            options(argv)
+        assert exc.value.code == 2
+
+
+def test_a_dropped_delivery_replayed_after_the_fan_out_check_counts_as_missed() -> None:
+    msg_id = next(f"m{i}" for i in range(100) if _dropped(f"m{i}"))
+    window = Fault(5, "drop", 0, 5, window=(90.0, 110.0), node_id="n0")
+    said = {"n0": {"unfanned": 1.0, "lost": 0.0, "canary_lost": 0.0}}
+    for delay, verdict in ((1.0, "FAIL"), (30.0, "PASS")):
+        a = device("p0", "p0-d0", node="n0")
+        a._take(msg_id, "user:p0", {"users": ["p0"], "key": "k"})
+        a.received[msg_id] = 100.0 + delay  # a restart of n0 replayed it this late
+        rows = judge([publisher(sent(msg_id, "k"))], [a], [window], NOWHERE, said, set()).rows
+        assert next(r for r in rows if r["invariant"] == "monitor: no false loss")["result"] == (
+            verdict
+        )
