@@ -25,6 +25,7 @@ from pushsvc.client import PushClient
 
 TOPIC = "board"
 RETRIED = (409, 503)
+TOKEN_TTL = 43_200  # s: campaigns of hours keep their tokens (the usual cap on lifetimes)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class Publisher:
 
 async def mint(node: ChaosNode, user: str, topics: tuple[str, ...]) -> str:
     async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as h:
-        body = {"user": user, "topics": list(topics), "ttl": 3600}
+        body = {"user": user, "topics": list(topics), "ttl": TOKEN_TTL}
         r = await h.post(node.api + "/v1/tokens", json=body)
         r.raise_for_status()
         return str(r.json()["token"])
