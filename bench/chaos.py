@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = options(argv)
     work = Path(tempfile.mkdtemp(prefix="pushsvc-chaos-"))
     head = {
+        "argv": sys.argv[1:] if argv is None else argv,  # replays the same campaign
         "seed": args.seed,
         "duration": args.duration,
         "nodes": args.nodes,

@@ -24,7 +24,7 @@ from bench.chaos_faults import DROP_FRACTION, FAULTS, Fault, schedule
 from bench.chaos_load import Device, Publisher, Sent
 from tests.support import ROOT, UNIT
 
-CI_FAULTS = ("kill", "term", "pubsub", "skew", "drop")
+CI_FAULTS = ("kill", "term", "pubsub", "maxmemory", "skew", "drop")
 NOWHERE = "http://127.0.0.1:9"  # discard port: trails cannot be read there
 
 
