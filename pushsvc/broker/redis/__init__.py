@@ -20,7 +20,6 @@ about ``timeout`` seconds.
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio.connection import parse_url
 
 from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
 from pushsvc.broker.keys import Keyspace
@@ -31,6 +30,7 @@ from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
+from pushsvc.broker.redis.url import parse
 from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.settings import Settings
 from pushsvc.types import Message
@@ -62,8 +62,9 @@ class RedisBroker(Broker):
         if not settings.redis_url:
             raise ConfigError("the Redis broker needs a redis_url")
         prefix = settings.redis_prefix if prefix is None else prefix
-        self.keys = keys = Keyspace(prefix, database(settings.redis_url))
-        self._link = link = Link(settings.redis_url, timeout)
+        target = parse(settings.redis_url)
+        self.keys = keys = Keyspace(prefix, target.db)
+        self._link = link = Link(target, timeout)
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl
         self._keep_ms = settings.idempotency_ttl * 1000
@@ -132,15 +133,6 @@ class RedisBroker(Broker):
                 placed.duplicate = flag == 1
                 out.append(placed)
         return out
-
-
-def database(url: str) -> int:
-    """The database number ``url`` selects (0 when it names none, or for a scheme redis-py
-    does not parse)."""
-    try:
-        return int(parse_url(url).get("db") or 0)
-    except ValueError:
-        return 0
 
 
 def published_head(message: Message) -> bytes:

@@ -22,8 +22,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as TcpConnection
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,7 +31,9 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
-from pushsvc.errors import BrokerError, BrokerUnavailable
+from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
+from pushsvc.broker.redis.url import Target, parse
+from pushsvc.errors import BrokerError, BrokerUnavailable, ConfigError
 
 #: Errors after which Redis is, for our purposes, not there.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -63,28 +65,53 @@ class Script:
 
 
 class Link:
-    """A pool of command connections to ``url``. ``await aclose()`` when done."""
+    """The connections of a node to the Redis ``url`` names (see :mod:`.url`): one multiplexed
+    command connection, and the bus subscriber's (:meth:`subscriber`). Both go to the master
+    (asked of Sentinel for a ``redis+sentinel://`` url) and are checked with ``ROLE``.
+    ``await aclose()`` when done."""
 
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
+    def __init__(self, url: str | Target, timeout: float = 1.0) -> None:
         self.timeout = timeout
         self.reachable = False
-        self._mux = Mux(url, timeout)
-        # Only the settings of the connections made by :meth:`connection`: nothing is pooled.
-        self._template = ConnectionPool.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            protocol=2,
-        )
+        self.target = target = parse(url) if isinstance(url, str) else url
+        if target.mode == "cluster":
+            raise ConfigError("redis+cluster:// is not supported yet: use redis:// or "
+                              "redis+sentinel://")  # fmt: skip
+        self.locator = Locator(target, timeout)
+        self._mux = Mux(self.locator)
 
-    def connection(self) -> Connection:
-        """A new, unconnected connection with the pool's settings, outside the pool: the caller
-        owns it and must ``await disconnect()`` it."""
-        template = self._template
-        made: AbstractConnection = template.connection_class(**template.connection_kwargs)
-        return cast(Connection, made)
+    async def subscriber(self) -> Connection:
+        """A new connection to the master, connected and checked with ``ROLE``, outside the
+        multiplexed one: the caller owns it and must ``await disconnect()`` it. Raises a
+        redis-py error or OSError when none can be made."""
+        target = self.target
+        common: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "protocol": 2,
+        }
+        made: TcpConnection | UnixDomainSocketConnection
+        if target.path is not None:
+            address = target.path
+            made = UnixDomainSocketConnection(path=target.path, username=target.username,
+                                              password=target.password, db=target.db,
+                                              **common)  # fmt: skip
+        else:
+            host, port = await self.locator.locate()
+            address = f"{host}:{port}"
+            kind = TcpConnection if target.tls is None else SSLConnection
+            made = kind(**target.connection_kwargs((host, port)), **common)
+        connection = cast(Connection, made)
+        try:
+            await connection.connect()
+            await connection.send_command(*ROLE, check_health=False)
+            check_role(await connection.read_response(timeout=self.timeout), address)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        return connection
 
     def failure(self, exc: BaseException) -> BrokerError:
         """The pushsvc error for a redis-py or socket failure; marks the link unreachable."""
@@ -155,4 +182,3 @@ class Link:
     async def aclose(self) -> None:
         """Close the connection (idempotent)."""
         await self._mux.close()
-        await self._template.aclose()
