@@ -1,6 +1,8 @@
 """The broker contract: one suite, run unchanged against MemoryBroker and RedisBroker.
 
-The redis parameter runs on a real redis-server (one per module, flushed before each test). The
+The redis parameter runs on a real redis-server (one per module, flushed before each test); the
+sentinel parameter on a master, a replica and three sentinels (tests/redis_topology.py), reached
+through a ``redis+sentinel://`` URL. The
 memory bus calls back synchronously and the Redis bus from its reader task, so tests wait for what
 the bus delivers with :meth:`Recorder.until`.
 """
@@ -35,6 +37,7 @@ from pushsvc.core import offsets
 from pushsvc.core.trail import state
 from pushsvc.settings import Settings
 from pushsvc.types import Envelope, Message
+from tests.redis_topology import SentinelSetup, start_sentinel
 from tests.support import UNIT, RedisServer, start_redis
 
 OpenBroker = Callable[..., Awaitable[Broker]]
@@ -101,7 +104,19 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    with start_sentinel(replicas=1) as setup:
+        yield setup
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=pytest.mark.redis),
+    ]
+)
 async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroker]:
     """Opens started brokers of the parametrized kind; closes them after the test."""
     kind: str = request.param
@@ -110,6 +125,10 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
         server: RedisServer = request.getfixturevalue("redis_server")
         server.command("FLUSHALL")
         url = server.url
+    elif kind == "sentinel":
+        setup: SentinelSetup = request.getfixturevalue("sentinel_setup")
+        setup.master().command("FLUSHALL")
+        url = setup.url()
     opened: list[Broker] = []
 
     async def open_(*, subscriber: Recorder | None = None, history_size: int = 1000,

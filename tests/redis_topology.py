@@ -1,0 +1,180 @@
+"""Redis topologies for tests, from Debian's redis-server on free ports: a Sentinel setup (a
+master, its replicas and three sentinels, with failover timings of a fraction of a second).
+
+Each waits until it is whole before it is handed out — replicas in sync, every sentinel knowing
+the replicas and the other sentinels — so a test may kill anything at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support import UNIT, free_port, wait_until
+
+MASTER_NAME = "pushsvc-test"
+DOWN_AFTER_MS = 400  # how long a master is silent before a sentinel thinks it down
+FAILOVER_TIMEOUT_MS = 2000
+
+
+@dataclass
+class RedisProcess:
+    """One redis-server (data node or sentinel) with the given config lines."""
+
+    port: int
+    dir: Path
+    config: list[str]
+    sentinel: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (apt-get install redis-server)"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "redis.conf"
+        if not conf.exists() or not self.sentinel:  # a sentinel rewrites its own file: keep it
+            lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", "daemonize no",
+                     "loglevel warning", 'save ""', "appendonly no", *self.config]  # fmt: skip
+            conf.write_text("\n".join(lines) + "\n")
+        args = [binary, str(conf), *(["--sentinel"] if self.sentinel else [])]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.answers("PING") == "PONG", 10 * UNIT)
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to replicas or clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def command(self, *args: str) -> str:
+        """One command with redis-cli; its output (raises when redis-cli fails)."""
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not installed"
+        out = subprocess.run([cli, "-p", str(self.port), *args], capture_output=True, check=True,
+                             timeout=5 * UNIT)  # fmt: skip
+        return out.stdout.decode().strip()
+
+    def answers(self, *args: str) -> str | None:
+        """:meth:`command`, or None when the server does not answer."""
+        try:
+            return self.command(*args)
+        except (subprocess.SubprocessError, OSError):
+            return None
+
+    def info(self, section: str) -> dict[str, str]:
+        text = self.answers("INFO", section) or ""
+        pairs = (line.partition(":") for line in text.splitlines() if ":" in line)
+        return {k: v for k, _, v in pairs}
+
+
+@dataclass
+class SentinelSetup:
+    """A master, ``replicas`` and three sentinels watching them as :data:`MASTER_NAME`."""
+
+    data: list[RedisProcess]  # the master first, as started; roles change with failovers
+    sentinels: list[RedisProcess]
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def url(self, db: int = 0) -> str:
+        hosts = ",".join(s.address for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{MASTER_NAME}/{db}"
+
+    def master_port(self) -> int | None:
+        """The port the first answering sentinel names as the master."""
+        for sentinel in self.sentinels:
+            reply = sentinel.answers("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+            if reply:
+                return int(reply.split()[1])
+        return None
+
+    def master(self) -> RedisProcess:
+        port = self.master_port()
+        return next(p for p in self.data if p.port == port)
+
+    def replicas(self) -> list[RedisProcess]:
+        port = self.master_port()
+        return [p for p in self.data if p.port != port and p.proc is not None]
+
+    def in_sync(self) -> bool:
+        """Every running replica online and at the master's offset; every sentinel knows them
+        all, the master and the other sentinels."""
+        master = self.master()
+        info = master.info("replication")
+        replicas = self.replicas()
+        online = [v for k, v in info.items() if k.startswith("slave") and "state=online" in v]
+        offset = info.get("master_repl_offset")
+        if len(online) != len(replicas) or not all(f"offset={offset}," in v for v in online):
+            return False
+        for sentinel in self.sentinels:
+            known = sentinel.answers("SENTINEL", "replicas", MASTER_NAME) or ""
+            if any(f"\n{r.port}\n" not in f"\n{known}\n" for r in replicas):
+                return False
+            if not (sentinel.answers("SENTINEL", "ckquorum", MASTER_NAME) or "").startswith("OK 3"):
+                return False
+        return True
+
+    def wait_in_sync(self, timeout: float = 30 * UNIT) -> None:
+        wait_until(self.in_sync, timeout, interval=0.1)
+
+    def wait_failover(self, old_port: int, timeout: float = 30 * UNIT) -> int:
+        """Wait until the sentinels name another master that answers as one; its port."""
+
+        def promoted() -> int | None:
+            port = self.master_port()
+            if port is None or port == old_port:
+                return None
+            role = next(p for p in self.data if p.port == port).answers("ROLE") or ""
+            return port if role.startswith("master") else None
+
+        port: int = wait_until(promoted, timeout, interval=0.05)
+        return port
+
+
+@contextlib.contextmanager
+def start_sentinel(replicas: int = 1) -> Iterator[SentinelSetup]:
+    """A running :class:`SentinelSetup`, in sync; everything stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="pushsvc-sentinel-") as tmp:
+        root = Path(tmp)
+        master = RedisProcess(free_port(), root / "master", [])
+        follow = [f"replicaof 127.0.0.1 {master.port}"]
+        data = [
+            master,
+            *(RedisProcess(free_port(), root / f"r{i}", follow) for i in range(replicas)),
+        ]
+        watch = [
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {MASTER_NAME} 1",
+        ]
+        sentinels = [RedisProcess(free_port(), root / f"sentinel{i}", watch, sentinel=True)
+                     for i in range(3)]  # fmt: skip
+        setup = SentinelSetup(data, sentinels)
+        try:
+            for process in data:
+                process.start()
+            for sentinel in sentinels:
+                sentinel.start()
+            setup.wait_in_sync()
+            yield setup
+        finally:
+            for process in [*sentinels, *data]:
+                process.stop()
