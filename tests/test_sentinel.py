@@ -1,0 +1,135 @@
+"""Following a Sentinel failover: a master, replicas and three sentinels (tests/redis_topology.py),
+the master killed with SIGKILL. Every connection finds the new master by itself; in the gap
+publishes are refused (503, retryable) and ``/readyz`` says 503; afterwards the same-key retries
+have placed every message once and every device has every message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from pushsvc.broker.base import Placed, Publication
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.errors import BrokerUnavailable
+from pushsvc.settings import Settings
+from tests.fleet import missing
+from tests.redis_topology import SentinelSetup, start_sentinel
+from tests.support import UNIT, launch_node
+from tests.test_broker_contract import Recorder, message
+from tests.test_cluster import FAST, _eventually, connected
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def sentinel() -> Iterator[SentinelSetup]:
+    with start_sentinel(replicas=1) as setup:
+        yield setup
+
+
+async def test_the_broker_follows_a_failover(sentinel: SentinelSetup) -> None:
+    seen = Recorder()
+    broker = RedisBroker(Settings(redis_url=sentinel.url(), node_id="follow"), timeout=0.5 * UNIT)
+    broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
+    await broker.start()
+    try:
+        assert broker.up
+        first = message()
+        [placed] = await broker.publish([Publication(first, ["user:a"])], "test")
+        assert isinstance(placed, Placed)
+        await seen.until(lambda: len(seen.envelopes) == 1)
+        await asyncio.to_thread(sentinel.wait_in_sync)
+        old = sentinel.master_port()
+        assert old is not None
+        sentinel.master().kill()
+
+        # the gap: refused fast, and the broker says it is down
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([Publication(message(), ["user:a"])], "test")
+        assert time.monotonic() - started < 2 * UNIT
+        assert not broker.up
+
+        new = await asyncio.to_thread(sentinel.wait_failover, old)
+        assert new != old
+        second = message()
+        async with asyncio.timeout(15 * UNIT):
+            while True:
+                try:
+                    [outcome] = await broker.publish(
+                        [Publication(second, ["user:a"], key="same", fingerprint="f")], "test"
+                    )
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.05)
+                    continue
+                if isinstance(outcome, Placed):
+                    break
+                assert isinstance(outcome, BrokerUnavailable), outcome
+                await asyncio.sleep(0.05)
+        await seen.until(lambda: broker.up and seen.resyncs >= 1)
+        # the subscription is on the new master: it hears what is published there
+        third = message()
+        await broker.publish([Publication(third, ["user:a"])], "test")
+        await seen.until(lambda: any(e.message.id == third.id for e in seen.envelopes))
+        entries = await broker.history.read("user:a", None, 10)
+        assert [entry.message.id for entry in entries] == [first.id, second.id, third.id]
+    finally:
+        await broker.close()
+
+
+async def test_a_failover_under_publishing_loses_nothing(sentinel: SentinelSetup) -> None:
+    nodes = [launch_node(redis_url=sentinel.url(), node_id=f"node-{n}", **FAST) for n in "ab"]
+    a = nodes[0]
+    try:
+        async with connected(nodes, users=2) as (devices, publisher, users):
+            readiness: list[int] = []
+            done = asyncio.Event()
+
+            async def watch() -> None:
+                async with httpx.AsyncClient(timeout=UNIT) as http:
+                    while not done.is_set():
+                        try:
+                            readiness.append(
+                                (await http.get(a.internal_url + "/readyz")).status_code
+                            )
+                        except httpx.HTTPError:
+                            readiness.append(0)
+                        await asyncio.sleep(0.05)
+
+            async def publish(count: int) -> None:
+                for i in range(count):
+                    await publisher.publish(users[i % 2], i)
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            publishing = asyncio.create_task(publish(80))
+            await _eventually(lambda: len(publisher.accepted) >= 20)
+            old = sentinel.master_port()
+            assert old is not None
+            sentinel.master().kill()
+            killed = time.monotonic()
+            count = len(publisher.accepted)
+            await asyncio.to_thread(sentinel.wait_failover, old)
+            await _eventually(lambda: len(publisher.accepted) > count + 1, 20 * UNIT)
+            gap = time.monotonic() - killed
+            await publishing
+            await _eventually(lambda: all(n.ready() for n in nodes), 15 * UNIT)
+            await asyncio.sleep(0.2)
+            done.set()
+            await watcher
+
+            assert publisher.refused > 0  # the gap was seen, and retried
+            assert 503 in readiness and readiness[-1] == 200, readiness
+            assert gap < 10 * UNIT, gap
+            await _eventually(lambda: not missing(devices, publisher.accepted), 30 * UNIT)
+            assert len(publisher.accepted) == 80  # one id per key: no message placed twice
+            for device in devices:
+                seqs = [m["data"]["seq"] for m in device.received.values()]
+                assert len(seqs) == len(set(seqs)), device.name
+    finally:
+        for node in nodes:
+            node.stop()
