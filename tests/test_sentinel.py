@@ -14,6 +14,7 @@ import pytest
 
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.core.streams import user_stream
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.fleet import missing
@@ -133,3 +134,32 @@ async def test_a_failover_under_publishing_loses_nothing(sentinel: SentinelSetup
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_min_replicas_refuses_a_publish_no_replica_confirmed(sentinel: SentinelSetup) -> None:
+    node = launch_node(redis_url=sentinel.url(), redis_min_replicas=1, **FAST)
+    try:
+        body = {"to": {"users": ["u1"]}, "event": "queue.called", "data": {"room": 1}}
+        first = node.api("POST", "/v1/messages", json=body)
+        assert first.status_code == 202, first.text
+        [replica] = sentinel.replicas()
+        await asyncio.to_thread(replica.stop)
+        keyed = {**body, "idempotency_key": "visit-7"}
+        started = time.monotonic()
+        refused = node.api("POST", "/v1/messages", json=keyed)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["retryable"] is True
+        assert time.monotonic() - started < 3 * UNIT
+        await asyncio.to_thread(replica.start)
+        await asyncio.to_thread(sentinel.wait_in_sync)
+        again = node.api("POST", "/v1/messages", json=keyed)
+        assert again.status_code == 202, again.text
+        reader = RedisBroker(Settings(redis_url=sentinel.url()))
+        try:
+            entries = await reader.history.read(user_stream("u1"), None, 10)
+        finally:
+            await reader.close()
+        ids = [entry.message.id for entry in entries]
+        assert ids == [first.json()["id"], again.json()["id"]]  # the refused one, placed once
+    finally:
+        node.stop()

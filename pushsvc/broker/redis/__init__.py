@@ -12,6 +12,10 @@ right after still has its trail, and a key is bound exactly when its message was
 A run that fails leaves the messages before the failure appended (Redis does not roll a script
 back): their outcome is reported unknown, and a retry with their keys finds them.
 
+With ``redis_min_replicas`` > 0 a publish is placed only once ``WAIT`` confirms that many
+replicas have it; otherwise its outcome is :class:`pushsvc.errors.BrokerUnavailable` (it may be
+appended and announced already: the retry with its key finds it).
+
 Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
 could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
 about ``timeout`` seconds.
@@ -65,6 +69,7 @@ class RedisBroker(Broker):
         target = parse(settings.redis_url)
         self.keys = keys = Keyspace(prefix, target.db)
         self._link = link = Link(target, timeout)
+        self._replicas = settings.redis_min_replicas
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl
         self._keep_ms = settings.idempotency_ttl * 1000
@@ -121,7 +126,7 @@ class RedisBroker(Broker):
                 args += (message.id, item.fingerprint, keyed, body_at)
                 args += [_encode(s) for s in streams]
             calls.append((keys, args))
-        replies = await self._link.run_each(PUBLISH, calls)
+        replies = await self._link.run_each(PUBLISH, calls, replicas=self._replicas)
         out: list[Outcome] = []
         for start, reply in zip(range(0, len(items), PUBLISH_CHUNK), replies, strict=True):
             chunk = len(items[start : start + PUBLISH_CHUNK])

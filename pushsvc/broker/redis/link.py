@@ -147,20 +147,39 @@ class Link:
         return replies
 
     async def run_each(
-        self, script: Script, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
+        *,
+        replicas: int = 0,
     ) -> list[Any]:
         """:meth:`run_all`, but a call the server answered with an error has the pushsvc error
         in its place (the others ran; a script's writes before its error stay). Raises only when
-        no reply came at all."""
+        no reply came at all.
+
+        ``replicas`` > 0: ``WAIT`` follows the calls on the same connection, for at most half
+        the timeout (the connection answers nobody else meanwhile); unless that many replicas
+        confirm the writes, every call that ran has :class:`BrokerUnavailable` in its place
+        (its writes stay: a retry finds them by their keys)."""
         packed = [pack(("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls]
-        replies = await self._exchange(packed)
+        wait_ms = int(self.timeout * 500)
+        wait = [pack(("WAIT", replicas, wait_ms))] if replicas > 0 else []
+        replies = await self._exchange(packed + wait)
+        confirmed = replies.pop() if wait else 0
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if refused:
             await self.call("SCRIPT", "LOAD", script.source)
-            again = await self._exchange([packed[i] for i in refused])
+            again = await self._exchange([packed[i] for i in refused] + wait)
+            confirmed = again.pop() if wait else 0  # covers every write of the connection
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-        return [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
+        out = [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
+        if wait and not (isinstance(confirmed, int) and confirmed >= replicas):
+            shortfall = BrokerUnavailable(
+                f"{confirmed} of {replicas} redis replicas confirmed the write in {wait_ms} ms"
+            )
+            out = [r if isinstance(r, BrokerError) else shortfall for r in out]
+        return out
 
     def _checked(self, replies: list[Any]) -> list[Any]:
         """``replies``, or the pushsvc error for the first error among them."""
