@@ -1,5 +1,6 @@
 """Redis topologies for tests, from Debian's redis-server on free ports: a Sentinel setup (a
-master, its replicas and three sentinels, with failover timings of a fraction of a second).
+master, its replicas and three sentinels, with failover timings of a fraction of a second), and a
+server that speaks only TLS and wants client certificates.
 
 Each waits until it is whole before it is handed out — replicas in sync, every sentinel knowing
 the replicas and the other sentinels — so a test may kill anything at once.
@@ -31,6 +32,7 @@ class RedisProcess:
     dir: Path
     config: list[str]
     sentinel: bool = False
+    cli_args: list[str] = field(default_factory=list)  # redis-cli's own (TLS)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,7 +70,7 @@ class RedisProcess:
         """One command with redis-cli; its output (raises when redis-cli fails)."""
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed"
-        out = subprocess.run([cli, "-p", str(self.port), *args], capture_output=True, check=True,
+        out = subprocess.run([cli, "-p", str(self.port), *self.cli_args, *args], capture_output=True, check=True,
                              timeout=5 * UNIT)  # fmt: skip
         return out.stdout.decode().strip()
 
@@ -178,3 +180,54 @@ def start_sentinel(replicas: int = 1) -> Iterator[SentinelSetup]:
         finally:
             for process in [*sentinels, *data]:
                 process.stop()
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA, a server certificate for 127.0.0.1 and localhost, and a client certificate."""
+
+    ca: Path
+    server: Path
+    server_key: Path
+    client: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed none of them
+
+
+def make_certificates(where: Path) -> Certificates:
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is not installed"
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=where, check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
+            "-out", f"{ca}.pem", "-days", "1", "-subj", f"/CN={ca}")  # fmt: skip
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return Certificates(where / "ca.pem", where / "server.pem", where / "server.key",
+                        where / "client.pem", where / "client.key", where / "other-ca.pem")  # fmt: skip
+
+
+@contextlib.contextmanager
+def start_tls_redis() -> Iterator[tuple[RedisProcess, Certificates]]:
+    """A redis-server with TLS only (no plain port) that requires a client certificate."""
+    with tempfile.TemporaryDirectory(prefix="pushsvc-tls-") as tmp:
+        certs = make_certificates(Path(tmp))
+        port = free_port()
+        config = ["port 0", f"tls-port {port}", f"tls-cert-file {certs.server}",
+                  f"tls-key-file {certs.server_key}", f"tls-ca-cert-file {certs.ca}",
+                  "tls-auth-clients yes"]  # fmt: skip
+        cli = ["--tls", "--cacert", str(certs.ca), "--cert", str(certs.client),
+               "--key", str(certs.client_key)]  # fmt: skip
+        server = RedisProcess(port, Path(tmp) / "data", config, cli_args=cli)
+        try:
+            server.start()
+            yield server, certs
+        finally:
+            server.stop()

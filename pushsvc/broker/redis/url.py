@@ -50,11 +50,17 @@ class Tls:
     keyfile: str | None = None
     cert_reqs: str = "required"
 
+    @property
+    def check_hostname(self) -> bool:
+        """Whether the server's certificate must name the host connected to (with
+        ``cert_reqs=required``: behind Sentinel, which hands out IPs, certificates need IP
+        subject alternative names)."""
+        return self.cert_reqs == "required"
+
     def context(self) -> ssl.SSLContext:
-        """A client context with these options (host names are not checked: Redis servers are
-        addressed by IP as often as by name, and Sentinel hands out IPs)."""
+        """A client context with these options."""
         context = ssl.create_default_context(cafile=self.ca_certs)
-        context.check_hostname = False
+        context.check_hostname = self.check_hostname
         context.verify_mode = _CERT_REQS[self.cert_reqs]
         if self.certfile is not None:
             context.load_cert_chain(self.certfile, self.keyfile)
@@ -91,7 +97,7 @@ class Target:
                 "ssl_certfile": self.tls.certfile,
                 "ssl_keyfile": self.tls.keyfile,
                 "ssl_cert_reqs": self.tls.cert_reqs,
-                "ssl_check_hostname": False,
+                "ssl_check_hostname": self.tls.check_hostname,
             }
         return kwargs
 
