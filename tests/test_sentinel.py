@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.core.streams import user_stream
@@ -163,3 +166,31 @@ async def test_min_replicas_refuses_a_publish_no_replica_confirmed(sentinel: Sen
         assert ids == [first.json()["id"], again.json()["id"]]  # the refused one, placed once
     finally:
         node.stop()
+
+
+def test_check_config_reports_the_sentinel_topology(sentinel: SentinelSetup) -> None:
+    def checks(**env: str) -> dict[str, dict[str, str]]:
+        result = CliRunner().invoke(app, ["check-config", "--json"], env={
+            "PUSHSVC_REDIS_URL": sentinel.url(), "PUSHSVC_API_KEYS": "k",
+            "PUSHSVC_API_URL": None, "PUSHSVC_API_KEY": None, **env})  # fmt: skip
+        return {c["name"]: c for c in orjson.loads(result.stdout)["checks"]}
+
+    master = sentinel.master().address
+    found = checks(PUSHSVC_REDIS_MIN_REPLICAS="1")
+    assert found["redis"]["status"] == "ok"
+    assert found["redis sentinel"]["status"] == "ok", found["redis sentinel"]
+    assert (
+        f"3 of 3 sentinels answer for 'pushsvc-test', master {master}; OK"
+        in (found["redis sentinel"]["detail"])
+    )
+    assert found["redis replicas"] == {
+        "name": "redis replicas",
+        "status": "ok",
+        "detail": f"master {master} takes writes; 1 replica(s) connected, "
+        "PUSHSVC_REDIS_MIN_REPLICAS=1",
+    }
+    assert checks(PUSHSVC_REDIS_MIN_REPLICAS="2")["redis replicas"]["status"] == "fail"
+    sentinel.sentinels[0].stop()
+    found = checks()
+    assert found["redis sentinel"]["status"] == "warn"
+    assert found["redis sentinel"]["detail"].startswith("2 of 3 sentinels answer")

@@ -69,31 +69,37 @@ class Locator:
         raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
 
     async def _ask(self, sentinel: Address, master: str) -> Any:
-        context = self.target.tls.context() if self.target.tls is not None else None
-        reader, writer = await asyncio.open_connection(sentinel[0], sentinel[1], ssl=context)
-        try:
-            commands: list[tuple[str, ...]] = []
-            if self.target.sentinel_password is not None:
-                commands.append(("AUTH", self.target.sentinel_password))
-            commands.append(("SENTINEL", "get-master-addr-by-name", master))
-            writer.write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
-            parser = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
-            replies: list[Any] = []
-            while len(replies) < len(commands):
-                data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("sentinel closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not _MORE:
-                    replies.append(reply)
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    raise reply
-            return replies[-1]
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        command = ("SENTINEL", "get-master-addr-by-name", master)
+        return (await ask(self.target, sentinel, [command]))[-1]
+
+
+async def ask(target: Target, sentinel: Address, commands: list[tuple[str, ...]]) -> list[Any]:
+    """Send ``commands`` to the sentinel at ``sentinel`` on a connection of their own (after AUTH
+    with the URL's ``sentinel_password``); their replies. Raises on an error reply, OSError or
+    a redis-py ConnectionError. The caller bounds the time."""
+    context = target.tls.context() if target.tls is not None else None
+    reader, writer = await asyncio.open_connection(sentinel[0], sentinel[1], ssl=context)
+    try:
+        if target.sentinel_password is not None:
+            commands = [("AUTH", target.sentinel_password), *commands]
+        writer.write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
+        parser = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = await reader.read(65536)
+            if not data:
+                raise RedisConnectionError("sentinel closed the connection")
+            parser.feed(data)
+            while (reply := parser.gets()) is not _MORE:
+                replies.append(reply)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies[1:] if target.sentinel_password is not None else replies
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 def check_role(reply: Any, address: str) -> None:
