@@ -194,3 +194,29 @@ def test_check_config_reports_the_sentinel_topology(sentinel: SentinelSetup) -> 
     found = checks()
     assert found["redis sentinel"]["status"] == "warn"
     assert found["redis sentinel"]["detail"].startswith("2 of 3 sentinels answer")
+
+
+async def test_with_every_sentinel_down_the_known_master_is_still_used(
+    sentinel: SentinelSetup,
+) -> None:
+    broker = RedisBroker(Settings(redis_url=sentinel.url(), node_id="alone"), timeout=0.5 * UNIT)
+    broker.bus.subscribe(Recorder().envelope, Recorder().command)
+    await broker.start()
+    try:
+        assert broker.up
+        for process in sentinel.sentinels:
+            await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(sentinel.data[0].command, "CLIENT", "KILL", "TYPE", "normal")
+        await asyncio.to_thread(sentinel.data[0].command, "CLIENT", "KILL", "TYPE", "pubsub")
+        async with asyncio.timeout(10 * UNIT):  # both connections come back to the same master
+            while True:
+                try:
+                    [placed] = await broker.publish([Publication(message(), ["user:a"])], "t")
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.05)
+                    continue
+                if isinstance(placed, Placed) and broker.up:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await broker.close()

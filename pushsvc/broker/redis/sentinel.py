@@ -42,8 +42,8 @@ class Locator:
         self.last: Address | None = None  # the master named last
 
     async def locate(self) -> Address:
-        """The address of the master. Raises a redis-py ConnectionError when no sentinel names
-        one."""
+        """The address of the master: the one a sentinel names, or when none answers the last
+        one named. Raises a redis-py ConnectionError when there is neither."""
         target = self.target
         if target.mode != "sentinel":
             return target.addresses[0]
@@ -66,6 +66,9 @@ class Locator:
                 log.info("redis master located", extra={"master": f"{address[0]}:{address[1]}"})
                 self.last = address
             return address
+        if self.last is not None:  # no sentinel answers: try the last master (ROLE tells)
+            log.warning("no sentinel answers, trying the last master", extra={"errors": errors})
+            return self.last
         raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
 
     async def _ask(self, sentinel: Address, master: str) -> Any:
