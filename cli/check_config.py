@@ -192,8 +192,11 @@ async def topology_checks(cluster: Cluster) -> list[Check]:
     if target.mode == "standalone" and not replicas and not wanted:
         return checks
     master = f"{where[0]}:{where[1]}" if where else target.path or "?"
-    lagging = [f"{ip.decode()}:{port.decode()}" for ip, port, at in replicas
-               if offset - int(at) > REPLICA_LAG]  # fmt: skip
+    lagging = [
+        f"{ip.decode()}:{port.decode()}"
+        for ip, port, at in replicas
+        if offset - int(at) > REPLICA_LAG
+    ]
     detail = f"master {master} takes writes; {len(replicas)} replica(s) connected"
     if wanted:
         detail += f", PUSHSVC_REDIS_MIN_REPLICAS={wanted}"
@@ -221,9 +224,14 @@ async def sentinel_check(target: Target) -> Check:
     async def one(address: Address) -> tuple[str, str] | str:
         try:
             async with asyncio.timeout(2.0):
-                named, quorum = await ask(target, address, [
-                    ("SENTINEL", "get-master-addr-by-name", master),
-                    ("SENTINEL", "ckquorum", master)])  # fmt: skip
+                named, quorum = await ask(
+                    target,
+                    address,
+                    [
+                        ("SENTINEL", "get-master-addr-by-name", master),
+                        ("SENTINEL", "ckquorum", master),
+                    ],
+                )
         except (OSError, TimeoutError, RedisError) as exc:
             return f"{address[0]}:{address[1]}: {exc or type(exc).__name__}"
         if not named:

@@ -45,8 +45,16 @@ class RedisProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
         if not conf.exists() or not self.sentinel:  # a sentinel rewrites its own file: keep it
-            lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", "daemonize no",
-                     "loglevel warning", 'save ""', "appendonly no", *self.config]  # fmt: skip
+            lines = [
+                f"port {self.port}",
+                "bind 127.0.0.1",
+                f"dir {self.dir}",
+                "daemonize no",
+                "loglevel warning",
+                'save ""',
+                "appendonly no",
+                *self.config,
+            ]
             conf.write_text("\n".join(lines) + "\n")
         args = [binary, str(conf), *(["--sentinel"] if self.sentinel else [])]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,8 +78,12 @@ class RedisProcess:
         """One command with redis-cli; its output (raises when redis-cli fails)."""
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed"
-        out = subprocess.run([cli, "-p", str(self.port), *self.cli_args, *args], capture_output=True, check=True,
-                             timeout=5 * UNIT)  # fmt: skip
+        out = subprocess.run(
+            [cli, "-p", str(self.port), *self.cli_args, *args],
+            capture_output=True,
+            check=True,
+            timeout=5 * UNIT,
+        )
         return out.stdout.decode().strip()
 
     def answers(self, *args: str) -> str | None:
@@ -167,8 +179,9 @@ def start_sentinel(replicas: int = 1) -> Iterator[SentinelSetup]:
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER_NAME} 1",
         ]
-        sentinels = [RedisProcess(free_port(), root / f"sentinel{i}", watch, sentinel=True)
-                     for i in range(3)]  # fmt: skip
+        sentinels = [
+            RedisProcess(free_port(), root / f"sentinel{i}", watch, sentinel=True) for i in range(3)
+        ]
         setup = SentinelSetup(data, sentinels)
         try:
             for process in data:
@@ -202,16 +215,60 @@ def make_certificates(where: Path) -> Certificates:
         subprocess.run([openssl, *args], cwd=where, check=True, capture_output=True)
 
     for ca in ("ca", "other-ca"):
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-            "-out", f"{ca}.pem", "-days", "1", "-subj", f"/CN={ca}")  # fmt: skip
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={ca}",
+        )
     (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    return Certificates(where / "ca.pem", where / "server.pem", where / "server.key",
-                        where / "client.pem", where / "client.key", where / "other-ca.pem")  # fmt: skip
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        )
+    return Certificates(
+        where / "ca.pem",
+        where / "server.pem",
+        where / "server.key",
+        where / "client.pem",
+        where / "client.key",
+        where / "other-ca.pem",
+    )
 
 
 @contextlib.contextmanager
@@ -220,11 +277,23 @@ def start_tls_redis() -> Iterator[tuple[RedisProcess, Certificates]]:
     with tempfile.TemporaryDirectory(prefix="pushsvc-tls-") as tmp:
         certs = make_certificates(Path(tmp))
         port = free_port()
-        config = ["port 0", f"tls-port {port}", f"tls-cert-file {certs.server}",
-                  f"tls-key-file {certs.server_key}", f"tls-ca-cert-file {certs.ca}",
-                  "tls-auth-clients yes"]  # fmt: skip
-        cli = ["--tls", "--cacert", str(certs.ca), "--cert", str(certs.client),
-               "--key", str(certs.client_key)]  # fmt: skip
+        config = [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {certs.server}",
+            f"tls-key-file {certs.server_key}",
+            f"tls-ca-cert-file {certs.ca}",
+            "tls-auth-clients yes",
+        ]
+        cli = [
+            "--tls",
+            "--cacert",
+            str(certs.ca),
+            "--cert",
+            str(certs.client),
+            "--key",
+            str(certs.client_key),
+        ]
         server = RedisProcess(port, Path(tmp) / "data", config, cli_args=cli)
         try:
             server.start()

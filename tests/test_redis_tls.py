@@ -29,8 +29,10 @@ async def test_every_connection_speaks_tls_with_the_urls_certificates(
     tls_redis: tuple[RedisProcess, Certificates],
 ) -> None:
     server, certs = tls_redis
-    url = (f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs.ca}"
-           f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}")  # fmt: skip
+    url = (
+        f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs.ca}"
+        f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}"
+    )
     seen = Recorder()
     broker = RedisBroker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
@@ -56,8 +58,9 @@ async def test_without_the_right_certificates_nothing_connects(
     tls_redis: tuple[RedisProcess, Certificates], query: str
 ) -> None:
     server, certs = tls_redis
-    filled = query.format(ca=certs.ca, other=certs.other_ca, cert=certs.client,
-                          key=certs.client_key)  # fmt: skip
+    filled = query.format(
+        ca=certs.ca, other=certs.other_ca, cert=certs.client, key=certs.client_key
+    )
     broker = RedisBroker(
         Settings(redis_url=f"rediss://127.0.0.1:{server.port}/0?{filled}", node_id="tls"),
         timeout=0.5 * UNIT,
@@ -76,8 +79,10 @@ async def test_cert_reqs_none_skips_the_servers_verification(
     tls_redis: tuple[RedisProcess, Certificates],
 ) -> None:
     server, certs = tls_redis
-    url = (f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs.other_ca}&ssl_cert_reqs=none"
-           f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}")  # fmt: skip
+    url = (
+        f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs.other_ca}&ssl_cert_reqs=none"
+        f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}"
+    )
     broker = RedisBroker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
     broker.bus.subscribe(Recorder().envelope, Recorder().command)
     await broker.start()

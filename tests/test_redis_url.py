@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 
 import pytest
 
 from pushsvc.broker.redis.url import Target, Tls, parse
 from pushsvc.errors import ConfigError
+from tests.support import API_KEY, ROOT, TOKEN_SECRET, UNIT, pushsvc_command
 
 GOOD: list[tuple[str, Target]] = [
     ("redis://127.0.0.1:6379/0", Target("standalone", (("127.0.0.1", 6379),))),
@@ -93,3 +96,31 @@ def test_tls_options_reach_the_context_and_the_subscriber() -> None:
     kwargs = target.connection_kwargs(("10.0.0.1", 7))
     assert (kwargs["host"], kwargs["port"], kwargs["ssl_cert_reqs"]) == ("10.0.0.1", 7, "none")
     assert "ssl_cert_reqs" not in parse("redis://h:1").connection_kwargs(("h", 1))
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("redis+cluster://127.0.0.1:7000", "redis+cluster:// is not supported yet"),
+        ("redis://127.0.0.1:1?ssl_ca_certs=/ca.pem", "TLS options need a rediss scheme"),
+    ],
+)
+def test_serve_refuses_a_url_it_cannot_use_in_one_line(url: str, error: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    env |= {
+        "PUSHSVC_TOKEN_SECRET": TOKEN_SECRET,
+        "PUSHSVC_API_KEYS": API_KEY,
+        "PUSHSVC_MAX_CONNECTIONS": "100",
+        "COLUMNS": "300",
+    }
+    done = subprocess.run(
+        [*pushsvc_command(), "serve", "--redis-url", url],
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30 * UNIT,
+    )
+    assert done.returncode == 2
+    assert f"error: invalid redis url: {error}" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()

@@ -170,9 +170,17 @@ async def test_min_replicas_refuses_a_publish_no_replica_confirmed(sentinel: Sen
 
 def test_check_config_reports_the_sentinel_topology(sentinel: SentinelSetup) -> None:
     def checks(**env: str) -> dict[str, dict[str, str]]:
-        result = CliRunner().invoke(app, ["check-config", "--json"], env={
-            "PUSHSVC_REDIS_URL": sentinel.url(), "PUSHSVC_API_KEYS": "k",
-            "PUSHSVC_API_URL": None, "PUSHSVC_API_KEY": None, **env})  # fmt: skip
+        result = CliRunner().invoke(
+            app,
+            ["check-config", "--json"],
+            env={
+                "PUSHSVC_REDIS_URL": sentinel.url(),
+                "PUSHSVC_API_KEYS": "k",
+                "PUSHSVC_API_URL": None,
+                "PUSHSVC_API_KEY": None,
+                **env,
+            },
+        )
         return {c["name"]: c for c in orjson.loads(result.stdout)["checks"]}
 
     master = sentinel.master().address

@@ -75,8 +75,9 @@ class Link:
         self.reachable = False
         self.target = target = parse(url) if isinstance(url, str) else url
         if target.mode == "cluster":
-            raise ConfigError("redis+cluster:// is not supported yet: use redis:// or "
-                              "redis+sentinel://")  # fmt: skip
+            raise ConfigError(
+                "redis+cluster:// is not supported yet: use redis:// or redis+sentinel://"
+            )
         self.locator = Locator(target, timeout)
         self._mux = Mux(self.locator)
 
@@ -95,9 +96,13 @@ class Link:
         made: TcpConnection | UnixDomainSocketConnection
         if target.path is not None:
             address = target.path
-            made = UnixDomainSocketConnection(path=target.path, username=target.username,
-                                              password=target.password, db=target.db,
-                                              **common)  # fmt: skip
+            made = UnixDomainSocketConnection(
+                path=target.path,
+                username=target.username,
+                password=target.password,
+                db=target.db,
+                **common,
+            )
         else:
             host, port = await self.locator.locate()
             address = f"{host}:{port}"

@@ -114,8 +114,9 @@ class Mux:
         hello: list[Command] = []
         if target.password is not None:
             user = target.username
-            hello.append(("AUTH", target.password) if user is None else
-                         ("AUTH", user, target.password))  # fmt: skip
+            hello.append(
+                ("AUTH", target.password) if user is None else ("AUTH", user, target.password)
+            )
         if target.db:
             hello.append(("SELECT", target.db))
         hello.append(ROLE)  # last: its reply says whether this server takes writes
