@@ -1,7 +1,9 @@
 """The cluster broker: every part of :mod:`pushsvc.broker.base` kept in Redis.
 
-Modules: ``link`` (command connections, error mapping, scripts by SHA), ``scripts`` (the Lua),
-``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys and the monitor lease).
+Modules: ``url`` (the Redis URL forms, parsed once), ``sentinel`` (where the master is, and the
+``ROLE`` check every connection makes), ``mux`` (the multiplexed command connection), ``link``
+(the node's connections, error mapping, scripts by SHA), ``scripts`` (the Lua), ``history``,
+``bus``, ``registry``, ``ledger`` (with idempotency keys and the monitor lease).
 Key names and the keyspace are documented in :mod:`pushsvc.broker.keys`.
 
 Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
