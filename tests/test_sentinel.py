@@ -22,7 +22,7 @@ from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.fleet import missing
 from tests.redis_topology import SentinelSetup, start_sentinel
-from tests.support import UNIT, launch_node
+from tests.support import UNIT, launch_node, start_redis
 from tests.test_broker_contract import Recorder, message
 from tests.test_cluster import FAST, _eventually, connected
 
@@ -249,3 +249,25 @@ async def test_with_every_sentinel_down_the_known_master_is_still_used(
                 await asyncio.sleep(0.05)
     finally:
         await broker.close()
+
+
+async def test_a_demoted_master_makes_the_node_unready_until_it_is_master_again() -> None:
+    """A server turned replica answers reads: the node must not call itself ready on them."""
+    with start_redis() as server, start_redis() as other:
+        node = launch_node(redis_url=server.url, **FAST)
+        try:
+            server.command("REPLICAOF", "127.0.0.1", str(other.port))
+            await _eventually(lambda: not node.ready(), 10 * UNIT)
+            body = {"to": {"users": ["u1"]}, "event": "queue.called", "data": {"room": 1}}
+            refused = node.api("POST", "/v1/messages", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["retryable"] is True
+            for _ in range(5):  # reads would succeed on the replica: they must not count
+                node.api("GET", "/v1/nodes")
+                assert not node.ready()
+                await asyncio.sleep(FAST["registry_interval"] / 2)
+            server.command("REPLICAOF", "NO", "ONE")
+            await _eventually(node.ready, 10 * UNIT)
+            assert node.api("POST", "/v1/messages", json=body).status_code == 202
+        finally:
+            node.stop()
