@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -300,3 +301,93 @@ def start_tls_redis() -> Iterator[tuple[RedisProcess, Certificates]]:
             yield server, certs
         finally:
             server.stop()
+
+
+@dataclass
+class ClusterSetup:
+    """Three masters and a replica each, made with ``redis-cli --cluster create``."""
+
+    nodes: list[RedisProcess]
+
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes)
+
+    def masters(self) -> list[RedisProcess]:
+        return [
+            n
+            for n in self.nodes
+            if n.proc is not None and (n.answers("ROLE") or "").startswith("master")
+        ]
+
+    def healthy(self) -> bool:
+        """Every running node says the cluster is ok, and every replica is in sync."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            if node.info("cluster").get("cluster_enabled") != "1":
+                return False
+            state = node.answers("CLUSTER", "INFO") or ""
+            if "cluster_state:ok" not in state:
+                return False
+            replication = node.info("replication")
+            if replication.get("role") == "slave" and (
+                replication.get("master_link_status") != "up"
+            ):
+                return False
+        return True
+
+    def flush(self) -> None:
+        for master in self.masters():
+            master.command("FLUSHALL")
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@contextlib.contextmanager
+def start_cluster() -> Iterator[ClusterSetup]:
+    """A running, healthy :class:`ClusterSetup` (6 processes); everything stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="pushsvc-cluster-") as tmp:
+        config = [
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            "cluster-node-timeout 1000",
+        ]
+        nodes = [RedisProcess(cluster_port(), Path(tmp) / f"n{i}", config) for i in range(6)]
+        setup = ClusterSetup(nodes)
+        try:
+            for node in nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            assert cli, "redis-cli is not installed"
+            subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(n.address for n in nodes),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60 * UNIT,
+            )
+            wait_until(setup.healthy, 30 * UNIT, interval=0.1)
+            yield setup
+        finally:
+            for node in nodes:
+                node.stop()

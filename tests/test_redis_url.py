@@ -101,7 +101,7 @@ def test_tls_options_reach_the_context_and_the_subscriber() -> None:
 @pytest.mark.parametrize(
     ("url", "error"),
     [
-        ("redis+cluster://127.0.0.1:7000", "redis+cluster:// is not supported yet"),
+        ("redis+sentinel://127.0.0.1:26379", "a sentinel url names its master"),
         ("redis://127.0.0.1:1?ssl_ca_certs=/ca.pem", "TLS options need a rediss scheme"),
     ],
 )

@@ -69,8 +69,8 @@ class RedisBroker(Broker):
             raise ConfigError("the Redis broker needs a redis_url")
         prefix = settings.redis_prefix if prefix is None else prefix
         target = parse(settings.redis_url)
-        self.keys = keys = Keyspace(prefix, target.db)
-        self._link = link = Link(target, timeout)
+        self.keys = keys = Keyspace(prefix, target.db, one_slot=target.mode == "cluster")
+        self._link = link = Link(target, timeout, slot_key=keys.bus_seq)
         self._replicas = settings.redis_min_replicas
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl

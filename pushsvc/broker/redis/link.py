@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
 from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
 from pushsvc.broker.redis.url import Target, parse
-from pushsvc.errors import BrokerError, BrokerUnavailable, ConfigError
+from pushsvc.errors import BrokerError, BrokerUnavailable
 
 #: Errors after which Redis is, for our purposes, not there.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -67,18 +67,15 @@ class Script:
 class Link:
     """The connections of a node to the Redis ``url`` names (see :mod:`.url`): one multiplexed
     command connection, and the bus subscriber's (:meth:`subscriber`). Both go to the master
-    (asked of Sentinel for a ``redis+sentinel://`` url) and are checked with ``ROLE``.
+    (asked of Sentinel for a ``redis+sentinel://`` url; on Redis Cluster, the master of
+    ``slot_key``'s slot, where every key of the keyspace is) and are checked with ``ROLE``.
     ``await aclose()`` when done."""
 
-    def __init__(self, url: str | Target, timeout: float = 1.0) -> None:
+    def __init__(self, url: str | Target, timeout: float = 1.0, *, slot_key: str = "") -> None:
         self.timeout = timeout
         self.reachable = False
         self.target = target = parse(url) if isinstance(url, str) else url
-        if target.mode == "cluster":
-            raise ConfigError(
-                "redis+cluster:// is not supported yet: use redis:// or redis+sentinel://"
-            )
-        self.locator = Locator(target, timeout)
+        self.locator = Locator(target, timeout, slot_key)
         self._mux = Mux(self.locator)
 
     async def subscriber(self) -> Connection:

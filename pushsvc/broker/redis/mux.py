@@ -10,8 +10,9 @@ Failure: when the connection is lost, or the oldest waiting caller has waited ``
 while no reply at all came for as long, every waiting caller gets the error and the next call
 connects again.
 Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
-A ``READONLY`` reply (the server was demoted by a failover) drops the connection the same way:
-the next call finds the master again.
+A ``READONLY`` reply (the server was demoted by a failover), or on Redis Cluster a ``MOVED`` or
+``ASK`` (the slot is served elsewhere now), drops the connection the same way: the next call
+finds the master again.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class _Protocol(asyncio.Protocol):
                 reply = reply_error(reply)
                 if isinstance(reply, ReadOnlyError):  # demoted: find the master again
                     self.mux.abort(RedisConnectionError(f"{self.mux.address} is read-only now"))
+                    return
+                if str(reply).startswith(("MOVED ", "ASK ")):  # Cluster: the slot moved
+                    self.mux.abort(RedisConnectionError(f"{self.mux.address}: {reply}"))
                     return
             head = waiting[0]
             head.replies.append(reply)

@@ -35,29 +35,29 @@ class Locator:
     """Finds the address of ``target``'s writable server (one per node, shared by its
     connections)."""
 
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, slot_key: str = "") -> None:
         self.target = target
         self.timeout = timeout
-        self._sentinels = list(target.addresses)
+        self.slot = key_slot(slot_key)  # Cluster: the slot whose master is wanted
+        self._sentinels = list(target.addresses)  # sentinels, or the cluster's seed nodes
         self.last: Address | None = None  # the master named last
 
     async def locate(self) -> Address:
         """The address of the master: the one a sentinel names, or when none answers the last
         one named. Raises a redis-py ConnectionError when there is neither."""
         target = self.target
-        if target.mode != "sentinel":
+        if target.mode == "standalone":
             return target.addresses[0]
-        assert target.master is not None
         errors: list[str] = []
         for sentinel in list(self._sentinels):
             try:
                 async with asyncio.timeout(self.timeout):
-                    reply = await self._ask(sentinel, target.master)
+                    reply = await self._ask(sentinel)
             except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
                 errors.append(f"{sentinel[0]}:{sentinel[1]}: {exc or type(exc).__name__}")
                 continue
             if not reply:
-                errors.append(f"{sentinel[0]}:{sentinel[1]}: no master {target.master!r}")
+                errors.append(f"{sentinel[0]}:{sentinel[1]}: no master for {self._wanted}")
                 continue
             self._sentinels.remove(sentinel)
             self._sentinels.insert(0, sentinel)
@@ -71,38 +71,76 @@ class Locator:
             return self.last
         raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
 
-    async def _ask(self, sentinel: Address, master: str) -> Any:
-        command = ("SENTINEL", "get-master-addr-by-name", master)
-        return (await ask(self.target, sentinel, [command]))[-1]
+    @property
+    def _wanted(self) -> str:
+        return repr(self.target.master) if self.target.mode == "sentinel" else f"slot {self.slot}"
+
+    async def _ask(self, server: Address) -> Any:
+        """``[host, port]`` of the master, as ``server`` (a sentinel, or a cluster node) knows
+        it; None when it knows none."""
+        if self.target.mode == "sentinel":
+            command = ("SENTINEL", "get-master-addr-by-name", self.target.master or "")
+            return (await ask(self.target, server, [command]))[-1]
+        [ranges] = await ask(self.target, server, [("CLUSTER", "SLOTS")], sentinel=False)
+        for first, last, master, *_ in ranges:
+            if first <= self.slot <= last:
+                host = master[0] or server[0].encode()  # empty: the node asked
+                return [host, master[1]]
+        return None
 
 
-async def ask(target: Target, sentinel: Address, commands: list[tuple[str, ...]]) -> list[Any]:
-    """Send ``commands`` to the sentinel at ``sentinel`` on a connection of their own (after AUTH
-    with the URL's ``sentinel_password``); their replies. Raises on an error reply, OSError or
-    a redis-py ConnectionError. The caller bounds the time."""
+async def ask(
+    target: Target, address: Address, commands: list[tuple[str, ...]], *, sentinel: bool = True
+) -> list[Any]:
+    """Send ``commands`` to ``address`` on a connection of their own (after AUTH: the URL's
+    ``sentinel_password`` for a sentinel, its user and password for a data node); their
+    replies. Raises on an error reply, OSError or a redis-py ConnectionError. The caller bounds
+    the time."""
     context = target.tls.context() if target.tls is not None else None
-    reader, writer = await asyncio.open_connection(sentinel[0], sentinel[1], ssl=context)
+    auth: tuple[str, ...] = ()
+    if sentinel and target.sentinel_password is not None:
+        auth = ("AUTH", target.sentinel_password)
+    elif not sentinel and target.password is not None:
+        auth = ("AUTH", *filter(None, (target.username, target.password)))
+    if auth:
+        commands = [auth, *commands]
+    reader, writer = await asyncio.open_connection(address[0], address[1], ssl=context)
     try:
-        if target.sentinel_password is not None:
-            commands = [("AUTH", target.sentinel_password), *commands]
         writer.write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
         parser = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         replies: list[Any] = []
         while len(replies) < len(commands):
             data = await reader.read(65536)
             if not data:
-                raise RedisConnectionError("sentinel closed the connection")
+                raise RedisConnectionError("the server closed the connection")
             parser.feed(data)
             while (reply := parser.gets()) is not _MORE:
                 replies.append(reply)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        return replies[1:] if target.sentinel_password is not None else replies
+        return replies[1:] if auth else replies
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16/XMODEM of its hash tag, mod 16384)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
 
 
 def check_role(reply: Any, address: str) -> None:
