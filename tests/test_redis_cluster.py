@@ -8,8 +8,11 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.errors import BrokerUnavailable
@@ -78,3 +81,30 @@ async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> N
         assert holder(cluster) is not master
     finally:
         await broker.close()
+
+
+async def test_check_config_reports_the_master_that_holds_the_keyspace(
+    cluster: ClusterSetup,
+) -> None:
+    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"))
+    try:
+        await broker.publish([Publication(message(), ["user:a"])], "test")
+    finally:
+        await broker.close()
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["check-config", "--json"],
+        env={
+            "PUSHSVC_REDIS_URL": cluster.url(),
+            "PUSHSVC_API_KEYS": "k",
+            "PUSHSVC_API_URL": None,
+            "PUSHSVC_API_KEY": None,
+        },
+    )
+    checks = {c["name"]: c for c in orjson.loads(result.stdout)["checks"]}
+    assert checks["redis"]["status"] == "ok"
+    assert checks["redis replicas"]["status"] == "ok", checks["redis replicas"]
+    assert checks["redis replicas"]["detail"].startswith(
+        f"master {holder(cluster).address} takes writes; 1 replica(s) connected"
+    )
