@@ -2,8 +2,10 @@
 
 Checks, in order: the settings parse (else exit 2 with what is wrong); the token secret and the
 API key; Redis (version, PING time, and a warning unless its ``maxmemory-policy`` is
-``noeviction``: any other policy may evict history); the registry (nodes listed, stale
-heartbeats); the API with the key; every node's ``/readyz``; Alertmanager
+``noeviction``: any other policy may evict history); its topology (with Sentinel: every
+sentinel answers, names the same master and has its quorum; the master takes writes; its
+replicas are connected, in step, and as many as ``redis_min_replicas``); the registry (nodes
+listed, stale heartbeats); the API with the key; every node's ``/readyz``; Alertmanager
 (``/api/v2/status``). Each check is ``ok``, ``warn``, ``fail`` or ``skip`` with one line saying
 why. Exit 1 when any check fails.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
@@ -35,6 +37,9 @@ from cli.output import emit_json, out, seconds, table
 from pushsvc.apikeys import parse_entries
 from pushsvc.broker.base import NodeInfo
 from pushsvc.errors import BrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from pushsvc.broker.redis.url import Address, Target
 
 #: The oldest Redis the broker works with (XADD options, GETDEL, ...).
 REDIS_MIN = (6, 2)
@@ -119,6 +124,7 @@ async def cluster_checks(cluster: Cluster) -> list[Check]:
         checks.append(await redis_check(cluster))
         if checks[-1].status == "fail":
             return checks
+        checks += await topology_checks(cluster)
     else:
         checks.append(Check("redis", "skip", "no --redis-url: nodes are read from the API"))
     try:
@@ -182,6 +188,95 @@ def info_field(info: str, name: str) -> str:
         (line[len(prefix) :].strip() for line in info.splitlines() if line.startswith(prefix)),
         "?",
     )
+
+
+#: A replica further behind its master than this (bytes of replication stream) is lagging.
+REPLICA_LAG = 1 << 20
+
+
+async def topology_checks(cluster: Cluster) -> list[Check]:
+    """Sentinel (each sentinel answers, they agree on the master, the quorum can fail over), the
+    master (it takes writes) and its replicas (connected, in step, as many as
+    ``redis_min_replicas`` asks). Nothing for a standalone Redis without replicas when none are
+    asked for."""
+    from pushsvc.broker.redis.link import Link  # noqa: PLC0415 - only this check needs it
+    from pushsvc.broker.redis.url import parse  # noqa: PLC0415
+
+    settings = cluster.settings
+    target = parse(settings.redis_url or "")
+    checks = [await sentinel_check(target)] if target.mode == "sentinel" else []
+    link = Link(target, timeout=2.0, slot_key=cluster.redis.keys.bus_seq)  # Cluster: its master
+    try:
+        role = await link.call("ROLE")  # the link checked already that it is a master
+        where = link.locator.last or (target.addresses[0] if target.addresses else None)
+    except BrokerError as exc:
+        return [*checks, Check("redis master", "fail", exc.message)]
+    finally:
+        await link.aclose()
+    offset, replicas = int(role[1]), role[2]
+    wanted = settings.redis_min_replicas
+    if target.mode == "standalone" and not replicas and not wanted:
+        return checks
+    master = f"{where[0]}:{where[1]}" if where else target.path or "?"
+    lagging = [
+        f"{ip.decode()}:{port.decode()}"
+        for ip, port, at in replicas
+        if offset - int(at) > REPLICA_LAG
+    ]
+    detail = f"master {master} takes writes; {len(replicas)} replica(s) connected"
+    if wanted:
+        detail += f", PUSHSVC_REDIS_MIN_REPLICAS={wanted}"
+    if len(replicas) < wanted:
+        return [*checks, Check("redis replicas", "fail", detail + ": every publish gets 503")]
+    if lagging:
+        return [
+            *checks,
+            Check("redis replicas", "warn", f"{detail}; lagging: {', '.join(lagging)}"),
+        ]
+    if not replicas:
+        return [*checks, Check("redis replicas", "warn", detail + ": nothing to fail over to")]
+    return [*checks, Check("redis replicas", "ok", detail)]
+
+
+async def sentinel_check(target: Target) -> Check:
+    """Ask every sentinel for the master and whether it could fail over now."""
+    from redis.exceptions import RedisError  # noqa: PLC0415 - only this check needs it
+
+    from pushsvc.broker.redis.sentinel import ask  # noqa: PLC0415
+
+    assert target.master is not None
+    master = target.master
+
+    async def one(address: Address) -> tuple[str, str] | str:
+        try:
+            async with asyncio.timeout(2.0):
+                named, quorum = await ask(
+                    target,
+                    address,
+                    [
+                        ("SENTINEL", "get-master-addr-by-name", master),
+                        ("SENTINEL", "ckquorum", master),
+                    ],
+                )
+        except (OSError, TimeoutError, RedisError) as exc:
+            return f"{address[0]}:{address[1]}: {exc or type(exc).__name__}"
+        if not named:
+            return f"{address[0]}:{address[1]}: does not know {master!r}"
+        return f"{named[0].decode()}:{named[1].decode()}", quorum.decode()
+
+    answers = await asyncio.gather(*(one(a) for a in target.addresses))
+    good = [a for a in answers if isinstance(a, tuple)]
+    problems = [a for a in answers if isinstance(a, str)]
+    masters = sorted({m for m, _ in good})
+    summary = f"{len(good)} of {len(answers)} sentinels answer for {master!r}"
+    if not good:
+        return Check("redis sentinel", "fail", f"{summary}: " + "; ".join(problems))
+    if len(masters) > 1:
+        return Check("redis sentinel", "warn", f"{summary}; they disagree: {', '.join(masters)}")
+    detail = f"{summary}, master {masters[0]}; {good[0][1]}"
+    if problems:
+        return Check("redis sentinel", "warn", f"{detail}; " + "; ".join(problems))
+    return Check("redis sentinel", "ok", detail)
 
 
 def redis_version(text: str) -> tuple[int, ...]:

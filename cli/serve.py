@@ -29,6 +29,9 @@ def serve(
     redis_prefix: Annotated[
         str | None, Opt(help="Prefix of every Redis key and channel. [pushsvc:]")
     ] = None,
+    redis_min_replicas: Annotated[
+        int | None, Opt(help="Replicas that must confirm a publish (WAIT) before 202. [0]")
+    ] = None,
     allow_redis_eviction: Annotated[
         bool | None,
         Opt("--allow-redis-eviction", help="Start even if Redis may evict keys (silent loss)."),
@@ -142,6 +145,8 @@ def _check_redis(settings: Settings, url: str) -> None:
     loop = asyncio.new_event_loop()  # not asyncio.run: it leaves no current loop for the node
     try:
         verdict = loop.run_until_complete(check(url))
+    except ConfigError as exc:
+        fail(f"invalid redis url: {exc.message}")
     finally:
         loop.close()
     log = logging.getLogger("pushsvc.serve")

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(
         DEFAULT_PREFIX, min_length=1, description="prefix of every Redis key and channel name"
     )
+    redis_min_replicas: int = Field(
+        0, ge=0, description="replicas that must confirm a publish (WAIT) before it is accepted"
+    )
     allow_redis_eviction: bool = Field(
         False, description="start even when redis's maxmemory-policy is not noeviction"
     )

@@ -1,6 +1,9 @@
 """The broker contract: one suite, run unchanged against MemoryBroker and RedisBroker.
 
-The redis parameter runs on a real redis-server (one per module, flushed before each test). The
+The redis parameter runs on a real redis-server (one per module, flushed before each test); the
+sentinel parameter on a master, a replica and three sentinels (tests/redis_topology.py), reached
+through a ``redis+sentinel://`` URL; the cluster parameter on a 6-process Redis Cluster (three
+masters with a replica each) through a ``redis+cluster://`` URL. The
 memory bus calls back synchronously and the Redis bus from its reader task, so tests wait for what
 the bus delivers with :meth:`Recorder.until`.
 """
@@ -35,6 +38,7 @@ from pushsvc.core import offsets
 from pushsvc.core.trail import state
 from pushsvc.settings import Settings
 from pushsvc.types import Envelope, Message
+from tests.redis_topology import ClusterSetup, SentinelSetup, start_cluster, start_sentinel
 from tests.support import UNIT, RedisServer, start_redis
 
 OpenBroker = Callable[..., Awaitable[Broker]]
@@ -101,7 +105,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    with start_sentinel(replicas=1) as setup:
+        yield setup
+
+
+@pytest.fixture(scope="module")
+def cluster_setup() -> Iterator[ClusterSetup]:
+    with start_cluster() as setup:
+        yield setup
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
 async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroker]:
     """Opens started brokers of the parametrized kind; closes them after the test."""
     kind: str = request.param
@@ -110,6 +133,14 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
         server: RedisServer = request.getfixturevalue("redis_server")
         server.command("FLUSHALL")
         url = server.url
+    elif kind == "sentinel":
+        setup: SentinelSetup = request.getfixturevalue("sentinel_setup")
+        setup.master().command("FLUSHALL")
+        url = setup.url()
+    elif kind == "cluster":
+        cluster: ClusterSetup = request.getfixturevalue("cluster_setup")
+        cluster.flush()
+        url = cluster.url()
     opened: list[Broker] = []
 
     async def open_(*, subscriber: Recorder | None = None, history_size: int = 1000,

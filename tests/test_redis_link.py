@@ -13,8 +13,9 @@ import time
 import pytest
 
 from pushsvc.broker.redis.link import Link
+from pushsvc.broker.redis.sentinel import NotMaster
 from pushsvc.errors import BrokerError, BrokerUnavailable
-from tests.support import UNIT, RedisServer
+from tests.support import UNIT, RedisServer, start_redis
 
 pytestmark = pytest.mark.redis
 
@@ -148,3 +149,39 @@ async def test_password_and_database_come_from_the_url(server: RedisServer) -> N
             await open_link.aclose()
     finally:
         await admin.aclose()  # its connection authenticated before the password was set
+
+
+async def test_a_replica_is_never_written_to(server: RedisServer) -> None:
+    with start_redis() as replica:
+        replica.command("REPLICAOF", "127.0.0.1", str(server.port))
+        link = Link(replica.url, timeout=0.5 * UNIT)
+        try:
+            with pytest.raises(BrokerUnavailable, match="is a slave, not the master"):
+                await link.call("GET", "a")
+            assert not link.reachable
+            with pytest.raises(NotMaster, match="not the master"):
+                await link.subscriber()
+        finally:
+            await link.aclose()
+
+
+async def test_a_demoted_master_drops_the_connection_until_it_is_master_again(
+    server: RedisServer,
+) -> None:
+    link = Link(server.url, timeout=0.5 * UNIT)
+    with start_redis() as other:
+        try:
+            await link.call("SET", "a", "1")
+            assert link.reachable
+            server.command("REPLICAOF", "127.0.0.1", str(other.port))
+            with pytest.raises(BrokerUnavailable):
+                await link.call("SET", "a", "2")
+            assert not link.reachable
+            with pytest.raises(BrokerUnavailable, match="not the master"):
+                await link.call("GET", "a")  # a read would answer: the connection is refused
+            assert not link.reachable
+            server.command("REPLICAOF", "NO", "ONE")
+            await link.call("SET", "a", "3")
+            assert link.reachable
+        finally:
+            await link.aclose()

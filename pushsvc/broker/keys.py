@@ -1,11 +1,15 @@
 """Every Redis key and channel name pushsvc uses, and what lives there.
 
-All names start with one prefix (default ``pushsvc:``, written ``{p}`` below), so several
-deployments can share a Redis. Keys are per database already; pub/sub channels are not (a
-``PUBLISH`` reaches the subscribers of every database), so channel names also carry the database
-number (written ``{db}``): two deployments on one Redis, under another prefix or in another
-database, never hear each other. Nothing outside this module spells a key. For each key: its
-type and content; its TTL; who writes it → who reads it.
+The same keyspace serves a standalone Redis and a Sentinel-managed master (the names do not
+depend on where the master is). On Redis Cluster the prefix is written ``{prefix}``: a hash tag
+that puts every key in one slot, so each script's keys share it (Cluster gives failover there,
+not yet scale: one master holds everything). All names start with one prefix (default
+``pushsvc:``, written ``{p}`` below), so several deployments can share a Redis. Keys are per
+database already; pub/sub channels are not (a ``PUBLISH`` reaches the subscribers of every
+database), so channel names also carry the database number (written ``{db}``): two deployments
+on one Redis, under another prefix or in another database, never hear each other. Nothing
+outside this module spells a key. For each key: its type and content; its TTL; who writes it →
+who reads it.
 
 ``{p}stream:<stream>`` — stream; entry id = the offset; field ``m`` = the Message as JSON, or,
     for a message appended to several streams, field ``r`` = its id: the message is in
@@ -92,7 +96,11 @@ NODE_PRUNE_AFTER = 60.0
 class Keyspace:
     """Key and channel names under one prefix. Pure string building: no I/O."""
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, db: int = 0) -> None:
+    def __init__(
+        self, prefix: str = DEFAULT_PREFIX, db: int = 0, *, one_slot: bool = False
+    ) -> None:
+        if one_slot:  # Redis Cluster: the prefix is the hash tag of every key
+            prefix = "{" + prefix + "}"
         self.prefix = prefix
         self.db = db
         self.bus = f"{prefix}db{db}:bus"

@@ -1,7 +1,9 @@
 """The cluster broker: every part of :mod:`pushsvc.broker.base` kept in Redis.
 
-Modules: ``link`` (command connections, error mapping, scripts by SHA), ``scripts`` (the Lua),
-``history``, ``bus``, ``registry``, ``ledger`` (with idempotency keys and the monitor lease).
+Modules: ``url`` (the Redis URL forms, parsed once), ``sentinel`` (where the master is, and the
+``ROLE`` check every connection makes), ``mux`` (the multiplexed command connection), ``link``
+(the node's connections, error mapping, scripts by SHA), ``scripts`` (the Lua), ``history``,
+``bus``, ``registry``, ``ledger`` (with idempotency keys and the monitor lease).
 Key names and the keyspace are documented in :mod:`pushsvc.broker.keys`.
 
 Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
@@ -12,6 +14,10 @@ right after still has its trail, and a key is bound exactly when its message was
 A run that fails leaves the messages before the failure appended (Redis does not roll a script
 back): their outcome is reported unknown, and a retry with their keys finds them.
 
+With ``redis_min_replicas`` > 0 a publish is placed only once ``WAIT`` confirms that many
+replicas have it; otherwise its outcome is :class:`pushsvc.errors.BrokerUnavailable` (it may be
+appended and announced already: the retry with its key finds it).
+
 Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
 could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
 about ``timeout`` seconds.
@@ -20,7 +26,6 @@ about ``timeout`` seconds.
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio.connection import parse_url
 
 from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
 from pushsvc.broker.keys import Keyspace
@@ -31,6 +36,7 @@ from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
+from pushsvc.broker.redis.url import parse
 from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.settings import Settings
 from pushsvc.types import Message
@@ -62,8 +68,10 @@ class RedisBroker(Broker):
         if not settings.redis_url:
             raise ConfigError("the Redis broker needs a redis_url")
         prefix = settings.redis_prefix if prefix is None else prefix
-        self.keys = keys = Keyspace(prefix, database(settings.redis_url))
-        self._link = link = Link(settings.redis_url, timeout)
+        target = parse(settings.redis_url)
+        self.keys = keys = Keyspace(prefix, target.db, one_slot=target.mode == "cluster")
+        self._link = link = Link(target, timeout, slot_key=keys.bus_seq)
+        self._replicas = settings.redis_min_replicas
         self._maxlen = settings.history_size
         self._ttl = settings.history_ttl
         self._keep_ms = settings.idempotency_ttl * 1000
@@ -121,7 +129,7 @@ class RedisBroker(Broker):
                 args += (message.id, item.fingerprint, keyed, body_at)
                 args += [_encode(s) for s in streams]
             calls.append((keys, args))
-        replies = await self._link.run_each(PUBLISH, calls)
+        replies = await self._link.run_each(PUBLISH, calls, replicas=self._replicas)
         out: list[Outcome] = []
         for start, reply in zip(range(0, len(items), PUBLISH_CHUNK), replies, strict=True):
             chunk = len(items[start : start + PUBLISH_CHUNK])
@@ -133,15 +141,6 @@ class RedisBroker(Broker):
                 placed.duplicate = flag == 1
                 out.append(placed)
         return out
-
-
-def database(url: str) -> int:
-    """The database number ``url`` selects (0 when it names none, or for a scheme redis-py
-    does not parse)."""
-    try:
-        return int(parse_url(url).get("db") or 0)
-    except ValueError:
-        return 0
 
 
 def published_head(message: Message) -> bytes:

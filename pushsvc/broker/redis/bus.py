@@ -121,8 +121,9 @@ class RedisBus(Bus):
     async def _run(self) -> None:
         attempt = 0
         while True:
-            connection = self._link.connection()
+            connection: Connection | None = None
             try:
+                connection = await self._link.subscriber()
                 await self._listen(connection)
             except (RedisError, OSError, SubscriptionLost) as exc:
                 if self._subscribed.is_set():
@@ -132,14 +133,14 @@ class RedisBus(Bus):
                     log.debug("bus subscribe failed", extra={"error": str(exc)})
             finally:
                 self._subscribed.clear()
-                await connection.disconnect(nowait=True)
+                if connection is not None:
+                    await connection.disconnect(nowait=True)
             self._lost = True
             await asyncio.sleep(backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP))
             attempt += 1
 
     async def _listen(self, connection: Connection) -> None:
         """Subscribe on ``connection`` and dispatch until it fails (it always ends by raising)."""
-        await connection.connect()
         await connection.send_command(
             "SUBSCRIBE", self._keys.bus, self._keys.commands, check_health=False
         )
@@ -192,8 +193,11 @@ class RedisBus(Bus):
                 return
 
     def _dispatch(self, reply: Any) -> None:
-        """One pub/sub reply: ``[b"message", channel, data]`` or ``[b"pong", b""]``."""
+        """One pub/sub reply: ``[b"message", channel, data]`` or ``[b"pong", b""]``. An
+        ``unsubscribe`` the server sent on its own ends the subscription (it is made again)."""
         if reply[0] != b"message":
+            if reply[0] in (b"unsubscribe", b"sunsubscribe"):
+                raise SubscriptionLost(f"the server cancelled the subscription to {reply[1]!r}")
             return
         channel, data = reply[1], reply[2]
         if channel == self._bus_channel:

@@ -22,8 +22,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as TcpConnection
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +31,8 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
+from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
+from pushsvc.broker.redis.url import Target, parse
 from pushsvc.errors import BrokerError, BrokerUnavailable
 
 #: Errors after which Redis is, for our purposes, not there.
@@ -63,28 +65,55 @@ class Script:
 
 
 class Link:
-    """A pool of command connections to ``url``. ``await aclose()`` when done."""
+    """The connections of a node to the Redis ``url`` names (see :mod:`.url`): one multiplexed
+    command connection, and the bus subscriber's (:meth:`subscriber`). Both go to the master
+    (asked of Sentinel for a ``redis+sentinel://`` url; on Redis Cluster, the master of
+    ``slot_key``'s slot, where every key of the keyspace is) and are checked with ``ROLE``.
+    ``await aclose()`` when done."""
 
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
+    def __init__(self, url: str | Target, timeout: float = 1.0, *, slot_key: str = "") -> None:
         self.timeout = timeout
         self.reachable = False
-        self._mux = Mux(url, timeout)
-        # Only the settings of the connections made by :meth:`connection`: nothing is pooled.
-        self._template = ConnectionPool.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            protocol=2,
-        )
+        self.target = target = parse(url) if isinstance(url, str) else url
+        self.locator = Locator(target, timeout, slot_key)
+        self._mux = Mux(self.locator)
 
-    def connection(self) -> Connection:
-        """A new, unconnected connection with the pool's settings, outside the pool: the caller
-        owns it and must ``await disconnect()`` it."""
-        template = self._template
-        made: AbstractConnection = template.connection_class(**template.connection_kwargs)
-        return cast(Connection, made)
+    async def subscriber(self) -> Connection:
+        """A new connection to the master, connected and checked with ``ROLE``, outside the
+        multiplexed one: the caller owns it and must ``await disconnect()`` it. Raises a
+        redis-py error or OSError when none can be made."""
+        target = self.target
+        common: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "protocol": 2,
+        }
+        made: TcpConnection | UnixDomainSocketConnection
+        if target.path is not None:
+            address = target.path
+            made = UnixDomainSocketConnection(
+                path=target.path,
+                username=target.username,
+                password=target.password,
+                db=target.db,
+                **common,
+            )
+        else:
+            host, port = await self.locator.locate()
+            address = f"{host}:{port}"
+            kind = TcpConnection if target.tls is None else SSLConnection
+            made = kind(**target.connection_kwargs((host, port)), **common)
+        connection = cast(Connection, made)
+        try:
+            await connection.connect()
+            await connection.send_command(*ROLE, check_health=False)
+            check_role(await connection.read_response(timeout=self.timeout), address)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        return connection
 
     def failure(self, exc: BaseException) -> BrokerError:
         """The pushsvc error for a redis-py or socket failure; marks the link unreachable."""
@@ -120,20 +149,39 @@ class Link:
         return replies
 
     async def run_each(
-        self, script: Script, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
+        *,
+        replicas: int = 0,
     ) -> list[Any]:
         """:meth:`run_all`, but a call the server answered with an error has the pushsvc error
         in its place (the others ran; a script's writes before its error stay). Raises only when
-        no reply came at all."""
+        no reply came at all.
+
+        ``replicas`` > 0: ``WAIT`` follows the calls on the same connection, for at most half
+        the timeout (the connection answers nobody else meanwhile); unless that many replicas
+        confirm the writes, every call that ran has :class:`BrokerUnavailable` in its place
+        (its writes stay: a retry finds them by their keys)."""
         packed = [pack(("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls]
-        replies = await self._exchange(packed)
+        wait_ms = int(self.timeout * 500)
+        wait = [pack(("WAIT", replicas, wait_ms))] if replicas > 0 else []
+        replies = await self._exchange(packed + wait)
+        confirmed = replies.pop() if wait else 0
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if refused:
             await self.call("SCRIPT", "LOAD", script.source)
-            again = await self._exchange([packed[i] for i in refused])
+            again = await self._exchange([packed[i] for i in refused] + wait)
+            confirmed = again.pop() if wait else 0  # covers every write of the connection
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-        return [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
+        out = [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
+        if wait and not (isinstance(confirmed, int) and confirmed >= replicas):
+            shortfall = BrokerUnavailable(
+                f"{confirmed} of {replicas} redis replicas confirmed the write in {wait_ms} ms"
+            )
+            out = [r if isinstance(r, BrokerError) else shortfall for r in out]
+        return out
 
     def _checked(self, replies: list[Any]) -> list[Any]:
         """``replies``, or the pushsvc error for the first error among them."""
@@ -155,4 +203,3 @@ class Link:
     async def aclose(self) -> None:
         """Close the connection (idempotent)."""
         await self._mux.close()
-        await self._template.aclose()

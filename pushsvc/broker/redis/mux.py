@@ -10,19 +10,20 @@ Failure: when the connection is lost, or the oldest waiting caller has waited ``
 while no reply at all came for as long, every waiting caller gets the error and the next call
 connects again.
 Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
+A ``READONLY`` reply (the server was demoted by a failover), or on Redis Cluster a ``MOVED`` or
+``ASK`` (the slot is served elsewhere now), drops the connection the same way: the next call
+finds the master again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import (
     BusyLoadingError,
     NoScriptError,
@@ -31,6 +32,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -80,8 +83,16 @@ class _Protocol(asyncio.Protocol):
             if not waiting:  # a reply nobody asked for: the stream is out of step
                 self.mux.abort(RedisConnectionError("unexpected reply from redis"))
                 return
+            if isinstance(reply, ResponseError):
+                reply = reply_error(reply)
+                if isinstance(reply, ReadOnlyError):  # demoted: find the master again
+                    self.mux.abort(RedisConnectionError(f"{self.mux.address} is read-only now"))
+                    return
+                if str(reply).startswith(("MOVED ", "ASK ")):  # Cluster: the slot moved
+                    self.mux.abort(RedisConnectionError(f"{self.mux.address}: {reply}"))
+                    return
             head = waiting[0]
-            head.replies.append(reply_error(reply) if isinstance(reply, ResponseError) else reply)
+            head.replies.append(reply)
             head.left -= 1
             if head.left == 0:
                 waiting.popleft()
@@ -93,27 +104,28 @@ class _Protocol(asyncio.Protocol):
 
 
 class Mux:
-    """A lazily connected, shared command connection to the Redis at ``url``."""
+    """A lazily connected, shared command connection to the master ``locator`` finds.
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self.timeout = timeout
-        params = parse_url(url)
-        self._path: str | None = params.get("path")
-        self._host: str = params.get("host", "localhost")
-        self._port: int = int(params.get("port", 6379))
-        self._ssl = params.get("connection_class") is SSLConnection
-        if self._path is not None and params.get("connection_class") is not (
-            UnixDomainSocketConnection
-        ):
-            raise ValueError(f"unsupported redis url {url!r}")
+    Every connection asks the server it reached for its ``ROLE`` and is given up unless it is a
+    master: a server demoted by a failover, or a replica named by mistake, is never written to.
+    """
+
+    def __init__(self, locator: Locator) -> None:
+        self.timeout = locator.timeout
+        self._locator = locator
+        target = locator.target
+        self._ssl = target.tls.context() if target.tls is not None else None
         hello: list[Command] = []
-        if params.get("password") is not None:
-            user = params.get("username")
-            hello.append(("AUTH", params["password"]) if user is None else
-                         ("AUTH", user, params["password"]))  # fmt: skip
-        if int(params.get("db", 0) or 0):
-            hello.append(("SELECT", int(params["db"])))
+        if target.password is not None:
+            user = target.username
+            hello.append(
+                ("AUTH", target.password) if user is None else ("AUTH", user, target.password)
+            )
+        if target.db:
+            hello.append(("SELECT", target.db))
+        hello.append(ROLE)  # last: its reply says whether this server takes writes
         self._hello = hello
+        self.address = ""  # where the connection goes (host:port or path), once it went
         self.waiting: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
@@ -179,19 +191,21 @@ class Mux:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
-                if self._path is not None:
+                path = self._locator.target.path
+                if path is not None:
+                    self.address = path
                     transport, protocol = await loop.create_unix_connection(
-                        lambda: _Protocol(self), self._path
+                        lambda: _Protocol(self), path
                     )
                 else:
+                    host, port = await self._locator.locate()
+                    self.address = f"{host}:{port}"
                     transport, protocol = await loop.create_connection(
-                        lambda: _Protocol(self), self._host, self._port,
-                        ssl=ssl.create_default_context() if self._ssl else None,
-                    )  # fmt: skip
+                        lambda: _Protocol(self), host, port, ssl=self._ssl
+                    )
             self._transport, self._protocol = transport, protocol
-            if self._hello:
-                async with asyncio.timeout(self.timeout):
-                    await self._greet(transport)
+            async with asyncio.timeout(self.timeout):
+                await self._greet(transport)
         except TimeoutError:
             self.abort(RedisTimeoutError(f"could not connect to redis in {self.timeout:g} s"))
             done.set_exception(RedisTimeoutError("connect timed out"))
@@ -207,13 +221,15 @@ class Mux:
                 done.exception()  # retrieved: nobody else may be waiting
 
     async def _greet(self, transport: asyncio.Transport) -> None:
-        """AUTH and SELECT, as the URL asks."""
+        """AUTH and SELECT, as the URL asks, and ROLE: raises unless the server is a master."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.waiting.append(_Waiter(future, len(self._hello), time.monotonic() + self.timeout))
         transport.write(b"".join(pack(c) for c in self._hello))
-        refused = [reply for reply in await future if isinstance(reply, Exception)]
+        *replies, role = await future
+        refused = [reply for reply in replies if isinstance(reply, Exception)]
         if refused:
             raise RedisConnectionError(f"redis refused the connection: {refused[0]}")
+        check_role(role, self.address)
 
     def abort(self, exc: Exception) -> None:
         """Drop the connection and fail every waiting caller with ``exc``."""

@@ -1,0 +1,110 @@
+"""Redis Cluster (6 processes, tests/redis_topology.py): the keyspace lives in one slot, both
+connections of a node go to that slot's master, and when it is killed they follow the replica
+the cluster promotes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from pushsvc.broker.base import Placed, Publication
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.errors import BrokerUnavailable
+from pushsvc.settings import Settings
+from tests.redis_topology import ClusterSetup, RedisProcess, start_cluster
+from tests.support import UNIT
+from tests.test_broker_contract import Recorder, message
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterSetup]:
+    with start_cluster() as setup:
+        yield setup
+
+
+def holder(cluster: ClusterSetup) -> RedisProcess:
+    """The master that holds the keys."""
+    return next(m for m in cluster.masters() if int(m.command("DBSIZE")) > 0)
+
+
+async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> None:
+    seen = Recorder()
+    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
+    broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
+    await broker.start()
+    try:
+        assert broker.up
+        first = message()
+        [placed] = await broker.publish([Publication(first, ["user:a"])], "test")
+        assert isinstance(placed, Placed)
+        await seen.until(lambda: len(seen.envelopes) == 1)
+        master = holder(cluster)
+        assert master.command("WAIT", "1", "5000") == "1"  # its replica has everything
+        master.kill()
+
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([Publication(message(), ["user:a"])], "test")
+        assert time.monotonic() - started < 2 * UNIT
+        assert not broker.up
+
+        second = message()
+        async with asyncio.timeout(20 * UNIT):
+            while True:
+                try:
+                    [outcome] = await broker.publish(
+                        [Publication(second, ["user:a"], key="same", fingerprint="f")], "test"
+                    )
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.05)
+                    continue
+                if isinstance(outcome, Placed):
+                    break
+                assert isinstance(outcome, BrokerUnavailable), outcome
+                await asyncio.sleep(0.05)
+        gap = time.monotonic() - started
+        assert gap < 15 * UNIT, gap
+        await seen.until(lambda: broker.up and seen.resyncs >= 1)
+        third = message()
+        await broker.publish([Publication(third, ["user:a"])], "test")
+        await seen.until(lambda: any(e.message.id == third.id for e in seen.envelopes))
+        entries = await broker.history.read("user:a", None, 10)
+        assert [entry.message.id for entry in entries] == [first.id, second.id, third.id]
+        assert holder(cluster) is not master
+    finally:
+        await broker.close()
+
+
+async def test_check_config_reports_the_master_that_holds_the_keyspace(
+    cluster: ClusterSetup,
+) -> None:
+    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"))
+    try:
+        await broker.publish([Publication(message(), ["user:a"])], "test")
+    finally:
+        await broker.close()
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["check-config", "--json"],
+        env={
+            "PUSHSVC_REDIS_URL": cluster.url(),
+            "PUSHSVC_API_KEYS": "k",
+            "PUSHSVC_API_URL": None,
+            "PUSHSVC_API_KEY": None,
+        },
+    )
+    checks = {c["name"]: c for c in orjson.loads(result.stdout)["checks"]}
+    assert checks["redis"]["status"] == "ok"
+    assert checks["redis replicas"]["status"] == "ok", checks["redis replicas"]
+    assert checks["redis replicas"]["detail"].startswith(
+        f"master {holder(cluster).address} takes writes; 1 replica(s) connected"
+    )
