@@ -45,7 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-KEY = "soak-key"
+KEY = "soak-key-" + "k" * 24
 SECRET = "soak-secret-" + "s" * 40
 NODE = {
     "registry_interval": 1, "ack_timeout": 2, "max_attempts": 3, "heartbeat": 10,

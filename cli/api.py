@@ -13,6 +13,7 @@ traceback for them. Use as ``async with Api(url, key) as api: ...``.
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -125,19 +126,31 @@ class _ErrorBody(msgspec.Struct):
     error: _Error
 
 
-def base_url(address: str) -> str:
-    """``address`` as an http URL: ``host:port`` gets ``http://``; no trailing slash."""
-    url = address if "://" in address else f"http://{address}"
+def base_url(address: str, scheme: str = "http") -> str:
+    """``address`` as a URL: ``host:port`` gets ``scheme://``; no trailing slash."""
+    url = address if "://" in address else f"{scheme}://{address}"
     return url.rstrip("/")
 
 
 class Api:
-    """The internal API of one node at ``url`` with API key ``key``; ``timeout`` per request."""
+    """The internal API of one node at ``url`` with API key ``key``; ``timeout`` per request.
 
-    def __init__(self, url: str, key: str, timeout: float = 5.0) -> None:
-        self.url = base_url(url)
+    A bare ``host:port`` is reached with ``scheme``; ``tls`` is the context for ``https`` (from
+    :meth:`pushsvc.settings.Settings.client_tls`; else the system's CAs)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        timeout: float = 5.0,
+        *,
+        scheme: str = "http",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = base_url(url, scheme)
         self._key = key
         self._timeout = timeout
+        self._tls = tls
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Api:
@@ -146,6 +159,7 @@ class Api:
                 base_url=self.url,
                 headers={"Authorization": f"Bearer {self._key}"},
                 timeout=self._timeout,
+                verify=self._tls if self._tls is not None else True,
             )
         except (httpx.InvalidURL, ValueError) as exc:
             raise UsageError(f"invalid API URL {self.url!r}: {exc}") from None
@@ -253,6 +267,8 @@ def _refusal(response: httpx.Response) -> Refused:
     message = error.message or f"HTTP {status}"
     if status == 401:
         message = "the API refused the key: give the right --api-key (or PUSHSVC_API_KEY)"
+    elif status == 403:
+        message = f"the key may not do this: {message}"
     elif status == 503:
         message = f"the cluster is unhealthy: {message}"
     return Refused(status, error.code, message)

@@ -32,8 +32,9 @@ from cli.cluster import (
     run,
 )
 from cli.output import emit_json, out, seconds, table
+from pushsvc.apikeys import parse_entries
 from pushsvc.broker.base import NodeInfo
-from pushsvc.errors import BrokerError
+from pushsvc.errors import BrokerError, ConfigError
 
 #: The oldest Redis the broker works with (XADD options, GETDEL, ...).
 REDIS_MIN = (6, 2)
@@ -94,10 +95,19 @@ def secrets_checks(settings: OperatorSettings) -> list[Check]:
         token = Check("token secret", "fail", "shorter than 32 characters (HS256 needs 32)")
     else:
         token = Check("token secret", "ok", f"set ({len(secret)} characters)")
-    if settings.api_key:
-        key = Check("api key", "ok", "set (--api-key / PUSHSVC_API_KEY)")
-    elif settings.api_keys:
-        key = Check("api key", "ok", f"the first of PUSHSVC_API_KEYS ({len(settings.api_keys)})")
+    try:
+        entries = parse_entries(settings.api_key_entries())
+    except ConfigError as exc:
+        return [token, Check("api key", "fail", exc.message)]
+    weak = [e.key.name for e in entries if e.key.weak]
+    bare = sum(e.key.bare for e in entries)
+    about = f"{len(entries)} entries" + (f", {bare} bare (every scope)" if bare else "")
+    if weak:
+        key = Check("api key", "fail", f"key {weak[0]!r} is shorter than 24 characters")
+    elif settings.api_key:
+        key = Check("api key", "ok", f"set (--api-key / PUSHSVC_API_KEY); {about}")
+    elif entries:
+        key = Check("api key", "ok", f"the first of PUSHSVC_API_KEYS ({about})")
     else:
         key = Check("api key", "fail", "not set: give --api-key, PUSHSVC_API_KEY or ..._KEYS")
     return [token, key]

@@ -32,6 +32,7 @@ import typer
 from cli.api import Api, OperatorError, Unreachable, UsageError, base_url
 from cli.settings import build_as, fail
 from cli.targets import WILDCARDS
+from pushsvc.apikeys import secret_for
 from pushsvc.broker.base import NodeInfo, SessionInfo
 from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.settings import Settings
@@ -53,8 +54,14 @@ class OperatorSettings(Settings):
 
     @property
     def key(self) -> str:
-        """The API key to send: ``api_key``, else the first of the nodes' ``api_keys``."""
-        return self.api_key or (self.api_keys[0] if self.api_keys else "")
+        """The API key to send: ``api_key``, else the secret of the first of the nodes' keys
+        (``api_keys``, then ``api_keys_file``)."""
+        if self.api_key:
+            return self.api_key
+        try:
+            return secret_for(self.api_key_entries()) or ""
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
 
 
 def operator_settings(**flags: Any) -> OperatorSettings:
@@ -214,7 +221,9 @@ class Cluster:
                 f"node {node.id}",
                 f"it listens on {node.internal_addr}; start it with --internal-host <address>",
             )
-        if self._api is not None and self._api.url == base_url(node.internal_addr):
+        if self._api is not None and self._api.url == base_url(
+            node.internal_addr, self.settings.internal_scheme
+        ):
             return self._api
         return await self.connect(node.internal_addr)
 
@@ -222,4 +231,12 @@ class Cluster:
         """An open :class:`Api` at ``url`` with the key, closed with the cluster."""
         if not self.settings.key:
             raise UsageError("no API key: give --api-key, PUSHSVC_API_KEY or PUSHSVC_API_KEYS")
-        return await self._apis.enter_async_context(Api(url, self.settings.key, self.timeout))
+        s = self.settings
+        try:
+            tls = (
+                s.client_tls() if s.internal_scheme == "https" or url.startswith("https:") else None
+            )
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
+        api = Api(url, s.key, self.timeout, scheme=s.internal_scheme, tls=tls)
+        return await self._apis.enter_async_context(api)

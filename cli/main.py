@@ -15,6 +15,7 @@ from cli.check_config import check_config
 from cli.cluster import OperatorSettings
 from cli.drain import drain
 from cli.export import export
+from cli.key import api_key
 from cli.kick import kick
 from cli.listen import listen
 from cli.monitor import monitor
@@ -81,6 +82,7 @@ def main(
 
 app.command()(serve)
 app.command()(token)
+app.command("api-key")(api_key)
 app.command()(listen)
 app.command("prometheus-targets")(prometheus_targets)
 app.command()(nodes)

@@ -16,7 +16,10 @@ from typing import Annotated, Any
 import typer
 
 from cli.settings import build, fail
+from monitor.alerts import shown
 from monitor.reconcile import BucketReport
+from pushsvc.apikeys import parse_entries
+from pushsvc.errors import ConfigError
 from pushsvc.settings import Settings
 from pushsvc.telemetry import logging as jsonlog
 
@@ -58,6 +61,11 @@ def monitor(
     settings = build(**flags, **({"api_keys": api_keys} if api_keys is not None else {}))
     if not settings.redis_url:
         fail("the monitor needs the cluster's Redis: --redis-url or PUSHSVC_REDIS_URL")
+    try:  # the canary's key and TLS files, checked before anything starts
+        parse_entries(settings.api_key_entries())
+        settings.client_tls()
+    except ConfigError as exc:
+        fail(exc.message)
     jsonlog.setup(settings.log_level)
     import uvloop  # noqa: PLC0415 - the event loop is chosen at the process edge
 
@@ -112,7 +120,7 @@ def _print(reports: list[BucketReport], as_json: bool) -> None:
                 "bucket": report.bucket, "check": report.check, "node": node,
                 **counts.counters, "unfanned": counts.unfanned, "lost": counts.lost,
                 "expired_pairs": counts.expired,
-                "samples": [f"{m.message_id} {m.device} {m.kind}" for m in counts.samples],
+                "samples": [f"{m.message_id} {shown(m.device)} {m.kind}" for m in counts.samples],
             })  # fmt: skip
     if as_json:
         print(json.dumps({"buckets": len(reports), "rows": rows}, indent=2))

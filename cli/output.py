@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False)
@@ -18,6 +19,13 @@ out = Console(highlight=False)
 def emit_json(data: Any) -> None:
     """``data`` (builtins or msgspec Structs) as indented JSON on stdout."""
     print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode(), flush=True)
+
+
+def client_text(text: str) -> str:
+    """A client-chosen string (a device id) safe to print in a Rich table: its markup escaped,
+    control and other non-printable characters shown as ``\\uXXXX``."""
+    printable = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    return escape(printable)
 
 
 def table(*columns: str, title: str | None = None) -> Table:

@@ -35,8 +35,27 @@ def serve(
     ] = None,
     workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
     max_connections: Annotated[int | None, Opt(help="Sessions per node. [fd limit - 64]")] = None,
-    token_secret: Annotated[str | None, Opt(help="HS256 secret for client tokens.")] = None,
-    api_keys: Annotated[str | None, Opt(help="Comma-separated internal API keys.")] = None,
+    token_secret: Annotated[
+        str | None, Opt(help="HS256 secret, or kid:secret entries (the first mints).")
+    ] = None,
+    api_keys: Annotated[
+        str | None, Opt(help="API keys: name:secret:scopes[:rate=<n>/s], comma-separated.")
+    ] = None,
+    api_keys_file: Annotated[str | None, Opt(help="File of API key entries, one a line.")] = None,
+    token_public_keys: Annotated[
+        str | None, Opt(help="PEM file of RS256/ES256 public keys for client tokens.")
+    ] = None,
+    token_jwks_url: Annotated[str | None, Opt(help="JWKS URL of an identity provider.")] = None,
+    token_max_ttl: Annotated[int | None, Opt(help="Longest token lifetime, s. [43200]")] = None,
+    allowed_origins: Annotated[
+        str | None, Opt(help="Origins the WebSocket upgrade accepts, comma-separated. [any]")
+    ] = None,
+    internal_tls_cert: Annotated[str | None, Opt(help="Serve the internal API over HTTPS.")] = None,
+    internal_tls_key: Annotated[str | None, Opt(help="Private key of --internal-tls-cert.")] = None,
+    internal_tls_client_ca: Annotated[
+        str | None, Opt(help="Require client certificates signed by this CA (mTLS).")
+    ] = None,
+    docs: Annotated[bool | None, Opt("--docs", help="Serve /docs and /openapi.json.")] = None,
     heartbeat: Annotated[float | None, Opt(help="Seconds between server pings. [25]")] = None,
     hello_timeout: Annotated[float | None, Opt(help="Seconds to wait for hello. [10]")] = None,
     ack_timeout: Annotated[float | None, Opt(help="Seconds before redelivery. [10]")] = None,
@@ -64,7 +83,8 @@ def serve(
     reuse_port: Annotated[bool | None, Opt("--reuse-port", help="Bind with SO_REUSEPORT.")] = None,
     log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
     dev: Annotated[
-        bool | None, Opt("--dev", help="Dev mode: demo API on, secrets generated if missing.")
+        bool | None,
+        Opt("--dev", help="Dev mode (loopback only): demo API and /docs on, secrets generated."),
     ] = None,
     enable_fault_injection: Annotated[
         bool | None,
@@ -74,9 +94,10 @@ def serve(
     """Run a pushsvc node: the client listener and the internal API."""
     settings = build(**{k: v for k, v in locals().items() if k != "api_keys"},
                      **({"api_keys": api_keys} if api_keys is not None else {}))  # fmt: skip
-    if settings.dev:
-        settings = _dev_secrets(settings)
     try:
+        settings.check_dev_host()  # before any secret is made up and shown
+        if settings.dev:
+            settings = _dev_secrets(settings)
         settings.require_secrets()
     except ConfigError as exc:
         fail(exc.message)
@@ -105,8 +126,8 @@ def _dev_secrets(settings: Settings) -> Settings:
     changes: dict[str, object] = {}
     if not settings.token_secret:
         changes["token_secret"] = secrets.token_urlsafe(32)
-    if not settings.api_keys:
-        changes["api_keys"] = ["dev-" + secrets.token_urlsafe(16)]
+    if not settings.api_key_entries():
+        changes["api_keys"] = ["dev-" + secrets.token_urlsafe(24)]
         err.print(f"[yellow]dev mode:[/] API key {changes['api_keys'][0]}")  # type: ignore[index]
     if "token_secret" in changes:
         err.print(f"[yellow]dev mode:[/] token secret {changes['token_secret']}")

@@ -18,7 +18,7 @@ import typer
 
 from cli.api import OperatorError
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
-from cli.output import ago, clock, emit_json, out, seconds, table
+from cli.output import ago, client_text, clock, emit_json, out, seconds, table
 from cli.settings import err
 from pushsvc.broker.base import NodeInfo, SessionInfo
 
@@ -119,7 +119,7 @@ def render(listing: Listing, now: float) -> Any:
         else:
             counts = ["[dim]?[/]"] * 3
         t.add_row(
-            s.id, s.user, s.device, s.node, s.remote,
+            s.id, s.user, client_text(s.device), s.node, s.remote,
             f"{clock(s.connected_at, now)} ({ago(s.connected_at, now)})", *counts,
             ago(s.last_ack, now) if s.id in listing.live else "[dim]?[/]", seconds(s.rtt),
         )  # fmt: skip

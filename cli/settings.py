@@ -12,7 +12,7 @@ from rich.console import Console
 from pushsvc.errors import ConfigError
 from pushsvc.settings import Settings
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 S = TypeVar("S", bound=BaseSettings)
 
 

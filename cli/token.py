@@ -22,6 +22,7 @@ def token(
     if not settings.token_secret:
         fail("no token secret: set PUSHSVC_TOKEN_SECRET or pass --token-secret")
     try:
-        print(TokenIssuer(settings.token_secret).mint(user, topic or [], ttl))
+        issuer = TokenIssuer(settings.token_secret, max_ttl=settings.token_max_ttl)
+        print(issuer.mint(user, topic or [], ttl))
     except AuthError as exc:
         fail(exc.message)

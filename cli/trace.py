@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli.api import Refused, TraceContext, Trail
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
-from cli.output import after, duration, emit_json, out, stamp, table
+from cli.output import after, client_text, duration, emit_json, out, stamp, table
 
 STATE_STYLE = {"acked": "green", "delivered": "cyan", "pending": "yellow",
                "partially_acked": "yellow", "lost": "bold red", "expired": "red"}  # fmt: skip
@@ -127,7 +127,8 @@ def render(trail: Trail, context: TraceContext, rows: list[NodeFanOut], now: flo
         )  # fmt: skip
         for d in trail.devices:
             devices.add_row(
-                d.device, d.session, d.node, after(d.sent_at, t0), after(d.acked_at, t0),
+                client_text(d.device), d.session, d.node, after(d.sent_at, t0),
+                after(d.acked_at, t0),
                 str(d.attempts), str(max(d.attempts - 1, 0)),
             )  # fmt: skip
         parts.append(devices)

@@ -25,7 +25,7 @@ RESTART_DELAY = 1.0
 
 def _spawn(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    values = settings.model_dump(exclude={"api_keys", "static_dir"})
+    values = settings.model_dump(exclude={"api_keys", "allowed_origins", "static_dir"})
     values.update(
         workers=1,
         reuse_port=True,
@@ -34,6 +34,7 @@ def _spawn(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
     env.update({f"PUSHSVC_{k.upper()}": str(v) for k, v in values.items() if v is not None})
     env["PUSHSVC_API_KEYS"] = ",".join(settings.api_keys)
+    env["PUSHSVC_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
     env["PUSHSVC_STATIC_DIR"] = str(settings.static_dir)
     return subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env)
 

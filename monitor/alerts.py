@@ -92,9 +92,25 @@ class AlertBook:
                 self.unsent.append(s)
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A client-chosen id (a device's) as it may appear in an annotation: at most ``limit``
+    characters, with quotes, backslashes, spaces, control characters, non-ASCII and the
+    characters markup gives a meaning to (``<>&`[]``) escaped as ``\\uXXXX``."""
+    escaped = "".join(
+        c if c.isascii() and c.isprintable() and c not in _MARKUP else f"\\u{ord(c):04x}"
+        for c in text[:limit]
+    )
+    return escaped + ("..." if len(text) > limit else "")
+
+
+_MARKUP = frozenset(' "\\<>&`[]')
+
+
 def delivery_loss(node: str, loss: NodeLoss, runbooks: str = RUNBOOK_PLACEHOLDER) -> Alert:
     """PushDeliveryLoss for ``node``: deliveries it owed and that did not happen."""
-    samples = ", ".join(f"{m.message_id} ({m.kind}, device {m.device})" for m in loss.samples)
+    samples = ", ".join(
+        f"{m.message_id} ({m.kind}, device {shown(m.device)})" for m in loss.samples
+    )
     return Alert(
         "PushDeliveryLoss",
         node,

@@ -37,6 +37,7 @@ from monitor.alertmanager import AlertmanagerClient, AlertmanagerError, Postable
 from monitor.alerts import Alert, AlertBook, Send, delivery_loss, heartbeat_missing, node_stalled
 from monitor.canary import Canary
 from monitor.reconcile import FINAL, BucketReport, Policy, Reconciler, gap, reconcile
+from pushsvc.apikeys import Scope, secret_for
 from pushsvc.broker.base import Broker, NodeInfo, Pair
 from pushsvc.errors import BrokerError
 from pushsvc.settings import Settings
@@ -71,10 +72,18 @@ class Monitor:
         self.last_reconcile = 0.0
         self.reports: list[BucketReport] = []  # of the last reconciliation
         self.canary: Canary | None = None
-        if canaries and s.api_keys:
-            self.canary = Canary(s.api_keys[0], s.canary_stall, s.canary_interval, self._latency)
+        key = secret_for(s.api_key_entries(), Scope.PUBLISH, Scope.TOKENS) if canaries else None
+        if key is not None:
+            self.canary = Canary(
+                key,
+                s.canary_stall,
+                s.canary_interval,
+                self._latency,
+                scheme=s.internal_scheme,
+                tls=s.client_tls(),
+            )
         elif canaries:
-            log.warning("no API key (PUSHSVC_API_KEYS): the canary is off")
+            log.warning("no API key with the publish and tokens scopes: the canary is off")
         self._nodes: list[NodeInfo] = []
         self._lapsed: dict[str, float] = {}  # node -> when its heartbeat lapsed
         self._canary_lost: dict[str, int] = {}  # node -> canary losses already counted

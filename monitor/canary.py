@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -97,6 +98,9 @@ class _Probe:
 class Canary:
     """Probe clients for every live node. Call :meth:`tick` every ``interval``; ``close()``.
 
+    ``api_key`` needs the ``publish`` and ``tokens`` scopes. ``scheme`` ``https`` reaches the
+    nodes' internal APIs over TLS with ``tls`` (else the system's CAs).
+
     ``on_latency(node, seconds)`` is called for each live canary that arrives."""
 
     def __init__(
@@ -105,15 +109,20 @@ class Canary:
         stall: float,
         interval: float,
         on_latency: Callable[[str, float], None] | None = None,
+        *,
+        scheme: str = "http",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._api_key = api_key
         self._stall = stall
         self._interval = interval
         self._on_latency = on_latency
+        self._scheme = scheme
         self._probes: dict[str, _Probe] = {}
         self._http = httpx.AsyncClient(
             timeout=max(0.5, min(5.0, interval)),
             headers={"Authorization": f"Bearer {api_key}"},
+            verify=tls if tls is not None else True,
         )
 
     @property
@@ -140,7 +149,7 @@ class Canary:
 
     def _start(self, node: NodeInfo, now: float) -> _Probe:
         user = canary_user(node.id)
-        api = f"http://{node.internal_addr}"
+        api = f"{self._scheme}://{node.internal_addr}"
 
         async def token() -> str:
             response = await self._http.post(api + "/v1/tokens", json={"user": user, "ttl": 3600})
@@ -199,7 +208,7 @@ class Canary:
         }  # fmt: skip
         try:
             response = await self._http.post(
-                f"http://{probe.node.internal_addr}/v1/messages", json=body
+                f"{self._scheme}://{probe.node.internal_addr}/v1/messages", json=body
             )
         except httpx.HTTPError as exc:
             log.warning("canary publish failed", extra={"node": probe.node.id, "error": str(exc)})

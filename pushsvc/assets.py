@@ -15,7 +15,7 @@ Kind = Literal["client", "dashboards", "alerts"]
 
 # kind -> (folder in a checkout, the files of it that ship, as glob patterns)
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "client": ("clients/js", ("pushsvc.js", "pushsvc.d.ts", "demo/*")),
+    "client": ("clients/js", ("pushsvc.js", "pushsvc.d.ts", "pushsvc-sw.js", "demo/*")),
     "dashboards": ("dashboards", ("*.json", "provisioning/*/*.yml")),
     "alerts": ("alerts", ("*.yml", "tests/*.yml")),
 }

@@ -19,7 +19,9 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -73,6 +75,8 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
         node = Node(settings, broker)  # subscribes to the bus: before the broker starts
         await broker.start()
         stack.push_async_callback(broker.close)
+        await node.tokens.start()  # the identity provider's keys (JWKS), fetched in the background
+        stack.push_async_callback(node.tokens.close)
         api = _start_api(node)
         stack.push_async_callback(_stop_api, *api)
         try:
@@ -113,6 +117,7 @@ def _start_api(node: Node) -> tuple[_InternalServer, asyncio.Task[None]]:
         access_log=False,
         log_config=None,
         server_header=False,
+        **_tls(settings),
     )
     server = _InternalServer(config)
     return server, asyncio.create_task(server.serve(sockets=[sock]))
@@ -121,6 +126,21 @@ def _start_api(node: Node) -> tuple[_InternalServer, asyncio.Task[None]]:
 async def _stop_api(server: _InternalServer, task: asyncio.Task[None]) -> None:
     server.should_exit = True
     await task
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options for the internal listener: HTTPS with ``internal_tls_cert`` and
+    ``internal_tls_key``; client certificates required when ``internal_tls_client_ca`` is set."""
+    if settings.internal_tls_cert is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.internal_tls_cert),
+        "ssl_keyfile": str(settings.internal_tls_key),
+    }
+    if settings.internal_tls_client_ca is not None:
+        options["ssl_ca_certs"] = str(settings.internal_tls_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:

@@ -7,23 +7,34 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
+import re
 import resource
+import secrets
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pushsvc.apikeys import MIN_SECRET_LENGTH, parse_entries
 from pushsvc.assets import RUNBOOK_PLACEHOLDER, asset_dir
+from pushsvc.auth import TOKEN_TTL_CEILING, load_pem_keys, token_secrets
 from pushsvc.broker.keys import DEFAULT_PREFIX
+from pushsvc.core.handshake import normal_origin
 from pushsvc.errors import ConfigError
+from pushsvc.tls import client_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_node_id() -> str:
+    """``hostname:pid``: the monitor's id (operators see it, patients never do)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -39,6 +50,12 @@ def default_max_connections() -> int:
     return max(1, min(100_000, hard - FD_RESERVE))
 
 
+def opaque_node_id() -> str:
+    """A node's default id: random, so the welcome every patient gets names no host or pid
+    (the registry keeps those for operators)."""
+    return "node-" + secrets.token_hex(5)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PUSHSVC_", extra="ignore")
 
@@ -47,7 +64,7 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="client listener (WebSocket, demo)")
     internal_port: int = Field(8081, ge=0, le=65535, description="internal API listener")
     internal_host: str = "127.0.0.1"
-    node_id: str = Field(default_factory=default_node_id)
+    node_id: str = Field(default_factory=opaque_node_id)
     redis_url: str | None = None
     redis_prefix: str = Field(
         DEFAULT_PREFIX, min_length=1, description="prefix of every Redis key and channel name"
@@ -60,9 +77,26 @@ class Settings(BaseSettings):
     reuse_port: bool = Field(False, description="bind the client port with SO_REUSEPORT")
     dev: bool = False
 
-    # secrets
-    token_secret: str = ""
+    # access control (docs/security.md)
+    token_secret: str = Field("", description="HS256 secret, or kid:secret entries (first mints)")
+    token_public_keys: Path | None = Field(None, description="PEM file of RS256/ES256 keys")
+    token_jwks_url: str | None = Field(None, description="JWKS of an identity provider")
+    token_jwks_refresh: float = Field(300.0, ge=1, description="JWKS refetch period, s")
+    token_max_ttl: int = Field(
+        TOKEN_TTL_CEILING, ge=1, le=TOKEN_TTL_CEILING, description="longest token lifetime, s"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = Field(None, description="API key entries, one per line")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins the WebSocket upgrade accepts (empty: any)"
+    )
+    docs: bool = Field(False, description="serve /docs and /openapi.json (on in --dev)")
+    internal_tls_cert: Path | None = Field(None, description="internal API over HTTPS: cert")
+    internal_tls_key: Path | None = Field(None, description="internal API over HTTPS: key")
+    internal_tls_client_ca: Path | None = Field(None, description="require client certs (mTLS)")
+    ca_file: Path | None = Field(None, description="CA bundle to trust for https:// API URLs")
+    client_cert: Path | None = Field(None, description="client certificate for mTLS (CLI, canary)")
+    client_key: Path | None = Field(None, description="its private key")
 
     # protocol timing (seconds)
     heartbeat: float = Field(25.0, gt=0)
@@ -114,7 +148,23 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator(
+        "token_public_keys",
+        "token_jwks_url",
+        "api_keys_file",
+        "internal_tls_cert",
+        "internal_tls_key",
+        "internal_tls_client_ca",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -125,21 +175,99 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.port and self.internal_port and self.port == self.internal_port:
             raise ValueError("port and internal_port must differ")
+        if self.token_ttl > self.token_max_ttl:
+            raise ValueError("token_ttl must not exceed token_max_ttl")
+        if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
+            raise ValueError("internal_tls_cert and internal_tls_key go together")
+        if self.internal_tls_client_ca is not None and self.internal_tls_cert is None:
+            raise ValueError("internal_tls_client_ca needs internal_tls_cert and internal_tls_key")
         return self
+
+    @functools.cached_property
+    def origins(self) -> frozenset[bytes]:
+        """``allowed_origins`` as the WebSocket upgrade compares them (empty: any origin)."""
+        return frozenset(normal_origin(o.encode()) for o in self.allowed_origins)
+
+    def client_tls(self) -> ssl.SSLContext:
+        """The TLS context of this process's clients of the internal API (CLI, canary)."""
+        return client_context(self.ca_file, self.client_cert, self.client_key)
+
+    @property
+    def internal_scheme(self) -> str:
+        """``https`` when the internal API is served over TLS (or a CA to trust is given)."""
+        return "https" if self.internal_tls_cert or self.ca_file else "http"
+
+    def api_key_entries(self) -> list[str]:
+        """``api_keys`` then the lines of ``api_keys_file``. Raises :class:`ConfigError` when
+        the file cannot be read."""
+        entries = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                entries += self.api_keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read PUSHSVC_API_KEYS_FILE: {exc.strerror}") from None
+        return [e.strip() for e in entries if e.strip() and not e.strip().startswith("#")]
 
     def require_secrets(self) -> None:
         """Raise :class:`ConfigError` unless a token secret and an API key are set.
 
-        ``--dev`` fills both in before this is called (see ``cli/serve.py``).
+        ``--dev`` fills both in before this is called (see ``cli/serve.py``). Outside ``--dev``
+        an API key secret shorter than 24 characters is refused; ``--dev`` only listens on a
+        loopback address.
         """
+        entries = self.api_key_entries()
         missing = []
         if not self.token_secret:
             missing.append("PUSHSVC_TOKEN_SECRET (or --token-secret)")
-        if not self.api_keys:
-            missing.append("PUSHSVC_API_KEYS (or --api-keys)")
+        if not entries:
+            missing.append("PUSHSVC_API_KEYS (or --api-keys, PUSHSVC_API_KEYS_FILE)")
         if missing:
             raise ConfigError(
                 "pushsvc needs " + " and ".join(missing) + "; for a local try-out use --dev"
             )
-        if len(self.token_secret) < 32:
-            raise ConfigError("PUSHSVC_TOKEN_SECRET must be at least 32 characters (HS256)")
+        kids = [kid for kid, _ in token_secrets(self.token_secret) if kid is not None]
+        if any(not _KID.match(kid) for kid in kids) or len(kids) != len(set(kids)):
+            raise ConfigError(
+                "PUSHSVC_TOKEN_SECRET: each kid:secret entry needs its own kid "
+                "(1-64 of A-Z a-z 0-9 _ . -)"
+            )
+        if self.token_jwks_url and not _trusted_url(self.token_jwks_url):
+            raise ConfigError(
+                "PUSHSVC_TOKEN_JWKS_URL must be https:// (plain http only on a loopback address): "
+                "whoever can change the keys can sign tokens for any patient"
+            )
+        for kid, secret in token_secrets(self.token_secret):
+            if len(secret) < 32:
+                which = f" (kid {kid!r})" if kid else ""
+                raise ConfigError(
+                    f"PUSHSVC_TOKEN_SECRET{which} must be at least 32 characters (HS256)"
+                )
+        if self.token_public_keys is not None:
+            load_pem_keys(self.token_public_keys)
+        weak = [e.key.name for e in parse_entries(entries) if e.key.weak]
+        if weak and not self.dev:
+            raise ConfigError(
+                f"API key {weak[0]!r} is shorter than {MIN_SECRET_LENGTH} characters; "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        self.check_dev_host()
+
+    def check_dev_host(self) -> None:
+        """Raise :class:`ConfigError` when ``--dev`` would listen on a non-loopback address."""
+        if self.dev and not _loopback(self.host):
+            raise ConfigError(f"--dev only listens on a loopback address, not --host {self.host}")
+
+
+_KID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _trusted_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname or ""))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -26,7 +26,7 @@ import httpx
 UNIT = float(os.environ.get("PUSHSVC_TEST_UNIT", "1.0"))
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_SECRET = "test-secret-" + "x" * 60
-API_KEY = "test-key"
+API_KEY = "test-key-" + "k" * 24  # a bare key: every scope
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from tests.support import NodeHandle, start_node
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[NodeHandle]:
-    with start_node(max_body_size=64 * 1024, max_message_size=2048) as handle:
+    with start_node("--docs", max_body_size=64 * 1024, max_message_size=2048) as handle:
         yield handle
 
 

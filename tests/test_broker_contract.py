@@ -652,3 +652,21 @@ def test_redis_trails_written_by_older_nodes_read_the_same() -> None:
     assert _pairs_of(m.id, old) == _pairs_of(m.id, new)
     (pair,) = _pairs_of(m.id, new)
     assert (pair.node, pair.sent, pair.acked, pair.attempts) == ("node-a", True, True, 2)
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+async def test_rate_buckets_fill_at_their_rate_up_to_their_burst(broker: Broker) -> None:
+    limits = broker.limits
+    rate, burst = 2.0 / UNIT, 3.0
+    assert [await limits.take("pharmacy", rate, burst) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await limits.take("pharmacy", rate, burst)
+    assert 0 < wait <= 1 / rate
+    assert await limits.take("lab", rate, burst) == 0.0  # one bucket per key
+    await asyncio.sleep(wait + 0.05 * UNIT)
+    assert await limits.take("pharmacy", rate, burst) == 0.0  # refilled: one token
+    assert await limits.take("pharmacy", rate, burst) > 0
+    await asyncio.sleep(burst / rate + 0.2 * UNIT)  # full again, and never more than the burst
+    assert [await limits.take("pharmacy", rate, burst) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert await limits.take("pharmacy", rate, burst) > 0

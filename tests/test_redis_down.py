@@ -16,6 +16,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -29,7 +30,6 @@ from tests.support import (
     wait_until,
 )
 from tests.test_broker_contract import message
-from tests.test_broker_contract import publish as place
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -245,7 +245,8 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await node.close()
         assert await broker.registry.nodes() == []
         assert broker.up
-        await place(broker, [(message(), ["user:p"])], origin="owner")  # still open
+        placed = await broker.publish([Publication(message(), ["user:p"])], origin="owner")
+        assert isinstance(placed[0], Placed)  # still open
     finally:
         await broker.close()
 

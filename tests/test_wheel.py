@@ -291,8 +291,8 @@ def test_npm_pack_publishes_the_client_its_types_and_the_demo() -> None:
     assert (packed["name"], packed["version"]) == (package["name"], __version__)
     files = {entry["path"] for entry in packed["files"]}
     assert files == {
-        "package.json", "README.md", "pushsvc.js", "pushsvc.d.ts",
-        "demo/index.html", "demo/demo.js", "demo/demo.css",
+        "package.json", "README.md", "pushsvc.js", "pushsvc.d.ts", "pushsvc-sw.js",
+        "demo/index.html", "demo/demo.js", "demo/demo.css", "demo/manifest.webmanifest",
     }, files  # fmt: skip
     exports = package["exports"]["."]
     assert (exports["types"], exports["default"]) == ("./pushsvc.d.ts", "./pushsvc.js")

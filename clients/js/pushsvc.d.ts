@@ -43,10 +43,20 @@ export interface PushMessage<T = unknown> {
   offset: string;
   event: string;
   data: T;
-  /** Unix milliseconds when it was published. */
+  /** Unix milliseconds when it was published (when it was opened, for a `pushed` message). */
   ts: number;
   ack: boolean;
   replay: boolean;
+  /**
+   * True when the service worker handed it over after a notification click, before the socket
+   * delivered it. Its stream and offset may then be null (a push without them).
+   */
+  pushed?: true;
+}
+
+/** Emitted when the server confirmed a subscription ("on") and after disablePush() ("off"). */
+export interface PushChange {
+  state: "on" | "off";
 }
 
 export interface ClientEvents {
@@ -54,7 +64,91 @@ export interface ClientEvents {
   message: PushMessage;
   welcome: WelcomeFrame;
   error: ServerError;
+  push: PushChange;
 }
+
+// ---- Web Push --------------------------------------------------------------------------------
+
+/** Why enablePush() failed. */
+export type PushErrorCode =
+  /** No service worker, PushManager or Notification here: an old browser, an insecure page,
+   *  some private windows, or iOS Safari outside a Home Screen web app. */
+  | "unsupported"
+  /** Notifications are blocked for this site (only the browser's site settings undo that). */
+  | "denied"
+  /** The permission prompt was closed without an answer. */
+  | "dismissed"
+  /** GET /client/push-key failed: push is not configured on the server, or it is unreachable. */
+  | "key_unavailable"
+  /** The browser's push service refused to subscribe (offline, no push service). */
+  | "subscribe_failed"
+  /** The server did not answer push_subscribed in time. */
+  | "timeout"
+  /** disablePush() was called before the server confirmed. */
+  | "cancelled"
+  /** The server closed the session over the push_subscribe frame (close code 4003). */
+  | "refused";
+
+export declare class PushError extends Error {
+  constructor(code: PushErrorCode, message: string, cause?: unknown);
+  readonly name: "PushError";
+  readonly code: PushErrorCode;
+}
+
+export declare const PUSH_ERROR_CODES: readonly PushErrorCode[];
+export declare const PUSH_DEFAULTS: Readonly<{ serviceWorker: string; pushKeyPath: string; pushTimeout: number }>;
+/** The `type` of what the service worker posts to a page a notification click brought back. */
+export declare const PUSH_OPENED: "pushsvc:opened";
+
+/** The wire form of a push subscription, sent in the push_subscribe frame. */
+export interface PushSubscriptionFrame {
+  endpoint: string;
+  keys: { p256dh: string; auth: string };
+}
+
+/** What a push carries (JSON), and what the service worker hands the page on click. */
+export interface PushedMessage<T = unknown> {
+  id: string;
+  event: string | null;
+  data: T;
+  stream: string | null;
+  offset: string | null;
+  title: string | null;
+  body: string | null;
+}
+
+export interface EnablePushOptions {
+  /** The page a notification click focuses or opens; default this page (without its hash). */
+  page?: string;
+  /** The service worker script; default "/client/pushsvc-sw.js". */
+  serviceWorker?: string;
+  /** Registration scope; default the script's folder (it need not control the page). */
+  scope?: string;
+  /** Path of the server's key on the socket's host; default "/client/push-key". */
+  pushKeyPath?: string;
+  /** Milliseconds to wait for push_subscribed (default 10000). */
+  timeout?: number;
+}
+
+export type PushState = "unsupported" | "blocked" | "off" | "on";
+export type PushPermission = "unsupported" | "blocked" | "default" | "granted";
+
+/** The browser objects push uses; tests and embedders may pass their own. */
+export interface PushEnvironment {
+  navigator?: { serviceWorker?: unknown };
+  Notification?: { permission: string; requestPermission(): Promise<string> };
+  PushManager?: unknown;
+  isSecureContext?: boolean;
+  fetch?: (url: string, init?: unknown) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
+}
+
+export declare function pushPermission(env?: PushEnvironment): PushPermission;
+export declare function httpUrlOf(wsUrl: string, path: string): string;
+export declare function base64UrlBytes(text: string): Uint8Array;
+export declare function subscriptionFrame(subscription: unknown): PushSubscriptionFrame | null;
+/** Hands a service worker's post to the page's clients; the module already listens on
+ *  navigator.serviceWorker, so call this only for posts received some other way. */
+export declare function handleWorkerMessage(event: { data: unknown }): void;
 
 /** The subset of the Storage interface the client uses. */
 export interface KeyValueStorage {
@@ -102,6 +196,8 @@ export interface ClientOptions {
   heartbeatFactor?: number;
   /** Milliseconds from dialing to the welcome frame (default 10000). */
   connectTimeout?: number;
+  /** The browser objects used by enablePush(); default the page's own. */
+  pushEnv?: PushEnvironment;
 }
 
 export declare const NO_RECONNECT_CODES: readonly number[];
@@ -177,6 +273,18 @@ export declare class PushClient {
   close(code?: number, reason?: string): void;
   /** Skips the rest of the backoff wait. */
   retryNow(): void;
+  /**
+   * Registers the service worker, asks permission (call it from a click), subscribes with the
+   * server's key and sends push_subscribe (again after every reconnect). Resolves once the server
+   * answered push_subscribed; rejects with a PushError.
+   */
+  enablePush(options?: EnablePushOptions): Promise<PushSubscriptionFrame>;
+  /** Sends push_unsubscribe (now, or after the next welcome) and unsubscribes this browser. */
+  disablePush(options?: Pick<EnablePushOptions, "serviceWorker">): Promise<void>;
+  /** Whether this browser can be, or is, notified while the page is closed. */
+  pushState(options?: Pick<EnablePushOptions, "serviceWorker">): Promise<PushState>;
+  /** Shows and acks a message the service worker handed over after a notification click. */
+  opened(message: PushedMessage): void;
 }
 
 /** Creates a client and starts it. */

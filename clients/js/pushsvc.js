@@ -13,7 +13,10 @@
 //   2.5 heartbeats;
 // - reconnects with exponential backoff and full jitter, except after close codes 4001, 4002 and
 //   4010 ("don't reconnect with the same token");
-// - resumes each stream after the last offset it has acknowledged.
+// - resumes each stream after the last offset it has acknowledged;
+// - with enablePush(), keeps a Web Push subscription registered with the server, so the patient
+//   is notified when the page is closed (see PUSH below), and acknowledges a pushed message
+//   whose notification brought the patient back.
 //
 // The pure pieces (backoff, dedupe window, offset arithmetic, storage) are named exports so they
 // can be tested without a browser.
@@ -292,6 +295,144 @@ function resolveUrl(url) {
   return url;
 }
 
+// ---- Web Push ------------------------------------------------------------------------------
+//
+// enablePush() registers the service worker (/client/pushsvc-sw.js), asks the patient's
+// permission, fetches the server's VAPID key (GET /client/push-key), subscribes the browser with
+// it and sends {"type":"push_subscribe","subscription":{endpoint, keys}} on the socket: now,
+// and again after every welcome, until disablePush(). The server answers {"type":"push_subscribed"}.
+
+/** Why enablePush() failed: `code` is one of PUSH_ERROR_CODES. */
+export class PushError extends Error {
+  constructor(code, message, cause) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "PushError";
+    this.code = code;
+  }
+}
+
+export const PUSH_ERROR_CODES = Object.freeze([
+  "unsupported", // this browser (or this kind of window) cannot receive Web Push
+  "denied", // the patient blocked notifications for this site
+  "dismissed", // the patient closed the permission prompt without answering
+  "key_unavailable", // GET /client/push-key failed: push is not configured on the server
+  "subscribe_failed", // the browser's push service refused the subscription
+  "timeout", // the server did not confirm with push_subscribed in time
+  "cancelled", // disablePush() was called before the server confirmed
+  "refused", // the server closed the session over the push_subscribe frame (4003)
+]);
+
+export const PUSH_DEFAULTS = Object.freeze({
+  serviceWorker: "/client/pushsvc-sw.js",
+  pushKeyPath: "/client/push-key",
+  pushTimeout: 10000, // ms from enablePush() to the server's push_subscribed
+});
+
+/** The service worker posts this to the page a notification click brought back. */
+export const PUSH_OPENED = "pushsvc:opened";
+
+/**
+ * What a page can expect of push: "unsupported", "blocked" (permission denied), "default"
+ * (not asked yet) or "granted". `env` holds the browser's objects (navigator, Notification,
+ * PushManager, isSecureContext), the page's own by default.
+ */
+export function pushPermission(env = browserEnv()) {
+  if (!pushSupported(env)) return "unsupported";
+  const permission = env.Notification.permission;
+  return permission === "denied" ? "blocked" : permission === "granted" ? "granted" : "default";
+}
+
+function browserEnv() {
+  return {
+    navigator: globalThis.navigator,
+    Notification: globalThis.Notification,
+    PushManager: globalThis.PushManager,
+    isSecureContext: globalThis.isSecureContext,
+    fetch: globalThis.fetch?.bind(globalThis),
+  };
+}
+
+function pushSupported(env) {
+  return Boolean(env.isSecureContext !== false && env.navigator?.serviceWorker && env.PushManager &&
+    env.Notification);
+}
+
+/** The http(s) URL of `path` on the host of a ws(s) URL. */
+export function httpUrlOf(wsUrl, path) {
+  const url = new URL(wsUrl);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = path;
+  url.search = "";
+  url.hash = "";
+  return url.href;
+}
+
+/** Decodes base64url (padded or not) to bytes; throws on anything else. */
+export function base64UrlBytes(text) {
+  if (typeof text !== "string" || !/^[A-Za-z0-9_-]+={0,2}$/.test(text)) {
+    throw new TypeError("not base64url");
+  }
+  const base64 = text.replace(/=+$/, "").replace(/-/g, "+").replace(/_/g, "/");
+  const binary = atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "="));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+function sameBytes(a, b) {
+  if (!a || !b) return false;
+  const x = new Uint8Array(a);
+  const y = new Uint8Array(b);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}
+
+/** The wire form of a PushSubscription: {endpoint, keys: {p256dh, auth}}, or null if incomplete. */
+export function subscriptionFrame(subscription) {
+  const json = typeof subscription?.toJSON === "function" ? subscription.toJSON() : subscription;
+  const endpoint = json?.endpoint;
+  const keys = json?.keys;
+  if (typeof endpoint !== "string" || typeof keys?.p256dh !== "string" || typeof keys?.auth !== "string") {
+    return null;
+  }
+  return { endpoint, keys: { p256dh: keys.p256dh, auth: keys.auth } };
+}
+
+/** Resolves with the registration once it has an active worker (push needs one). */
+function activeRegistration(registration) {
+  if (registration.active) return Promise.resolve(registration);
+  const worker = registration.installing ?? registration.waiting;
+  if (!worker) return Promise.reject(new PushError("unsupported", "the service worker has no worker to activate"));
+  return new Promise((resolve, reject) => {
+    worker.addEventListener("statechange", () => {
+      if (worker.state === "activated") resolve(registration);
+      else if (worker.state === "redundant") reject(new PushError("unsupported", "the service worker failed to install"));
+    });
+  });
+}
+
+// Messages the service worker posted before any PushClient listened: a page opened by a
+// notification click can get its message before the page's code has made its client.
+const openedBeforeClients = [];
+const liveClients = new Set();
+
+const OPENED_KEPT = 20;
+
+/**
+ * Hands a message the service worker posted ({"type":"pushsvc:opened","message":{...}}) to the
+ * page's clients, or keeps it for the first client made. The module listens on the page's
+ * navigator.serviceWorker already; call this only for messages received some other way.
+ */
+export function handleWorkerMessage(event) {
+  const data = event?.data;
+  if (data?.type !== PUSH_OPENED || typeof data.message?.id !== "string") return;
+  if (liveClients.size === 0) {
+    openedBeforeClients.push(data.message);
+    openedBeforeClients.splice(0, openedBeforeClients.length - OPENED_KEPT);
+    return;
+  }
+  for (const client of liveClients) client.opened(data.message);
+}
+
+globalThis.navigator?.serviceWorker?.addEventListener?.("message", handleWorkerMessage);
+
 const OPEN = 1;
 
 /**
@@ -303,6 +444,11 @@ const OPEN = 1;
  * - "message": the msg frame {id, stream, offset, event, data, ts, ack, replay}, once per id
  * - "welcome": the welcome frame
  * - "error":   an error frame from the server {code, message}; a close follows
+ * - "push":    {state: "on"} when the server confirmed a push subscription, {state: "off"} after
+ *              disablePush()
+ *
+ * A message whose notification brought the patient back is emitted as a "message" with
+ * `pushed: true` before the socket delivers it (see opened()).
  */
 export class PushClient {
   constructor(options = {}) {
@@ -338,6 +484,16 @@ export class PushClient {
     this.pendingOffsets = {};
     this.lastError = null;
     this.timers = { ack: null, retry: null, connect: null, alive: null, stable: null };
+    // Web Push: the subscription sent after every welcome, a push_unsubscribe still owed to the
+    // server, enablePush() calls waiting for push_subscribed, and ids of pushed messages whose
+    // notification brought the patient here (acknowledged once the socket is open).
+    this.pushEnv = options.pushEnv ?? null;
+    this.pushRegistration = null;
+    this.pushSubscription = null;
+    this.pushUnsubscribeOwed = false;
+    this.pushUnconfirmed = false; // push_subscribe sent on this socket, no push_subscribed yet
+    this.pushWaiters = new Set();
+    this.pushedAcks = [];
     // Back online, or a phone's tab shown again after its timers were frozen: don't sit out the
     // rest of a backoff wait.
     this.onWake = () => {
@@ -381,6 +537,11 @@ export class PushClient {
   connect() {
     if (!this.stopped) return this;
     this.stopped = false;
+    liveClients.add(this);
+    // After the caller's on(...) calls: a page opened by a click gets its message shown.
+    queueMicrotask(() => {
+      for (const message of openedBeforeClients.splice(0)) this.opened(message);
+    });
     this.backoff.reset();
     this.listenForWake(true);
     this.dial("connecting");
@@ -395,6 +556,7 @@ export class PushClient {
     const ws = this.detach();
     this.clearTimers();
     this.listenForWake(false);
+    liveClients.delete(this);
     try {
       ws?.close(code, reason);
     } catch {
@@ -493,6 +655,9 @@ export class PushClient {
         break;
       case "pong":
         break;
+      case "push_subscribed":
+        this.pushConfirmed();
+        break;
       case "error":
         this.lastError = { code: frame.code, message: frame.message };
         this.emit("error", this.lastError);
@@ -520,6 +685,192 @@ export class PushClient {
     this.timers.stable = setTimeout(() => this.backoff.reset(), this.options.stableAfter);
     this.emit("welcome", frame);
     this.setState("open", { session: this.session, node: this.node });
+    this.sendPushState();
+  }
+
+  // ---- Web Push ----------------------------------------------------------------------------
+
+  /**
+   * Lets the server notify this browser while the page is closed: registers the service worker,
+   * asks the patient's permission (call it from a click: browsers ignore prompts nobody asked
+   * for), subscribes with the server's key and sends the subscription, now and after every
+   * reconnect. Resolves with the subscription sent once the server confirmed it; rejects with
+   * a PushError whose `code` says why not (PUSH_ERROR_CODES).
+   */
+  async enablePush(options = {}) {
+    const env = this.pushEnv ?? browserEnv();
+    if (!pushSupported(env)) {
+      throw new PushError("unsupported", "this browser cannot receive push notifications in this window");
+    }
+    let permission = env.Notification.permission;
+    if (permission === "default") permission = await env.Notification.requestPermission();
+    if (permission === "denied") throw new PushError("denied", "notifications are blocked for this site");
+    if (permission !== "granted") throw new PushError("dismissed", "notifications were not allowed");
+
+    const registration = await this.registerWorker(env, options);
+    const key = await this.pushKey(env, options.pushKeyPath ?? PUSH_DEFAULTS.pushKeyPath);
+    const frame = subscriptionFrame(await this.subscribe(registration, key));
+    if (frame === null) throw new PushError("subscribe_failed", "the browser returned an incomplete subscription");
+
+    this.pushSubscription = frame;
+    this.pushUnsubscribeOwed = false;
+    const confirmed = this.pushConfirmation(options.timeout ?? PUSH_DEFAULTS.pushTimeout);
+    if (this.welcomed()) {
+      this.send({ type: "push_subscribe", subscription: frame });
+      this.pushUnconfirmed = true;
+    } // else the next welcome sends it
+    await confirmed;
+    return frame;
+  }
+
+  /** Stops notifications to this browser: tells the server (now or after the next welcome) and unsubscribes. */
+  async disablePush(options = {}) {
+    this.pushSubscription = null;
+    for (const waiter of [...this.pushWaiters]) {
+      waiter.fail(new PushError("cancelled", "push was disabled before the server confirmed it"));
+    }
+    if (this.welcomed()) {
+      this.send({ type: "push_unsubscribe" });
+    } else {
+      this.pushUnsubscribeOwed = true;
+    }
+    const env = this.pushEnv ?? browserEnv();
+    if (pushSupported(env)) {
+      const registration = this.pushRegistration ??
+        (await env.navigator.serviceWorker.getRegistration(options.serviceWorker ?? PUSH_DEFAULTS.serviceWorker));
+      const subscription = await registration?.pushManager.getSubscription();
+      await subscription?.unsubscribe();
+    }
+    this.emit("push", { state: "off" });
+  }
+
+  /**
+   * "unsupported", "blocked", "on" (this browser holds a subscription and may be notified) or
+   * "off". A page that finds "on" calls enablePush() again to send the subscription on its
+   * socket; no prompt is shown then.
+   */
+  async pushState(options = {}) {
+    const env = this.pushEnv ?? browserEnv();
+    const permission = pushPermission(env);
+    if (permission === "unsupported" || permission === "blocked") return permission;
+    if (permission !== "granted") return "off";
+    try {
+      const registration = await env.navigator.serviceWorker.getRegistration(
+        options.serviceWorker ?? PUSH_DEFAULTS.serviceWorker,
+      );
+      return (await registration?.pushManager.getSubscription()) ? "on" : "off";
+    } catch {
+      return "off";
+    }
+  }
+
+  /**
+   * A pushed message the service worker handed this page after a notification click: shown
+   * like a received one (`pushed: true`, once per id) and acknowledged as soon as the socket is
+   * open. Its offset is not a resume point: what came before it may still be unseen.
+   */
+  opened(message) {
+    if (typeof message?.id !== "string") return;
+    if (!this.pushedAcks.includes(message.id)) this.pushedAcks.push(message.id);
+    if (!this.dedupe.check(message.id)) {
+      this.emit("message", {
+        type: "msg", id: message.id, stream: message.stream ?? null, offset: message.offset ?? null,
+        event: message.event ?? null, data: message.data ?? null, ts: Date.now(), ack: true,
+        replay: false, pushed: true,
+      });
+    }
+    this.sendPushedAcks();
+  }
+
+  async registerWorker(env, options) {
+    const page = new URL(options.page ?? globalThis.location?.href ?? "/", globalThis.location?.href);
+    page.hash = "";
+    const script = `${options.serviceWorker ?? PUSH_DEFAULTS.serviceWorker}?page=${encodeURIComponent(page.href)}`;
+    let registration;
+    try {
+      registration = await env.navigator.serviceWorker.register(
+        script, options.scope === undefined ? undefined : { scope: options.scope },
+      );
+    } catch (err) {
+      // Private windows of some browsers refuse service workers altogether.
+      throw new PushError("unsupported", `the service worker could not be registered: ${err}`, err);
+    }
+    this.pushRegistration = await activeRegistration(registration);
+    return this.pushRegistration;
+  }
+
+  async pushKey(env, path) {
+    let reply;
+    try {
+      const response = await env.fetch(httpUrlOf(this.url, path), { headers: { accept: "application/json" } });
+      if (!response.ok) throw new Error(`${path} answered ${response.status}`);
+      reply = await response.json();
+      const key = base64UrlBytes(reply?.publicKey);
+      if (key.length !== 65 || key[0] !== 4) throw new Error("the key is not an uncompressed P-256 point");
+      return key;
+    } catch (err) {
+      throw new PushError("key_unavailable", `no push key from the server: ${err.message ?? err}`, err);
+    }
+  }
+
+  async subscribe(registration, key) {
+    const manager = registration.pushManager;
+    try {
+      const existing = await manager.getSubscription();
+      if (existing && sameBytes(existing.options?.applicationServerKey, key)) return existing;
+      await existing?.unsubscribe(); // made with another key: the server could not use it
+      return await manager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    } catch (err) {
+      if (err?.name === "NotAllowedError") throw new PushError("denied", "notifications are blocked for this site", err);
+      throw new PushError("subscribe_failed", `the browser's push service refused: ${err.message ?? err}`, err);
+    }
+  }
+
+  pushConfirmation(timeout) {
+    let waiter;
+    const promise = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiter.fail(new PushError("timeout", "the server did not confirm the push subscription"));
+      }, timeout);
+      waiter = {
+        done: () => {
+          clearTimeout(timer);
+          this.pushWaiters.delete(waiter);
+          resolve();
+        },
+        fail: (err) => {
+          clearTimeout(timer);
+          this.pushWaiters.delete(waiter);
+          reject(err);
+        },
+      };
+    });
+    this.pushWaiters.add(waiter);
+    return promise;
+  }
+
+  pushConfirmed() {
+    this.pushUnconfirmed = false;
+    if (this.pushSubscription === null) return; // the answer to a subscribe since withdrawn
+    for (const waiter of [...this.pushWaiters]) waiter.done();
+    this.emit("push", { state: "on" });
+  }
+
+  /** After a welcome: what the server must hear about push on this new session. */
+  sendPushState() {
+    if (this.pushSubscription !== null) {
+      this.send({ type: "push_subscribe", subscription: this.pushSubscription });
+      this.pushUnconfirmed = true;
+    } else if (this.pushUnsubscribeOwed) {
+      this.send({ type: "push_unsubscribe" });
+      this.pushUnsubscribeOwed = false;
+    }
+    this.sendPushedAcks();
+  }
+
+  sendPushedAcks() {
+    if (!this.welcomed() || this.pushedAcks.length === 0) return;
+    this.send({ type: "ack", ids: this.pushedAcks.splice(0) });
   }
 
   message(frame) {
@@ -555,6 +906,11 @@ export class PushClient {
       this.offsetStore()?.save(this.pendingOffsets);
       this.pendingOffsets = {};
     }
+  }
+
+  /** True once the server welcomed the current socket, while it is open. */
+  welcomed() {
+    return this.session !== null && this.ws !== null && this.ws.readyState === OPEN;
   }
 
   send(frame) {
@@ -610,11 +966,21 @@ export class PushClient {
     this.pendingOffsets = {};
     this.heartbeat = null;
     this.session = null;
+    if (this.pushUnconfirmed && code === 4003) {
+      // The server does not take this subscription (or push frames at all): sending it again
+      // after every reconnect would only close every session.
+      this.pushSubscription = null;
+      for (const waiter of [...this.pushWaiters]) {
+        waiter.fail(new PushError("refused", `the server refused the push subscription: ${reason}`));
+      }
+    }
+    this.pushUnconfirmed = false;
     if (this.stopped) return;
     const error = this.lastError;
     if (!shouldReconnect(code)) {
       this.stopped = true;
       this.listenForWake(false);
+      liveClients.delete(this);
       this.setState("closed", { code, reason, error });
       return;
     }

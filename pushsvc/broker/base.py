@@ -10,6 +10,7 @@ A :class:`Broker` is one object with five parts, each a small interface:
 - :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
 - :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
 - :class:`Lease` lets one of several monitors be the active one.
+- :class:`RateLimits` keeps the API keys' publish token buckets (cluster-wide on Redis).
 
 The ledger also keeps the **delivery accounting** the monitor reconciles (docs/monitoring.md):
 per time bucket of :data:`BUCKET_SECONDS` by publish time (:func:`bucket_of`) and per node,
@@ -334,12 +335,21 @@ class Lease(abc.ABC):
         """Give the lease up if ``holder`` has it."""
 
 
+class RateLimits(abc.ABC):
+    @abc.abstractmethod
+    async def take(self, name: str, rate: float, burst: float) -> float:
+        """Take one token from bucket ``name``, which fills at ``rate`` per second up to
+        ``burst`` (a new bucket is full). Returns 0.0 when taken, else the seconds until one
+        will be there (nothing is taken then)."""
+
+
 class Broker(abc.ABC):
     history: History
     bus: Bus
     registry: Registry
     ledger: Ledger
     lease: Lease
+    limits: RateLimits
 
     @property
     @abc.abstractmethod
@@ -381,6 +391,7 @@ __all__ = [
     "Placed",
     "Publication",
     "Published",
+    "RateLimits",
     "Registry",
     "Sent",
     "SentCount",

@@ -48,6 +48,9 @@ type and content; its TTL; who writes it → who reads it.
     The ledger script → ``Ledger.bucket_messages`` (the monitor, to name missing deliveries).
 ``{p}monitor:lease`` — string; the id of the active monitor, with the lease TTL.
     ``Lease.acquire`` / ``release`` (monitors).
+``{p}rate:<key name>`` — hash; an API key's publish token bucket: ``tokens`` (float) and ``ts``
+    (Redis's clock, unix s, when they were counted). The time the bucket takes to fill, plus a
+    second, after its last use. The rate script (any node's API) → the same script.
 
 Fields of ``{p}trail:<id>``::
 
@@ -125,3 +128,6 @@ class Keyspace:
 
     def bucket_messages(self, bucket: int) -> str:
         return f"{self.prefix}msgs:{bucket}"
+
+    def rate(self, key_name: str) -> str:
+        return f"{self.prefix}rate:{key_name}"

@@ -32,6 +32,7 @@ from pushsvc.broker.base import (
     Placed,
     Publication,
     Published,
+    RateLimits,
     Registry,
     Sent,
     SentCount,
@@ -41,6 +42,7 @@ from pushsvc.broker.base import (
 )
 from pushsvc.broker.keys import NODE_PRUNE_AFTER
 from pushsvc.core import offsets
+from pushsvc.core.flow import TokenBucket
 from pushsvc.core.trail import Delivery, Trail
 from pushsvc.types import Envelope, HistoryEntry, Message
 
@@ -402,6 +404,24 @@ class MemoryLease(Lease):
             self._holder, self._until = "", 0.0
 
 
+class MemoryRateLimits(RateLimits):
+    """Buckets of this process (one node: the memory broker has no cluster)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    async def take(self, name: str, rate: float, burst: float) -> float:
+        now = self._clock()
+        bucket = self._buckets.get(name)
+        if bucket is None or (bucket.rate, bucket.burst) != (rate, burst):
+            bucket = self._buckets[name] = TokenBucket.full(rate, burst, now)
+        wait = bucket.take(now)
+        if wait > 0:
+            bucket.tokens += 1.0  # refused: nothing taken
+        return wait
+
+
 class MemoryBroker(Broker):
     """The whole broker in this process. ``clock`` returns unix seconds."""
 
@@ -420,6 +440,7 @@ class MemoryBroker(Broker):
         self.ledger = self._ledger = MemoryLedger(ledger_retention, clock)
         self.keys = MemoryKeys(idempotency_ttl, clock)
         self.lease = MemoryLease(clock)
+        self.limits = MemoryRateLimits(clock)
 
     @property
     def up(self) -> bool:

@@ -18,18 +18,28 @@ class HandshakeRefused(Exception):
         self.message = message
 
 
+def normal_origin(origin: bytes) -> bytes:
+    """An origin as compared: lower case, no trailing slash."""
+    return origin.strip().lower().rstrip(b"/")
+
+
 def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())  # noqa: S324 - RFC 6455 mandates SHA-1
 
 
-def check_upgrade(method: bytes, headers: dict[bytes, bytes]) -> bytes:
+def check_upgrade(
+    method: bytes, headers: dict[bytes, bytes], origins: frozenset[bytes] = frozenset()
+) -> bytes:
     """Validate an upgrade request (header names lower-cased); return the 101 response bytes.
 
-    Raises :class:`HandshakeRefused` with 400 / 405 / 426 when the request cannot be upgraded.
-    Extensions (permessage-deflate) are never negotiated.
+    Raises :class:`HandshakeRefused` with 400 / 405 / 426 when the request cannot be upgraded,
+    403 when ``origins`` is not empty and the ``Origin`` header is not one of them (compared
+    without case and trailing slash). Extensions (permessage-deflate) are never negotiated.
     """
     if method != b"GET":
         raise HandshakeRefused(405, "WebSocket upgrade needs GET")
+    if origins and normal_origin(headers.get(b"origin", b"")) not in origins:
+        raise HandshakeRefused(403, "this Origin may not open a WebSocket here")
     if b"websocket" not in headers.get(b"upgrade", b"").lower():
         raise HandshakeRefused(426, "this endpoint speaks WebSocket only")
     if b"upgrade" not in headers.get(b"connection", b"").lower():

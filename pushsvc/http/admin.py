@@ -19,6 +19,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from pushsvc.http.models import FaultsState
+from pushsvc.http.openapi import BODY, NO_BODY, answers
 from pushsvc.node.gateway import Node
 from pushsvc.telemetry import metrics
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class FaultsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     drop_deliveries: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     stop_bus: bool | None = None
@@ -46,11 +48,14 @@ def admin_routes(node: Node) -> APIRouter:
         body = {"error": {"code": "fault_injection_disabled", "message": message}}
         return JSONResponse(body, status_code=403)
 
-    @v1.get("/faults", summary="Faults injected on this node")
+    @v1.get("/faults", summary="Faults injected on this node", **answers(200, FaultsState))
     async def faults() -> dict[str, Any]:
         return state()
 
-    @v1.post("/faults", summary="Inject faults on this node (game days)", response_model=None)
+    @v1.post(
+        "/faults", summary="Inject faults on this node (game days)",
+        **answers(200, FaultsState, *BODY),
+    )  # fmt: skip
     async def inject(request: FaultsRequest) -> dict[str, Any] | JSONResponse:
         if not enabled:
             return refused()
@@ -64,7 +69,9 @@ def admin_routes(node: Node) -> APIRouter:
         log.warning("faults injected", extra={"node": node.id, **node.faults.describe()})
         return state()
 
-    @v1.delete("/faults", summary="Clear every fault on this node", response_model=None)
+    @v1.delete(
+        "/faults", summary="Clear every fault on this node", **answers(200, FaultsState, *NO_BODY)
+    )
     async def clear() -> dict[str, Any] | JSONResponse:
         if not enabled:
             return refused()

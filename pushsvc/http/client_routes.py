@@ -1,7 +1,8 @@
 """Plain HTTP on the client listener: health, the browser client, the demo page.
 
-``/healthz`` · ``/client/pushsvc.js`` (and ``.d.ts``) · ``/demo/…`` (static files of
-``clients/js/demo``). In dev mode only (``pushsvc serve --dev``) the demo page's two helpers exist:
+``/healthz`` · the files of :data:`STATIC_FILES` and nothing else of ``static_dir``: the
+browser client (``/client/pushsvc.js``, ``.d.ts``) and the demo page (``/demo/``). In dev mode
+only (``pushsvc serve --dev``, loopback only) the demo page's two helpers exist:
 ``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its connection;
 ``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
 """
@@ -9,8 +10,6 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httptools
@@ -50,26 +49,27 @@ class ClientRoutes:
             if not self._node.settings.dev:
                 session.http_answer(404, JSON, error_body("not_found", "demo API is dev-only"))
             elif method != b"POST":
-                session.http_answer(405, JSON, error_body("method_not_allowed", "use POST"))
+                refusal = error_body("method_not_allowed", "use POST")
+                session.http_answer(405, JSON, refusal, allow=b"POST")
             else:
                 self._node.spawn(self._demo(session, path, body))
         elif method not in (b"GET", b"HEAD"):
-            session.http_answer(405, JSON, error_body("method_not_allowed", "use GET"))
-        elif path.startswith("/client/"):
-            self._static(session, "", path.removeprefix("/client/"))
-        elif path.startswith("/demo/"):
-            self._static(session, "demo", path.removeprefix("/demo/") or "index.html")
+            session.http_answer(
+                405, JSON, error_body("method_not_allowed", "use GET"), allow=b"GET, HEAD"
+            )
+        elif path in STATIC_FILES:
+            self._static(session, STATIC_FILES[path])
         else:
             session.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
 
-    def _static(self, session: Session, folder: str, name: str) -> None:
-        root = (self._node.settings.static_dir / folder).resolve()
-        target = (root / name).resolve()
-        if not target.is_relative_to(root) or not target.is_file() or name.startswith("test"):
+    def _static(self, session: Session, name: str) -> None:
+        target = self._node.settings.static_dir / name
+        try:
+            body = target.read_bytes()
+        except OSError:
             session.http_answer(404, JSON, error_body("not_found", "no such file"))
             return
-        kind = _TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "text/plain"
-        session.http_answer(200, kind.encode(), Path(target).read_bytes())
+        session.http_answer(200, _TYPES[target.suffix].encode(), body)
 
     async def _demo(self, session: Session, path: str, body: bytes) -> None:
         node = self._node
@@ -94,19 +94,28 @@ class ClientRoutes:
         except AuthError as exc:
             session.http_answer(422, JSON, error_body(exc.slug, exc.message))
         except BrokerError as exc:
-            session.http_answer(503, JSON, error_body(exc.slug, exc.message))
+            session.http_answer(503, JSON, error_body(exc.slug, "the broker is unavailable"))
         except PublishError as exc:
             session.http_answer(409, JSON, error_body(exc.slug, exc.message))
 
 
+#: The only files the client listener serves: URL path -> file under ``static_dir``.
+STATIC_FILES = {
+    "/client/pushsvc.js": "pushsvc.js",
+    "/client/pushsvc.d.ts": "pushsvc.d.ts",
+    "/client/pushsvc-sw.js": "pushsvc-sw.js",  # the Web Push service worker, when shipped
+    "/demo/": "demo/index.html",
+    "/demo/index.html": "demo/index.html",
+    "/demo/demo.js": "demo/demo.js",
+    "/demo/demo.css": "demo/demo.css",
+    "/demo/manifest.webmanifest": "demo/manifest.webmanifest",
+}
 _TYPES = {
     ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
     ".ts": "text/plain; charset=utf-8",
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
 }
 _REDIRECT = (
     b'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=/demo/">'

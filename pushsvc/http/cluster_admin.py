@@ -28,6 +28,8 @@ from fastapi import APIRouter, HTTPException, Query
 from pushsvc.broker.base import Command, History
 from pushsvc.core import offsets
 from pushsvc.errors import FrameError
+from pushsvc.http.models import LocalSessionList, MessageTrace, NodeDraining, UserSessionsClosing
+from pushsvc.http.openapi import NO_BODY, answers
 from pushsvc.node.gateway import Node
 
 #: Sessions one patient can have closed in one request (far above any real count of devices).
@@ -38,7 +40,10 @@ def cluster_admin_routes(node: Node) -> APIRouter:
     """The operator routes served by ``node``."""
     v1 = APIRouter(prefix="/v1", tags=["operator"])
 
-    @v1.get("/local/sessions", summary="This node's sessions with live counters")
+    @v1.get(
+        "/local/sessions", summary="This node's sessions with live counters",
+        **answers(200, LocalSessionList, 422),
+    )  # fmt: skip
     async def local_sessions(
         user: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
     ) -> dict[str, Any]:
@@ -49,7 +54,10 @@ def cluster_admin_routes(node: Node) -> APIRouter:
             "sessions": [msgspec.to_builtins(node.describe(s)) for s in oldest],
         }
 
-    @v1.delete("/sessions", status_code=202, summary="Close every session of a patient (4010)")
+    @v1.delete(
+        "/sessions", summary="Close every session of a patient (4010)",
+        **answers(202, UserSessionsClosing, 404, *NO_BODY, 503),
+    )  # fmt: skip
     async def kick_user(
         user: Annotated[str, Query(min_length=1, max_length=128)],
     ) -> dict[str, Any]:
@@ -69,7 +77,10 @@ def cluster_admin_routes(node: Node) -> APIRouter:
             "sessions": [{"session": s, "node": n} for s, n in sorted(holders.items())],
         }
 
-    @v1.post("/nodes/{node_id}/drain", status_code=202, summary="Drain a node (1001)")
+    @v1.post(
+        "/nodes/{node_id}/drain", summary="Drain a node (1001)",
+        **answers(202, NodeDraining, 404, *NO_BODY, 503),
+    )  # fmt: skip
     async def drain(node_id: str) -> dict[str, Any]:
         live = {n.id: n for n in await node.broker.registry.nodes()}
         found = live.get(node_id)
@@ -78,7 +89,10 @@ def cluster_admin_routes(node: Node) -> APIRouter:
         await node.broker.bus.send_command(Command(kind="drain", node=node_id))
         return {"node": node_id, "draining": True, "connections": found.connections}
 
-    @v1.get("/messages/{message_id}/trace", summary="A message's trace context")
+    @v1.get(
+        "/messages/{message_id}/trace", summary="A message's trace context",
+        **answers(200, MessageTrace, 404, 503),
+    )  # fmt: skip
     async def trace_context(message_id: str) -> dict[str, Any]:
         found = await node.broker.ledger.trail(message_id[:64])
         if found is None:

@@ -1,7 +1,9 @@
 """The internal API: publish, trails, tokens, nodes, sessions, health, metrics.
 
 Mounted on the internal listener only. Everything under ``/v1`` needs ``Authorization: Bearer
-<api key>``; ``/metrics``, ``/healthz`` and ``/readyz`` do not. Every error is JSON
+<api key>`` of a key with the route's scope (:mod:`pushsvc.http.access`); ``/metrics``,
+``/healthz`` and ``/readyz`` do not. ``/docs`` and ``/openapi.json`` exist only with ``--docs``
+(or ``--dev``). Every error is JSON
 ``{"error": {"code", "message"}}`` with a 4xx status for bad input, 503 when the broker is down.
 Bodies pass :class:`BodyLimit` (413) and :class:`JsonGuard` (422: nested too deep, NaN or an
 infinity) before any route parses them.
@@ -9,6 +11,7 @@ infinity) before any route parses them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, TypeVar
 
@@ -22,21 +25,38 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc import __version__
-from pushsvc.auth import api_key_ok, caller_name
+from pushsvc.apikeys import ApiKey, KeyRing
 from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
+from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
-from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
-from pushsvc.http.publishing import ApiError, Publishing, error_response
+from pushsvc.http.models import (
+    BatchRequest,
+    BatchResult,
+    DataTooLarge,
+    MessageTrail,
+    NodeList,
+    PublishRequest,
+    PublishResult,
+    SessionClosing,
+    SessionList,
+    TokenAnswer,
+    TokenRequest,
+)
+from pushsvc.http.openapi import BODY, NO_BODY, DocumentedAPI, answers
+from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
 
+log = logging.getLogger(__name__)
 PUBLISH_ROUTES = ("POST", "/v1/messages"), ("POST", "/v1/messages/batch")  # traced
+#: What a publish can answer besides 202 (and 401, 403).
+PUBLISH_ERRORS = (*BODY, 409, 429, 503)
 
 
 class BodyLimit:
@@ -137,44 +157,33 @@ async def parse(request: Request, model: type[M]) -> M:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-def body_of(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for an endpoint that validates with :func:`parse`."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
-        }
-    }
-
-
 def create_app(node: Node) -> FastAPI:
     """The internal API of ``node``."""
     settings = node.settings
-    app = FastAPI(
+    docs = settings.docs or settings.dev
+    app = DocumentedAPI(
         title="pushsvc internal API",
         version=__version__,
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
+        request_models=(PublishRequest, BatchRequest, TokenRequest),
+        redirect_slashes=False,
+        openapi_url="/openapi.json" if docs else None,
+        pages=docs,
     )
 
-    async def require_key(request: Request) -> None:  # async: no trip through a thread pool
-        if not api_key_ok(request.headers.get("authorization"), settings.api_keys):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
-
+    gate = Gate(KeyRing.parse(settings.api_key_entries()), node.broker.limits)
+    keyed = [Depends(gate.dependency)]
     publishing = Publishing(node)
-    app.include_router(_messages(node, publishing), dependencies=[Depends(require_key)])
-    app.include_router(_cluster(node), dependencies=[Depends(require_key)])
-    app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
-    app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
+    app.include_router(_messages(node, publishing), dependencies=keyed)
+    app.include_router(_cluster(node), dependencies=keyed)
+    app.include_router(cluster_admin_routes(node), dependencies=keyed)
+    app.include_router(admin_routes(node), dependencies=keyed)
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(JsonGuard)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
     app.add_middleware(tracing.ServerSpans, routes=PUBLISH_ROUTES)
-    app.add_middleware(PublishLane, publishing=publishing)
+    app.add_middleware(PublishLane, publishing=publishing, gate=gate)
     return app
 
 
@@ -190,14 +199,12 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             raise ApiError(413, "message_too_large", where + str(exc)) from None
 
     async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
-        caller = caller_name(request.headers.get("authorization"), settings.api_keys)
-        if caller is None:  # checked by the router's dependency already
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
-        return [msgspec.to_builtins(r) for r in await publishing.run(items, caller, batch)]
+        key: ApiKey = request.state.api_key  # admitted by the router's gate: the idempotency scope
+        return [msgspec.to_builtins(r) for r in await publishing.run(items, key.name, batch)]
 
     @v1.post(
-        "/messages", status_code=202, summary="Publish one message",
-        openapi_extra=body_of(PublishRequest),
+        "/messages", summary="Publish one message",
+        **answers(202, PublishResult, *PUBLISH_ERRORS, body=PublishRequest),
     )  # fmt: skip
     async def publish(request: Request) -> dict[str, Any]:
         req = await parse(request, PublishRequest)
@@ -205,15 +212,18 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         return result
 
     @v1.post(
-        "/messages/batch", status_code=202, summary="Publish up to 1000 messages in order",
-        openapi_extra=body_of(BatchRequest),
+        "/messages/batch", summary="Publish up to 1000 messages in order",
+        **answers(202, BatchResult, *PUBLISH_ERRORS, body=BatchRequest),
     )  # fmt: skip
     async def publish_batch(request: Request) -> dict[str, Any]:
         req = await parse(request, BatchRequest)
         items = [outgoing(m, i) for i, m in enumerate(req.messages)]
         return {"results": await run(request, items, batch=True)}
 
-    @v1.get("/messages/{message_id}", summary="A message's delivery trail")
+    @v1.get(
+        "/messages/{message_id}", summary="A message's delivery trail",
+        **answers(200, MessageTrail, 404, 503),
+    )  # fmt: skip
     async def message_trail(message_id: str) -> dict[str, Any]:
         found = await node.broker.ledger.trail(message_id[:64])
         if found is None:
@@ -250,7 +260,11 @@ def _cluster(node: Node) -> APIRouter:
     settings = node.settings
     v1 = APIRouter(prefix="/v1", tags=["cluster"])
 
-    @v1.post("/tokens", summary="Mint a client token", openapi_extra=body_of(TokenRequest))
+    @v1.post(
+        "/tokens",
+        summary="Mint a client token",
+        **answers(200, TokenAnswer, *BODY, body=TokenRequest),
+    )
     async def mint(request: Request) -> dict[str, Any]:
         req = await parse(request, TokenRequest)
         ttl = req.ttl or settings.token_ttl
@@ -260,12 +274,12 @@ def _cluster(node: Node) -> APIRouter:
             raise ApiError(422, exc.slug, exc.message) from None
         return {"token": token, "user": req.user, "topics": req.topics, "expires_in": ttl}
 
-    @v1.get("/nodes", summary="Every live node of the cluster")
+    @v1.get("/nodes", summary="Every live node of the cluster", **answers(200, NodeList, 503))
     async def nodes() -> dict[str, Any]:
         found = await node.broker.registry.nodes()
         return {"nodes": [msgspec.to_builtins(n) for n in sorted(found, key=lambda n: n.id)]}
 
-    @v1.get("/sessions", summary="Sessions across all nodes")
+    @v1.get("/sessions", summary="Sessions across all nodes", **answers(200, SessionList, 422, 503))
     async def sessions(
         user: str | None = None,
         node_id: Annotated[str | None, Query(alias="node")] = None,
@@ -281,7 +295,10 @@ def _cluster(node: Node) -> APIRouter:
         listed = sorted(found.values(), key=lambda s: s.connected_at)[:limit]
         return {"sessions": [msgspec.to_builtins(s) for s in listed]}
 
-    @v1.delete("/sessions/{session_id}", status_code=202, summary="Close a session (4010)")
+    @v1.delete(
+        "/sessions/{session_id}", summary="Close a session (4010)",
+        **answers(202, SessionClosing, 404, *NO_BODY, 503),
+    )  # fmt: skip
     async def kick(session_id: str) -> dict[str, Any]:
         holder = node.id if session_id in node.sessions else None
         if holder is None:
@@ -323,14 +340,16 @@ def _operations(app: FastAPI, node: Node) -> None:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _error_answers(app: FastAPI) -> None:
+def _error_answers(app: DocumentedAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return answer(exc)
 
     @app.exception_handler(BrokerError)
     async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:
-        return error_response(503, exc.slug, exc.message)
+        # the broker's own error text (Redis's) goes to the log, never to the caller
+        log.warning("broker error", extra={"error": exc.message[:500]})
+        return error_response(503, exc.slug, UNAVAILABLE + "; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -346,6 +365,9 @@ def _error_answers(app: FastAPI) -> None:
         return error_response(422, "invalid_body", summary, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, slug, str(exc.detail))
+        answer = error_response(exc.status_code, slug, str(exc.detail))
+        if exc.status_code == 405:
+            answer.headers["Allow"] = app.allowed_methods(request.url.path)
+        return answer

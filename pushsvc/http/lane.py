@@ -5,7 +5,8 @@ traffic, and most of a publish's CPU went to the framework around it: routing, d
 middlewares, pydantic, response encoding (docs/benchmarks.md § 3c). :class:`PublishLane` is an
 ASGI middleware in front of all that. It takes a publish when
 
-- the API key is right,
+- the API key may publish (:meth:`pushsvc.http.access.Gate.admit`; its refusal is answered
+  here),
 - the body's length is declared and within ``max_body_size``,
 - :func:`pushsvc.http.jsonguard.problem` finds nothing wrong with it (depth, NaN, infinities),
 - msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
@@ -31,9 +32,10 @@ from typing import Annotated
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pushsvc.auth import caller_name
+from pushsvc.apikeys import Scope as KeyScope
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http import jsonguard
+from pushsvc.http.access import Gate, answer
 from pushsvc.http.models import EVENT_PATTERN
 from pushsvc.http.publishing import ApiError, Publishing, outgoing
 from pushsvc.node.publish import Outgoing
@@ -95,11 +97,11 @@ class PublishLane:
     """ASGI middleware: well-formed publishes are published here, everything else goes to
     ``app``."""
 
-    def __init__(self, app: ASGIApp, *, publishing: Publishing) -> None:
+    def __init__(self, app: ASGIApp, *, publishing: Publishing, gate: Gate) -> None:
         self.app = app
         self.publishing = publishing
+        self.gate = gate
         settings = publishing.settings
-        self.api_keys = settings.api_keys
         self.limit = settings.max_body_size
         self.default_ttl = settings.default_ttl
         self.max_data = settings.max_message_size
@@ -122,22 +124,29 @@ class PublishLane:
                 length = value
             elif name == b"authorization":
                 authorization = value
-        sized = length is not None and length.isdigit() and int(length) <= self.limit
-        caller = None
-        if sized and authorization is not None:
-            caller = caller_name(authorization.decode("latin-1"), self.api_keys)
-        if caller is None:
+        if (
+            length is None
+            or not length.isdigit()
+            or int(length) > self.limit
+            or authorization is None
+        ):
             await self.app(scope, receive, send)
             return
+        try:
+            key = await self.gate.admit(authorization.decode("latin-1"), KeyScope.PUBLISH)
+        except ApiError as exc:
+            await answer(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = key  # admitted: the routes do not charge again
         body, more = await _read(receive, self.limit)
         items = self._items(body, batch) if more is None else None
         if items is None:
             await self.app(scope, _replay(body, more, receive), send)
             return
         try:
-            results = await self.publishing.run(items, caller, batch)
+            results = await self.publishing.run(items, key.name, batch)
         except ApiError as exc:
-            await exc.response()(scope, receive, send)
+            await answer(exc)(scope, receive, send)
             return
         payload = _encode({"results": results} if batch else results[0])
         await send({"type": "http.response.start", "status": 202, "headers": [

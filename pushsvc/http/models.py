@@ -1,12 +1,25 @@
-"""Request and response bodies of the internal API (DESIGN §6), validated by pydantic."""
+"""Request and response bodies of the internal API, as pydantic models.
+
+Requests are validated with them; responses are described by them in the OpenAPI document
+(:mod:`pushsvc.http.openapi`), and ``tests/test_openapi.py`` checks real answers against it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import annotated_types
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
+from pushsvc.auth import TOKEN_TTL_CEILING
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http.publishing import outgoing
 from pushsvc.node.publish import Outgoing
@@ -17,11 +30,36 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Event = Annotated[str, StringConstraints(pattern=EVENT_PATTERN)]
 
 
+def _integral(value: Any) -> Any:
+    """``3600.0`` as ``3600``: JSON (and OpenAPI) call it an integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Ttl = Annotated[int, annotated_types.Interval(ge=1, le=30 * 86_400), BeforeValidator(_integral)]
+#: A client token's lifetime: at most 12 h (``token_max_ttl`` may lower it, never raise it).
+TokenTtl = Annotated[
+    int, annotated_types.Interval(ge=1, le=TOKEN_TTL_CEILING), BeforeValidator(_integral)
+]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """No unknown fields, and no coercion: ``"5"`` is not a ttl, ``0`` not a boolean."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _exactly_one_target(schema: dict[str, Any]) -> None:
+    """``to`` names exactly one of ``users``, ``topics`` or ``all``: the others left out or null."""
+    schema["oneOf"] = [
+        {"required": ["users"], "properties": {"users": {"type": "array"}}},
+        {"required": ["topics"], "properties": {"topics": {"type": "array"}}},
+        {"required": ["all"], "properties": {"all": {"const": True}}},
+    ]
 
 
 class Target(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one_target)
+
     users: Annotated[list[Name], Field(min_length=1, max_length=1000)] | None = None
     topics: Annotated[list[Name], Field(min_length=1, max_length=100)] | None = None
     all: Literal[True] | None = None
@@ -38,7 +76,7 @@ class PublishRequest(_Strict):
     to: Target
     event: Event
     data: Any = None
-    ttl: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = None
+    ttl: Ttl | None = None
     ack: bool | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
 
@@ -65,4 +103,180 @@ class BatchRequest(_Strict):
 class TokenRequest(_Strict):
     user: Name
     topics: Annotated[list[Name], Field(max_length=64)] = []
-    ttl: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = None
+    ttl: TokenTtl | None = None
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class ErrorLocation(BaseModel):
+    loc: list[str] = Field(description="where in the request: body fields or a query parameter")
+    msg: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="a stable slug, such as not_found or invalid_body")
+    message: str = Field(description="for humans")
+    retryable: bool = Field(
+        False, description="true: the outcome is unknown; retry with the same idempotency_key"
+    )
+    details: list[ErrorLocation] = Field([], description="422 only: up to 20 problems")
+
+
+class ItemError(BaseModel):
+    error: ErrorDetail
+
+
+class PublishResult(BaseModel):
+    """Published (or a duplicate of an earlier publish with the same key)."""
+
+    id: str = Field(description="the message id: 32 hex characters")
+    streams: dict[str, str] = Field(description="the message's offset in each stream it went to")
+    online_sessions: int = Field(description="sessions on this node reading one of the streams")
+    duplicate: bool = Field(description="true: this repeats an earlier publish with the same key")
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer of the internal API."""
+
+    error: ErrorDetail
+    results: list[PublishResult | ItemError] = Field(
+        [], description="a failed batch only: one result or error per message, in order"
+    )
+
+
+class BatchResult(BaseModel):
+    """Every message published, one result each, in order."""
+
+    results: list[PublishResult]
+
+
+class DeviceDelivery(BaseModel):
+    user: str
+    device: str
+    session: str
+    node: str
+    sent_at: float | None
+    acked_at: float | None
+    attempts: int
+
+
+class MessageTrail(BaseModel):
+    """The message and its delivery to each device."""
+
+    id: str
+    event: str
+    published_at: float
+    expires_at: float
+    ack: bool
+    streams: dict[str, str]
+    state: Literal["pending", "delivered", "partially_acked", "acked", "expired", "lost"]
+    devices: list[DeviceDelivery]
+    sent_by_node: dict[str, int] = Field(description="writes of ack:false messages, by node")
+
+
+class MessageTrace(BaseModel):
+    """The trace context the publish recorded."""
+
+    id: str
+    traceparent: str = Field(description="W3C traceparent recorded by the publish, or empty")
+    trace_id: str = Field(description="its trace id, or empty")
+
+
+class TokenAnswer(BaseModel):
+    """A client token for the WebSocket hello."""
+
+    token: str
+    user: str
+    topics: list[str]
+    expires_in: int = Field(description="seconds")
+
+
+class NodeDescription(BaseModel):
+    id: str
+    client_addr: str
+    internal_addr: str
+    pid: int
+    version: str
+    started: float
+    heartbeat: float
+    state: Literal["up", "draining"]
+    connections: int
+    users: int
+    broker_lag: float
+
+
+class NodeList(BaseModel):
+    """The live nodes of the cluster."""
+
+    nodes: list[NodeDescription]
+
+
+class SessionDescription(BaseModel):
+    id: str
+    node: str
+    user: str
+    device: str
+    remote: str
+    connected_at: float
+    topics: list[str]
+    sent: int
+    acked: int
+    pending: int
+    outbox_bytes: int
+    last_ack: float | None
+    rtt: float | None
+
+
+class SessionList(BaseModel):
+    """Open sessions, oldest first."""
+
+    sessions: list[SessionDescription]
+
+
+class LocalSessionList(BaseModel):
+    """This node's open sessions with live counters, oldest first."""
+
+    node: str
+    sessions: list[SessionDescription]
+
+
+class SessionClosing(BaseModel):
+    """The session's node was told to close it with 4010."""
+
+    session: str
+    node: str
+    closing: Literal[True]
+
+
+class HeldSession(BaseModel):
+    session: str
+    node: str
+
+
+class UserSessionsClosing(BaseModel):
+    """Each session's node was told to close it with 4010."""
+
+    user: str
+    sessions: list[HeldSession]
+
+
+class NodeDraining(BaseModel):
+    """The node was told to drain."""
+
+    node: str
+    draining: Literal[True]
+    connections: int
+
+
+class InjectedFaults(BaseModel):
+    drop_deliveries: float
+    stop_bus: bool
+
+
+class FaultsState(BaseModel):
+    """What is injected on this node now."""
+
+    node: str
+    enabled: bool
+    faults: InjectedFaults

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
 
 
+#: What a caller hears when the broker fails: never the broker's (Redis's) own error text.
+UNAVAILABLE = "the broker is unavailable"
+
+
 class ApiError(Exception):
     """An error answer: ``status`` with ``{"error": {"code", "message"}}``; with
     ``"retryable": true`` in the error when ``retryable``, and ``results`` beside it (one per

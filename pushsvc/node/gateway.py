@@ -80,7 +80,7 @@ class Node:
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
-        self.tokens = TokenIssuer(settings.token_secret)
+        self.tokens = TokenIssuer.from_settings(settings)
         self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
         self.faults = Faults()  # game days only: see pushsvc.http.admin
         self.fanout = FanOut(self)

@@ -229,7 +229,7 @@ class Session(asyncio.Protocol):
             self._http_answer(404, b"not found")
             return
         try:
-            response = check_upgrade(method, self.headers)
+            response = check_upgrade(method, self.headers, self.node.settings.origins)
         except HandshakeRefused as exc:
             self._http_answer(exc.status, exc.message.encode())
             return
@@ -250,14 +250,19 @@ class Session(asyncio.Protocol):
         if rest:
             self.data_received(rest)
 
-    def http_answer(self, status: int, content_type: bytes, body: bytes) -> None:
-        """Answer the HTTP request this connection carries, then close it."""
+    def http_answer(
+        self, status: int, content_type: bytes, body: bytes, *, allow: bytes = b""
+    ) -> None:
+        """Answer the HTTP request this connection carries, then close it. ``allow``: the
+        methods the path takes, sent as ``Allow`` (a 405 must say them)."""
         if self.transport is None or self.transport.is_closing():
             return
         reason = _REASONS.get(status, b"Status")
         head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
             status, reason, content_type, len(body),
         )  # fmt: skip
+        if allow:
+            head += b"Allow: %s\r\n" % allow
         self.transport.write(
             head
             + b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
@@ -269,7 +274,7 @@ class Session(asyncio.Protocol):
         body = msgspec.json.encode(
             {"error": {"code": _SLUGS.get(status, "error"), "message": message.decode()}}
         )
-        self.http_answer(status, b"application/json", body)
+        self.http_answer(status, b"application/json", body, allow=b"GET" if status == 405 else b"")
 
     def hello_accepted(self) -> None:
         """The node accepted the hello: stop the hello timer."""
@@ -427,6 +432,6 @@ _REASONS = {
     422: b"Unprocessable Entity", 426: b"Upgrade Required", 503: b"Service Unavailable",
 }  # fmt: skip
 _SLUGS = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
-    426: "upgrade_required", 503: "unavailable",
+    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "body_too_large", 426: "upgrade_required", 503: "unavailable",
 }  # fmt: skip

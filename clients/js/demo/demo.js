@@ -4,7 +4,7 @@
 //   /demo/?user=p1[&topics=clinic-205]  token from the development endpoint (pushsvc serve --dev)
 //   /demo/?token=<jwt>                    a token handed out by the hospital's systems
 
-import { connect } from "/client/pushsvc.js";
+import { connect, pushPermission } from "/client/pushsvc.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -180,10 +180,10 @@ function addToFeed(msg, said) {
   time.dateTime = at.toISOString();
   time.textContent = timeFormat.format(at);
   head.append(time);
-  if (msg.replay) {
+  if (msg.replay || msg.pushed) {
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = "while you were away";
+    tag.textContent = msg.pushed ? "from a notification" : "while you were away";
     head.append(tag);
   }
 
@@ -212,7 +212,107 @@ function onMessage(msg) {
   announce(said.summary, said.urgent);
 }
 
+// ---- notifications while the page is closed (Web Push) -------------------------------------
+
+const PUSH_STATES = {
+  off: {
+    text: "Get a notification on this device when it is your turn, even with this page closed.",
+    button: "Turn on",
+  },
+  asking: {
+    text: "Please answer your browser's question: allow notifications from this page.",
+    button: "Waiting for your answer…",
+  },
+  on: {
+    text: "On. If you miss a message here, this device gets a notification, even with the page closed.",
+    button: "Turn off",
+  },
+  blocked: {
+    text: "Notifications are blocked for this page. To get them, allow notifications in your " +
+      "browser's settings for this site, then reload the page. Until then, keep this page open.",
+  },
+  unsupported: {
+    text: "This browser cannot notify you while the page is closed, so please keep this page open. " +
+      "On an iPhone or iPad: tap Share, then Add to Home Screen, and open the page from there.",
+  },
+};
+
+/** Why turning on failed, in the patient's words; codes not listed leave the switch off. */
+const PUSH_FAILURES = {
+  denied: "blocked",
+  unsupported: "unsupported",
+  dismissed: "You did not allow notifications. Tap the button to be asked again.",
+  key_unavailable: "Notifications are not available from this hospital right now. Please keep this page open.",
+  subscribe_failed:
+    "Your browser could not set up notifications here (a private window, or no connection?). " +
+    "Please keep this page open.",
+  timeout: "We could not confirm notifications in time. Please try again.",
+  refused: "Notifications are not available from this hospital right now. Please keep this page open.",
+};
+
+function showPush(state, note) {
+  const box = $("push");
+  const { text: words, button } = PUSH_STATES[state];
+  box.dataset.state = state;
+  $("push-text").textContent = note ?? words;
+  const toggle = $("push-toggle");
+  toggle.hidden = button === undefined;
+  toggle.textContent = button ?? "";
+  toggle.disabled = state === "asking";
+  toggle.setAttribute("aria-pressed", String(state === "on"));
+  box.hidden = false;
+}
+
+async function turnPushOn(client, { quiet = false } = {}) {
+  if (!quiet) showPush("asking");
+  try {
+    await client.enablePush();
+    showPush("on");
+  } catch (err) {
+    const failure = PUSH_FAILURES[err.code];
+    if (failure === "blocked" || failure === "unsupported") showPush(failure);
+    else showPush("off", failure ?? `Notifications could not be turned on: ${err.message}`);
+  }
+}
+
+async function setUpPush(client) {
+  const permission = pushPermission();
+  if (permission === "unsupported" || permission === "blocked") {
+    showPush(permission);
+  } else if ((await client.pushState()) === "on") {
+    // Turned on in an earlier visit: send the subscription on this session too (no prompt).
+    showPush("on");
+    turnPushOn(client, { quiet: true });
+  } else {
+    showPush("off");
+  }
+  $("push-toggle").addEventListener("click", async () => {
+    if ($("push").dataset.state === "on") {
+      await client.disablePush().catch(() => {});
+      showPush("off");
+    } else {
+      await turnPushOn(client);
+    }
+  });
+}
+
 // ---- operator panel (development mode only) -------------------------------------------------
+
+/** What the push notification says when the operator leaves title and text empty. */
+function pushWords(name, data) {
+  switch (name) {
+    case "queue.called":
+      return ["It is your turn", `Please go to room ${text(data?.room, "the consultation room")}.`];
+    case "queue.position":
+      return ["Your place in line", `Number ${text(data?.position, "?")} at clinic ${text(data?.clinic, "your clinic")}.`];
+    case "rx.ready":
+      return ["Your prescription is ready", `Collect it at pharmacy window ${text(data?.window, "?")}.`];
+    case "lab.ready":
+      return ["Your lab result is ready", text(data?.test, "")];
+    default:
+      return ["New message from the clinic", "Open the page to read it."];
+  }
+}
 
 function setUpOperator(user, topics) {
   const form = $("operator-form");
@@ -227,9 +327,13 @@ function setUpOperator(user, topics) {
     for (const field of form.querySelectorAll("[data-to]")) {
       field.hidden = field.dataset.to !== to.value;
     }
+    for (const field of form.querySelectorAll("[data-push]")) {
+      field.hidden ||= !$("op-push").checked;
+    }
   };
   select.addEventListener("change", showFields);
   to.addEventListener("change", showFields);
+  $("op-push").addEventListener("change", showFields);
   showFields();
 
   form.addEventListener("submit", async (event) => {
@@ -266,6 +370,15 @@ function setUpOperator(user, topics) {
       all: { all: true },
     }[to.value];
     const body = { to: target, event: name, data };
+    if (to.value === "users" && $("op-push").checked) {
+      const [title, words] = pushWords(name, data);
+      body.push = {
+        after: Number(f.get("pushAfter")),
+        title: String(f.get("pushTitle")).trim() || title,
+        body: String(f.get("pushBody")).trim() || words,
+        urgency: String(f.get("pushUrgency")),
+      };
+    }
     $("op-send").disabled = true;
     try {
       const response = await fetch("/demo/api/publish", {
@@ -274,8 +387,9 @@ function setUpOperator(user, topics) {
         body: JSON.stringify(body),
       });
       const reply = await response.json().catch(() => ({}));
+      const escalation = body.push ? ` A push follows in ${body.push.after} s unless it is seen.` : "";
       result.textContent = response.ok
-        ? `Sent ${name} (message ${reply.id}) to ${reply.online_sessions} open session(s).`
+        ? `Sent ${name} (message ${reply.id}) to ${reply.online_sessions} open session(s).${escalation}`
         : `Not sent: ${reply.error?.message ?? response.status}`;
     } catch (err) {
       result.textContent = `Not sent: ${err}`;
@@ -336,6 +450,7 @@ async function main() {
     $("patient").textContent = `Patient ${welcome.user}`;
     if (pageUser !== welcome.user) restore(welcome.user);
   });
+  setUpPush(client);
   window.pushsvcDemo = { client }; // for inspection from the browser console
 }
 

@@ -26,7 +26,7 @@ from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
-from pushsvc.broker.redis.ledger import RedisLease, RedisLedger
+from pushsvc.broker.redis.ledger import RedisLease, RedisLedger, RedisRateLimits
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.registry import RedisRegistry
@@ -75,6 +75,7 @@ class RedisBroker(Broker):
             link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
         )
         self.lease = RedisLease(link, keys)
+        self.limits = RedisRateLimits(link, keys)
         self._started = False
         self._closed = False
 

@@ -1,4 +1,4 @@
-"""Delivery trails and the monitor lease in Redis.
+"""Delivery trails, the monitor lease and API keys' rate buckets in Redis.
 
 A trail is one hash per message (fields in :mod:`pushsvc.broker.keys`). :meth:`RedisLedger.record`
 sends a batch in one round trip, one script call per :data:`CHUNK` records. Every write commutes
@@ -28,6 +28,7 @@ from pushsvc.broker.base import (
     LedgerEvent,
     Pair,
     Published,
+    RateLimits,
     Sent,
     SentCount,
     Tally,
@@ -36,7 +37,7 @@ from pushsvc.broker.base import (
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
-from pushsvc.broker.redis.scripts import ACKED, LEASE, LEDGER, RELEASE
+from pushsvc.broker.redis.scripts import ACKED, LEASE, LEDGER, RATE, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 
 CHUNK = 1000  # records per script call: bounds how long one call holds the server
@@ -251,3 +252,15 @@ class RedisLease(Lease):
 
     async def release(self, holder: str) -> None:
         await self._link.run(RELEASE, [self._key], [holder])
+
+
+class RedisRateLimits(RateLimits):
+    """API keys' publish buckets, shared by every node (the :data:`RATE` script)."""
+
+    def __init__(self, link: Link, keys: Keyspace) -> None:
+        self._link = link
+        self._keys = keys
+
+    async def take(self, name: str, rate: float, burst: float) -> float:
+        wait = await self._link.run(RATE, [self._keys.rate(name)], [repr(rate), repr(burst)])
+        return float(wait)

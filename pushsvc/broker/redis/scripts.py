@@ -273,3 +273,31 @@ end
 return 0
 """,
 )
+
+#: Take a token from an API key's bucket, on Redis's clock so every node counts alike.
+#: KEYS[1] the bucket; ARGV[1] rate (per second), ARGV[2] burst. A missing bucket is full.
+#: Returns, as a string, 0 when taken, else the seconds until a token will be there.
+RATE = Script(
+    "rate",
+    """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(held[1]), tonumber(held[2])
+if tokens == nil or ts == nil then
+  tokens, ts = burst, now
+end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+local fmt = '%.6f'
+redis.call('HSET', KEYS[1], 'tokens', string.format(fmt, tokens), 'ts', string.format(fmt, now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return string.format('%.6f', wait)
+""",
+)
