@@ -29,7 +29,6 @@ from tests.support import (
     wait_until,
 )
 from tests.test_broker_contract import message
-from tests.test_broker_contract import publish as place
 from tests.wire import Wire
 
 pytestmark = pytest.mark.redis
@@ -245,7 +244,8 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await node.close()
         assert await broker.registry.nodes() == []
         assert broker.up
-        await place(broker, [(message(), ["user:p"])], origin="owner")  # still open
+        placed = await broker.publish([Publication(message(), ["user:p"])], origin="owner")
+        assert isinstance(placed[0], Placed)  # still open
     finally:
         await broker.close()
 

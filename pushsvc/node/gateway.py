@@ -74,7 +74,7 @@ class Node:
         self.settings = settings
         self.broker = broker
         self.id = settings.node_id
-        self.loop = asyncio.get_event_loop_policy().get_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
         self.connections: set[Session] = set()  # every open connection, hello or not
         self.upgraded: set[Session] = set()  # every WebSocket connection, hello or not
@@ -121,7 +121,7 @@ class Node:
         serve ``sock``), then join the cluster, now or, while the broker is unreachable, in the
         background (see the module docstring). ``close()`` the node when done, even when this
         raised."""
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         await self.broker.start()
         s = self.settings
         if sock is not None:
@@ -185,6 +185,12 @@ class Node:
             waited = round(time.monotonic() - since, 3)
             self.log.info("joined the cluster", extra={"attempts": attempt, "waited": waited})
             return
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the node runs on: the one :meth:`start` ran on (before it, the running
+        one; a node may be built outside any loop)."""
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
     @property
     def draining(self) -> bool:
