@@ -16,6 +16,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
