@@ -64,10 +64,12 @@ class Host(Protocol):
     loop, and where it hands frames, plain HTTP requests and its end."""
 
     settings: Settings
-    loop: asyncio.AbstractEventLoop
     connections: set[Session]  # every open connection
     upgraded: set[Session]  # every WebSocket connection, hello or not
     over_cap: set[Session]  # sessions whose outbox is over its cap
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...  # the node's, once started
 
     @property
     def draining(self) -> bool: ...  # refusing new clients (drain or shutdown)
