@@ -18,6 +18,8 @@ from cli.targets import prometheus_targets
 from cli.token import token
 from cli.top import top
 from cli.trace import trace
+from cli.vapid import vapid_keys
+from cli.webhooks import webhooks
 
 app = typer.Typer(
     name="pushsvc",
@@ -40,3 +42,5 @@ app.command()(top)
 app.command()(drain)
 app.command("check-config")(check_config)
 app.command()(monitor)
+app.command("vapid-keys")(vapid_keys)
+app.command()(webhooks)

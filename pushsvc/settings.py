@@ -73,6 +73,21 @@ class Settings(BaseSettings):
     ledger_flush_interval: float = Field(0.05, gt=0)
     registry_interval: float = Field(2.0, gt=0, description="node heartbeat period, seconds")
 
+    # reaching closed pages: Web Push escalation and webhooks (docs/escalation.md)
+    vapid_private_key: Path | None = Field(None, description="VAPID private key, PEM file")
+    vapid_subject: str = Field("", description="VAPID contact, mailto: or https: URL")
+    push_retention: int = Field(
+        30 * 86_400, ge=60, description="a subscription outlives its device's last session, s"
+    )
+    escalate_after: int | None = Field(
+        None, ge=1, description="message.unacked this long after publish when no push.after, s"
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: str = Field("", description="signs every webhook (Pushsvc-Signature)")
+    escalation_lease: float = Field(
+        30.0, ge=0.5, description="a claimed escalation or webhook is hidden this long, s"
+    )
+
     # game days: POST /v1/admin/faults is refused unless this is on (docs/runbooks.md)
     enable_fault_injection: bool = Field(False, description="accept /v1/admin/faults")
 
@@ -97,17 +112,27 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics: bool = Field(True, description="record metrics (off only to measure their cost)")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_urls", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("vapid_private_key", "escalate_after", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.port and self.internal_port and self.port == self.internal_port:
             raise ValueError("port and internal_port must differ")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhook_urls need a webhook_secret to sign with")
+        for url in self.webhook_urls:
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"webhook url {url!r} is not an http(s) URL")
         return self
 
     def require_secrets(self) -> None:

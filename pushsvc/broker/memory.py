@@ -40,6 +40,7 @@ from pushsvc.broker.base import (
     bucket_of,
 )
 from pushsvc.broker.keys import NODE_PRUNE_AFTER
+from pushsvc.broker.memory_push import MemoryEscalations, MemoryWebhookQueue
 from pushsvc.core import offsets
 from pushsvc.core.trail import Delivery, Trail
 from pushsvc.types import Envelope, HistoryEntry, Message
@@ -322,6 +323,10 @@ class MemoryLedger(Ledger):
     async def trail(self, message_id: str) -> Trail | None:
         return self._trails.get(message_id)
 
+    def held(self, message_id: str) -> Trail | None:
+        """The trail of ``message_id`` itself, to add to (the push path)."""
+        return self._trails.get(message_id)
+
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
         return {m for m in message_ids if (device, m) in self._acked}
 
@@ -412,6 +417,7 @@ class MemoryBroker(Broker):
         history_ttl: float = 86_400,
         ledger_retention: float = 3600,
         idempotency_ttl: float = 86_400,
+        push_retention: float = 30 * 86_400,
         clock: Clock = time.time,
     ) -> None:
         self.history = self._history = MemoryHistory(history_size, history_ttl, clock)
@@ -420,6 +426,8 @@ class MemoryBroker(Broker):
         self.ledger = self._ledger = MemoryLedger(ledger_retention, clock)
         self.keys = MemoryKeys(idempotency_ttl, clock)
         self.lease = MemoryLease(clock)
+        self.escalations = MemoryEscalations(push_retention, self._ledger.held, clock)
+        self.webhooks = MemoryWebhookQueue(clock)
 
     @property
     def up(self) -> bool:

@@ -1,6 +1,7 @@
 """Plain HTTP on the client listener: health, the browser client, the demo page.
 
-``/healthz`` · ``/client/pushsvc.js`` (and ``.d.ts``) · ``/demo/…`` (static files of
+``/healthz`` · ``/client/push-key`` (the VAPID public key) · ``/client/pushsvc.js`` (and
+``.d.ts``) · ``/demo/…`` (static files of
 ``clients/js/demo``). In dev mode only (``pushsvc serve --dev``) the demo page's two helpers exist:
 ``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its connection;
 ``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
@@ -43,6 +44,8 @@ class ClientRoutes:
         path = httptools.parse_url(url).path.decode("latin-1")
         if path == "/healthz" and method in (b"GET", b"HEAD"):
             session.http_answer(200, JSON, b'{"status":"ok"}')
+        elif path == "/client/push-key" and method in (b"GET", b"HEAD"):
+            self._push_key(session)
         elif path in ("/", "/demo"):
             session.http_answer(200, b"text/html; charset=utf-8", _REDIRECT)
         elif path.startswith("/demo/api/"):
@@ -60,6 +63,15 @@ class ClientRoutes:
             self._static(session, "demo", path.removeprefix("/demo/") or "index.html")
         else:
             session.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
+
+    def _push_key(self, session: Session) -> None:
+        """The VAPID public key a page subscribes with (``applicationServerKey``)."""
+        vapid = self._node.escalator.vapid
+        if vapid is None:
+            message = "Web Push is not configured on this server (PUSHSVC_VAPID_PRIVATE_KEY)"
+            session.http_answer(404, JSON, error_body("push_unavailable", message))
+        else:
+            session.http_answer(200, JSON, orjson.dumps({"publicKey": vapid.public_key}))
 
     def _static(self, session: Session, folder: str, name: str) -> None:
         root = (self._node.settings.static_dir / folder).resolve()

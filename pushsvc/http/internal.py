@@ -23,12 +23,14 @@ from pushsvc import __version__
 from pushsvc.auth import api_key_ok, caller_name
 from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
+from pushsvc.core.trail import Trail
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http.admin import admin_routes
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
 from pushsvc.http.models import BatchRequest, DataTooLarge, PublishRequest, TokenRequest
 from pushsvc.http.publishing import ApiError, Publishing, error_response
+from pushsvc.http.webhook_routes import webhook_routes
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
@@ -124,6 +126,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(_cluster(node), dependencies=[Depends(require_key)])
     app.include_router(cluster_admin_routes(node), dependencies=[Depends(require_key)])
     app.include_router(admin_routes(node), dependencies=[Depends(require_key)])
+    app.include_router(webhook_routes(node), dependencies=[Depends(require_key)])
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
@@ -142,6 +145,9 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         except DataTooLarge as exc:
             where = "" if index is None else f"messages[{index}]: "
             raise ApiError(413, "message_too_large", where + str(exc)) from None
+        except ValueError as exc:  # a push that cannot escalate (push.after >= the ttl)
+            where = "" if index is None else f"messages[{index}]: "
+            raise ApiError(422, "invalid_body", where + str(exc)) from None
 
     async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
         caller = caller_name(request.headers.get("authorization"), settings.api_keys)
@@ -182,22 +188,33 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             "ack": found.ack,
             "streams": found.streams,
             "state": trails.state(found, time.time()),
-            "devices": [
-                {
-                    "user": split_device_key(d.device)[0],
-                    "device": split_device_key(d.device)[1],
-                    "session": d.session,
-                    "node": d.node,
-                    "sent_at": d.sent_at,
-                    "acked_at": d.acked_at,
-                    "attempts": d.attempts,
-                }
-                for d in sorted(found.deliveries.values(), key=lambda d: d.sent_at or 0.0)
-            ],
+            "devices": _devices(found),
             "sent_by_node": found.sent_by_node,
         }
 
     return v1
+
+
+def _devices(found: Trail) -> list[dict[str, Any]]:
+    """The trail's device entries: one per session that got the message, each with the
+    device's ``push_sent_at``; a device that was only pushed to has an entry of its own."""
+    out: list[dict[str, Any]] = []
+    for d in sorted(found.deliveries.values(), key=lambda d: d.sent_at or 0.0):
+        user, device = split_device_key(d.device)
+        out.append({
+            "user": user, "device": device, "session": d.session, "node": d.node,
+            "sent_at": d.sent_at, "acked_at": d.acked_at, "attempts": d.attempts,
+            "push_sent_at": found.pushed.get(d.device),
+        })  # fmt: skip
+    seen = {d.device for d in found.deliveries.values()}
+    for key, at in sorted(found.pushed.items()):
+        if key not in seen:
+            user, device = split_device_key(key)
+            out.append({
+                "user": user, "device": device, "session": None, "node": None, "sent_at": None,
+                "acked_at": None, "attempts": 0, "push_sent_at": at,
+            })  # fmt: skip
+    return out
 
 
 def _cluster(node: Node) -> APIRouter:

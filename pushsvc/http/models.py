@@ -7,12 +7,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from pushsvc.broker.base import PushSpec
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http.publishing import outgoing
 from pushsvc.node.publish import Outgoing
 
 _encode = msgspec.json.Encoder().encode
 EVENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+PUSH_TITLE = 120  # characters: a notification shows little more
+PUSH_BODY = 1000
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Event = Annotated[str, StringConstraints(pattern=EVENT_PATTERN)]
 
@@ -34,6 +37,16 @@ class Target(_Strict):
         return self
 
 
+class PushRequest(_Strict):
+    """Escalate to the user's browsers (Web Push) when no device acked ``after`` s after
+    publish."""
+
+    after: Annotated[int, Field(ge=1, le=30 * 86_400)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=PUSH_TITLE)]
+    body: Annotated[str, StringConstraints(max_length=PUSH_BODY)] = ""
+    urgency: Literal["normal", "high"] = "normal"
+
+
 class PublishRequest(_Strict):
     to: Target
     event: Event
@@ -41,6 +54,16 @@ class PublishRequest(_Strict):
     ttl: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = None
     ack: bool | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    push: PushRequest | None = None
+
+    @model_validator(mode="after")
+    def _push_escalates(self) -> PublishRequest:
+        if self.push is not None:
+            if self.to.users is None:
+                raise ValueError('"push" needs "to": {"users": [...]}')
+            if self.ack is False:
+                raise ValueError('"push" needs "ack": true (it escalates what no device acked)')
+        return self
 
     def outgoing(self, default_ttl: int, max_data: int) -> Outgoing:
         """The validated message. Raises :class:`DataTooLarge` when ``data`` encodes larger
@@ -50,8 +73,11 @@ class PublishRequest(_Strict):
         if len(data) > max_data:
             raise DataTooLarge(f"data is {len(data)} bytes encoded, the limit is {max_data}")
         to = self.to
+        push = None
+        if self.push is not None:
+            push = PushSpec(**self.push.model_dump())
         return outgoing(to.users, to.topics, self.event, data, self.ttl, self.ack,
-                        self.idempotency_key, default_ttl)  # fmt: skip
+                        self.idempotency_key, default_ttl, push)  # fmt: skip
 
 
 class DataTooLarge(ValueError):

@@ -43,6 +43,7 @@ from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
 from pushsvc.node.session import Phase, Session
+from pushsvc.push.escalator import Escalator
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
@@ -73,7 +74,10 @@ class Node:
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer(settings.token_secret)
-        self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
+        self.escalator = Escalator(broker, settings)
+        self.accounting = Accounting(
+            broker, self.id, settings.ledger_flush_interval, settle=self.escalator.settle
+        )
         self.faults = Faults()  # game days only: see pushsvc.http.admin
         self.fanout = FanOut(self)
         self.catchup = CatchUp(self)
@@ -116,6 +120,7 @@ class Node:
             self._housekeeping(),
             self.accounting.run(),
             self._heartbeat(),
+            self.escalator.run(),
         ):
             self.spawn(job)
         await self._register()
@@ -163,6 +168,7 @@ class Node:
             where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
             self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
         self.log.info("shutdown: background tasks stopped")
+        await self.escalator.aclose()
         try:
             await self.accounting.flush()
             await self.broker.registry.deregister(self.id)
@@ -212,6 +218,14 @@ class Node:
                     raise_in(session, FrameError("ack before hello", slug="hello_expected"))
                     return
                 self._acked(session, frame.ids)
+            case frames.PushSubscribe() | frames.PushUnsubscribe():
+                if session.phase < Phase.REPLAY:
+                    raise_in(session, FrameError("push before hello", slug="hello_expected"))
+                    return
+                try:
+                    self.escalator.frame(session, frame)
+                except FrameError as exc:
+                    raise_in(session, exc)
             case frames.Ping():
                 session.write(PONG_FRAME)
             case frames.Pong():
@@ -272,6 +286,8 @@ class Node:
         self.index.remove(session.id, session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
+        if self.escalator.vapid is not None and not self._closed:
+            self.spawn(self.escalator.session_ended(session.user, session.device, time.time()))
         metrics.connections.set(len(self.sessions))
         metrics.connections_closed.labels(metrics.close_code(code)).inc()
         if not self.sessions:

@@ -257,3 +257,28 @@ def include(registry: CollectorRegistry) -> None:
 def exposition() -> bytes:
     """The text format of every metric this process exposes."""
     return b"".join(generate_latest(r) for r in (REGISTRY, *_included))
+
+
+# reaching closed pages (docs/escalation.md)
+push_sent = Counter(
+    "pushsvc_push_sent",
+    "Web Push requests by result: sent (201), gone (404/410: subscription deleted), retry"
+    " (429, 5xx, network), failed (any other answer)",
+    ["result"],
+    registry=REGISTRY,
+)
+escalations = Counter(
+    "pushsvc_escalations",
+    "Escalation timers that fired, by what they found: acked, unacked, expired, lost, dropped",
+    ["outcome"],
+    registry=REGISTRY,
+)
+webhook_deliveries = Counter(
+    "pushsvc_webhook_deliveries",
+    "Webhook delivery attempts by result: delivered (2xx), retry, gave_up",
+    ["result"],
+    registry=REGISTRY,
+)
+webhook_queue_depth = Gauge(
+    "pushsvc_webhook_queue_depth", "Webhook deliveries owed (cluster-wide)", registry=REGISTRY
+)

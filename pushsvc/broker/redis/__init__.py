@@ -29,6 +29,7 @@ from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisLease, RedisLedger
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
+from pushsvc.broker.redis.push import RedisEscalations, RedisWebhookQueue
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
 from pushsvc.errors import BrokerError, ConfigError
@@ -75,6 +76,8 @@ class RedisBroker(Broker):
             link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
         )
         self.lease = RedisLease(link, keys)
+        self.escalations = RedisEscalations(link, keys, settings.push_retention, ledger_retention)
+        self.webhooks = RedisWebhookQueue(link, keys)
         self._started = False
         self._closed = False
 

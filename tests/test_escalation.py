@@ -1,0 +1,315 @@
+"""Reaching a closed page: Web Push escalation and signed webhooks, end to end.
+
+Real nodes (processes), a real Web Push service that checks VAPID and decrypts (tests/reach.py),
+a real webhook receiver that checks signatures, and real Redis for the cluster cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pushsvc.push import vapid
+from tests.reach import Browser, PushService, WebhookReceiver, pid_of_peer
+from tests.support import (
+    ROOT,
+    UNIT,
+    NodeHandle,
+    launch_node,
+    pushsvc_command,
+    start_node,
+    start_redis,
+    wait_until,
+)
+from tests.wire import Wire
+
+SECRET = "whsec-" + "s" * 32
+AFTER = max(2, round(2 * UNIT))  # push.after, whole seconds
+
+
+def reach(tmp_path: Path, hooks: WebhookReceiver | None = None, **more: Any) -> dict[str, Any]:
+    """Settings of a node that pushes (and calls ``hooks``)."""
+    key = tmp_path / "vapid.pem"
+    if not key.exists():
+        key.write_text(vapid.generate()[0])
+    settings: dict[str, Any] = {
+        "vapid_private_key": key,
+        "vapid_subject": "mailto:ops@hospital.example",
+        "escalation_lease": 3 * UNIT,
+        **more,
+    }
+    if hooks is not None:
+        settings |= {"webhook_urls": hooks.url, "webhook_secret": SECRET}
+    return settings
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=5 * UNIT)
+
+
+def push_key(node: NodeHandle) -> str:
+    r = get(node.http_url + "/client/push-key")
+    assert r.status_code == 200, r.text
+    return str(r.json()["publicKey"])
+
+
+async def subscribe(node: NodeHandle, user: str, device: str, browser: Browser) -> None:
+    """A page that subscribes and is closed."""
+    wire = await Wire.open(node.client_url, node.token(user), device=device)
+    await wire.send({"type": "push_subscribe", "subscription": browser.subscription()})
+    assert await wire.recv() == {"type": "push_subscribed"}
+    await wire.ws.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    return subprocess.run([*pushsvc_command(), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=30 * UNIT, check=False)  # fmt: skip
+
+
+def cli_json(*args: str) -> Any:
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_vapid_keys_prints_a_pair_that_loads(tmp_path: Path) -> None:
+    done = cli("vapid-keys")
+    assert done.returncode == 0, done.stderr
+    pem, _, public = done.stdout.partition("-----END PRIVATE KEY-----\n")
+    (tmp_path / "k.pem").write_text(pem + "-----END PRIVATE KEY-----\n")
+    loaded = vapid.Vapid.load(tmp_path / "k.pem", "mailto:ops@hospital.example")
+    assert public.strip() == f"public key: {loaded.public_key}"
+    done = cli("vapid-keys", "--out", str(tmp_path / "new.pem"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "new.pem").stat().st_mode & 0o777 == 0o600
+    again = cli("vapid-keys", "--out", str(tmp_path / "new.pem"))
+    assert again.returncode == 2 and "cannot create" in again.stderr
+
+
+def publish(node: NodeHandle, user: str, after: int = AFTER, **more: Any) -> dict[str, Any]:
+    body = {
+        "to": {"users": [user]}, "event": "queue.called", "data": {"room": 205}, "ttl": 600,
+        "push": {"after": after, "title": "Room 205", "body": "Please go to room 205 now",
+                 "urgency": "high"},
+        **more,
+    }  # fmt: skip
+    return node.publish(body)
+
+
+async def test_push_key_is_404_json_without_a_vapid_key() -> None:
+    with start_node() as node:
+        r = get(node.http_url + "/client/push-key")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "push_unavailable"
+        wire = await Wire.open(node.client_url, node.token("p1"))
+        browser = Browser("https://push.example/x")
+        await wire.send({"type": "push_subscribe", "subscription": browser.subscription()})
+        frame = await wire.recv()
+        assert frame["type"] == "error" and frame["code"] == "push_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"endpoint": "http://push.example/a"}, "https"),
+        ({"endpoint": "ftp://127.0.0.1/a"}, "https"),
+        ({"endpoint": "not a url"}, "https"),
+        ({"keys": {"p256dh": "BAAA", "auth": "A" * 22}}, "p256dh"),
+        ({"keys": {"p256dh": None, "auth": "AAAA"}}, "auth"),
+        ({"keys": {"p256dh": None, "auth": "!!!!"}}, "base64url"),
+    ],
+)
+async def test_a_bad_subscription_is_an_error_frame_and_4003(
+    tmp_path: Path, change: dict[str, Any], why: str
+) -> None:
+    with start_node(**reach(tmp_path)) as node:
+        browser = Browser("https://push.example/ok")
+        sub = browser.subscription() | change
+        if "keys" in change and change["keys"]["p256dh"] is None:
+            sub["keys"]["p256dh"] = browser.subscription()["keys"]["p256dh"]
+        wire = await Wire.open(node.client_url, node.token("p1"))
+        await wire.send({"type": "push_subscribe", "subscription": sub})
+        frame = await wire.recv()
+        assert frame["type"] == "error" and frame["code"] == "invalid_subscription", frame
+        assert why in frame["message"]
+        await wire.ws.wait_closed()
+        assert wire.ws.close_code == 4003
+
+
+async def test_push_frames_before_hello_are_refused(tmp_path: Path) -> None:
+    with start_node(**reach(tmp_path)) as node:
+        wire = await Wire.open(node.client_url, None)
+        await wire.send({"type": "push_unsubscribe"})
+        frame = await wire.recv()
+        assert frame["code"] == "hello_expected"
+
+
+async def test_an_unacked_message_is_pushed_after_its_delay_and_not_before(tmp_path: Path) -> None:
+    with (
+        PushService() as service,
+        WebhookReceiver(SECRET) as hooks,
+        start_node(**reach(tmp_path, hooks)) as node,
+    ):
+        service.vapid_key = push_key(node)
+        phone = service.browser("phone")
+        await subscribe(node, "p1", "phone", phone)
+        t0 = time.time()
+        result = publish(node, "p1")
+        await asyncio.sleep(AFTER * 0.7)
+        assert service.tried("phone") == []
+        (push,) = wait_until(lambda: service.accepted("phone"), AFTER + 10 * UNIT)
+        assert push.at - t0 >= AFTER
+        assert service.errors == []
+        assert push.payload == {
+            "id": result["id"], "event": "queue.called", "data": {"room": 205},
+            "title": "Room 205", "body": "Please go to room 205 now", "stream": "user:p1",
+            "offset": result["streams"]["user:p1"],
+        }  # fmt: skip
+        assert push.headers["urgency"] == "high"
+        assert 0 < int(push.headers["ttl"]) <= 600 - AFTER
+        assert push.headers["topic"] == result["id"][:32]
+        trail = wait_until(lambda: _pushed(node, result["id"]))
+        (entry,) = [d for d in trail["devices"] if d["device"] == "phone"]
+        assert entry["user"] == "p1" and entry["push_sent_at"] >= push.at - 1
+        (event,) = wait_until(lambda: hooks.events("message.unacked"))
+        assert event["message"] == {
+            "id": result["id"], "event": "queue.called", "user": "p1",
+            "published_at": pytest.approx(t0, abs=2),
+        }  # fmt: skip
+        assert event["detail"] == {"after": AFTER}
+        assert event["id"].startswith("evt_")
+        assert hooks.errors == []
+        await asyncio.sleep(UNIT)
+        assert len(service.tried("phone")) == 1
+
+
+def _pushed(node: NodeHandle, message_id: str) -> dict[str, Any] | None:
+    trail = node.trail(message_id)
+    return trail if any(d["push_sent_at"] for d in trail["devices"]) else None
+
+
+async def test_no_push_when_a_device_acked_and_the_hospital_hears_of_the_ack(
+    tmp_path: Path,
+) -> None:
+    with (
+        PushService() as service,
+        WebhookReceiver(SECRET) as hooks,
+        start_node(**reach(tmp_path, hooks)) as node,
+    ):
+        service.vapid_key = push_key(node)
+        await subscribe(node, "p1", "phone", service.browser("phone"))
+        wire = await Wire.open(node.client_url, node.token("p1"), device="tablet")
+        result = publish(node, "p1")
+        msg = await wire.recv_msg()
+        await wire.send({"type": "ack", "ids": [msg["id"]]})
+        (event,) = wait_until(lambda: hooks.events("message.acked"))
+        assert event["message"]["id"] == result["id"]
+        assert event["detail"]["device"] == "tablet"
+        await asyncio.sleep(AFTER + UNIT)
+        assert service.tried("phone") == []
+        assert hooks.events("message.unacked") == []
+        assert len(hooks.events()) == 1
+
+
+async def test_410_deletes_the_subscription_and_429_is_retried_after_retry_after(
+    tmp_path: Path,
+) -> None:
+    def busy(n: int) -> tuple[int, dict[str, str]]:
+        return (429, {"Retry-After": "2"}) if n == 0 else (201, {})
+
+    with PushService() as service, start_node(**reach(tmp_path)) as node:
+        service.vapid_key = push_key(node)
+        await subscribe(node, "p1", "old", service.browser("old", lambda n: (410, {})))
+        await subscribe(node, "p1", "busy", service.browser("busy", busy))
+        publish(node, "p1", after=1)
+        wait_until(lambda: service.accepted("busy"), 15 * UNIT)
+        first, second = service.tried("busy")
+        assert first.status == 429 and second.status == 201
+        assert second.at - first.at >= 2
+        assert len(service.tried("old")) == 1
+        publish(node, "p1", after=1)
+        wait_until(lambda: len(service.accepted("busy")) == 2, 15 * UNIT)
+        assert len(service.tried("old")) == 1  # its subscription is gone
+        assert service.errors == []
+
+
+@pytest.mark.redis
+async def test_webhooks_are_retried_with_the_same_event_id_after_500s_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    with start_redis() as redis, WebhookReceiver(SECRET, lambda n: 500 if n < 2 else 200) as hooks:
+        settings = reach(tmp_path, hooks, redis_url=redis.url, escalate_after=1, node_id="wh")
+        node = launch_node(**settings)
+        try:
+            result = node.publish({"to": {"users": ["p9"]}, "event": "lab.ready", "ttl": 600})
+            wait_until(lambda: len(hooks.deliveries) >= 2, 15 * UNIT)
+            view = node.api("GET", "/v1/webhooks").json()
+            (endpoint,) = view["endpoints"]
+            assert endpoint["url"] == hooks.url
+            assert endpoint["last_failure"]["error"] == "HTTP 500"
+            assert view["queue"] == 1
+            shown = cli_json("webhooks", "--api-url", node.internal_url, "--api-key", node.api_key)
+            assert shown == view
+        finally:
+            node.stop()
+        assert len(hooks.deliveries) == 2
+        node = launch_node(**settings)
+        try:
+            wait_until(lambda: hooks.events(status=200), 20 * UNIT)
+            assert node.api("GET", "/v1/webhooks").json()["queue"] == 0
+        finally:
+            node.stop()
+        assert len({d.raw for d in hooks.deliveries}) == 1  # the same body, the same id
+        (event,) = hooks.events(status=200)
+        assert event["type"] == "message.unacked"
+        assert event["message"]["id"] == result["id"] and event["message"]["user"] == "p9"
+        assert hooks.errors == []
+
+
+@pytest.mark.redis
+async def test_exactly_one_push_per_subscription_when_the_escalating_node_is_killed(
+    tmp_path: Path,
+) -> None:
+    with start_redis() as redis, PushService() as service:
+        settings = reach(tmp_path, redis_url=redis.url)
+        nodes = [launch_node(node_id=f"esc-{n}", **settings) for n in "ab"]
+        try:
+            service.vapid_key = push_key(nodes[0])
+            assert push_key(nodes[1]) == service.vapid_key
+            service.hold["slow"] = hold = threading.Event()
+            await subscribe(nodes[0], "p1", "fast", service.browser("fast"))
+            await subscribe(nodes[1], "p1", "slow", service.browser("slow"))
+            result = publish(nodes[0], "p1", after=1)
+            wait_until(service.holding.is_set, 15 * UNIT)
+            wait_until(lambda: service.accepted("fast"))
+            await asyncio.sleep(0.5 * UNIT)  # its push is recorded
+            pid = pid_of_peer(service.held_peer, [n.proc.pid for n in nodes])
+            assert pid is not None
+            (dying,) = [n for n in nodes if n.proc.pid == pid]
+            os.kill(pid, signal.SIGKILL)
+            dying.proc.wait(10)
+            hold.set()  # the killed node's request is answered 500: that push never went out
+            (survivor,) = [n for n in nodes if n is not dying]
+            wait_until(lambda: service.accepted("slow"), 20 * UNIT)
+            await asyncio.sleep(2 * UNIT)
+            assert len(service.accepted("fast")) == 1
+            assert len(service.tried("fast")) == 1
+            assert len(service.accepted("slow")) == 1
+            pushed = {d["device"] for d in survivor.trail(result["id"])["devices"]
+                      if d["push_sent_at"]}  # fmt: skip
+            assert pushed == {"fast", "slow"}
+            assert service.errors == []
+        finally:
+            for n in nodes:
+                n.stop()
