@@ -313,3 +313,67 @@ async def test_exactly_one_push_per_subscription_when_the_escalating_node_is_kil
         finally:
             for n in nodes:
                 n.stop()
+
+
+#: (changes to a valid publish with push, the answer's status, what the error says)
+BAD_PUSHES: list[tuple[dict[str, Any], int, str]] = [
+    ({"to": {"topics": ["clinic-205"]}}, 422, "users"),
+    ({"to": {"all": True}}, 422, "users"),
+    ({"ack": False}, 422, "ack"),
+    ({"ttl": 60, "push": {"after": 60, "title": "t"}}, 422, "less than the ttl"),
+    ({"push": {"after": 0, "title": "t"}}, 422, "after"),
+    ({"push": {"after": 5, "title": ""}}, 422, "title"),
+    ({"push": {"after": 5, "title": "t" * 121}}, 422, "title"),
+    ({"push": {"after": 5, "title": "t", "urgency": "low"}}, 422, "urgency"),
+    ({"push": {"after": 5, "title": "t", "icon": "x.png"}}, 422, "icon"),
+    ({"push": {"after": 5, "title": "t", "urgency": "normal"}}, 202, ""),
+]
+
+
+def test_a_push_that_cannot_escalate_is_a_422(tmp_path: Path) -> None:
+    with start_node(**reach(tmp_path)) as node:
+        for body, status, says in BAD_PUSHES:
+            request = {"to": {"users": ["p1"]}, "event": "queue.called", "ttl": 600,
+                       "push": {"after": 5, "title": "Room 205"}} | body  # fmt: skip
+            for path, sent in (
+                ("/v1/messages", request),
+                ("/v1/messages/batch", {"messages": [request]}),
+            ):
+                r = node.api("POST", path, json=sent)
+                assert r.status_code == status, (path, body, r.text)
+                if status == 422:
+                    assert r.json()["error"]["code"] == "invalid_body"
+                    assert says in r.text, (body, r.text)
+
+
+def test_push_is_part_of_what_an_idempotency_key_stands_for(tmp_path: Path) -> None:
+    with start_node(**reach(tmp_path)) as node:
+        first = publish(node, "p1", idempotency_key="k-1")
+        again = publish(node, "p1", idempotency_key="k-1")
+        assert again["id"] == first["id"] and again["duplicate"]
+        r = node.api("POST", "/v1/messages", json={
+            "to": {"users": ["p1"]}, "event": "queue.called", "data": {"room": 205}, "ttl": 600,
+            "idempotency_key": "k-1",
+            "push": {"after": AFTER, "title": "Room 206", "body": "Please go to room 205 now",
+                     "urgency": "high"},
+        })  # fmt: skip
+        assert r.status_code == 409, r.text
+
+
+async def test_the_verdict_at_expiry_is_expired_or_lost(tmp_path: Path) -> None:
+    with (
+        WebhookReceiver(SECRET) as hooks,
+        start_node(**reach(tmp_path, hooks, monitor_grace=0.5)) as node,
+    ):
+        wire = await Wire.open(node.client_url, node.token("seen"), device="phone")
+        never = node.publish({"to": {"users": ["away"]}, "event": "lab.ready", "ttl": 2})
+        unacked = node.publish({"to": {"users": ["seen"]}, "event": "lab.ready", "ttl": 2})
+        assert (await wire.recv_msg())["id"] == unacked["id"]  # written, never acked
+        wait_until(lambda: len(hooks.events()) == 2, 10 * UNIT)
+        (expired,) = hooks.events("message.expired")
+        (lost,) = hooks.events("message.lost")
+        assert expired["message"]["id"] == never["id"] and expired["message"]["user"] == "away"
+        assert lost["message"]["id"] == unacked["id"] and lost["message"]["user"] == "seen"
+        assert hooks.errors == []
+        await asyncio.sleep(UNIT)
+        assert len(hooks.events()) == 2

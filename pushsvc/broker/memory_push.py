@@ -7,6 +7,7 @@ time no longer matches is skipped when popped, so claiming is O(log n) per timer
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -152,6 +153,7 @@ class MemoryWebhookQueue(WebhookQueue):
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._taken: dict[str, float] = {}  # event id -> until
+        self._taken_order: deque[tuple[float, str]] = deque()  # (until, id): ``keep`` is fixed
         self._owed: dict[str, WebhookDelivery] = {}  # "<event id> <url>" -> delivery
         self._timers = Timers()
         self._failures: dict[str, WebhookFailure] = {}
@@ -159,11 +161,13 @@ class MemoryWebhookQueue(WebhookQueue):
     async def enqueue(
         self, event_id: str, body: bytes, urls: list[str], now: float, keep: float
     ) -> bool:
-        for old in [e for e, until in self._taken.items() if until <= now]:
-            del self._taken[old]
+        order = self._taken_order
+        while order and order[0][0] <= now:
+            self._taken.pop(order.popleft()[1], None)
         if event_id in self._taken:
             return False
         self._taken[event_id] = now + keep
+        order.append((now + keep, event_id))
         for url in urls:
             name = f"{event_id} {url}"
             self._owed[name] = WebhookDelivery(event_id=event_id, url=url, body=body, created=now)
