@@ -131,13 +131,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not args.no_webhooks:
         env |= {"PUSHSVC_WEBHOOK_URLS": f"{origin}/hooks", "PUSHSVC_WEBHOOK_SECRET": "w" * 32}
-    node = node_server.start(
-        "{python} -m cli serve --port {port} --internal-port {internal_port}",
-        env,
-        [],
-        work / "bench-escalation-node.log",
-        [],
-    )
+    node = node_server.start(args.node_cmd, env, [], work / "bench-escalation-node.log", [])
     try:
         await node_server.wait_ready(node, 30)
         await seed(redis.url, args.n, origin)
@@ -210,6 +204,11 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=30, help="push.after, seconds")
     parser.add_argument("--no-webhooks", action="store_true", help="pushes only")
     parser.add_argument("--out", default="bench/results/escalation.json")
+    parser.add_argument(
+        "--node-cmd",
+        default="{python} -m cli serve --port {port} --internal-port {internal_port}",
+        help="how to start the node ({python}, {port}, {internal_port} are filled in)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     result = asyncio.run(run(args))

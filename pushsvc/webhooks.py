@@ -46,6 +46,9 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 3600.0
 BATCH = 256
 IDLE = 0.25  # seconds between claims when nothing was due
+#: Requests in flight, and kept-alive connections (per endpoint, as many): few connections keep
+#: httpx's pool cheap (it scans them all for every request), a kept one saves the handshake.
+CONCURRENCY = 16
 
 
 class _About(msgspec.Struct):
@@ -99,9 +102,11 @@ class WebhookCourier:
         self._urls = list(settings.webhook_urls)
         self._secret = settings.webhook_secret
         self._lease = max(settings.escalation_lease, 2 * timeout)
-        self._gate = asyncio.Semaphore(32)
+        self._gate = asyncio.Semaphore(CONCURRENCY)
         self._client = httpx.AsyncClient(
-            timeout=timeout, headers={"User-Agent": f"pushsvc/{__version__}"}
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+            headers={"User-Agent": f"pushsvc/{__version__}"},
         )
 
     @property

@@ -3,7 +3,8 @@
 :meth:`WebPush.send` encrypts the payload for the subscription, signs with VAPID and says what
 the push service answered: 201 accepted, 404/410 the subscription is gone, 429/5xx/network try
 again (after ``Retry-After`` when it says), anything else a failure not worth repeating. At most
-``concurrency`` requests are in flight at once; each has ``timeout`` seconds.
+``concurrency`` requests are in flight at once, over as many kept-alive connections (httpx scans
+its whole pool for every request: a small one is cheaper); each has ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def retry_after(value: str | None, now: float) -> float | None:
 
 
 class WebPush:
-    def __init__(self, vapid: Vapid, *, timeout: float = 10.0, concurrency: int = 64) -> None:
+    def __init__(self, vapid: Vapid, *, timeout: float = 10.0, concurrency: int = 16) -> None:
         self.vapid = vapid
         self._gate = asyncio.Semaphore(concurrency)
         self._client = httpx.AsyncClient(
