@@ -158,7 +158,7 @@ class WebhookCourier:
             try:
                 r = await self._client.post(d.url, content=d.body, headers=headers)
                 error = "" if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:200]
         queue = self._broker.webhooks
         try:

@@ -1,4 +1,4 @@
-"""The pure parts of Web Push and webhooks, with tables: no event loop, no server."""
+"""The pure parts of Web Push and webhooks, with tables: no server."""
 
 from __future__ import annotations
 
@@ -132,6 +132,7 @@ GOOD = Browser("https://push.example/ok").subscription()["keys"]
         ("https://[::1/x", GOOD["p256dh"], GOOD["auth"], "URL"),
         ("https://push.example/x", GOOD["p256dh"][:-4], GOOD["auth"], "p256dh"),
         ("https://push.example/x", "A" + GOOD["p256dh"][1:], GOOD["auth"], "p256dh"),
+        ("https://push.example/x", "BA" + "A" * 85, GOOD["auth"], "not a point"),
         ("https://push.example/x", GOOD["p256dh"], GOOD["auth"] + "AA", "auth"),
         ("https://push.example/x", GOOD["p256dh"], "a*b%", "base64url"),
     ],
@@ -195,3 +196,17 @@ def test_webhook_retries_back_off_exponentially_for_24_hours() -> None:
 def test_retry_after_is_seconds_or_a_date(value: str | None, expected: float | None) -> None:
     now = 1445412450.0  # Wed, 21 Oct 2015 07:27:30 GMT
     assert retry_after(value, now) == expected
+
+
+async def test_a_subscription_with_keys_no_browser_made_is_gone_without_a_request() -> None:
+    from pushsvc.broker.base import Subscription
+    from pushsvc.push.sender import WebPush
+
+    sender = WebPush(vapid.Vapid(ec.generate_private_key(ec.SECP256R1()), "mailto:a@b.c"))
+    try:
+        sub = Subscription(endpoint="http://127.0.0.1:9/never", p256dh="BA" + "A" * 85,
+                           auth=ece.b64encode(bytes(16)), seen=0.0)  # fmt: skip
+        answer = await sender.send(sub, b"{}", ttl=60, urgency="normal", topic="t")
+    finally:
+        await sender.aclose()
+    assert answer.outcome == "gone" and answer.status == 0 and "keys" in answer.detail

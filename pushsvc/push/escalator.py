@@ -227,6 +227,9 @@ class Escalator:
         except BrokerError as exc:  # left claimed: tried again when the lease ends
             log.warning("escalation failed, will retry", extra={"error": str(exc)})
             return
+        except Exception:  # a bug must not stop every other escalation: this one is retried
+            log.exception("escalation failed", extra={"escalation": c.escalation.name})
+            return
         metrics.escalations.labels(outcome).inc()
 
     async def fire(self, c: Claimed, now: float) -> str:

@@ -67,7 +67,10 @@ class WebPush:
         to 32 base64url characters; a later push with the same topic replaces one the push
         service has not delivered yet."""
         now = time.time()
-        body = ece.encrypt(payload, ece.b64decode(sub.p256dh), ece.b64decode(sub.auth))
+        try:
+            body = ece.encrypt(payload, ece.b64decode(sub.p256dh), ece.b64decode(sub.auth))
+        except ValueError as exc:  # a key no browser could have made: nothing to push to
+            return PushAnswer("gone", detail=f"unusable subscription keys: {exc}"[:200])
         headers = {
             "TTL": str(max(0, ttl)),
             "Urgency": urgency,

@@ -11,6 +11,8 @@ import binascii
 import ipaddress
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from pushsvc.broker.base import Subscription
 from pushsvc.core.frames import PushSubscription
 from pushsvc.errors import FrameError
@@ -46,6 +48,10 @@ def checked(given: PushSubscription, now: float) -> Subscription:
         raise FrameError("keys must be base64url", slug=SLUG) from None
     if len(p256dh) != 65 or p256dh[0] != 4:
         raise FrameError("keys.p256dh must be an uncompressed P-256 point (65 bytes)", slug=SLUG)
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+    except ValueError:
+        raise FrameError("keys.p256dh is not a point on P-256", slug=SLUG) from None
     if len(auth) != 16:
         raise FrameError("keys.auth must be 16 bytes", slug=SLUG)
     return Subscription(
