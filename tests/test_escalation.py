@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pushsvc.push import vapid
+from pushsvc.push import ece, vapid
 from tests.reach import Browser, PushService, WebhookReceiver, pid_of_peer
 from tests.support import (
     ROOT,
@@ -117,6 +117,11 @@ async def test_push_key_is_404_json_without_a_vapid_key() -> None:
         await wire.send({"type": "push_subscribe", "subscription": browser.subscription()})
         frame = await wire.recv()
         assert frame["type"] == "error" and frame["code"] == "push_unavailable"
+
+
+def test_dev_mode_makes_a_key_for_the_process() -> None:
+    with start_node(dev=True) as node:
+        assert len(ece.b64decode(push_key(node))) == 65
 
 
 @pytest.mark.parametrize(

@@ -210,3 +210,50 @@ async def test_a_subscription_with_keys_no_browser_made_is_gone_without_a_reques
     finally:
         await sender.aclose()
     assert answer.outcome == "gone" and answer.status == 0 and "keys" in answer.detail
+
+
+@pytest.mark.parametrize(
+    ("event", "ack", "streams", "push", "webhooks", "after_setting", "timers"),
+    [
+        # (event, ack, streams, push, webhooks on, escalate_after, expected (user, after, due))
+        ("queue.called", True, ["user:p1", "user:p2"], PushSpec(after=30, title="t"), False,
+         None, [("p1", 30, 130.0), ("p2", 30, 130.0)]),
+        ("queue.called", True, ["user:p1"], None, False, None, []),
+        ("queue.called", True, ["user:p1"], None, True, None, [("p1", 0, 1100.0 + 10)]),
+        ("queue.called", True, ["user:p1"], None, True, 60, [("p1", 60, 160.0)]),
+        ("queue.called", True, ["topic:t", "all"], None, True, 60, []),
+        ("queue.called", False, ["user:p1"], None, True, 60, []),
+        ("pushsvc.canary", True, ["user:c"], None, True, 60, []),
+    ],
+)  # fmt: skip
+async def test_which_messages_get_timers(
+    event: str,
+    ack: bool,
+    streams: list[str],
+    push: PushSpec | None,
+    webhooks: bool,
+    after_setting: int | None,
+    timers: list[tuple[str, int, float]],
+    tmp_path: Path,
+) -> None:
+    from pushsvc.broker.memory import MemoryBroker
+    from pushsvc.push.escalator import Escalator
+    from pushsvc.settings import Settings
+    from pushsvc.types import Message
+
+    pem, _ = vapid.generate()
+    (tmp_path / "k.pem").write_text(pem)
+    settings = Settings(
+        vapid_private_key=tmp_path / "k.pem", vapid_subject="mailto:a@b.c",
+        webhook_urls=["http://127.0.0.1:9/h"] if webhooks else [], webhook_secret="s",
+        escalate_after=after_setting,
+    )  # fmt: skip
+    escalator = Escalator(MemoryBroker(), settings)
+    try:
+        m = Message("m1", event, msgspec.Raw(b"{}"), 100_000, ack, 1_100_000)
+        planned = escalator.plan(m, streams, push)
+    finally:
+        await escalator.aclose()
+    assert [(e.user, e.after, due) for e, due in planned] == timers
+    for e, _ in planned:
+        assert e.data == (msgspec.Raw(b"{}") if push else msgspec.Raw(b"null"))

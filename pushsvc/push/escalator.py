@@ -33,6 +33,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushsvc.broker.base import (
     NULL,
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Events of pushsvc's own messages (the monitor's canary, ``pushsvc.canary``): they never
+#: escalate and are nobody's webhook.
+OWN_EVENTS = "pushsvc."
 BATCH = 256  # timers per claim
 IDLE = 0.1  # seconds between claims when fewer than a batch were due
 PUSHED_FRAME = frames.ws_text_frame(frames.PUSH_SUBSCRIBED)
@@ -81,10 +85,15 @@ _encode = msgspec.json.Encoder().encode
 
 
 def load_vapid(settings: Settings) -> Vapid | None:
-    """The deployment's VAPID key, or None when none is configured."""
-    if settings.vapid_private_key is None:
-        return None
-    return Vapid.load(settings.vapid_private_key, settings.vapid_subject)
+    """The deployment's VAPID key, or None when none is configured. In dev mode without one, a
+    key made now, for this process only (pages subscribe again after a restart)."""
+    if settings.vapid_private_key is not None:
+        return Vapid.load(settings.vapid_private_key, settings.vapid_subject)
+    if settings.dev:
+        log.warning("dev mode: a VAPID key for this process only (PUSHSVC_VAPID_PRIVATE_KEY)")
+        key = ec.generate_private_key(ec.SECP256R1())
+        return Vapid(key, settings.vapid_subject or "mailto:dev@localhost")
+    return None
 
 
 def first_ack(trail: Trail, user: str) -> tuple[str, float] | None:
@@ -131,7 +140,7 @@ class Escalator:
         self, message: Message, streams: list[str], push: PushSpec | None
     ) -> list[tuple[Escalation, float]]:
         """The timers of a message about to be published (none unless it asks for acks)."""
-        if not self.enabled or not message.ack:
+        if not self.enabled or not message.ack or message.event.startswith(OWN_EVENTS):
             return []
         if push is None and not self.webhooks.enabled:
             return []
