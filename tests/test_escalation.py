@@ -382,3 +382,28 @@ async def test_the_verdict_at_expiry_is_expired_or_lost(tmp_path: Path) -> None:
         assert hooks.errors == []
         await asyncio.sleep(UNIT)
         assert len(hooks.events()) == 2
+
+
+@pytest.mark.redis
+async def test_a_timer_outlives_the_node_that_made_it_and_a_redis_restart(tmp_path: Path) -> None:
+    with start_redis(persistent=True) as redis, PushService() as service:
+        settings = reach(tmp_path, redis_url=redis.url)
+        first = launch_node(node_id="maker", **settings)
+        try:
+            service.vapid_key = push_key(first)
+            await subscribe(first, "p1", "phone", service.browser("phone"))
+            result = publish(first, "p1", after=AFTER)
+        finally:
+            first.kill()  # before the deadline: no node left
+        redis.restart()
+        await asyncio.sleep(AFTER)
+        assert service.tried("phone") == []
+        second = launch_node(node_id="heir", **settings)
+        try:
+            (push,) = wait_until(lambda: service.accepted("phone"), 20 * UNIT)
+            assert push.payload["id"] == result["id"]
+            await asyncio.sleep(UNIT)
+            assert len(service.tried("phone")) == 1
+            assert service.errors == []
+        finally:
+            second.stop()
