@@ -407,3 +407,25 @@ async def test_a_timer_outlives_the_node_that_made_it_and_a_redis_restart(tmp_pa
             assert service.errors == []
         finally:
             second.stop()
+
+
+@pytest.mark.redis
+async def test_a_devices_session_end_renews_its_subscription(tmp_path: Path) -> None:
+    with start_redis() as redis, PushService() as service:
+        node = launch_node(**reach(tmp_path, redis_url=redis.url))
+        try:
+            await subscribe(node, "p1", "phone", service.browser("phone"))
+
+            def seen() -> float:
+                raw = redis.command("HGET", "pushsvc:push-subs:p1", "phone")
+                return float(json.loads(raw)["seen"])
+
+            first = wait_until(seen)
+            ttl = int(redis.command("TTL", "pushsvc:push-subs:p1"))
+            assert 29 * 86_400 < ttl <= 30 * 86_400
+            await asyncio.sleep(1.1)
+            wire = await Wire.open(node.client_url, node.token("p1"), device="phone")
+            await wire.ws.close()
+            wait_until(lambda: seen() > first + 1)
+        finally:
+            node.stop()

@@ -286,8 +286,7 @@ class Node:
         self.index.remove(session.id, session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
-        if self.escalator.vapid is not None and not self._closed:
-            self.spawn(self.escalator.session_ended(session.user, session.device, time.time()))
+        self.escalator.session_ended(session.user, session.device, time.time())
         metrics.connections.set(len(self.sessions))
         metrics.connections_closed.labels(metrics.close_code(code)).inc()
         if not self.sessions:

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 #: escalate and are nobody's webhook.
 OWN_EVENTS = "pushsvc."
 BATCH = 256  # timers per claim
+ENDED_LIMIT = 100_000  # session ends kept while the broker is unreachable
 IDLE = 0.1  # seconds between claims when fewer than a batch were due
 PUSHED_FRAME = frames.ws_text_frame(frames.PUSH_SUBSCRIBED)
 
@@ -121,6 +122,7 @@ class Escalator:
         self.webhooks = WebhookCourier(broker, settings)
         self._lease = settings.escalation_lease
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ended: list[tuple[str, str, float]] = []
 
     @property
     def enabled(self) -> bool:
@@ -200,10 +202,22 @@ class Escalator:
         except BrokerError as exc:
             session.close(1011, "push_unsubscribe_failed", f"not forgotten: {exc.message}")
 
-    async def session_ended(self, user: str, device: str, at: float) -> None:
-        """A device's session ended: its subscription's retention starts again."""
+    def session_ended(self, user: str, device: str, at: float) -> None:
+        """A device's session ended: its subscription's retention starts again (written in
+        batches by :meth:`run`; at most :data:`ENDED_LIMIT` kept, the oldest dropped)."""
         if self.vapid is not None:
-            await self._broker.escalations.seen(user, device, at)
+            self._ended.append((user, device, at))
+            if len(self._ended) > ENDED_LIMIT:
+                del self._ended[0]
+
+    async def _write_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        for i, (user, device, at) in enumerate(ended):
+            try:
+                await self._broker.escalations.seen(user, device, at)
+            except BrokerError:
+                self._ended[:0] = ended[i:]  # the next round writes them
+                raise
 
     # -- the timers -------------------------------------------------------------------------
 
@@ -219,6 +233,8 @@ class Escalator:
     async def _timers(self) -> None:
         while True:
             try:
+                if self._ended:
+                    await self._write_ended()
                 claimed = await self._broker.escalations.claim(time.time(), BATCH, self._lease)
                 if claimed:
                     async with asyncio.TaskGroup() as group:
