@@ -71,8 +71,8 @@ async def subscribe(node: NodeHandle, user: str, device: str, browser: Browser) 
     await wire.ws.close()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")} | (env or {})
     return subprocess.run([*pushsvc_command(), *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=30 * UNIT, check=False)  # fmt: skip
 
@@ -429,3 +429,17 @@ async def test_a_devices_session_end_renews_its_subscription(tmp_path: Path) -> 
             wait_until(lambda: seen() > first + 1)
         finally:
             node.stop()
+
+
+def test_check_config_reads_the_vapid_key(tmp_path: Path) -> None:
+    good = tmp_path / "vapid.pem"
+    good.write_text(vapid.generate()[0])
+    (tmp_path / "bad.pem").write_text("not a key")
+    for path, status in ((good, "ok"), (tmp_path / "bad.pem", "fail")):
+        done = cli("check-config", "--json", env={
+            "PUSHSVC_VAPID_PRIVATE_KEY": str(path), "PUSHSVC_VAPID_SUBJECT": "mailto:a@b.c",
+            "PUSHSVC_WEBHOOK_URLS": "https://his.example/h", "PUSHSVC_WEBHOOK_SECRET": "s",
+        })  # fmt: skip
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert checks["vapid key"]["status"] == status, checks["vapid key"]
+        assert checks["webhooks"]["status"] == "ok"
