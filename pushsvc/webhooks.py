@@ -45,6 +45,7 @@ KEEP = RETRY_FOR + 3600  # an event id is taken this long
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 3600.0
 BATCH = 256
+IN_FLIGHT = 512  # deliveries under way at once (each waits for a slot of CONCURRENCY)
 IDLE = 0.25  # seconds between claims when nothing was due
 #: Requests in flight, and kept-alive connections (per endpoint, as many): few connections keep
 #: httpx's pool cheap (it scans them all for every request), a kept one saves the handshake.
@@ -103,6 +104,7 @@ class WebhookCourier:
         self._secret = settings.webhook_secret
         self._lease = max(settings.escalation_lease, 2 * timeout)
         self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._firing: set[asyncio.Task[None]] = set()
         self._client = httpx.AsyncClient(
             timeout=timeout,
             limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
@@ -114,6 +116,12 @@ class WebhookCourier:
         return bool(self._urls)
 
     async def aclose(self) -> None:
+        """Cancel deliveries under way (each is claimed again when its lease ends) and close
+        the HTTP client. Call after :meth:`run` was cancelled."""
+        for task in list(self._firing):
+            task.cancel()
+        if self._firing:
+            await asyncio.wait(self._firing, timeout=2.0)
         await self._client.aclose()
 
     async def emit(self, kind: str, e: Escalation, detail: dict[str, object], now: float) -> None:
@@ -126,28 +134,34 @@ class WebhookCourier:
         )
 
     async def run(self) -> None:
-        """Deliver what is due, until cancelled."""
+        """Deliver what is due, until cancelled: claim while fewer than :data:`IN_FLIGHT`
+        deliveries are under way (a slow endpoint holds up its own deliveries only)."""
+        queue = self._broker.webhooks
+        firing = self._firing
         while True:
+            room = min(BATCH, IN_FLIGHT - len(firing))
+            claimed: list[WebhookDelivery] = []
             try:
-                done = await self.deliver_due(time.time())
+                if room > 0:
+                    claimed = await queue.claim(time.time(), room, self._lease)
+                metrics.webhook_queue_depth.set(await queue.depth())
             except (BrokerError, OSError) as exc:
                 log.warning("webhook claim failed, will retry", extra={"error": str(exc)})
-                done = 0
-            if done < BATCH:
+            loop = asyncio.get_running_loop()
+            for delivery in claimed:
+                task = loop.create_task(self._deliver(delivery))
+                firing.add(task)
+                task.add_done_callback(firing.discard)
+            if room <= 0 or len(claimed) < room:
                 await asyncio.sleep(IDLE)
 
-    async def deliver_due(self, now: float) -> int:
-        """Claim and deliver due deliveries; how many were claimed."""
-        queue = self._broker.webhooks
-        claimed = await queue.claim(now, BATCH, self._lease)
-        if claimed:
-            async with asyncio.TaskGroup() as group:
-                for delivery in claimed:
-                    group.create_task(self._deliver(delivery))
-        metrics.webhook_queue_depth.set(await queue.depth())
-        return len(claimed)
-
     async def _deliver(self, d: WebhookDelivery) -> None:
+        try:
+            await self._attempt(d)
+        except Exception:  # a bug must not go unseen; the delivery is retried after its lease
+            log.exception("webhook delivery failed", extra={"event": d.event_id, "url": d.url})
+
+    async def _attempt(self, d: WebhookDelivery) -> None:
         now = time.time()
         headers = {
             "Content-Type": "application/json",

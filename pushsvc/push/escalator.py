@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 #: escalate and are nobody's webhook.
 OWN_EVENTS = "pushsvc."
 BATCH = 256  # timers per claim
+IN_FLIGHT = 1024  # timers being handled at once by one process
 ENDED_LIMIT = 100_000  # session ends kept while the broker is unreachable
 IDLE = 0.1  # seconds between claims when fewer than a batch were due
 PUSHED_FRAME = frames.ws_text_frame(frames.PUSH_SUBSCRIBED)
@@ -123,6 +124,7 @@ class Escalator:
         self._lease = settings.escalation_lease
         self._tasks: set[asyncio.Task[None]] = set()
         self._ended: list[tuple[str, str, float]] = []
+        self._firing: set[asyncio.Task[None]] = set()  # claimed timers being handled
 
     @property
     def enabled(self) -> bool:
@@ -130,8 +132,12 @@ class Escalator:
         return self.vapid is not None or self.webhooks.enabled
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        """Cancel what is in flight (a claimed timer is claimed again when its lease ends) and
+        close the HTTP clients. Call after :meth:`run` was cancelled."""
+        for task in [*self._tasks, *self._firing]:
             task.cancel()
+        if self._firing:
+            await asyncio.wait(self._firing, timeout=2.0)
         if self.sender is not None:
             await self.sender.aclose()
         await self.webhooks.aclose()
@@ -231,19 +237,25 @@ class Escalator:
             group.create_task(self._timers())
 
     async def _timers(self) -> None:
+        """Claim due timers while fewer than :data:`IN_FLIGHT` are being handled: a slow push
+        service holds up its own timers, not the ones claimed with them."""
+        firing = self._firing
         while True:
+            room = min(BATCH, IN_FLIGHT - len(firing))
+            claimed: list[Claimed] = []
             try:
                 if self._ended:
                     await self._write_ended()
-                claimed = await self._broker.escalations.claim(time.time(), BATCH, self._lease)
-                if claimed:
-                    async with asyncio.TaskGroup() as group:
-                        for c in claimed:
-                            group.create_task(self._fire(c))
+                if room > 0:
+                    claimed = await self._broker.escalations.claim(time.time(), room, self._lease)
             except (BrokerError, OSError) as exc:
                 log.warning("escalation claim failed, will retry", extra={"error": str(exc)})
-                claimed = []
-            if len(claimed) < BATCH:
+            loop = asyncio.get_running_loop()
+            for c in claimed:
+                task = loop.create_task(self._fire(c))
+                firing.add(task)
+                task.add_done_callback(firing.discard)
+            if room <= 0 or len(claimed) < room:
                 await asyncio.sleep(IDLE)
 
     async def _fire(self, c: Claimed) -> None:
