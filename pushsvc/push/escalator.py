@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 #: escalate and are nobody's webhook.
 OWN_EVENTS = "pushsvc."
 BATCH = 256  # timers per claim
-IN_FLIGHT = 1024  # timers being handled at once by one process
+IN_FLIGHT = 256  # timers handled at once by one process: all well within their lease
 ENDED_LIMIT = 100_000  # session ends kept while the broker is unreachable
 IDLE = 0.1  # seconds between claims when fewer than a batch were due
 PUSHED_FRAME = frames.ws_text_frame(frames.PUSH_SUBSCRIBED)
