@@ -308,7 +308,8 @@ class Escalator:
             wait = await self._push(c, trail, pushed, now)
             if wait is not None:
                 delay = max(wait, backoff_ceiling(c.attempts, 1.0, 300.0))
-                await esc.reschedule(e.name, now + delay, "after", c.attempts + 1)
+                # Retry-After counts from the answer, not from when this step began
+                await esc.reschedule(e.name, time.time() + delay, "after", c.attempts + 1)
                 return "retry"
         if self.webhooks.enabled:
             final = e.expires_at + self._settings.monitor_grace
