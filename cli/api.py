@@ -205,6 +205,9 @@ class Api:
         path = f"/v1/messages/{_segment(message_id)}/trace"
         return await self._call("GET", path, TraceContext)
 
+    async def webhooks(self) -> Webhooks:
+        return await self._call("GET", "/v1/webhooks", Webhooks)
+
     async def drain(self, node: str) -> Draining:
         return await self._call("POST", f"/v1/nodes/{_segment(node)}/drain", Draining)
 
@@ -247,6 +250,26 @@ class Api:
             raise Unreachable(what, f"no answer within {self._timeout:g}s") from None
         except httpx.TransportError as exc:
             raise Unreachable(f"the API at {self.url}", str(exc) or type(exc).__name__) from None
+
+
+class WebhookFailure(msgspec.Struct):
+    at: float
+    event_id: str
+    error: str
+    attempts: int
+    gave_up: bool = False
+
+
+class WebhookEndpoint(msgspec.Struct):
+    url: str
+    configured: bool
+    last_failure: WebhookFailure | None = None
+
+
+class Webhooks(msgspec.Struct):
+    queue: int
+    escalations: int
+    endpoints: list[WebhookEndpoint]
 
 
 def _params(**given: str | int | None) -> dict[str, str | int]:

@@ -1,13 +1,13 @@
 """``pushsvc check-config``: are the settings valid, and can everything they name be reached?
 
-Checks, in order: the settings parse (else exit 2 with what is wrong); the token secret and the
-API key; Redis (version, PING time, and a warning unless its ``maxmemory-policy`` is
-``noeviction``: any other policy may evict history); its topology (with Sentinel: every
-sentinel answers, names the same master and has its quorum; the master takes writes; its
-replicas are connected, in step, and as many as ``redis_min_replicas``); the registry (nodes
+Checks, in order: the settings parse (else exit 2 with what is wrong); the token secret and the API
+key; the VAPID key and webhooks when set; Redis (version, PING time, and a warning unless its
+``maxmemory-policy`` is ``noeviction``: any other policy may evict history); its topology (with
+Sentinel: every sentinel answers, names the same master and has its quorum; the master takes writes;
+its replicas are connected, in step, and as many as ``redis_min_replicas``); the registry (nodes
 listed, stale heartbeats); the API with the key; every node's ``/readyz``; Alertmanager
-(``/api/v2/status``). Each check is ``ok``, ``warn``, ``fail`` or ``skip`` with one line saying
-why. Exit 1 when any check fails.
+(``/api/v2/status``). Each check is ``ok``, ``warn``, ``fail`` or ``skip`` with one line saying why.
+Exit 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cli.output import emit_json, out, seconds, table
 from pushsvc.apikeys import parse_entries
 from pushsvc.broker.base import NodeInfo
 from pushsvc.errors import BrokerError, ConfigError
+from pushsvc.push.vapid import Vapid
 
 if TYPE_CHECKING:
     from pushsvc.broker.redis.url import Address, Target
@@ -115,7 +116,23 @@ def secrets_checks(settings: OperatorSettings) -> list[Check]:
         key = Check("api key", "ok", f"the first of PUSHSVC_API_KEYS ({about})")
     else:
         key = Check("api key", "fail", "not set: give --api-key, PUSHSVC_API_KEY or ..._KEYS")
-    return [token, key]
+    return [token, key, *push_checks(settings)]
+
+
+def push_checks(settings: OperatorSettings) -> list[Check]:
+    """The VAPID key and the webhooks, when configured (docs/escalation.md)."""
+    checks = []
+    if settings.vapid_private_key is not None:
+        try:
+            key = Vapid.load(settings.vapid_private_key, settings.vapid_subject)
+        except ConfigError as exc:
+            checks.append(Check("vapid key", "fail", exc.message))
+        else:
+            checks.append(Check("vapid key", "ok", f"P-256, public key {key.public_key[:16]}…"))
+    if settings.webhook_urls:
+        n = len(settings.webhook_urls)
+        checks.append(Check("webhooks", "ok", f"{n} endpoint(s), signed with the secret"))
+    return checks
 
 
 async def cluster_checks(cluster: Cluster) -> list[Check]:

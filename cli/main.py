@@ -28,6 +28,8 @@ from cli.targets import prometheus_targets
 from cli.token import token
 from cli.top import top
 from cli.trace import trace
+from cli.vapid import vapid_keys
+from cli.webhooks import webhooks
 from pushsvc import __version__
 
 ENV_PREFIX = "PUSHSVC_"
@@ -96,3 +98,5 @@ app.command()(drain)
 app.command("check-config")(check_config)
 app.command()(monitor)
 app.add_typer(export, name="export")
+app.command("vapid-keys")(vapid_keys)
+app.command()(webhooks)

@@ -57,6 +57,7 @@ def make_broker(settings: Settings) -> Broker:
     return MemoryBroker(
         history_size=settings.history_size,
         history_ttl=settings.history_ttl,
+        push_retention=settings.push_retention,
     )
 
 

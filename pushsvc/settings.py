@@ -124,6 +124,21 @@ class Settings(BaseSettings):
     ledger_flush_interval: float = Field(0.05, gt=0)
     registry_interval: float = Field(2.0, gt=0, description="node heartbeat period, seconds")
 
+    # reaching closed pages: Web Push escalation and webhooks (docs/escalation.md)
+    vapid_private_key: Path | None = Field(None, description="VAPID private key, PEM file")
+    vapid_subject: str = Field("", description="VAPID contact, mailto: or https: URL")
+    push_retention: int = Field(
+        30 * 86_400, ge=60, description="a subscription outlives its device's last session, s"
+    )
+    escalate_after: int | None = Field(
+        None, ge=1, description="message.unacked this long after publish when no push.after, s"
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: str = Field("", description="signs every webhook (Pushsvc-Signature)")
+    escalation_lease: float = Field(
+        30.0, ge=0.5, description="a claimed escalation or webhook is hidden this long, s"
+    )
+
     # game days: POST /v1/admin/faults is refused unless this is on (docs/runbooks.md)
     enable_fault_injection: bool = Field(False, description="accept /v1/admin/faults")
 
@@ -167,12 +182,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_keys", "allowed_origins", mode="before")
+    @field_validator("api_keys", "allowed_origins", "webhook_urls", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("vapid_private_key", "escalate_after", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -184,6 +204,11 @@ class Settings(BaseSettings):
             raise ValueError("internal_tls_cert and internal_tls_key go together")
         if self.internal_tls_client_ca is not None and self.internal_tls_cert is None:
             raise ValueError("internal_tls_client_ca needs internal_tls_cert and internal_tls_key")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhook_urls need a webhook_secret to sign with")
+        for url in self.webhook_urls:
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"webhook url {url!r} is not an http(s) URL")
         return self
 
     @functools.cached_property

@@ -53,6 +53,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/v1/nodes", None, "read"),
     ("GET", "/v1/sessions", None, "read"),
     ("GET", "/v1/local/sessions", None, "read"),
+    ("GET", "/v1/webhooks", None, "read"),
     ("POST", "/v1/tokens", {"user": "p9", "ttl": 60}, "tokens"),
     ("DELETE", "/v1/sessions/s-1", None, "admin"),
     ("DELETE", "/v1/sessions?user=p9", None, "admin"),

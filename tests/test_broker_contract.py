@@ -701,3 +701,126 @@ async def test_rate_buckets_fill_at_their_rate_up_to_their_burst(broker: Broker)
     await asyncio.sleep(burst / rate + 0.2 * UNIT)  # full again, and never more than the burst
     assert [await limits.take("pharmacy", rate, burst) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert await limits.take("pharmacy", rate, burst) > 0
+
+
+# -- push subscriptions, escalation timers, webhook queue ---------------------------------------
+
+
+def subscription(endpoint: str = "https://push.example/a", seen: float | None = None) -> Any:
+    from pushsvc.broker.base import Subscription
+
+    return Subscription(endpoint=endpoint, p256dh="BP" + "a" * 85, auth="c" * 22,
+                        seen=time.time() if seen is None else seen)  # fmt: skip
+
+
+def escalation(message_id: str, user: str = "p1", after: float = 5.0) -> Any:
+    from pushsvc.broker.base import Escalation, PushSpec
+
+    now = time.time()
+    return Escalation(message_id=message_id, user=user, event="queue.called", published_at=now,
+                      expires_at=now + 60, after=after, push=PushSpec(after=5, title="Room 205"),
+                      data=msgspec.Raw(b'{"room":205}'))  # fmt: skip
+
+
+async def test_subscriptions_are_kept_per_user_and_device(broker: Broker) -> None:
+    subs = broker.escalations
+    await subs.subscribe("p1", "phone", subscription("https://push.example/1"))
+    await subs.subscribe("p1", "tablet", subscription("https://push.example/2"))
+    await subs.subscribe("p2", "phone", subscription("https://push.example/3"))
+    await subs.subscribe("p1", "phone", subscription("https://push.example/4"))  # replaces
+    held = await subs.subscriptions("p1")
+    assert {d: s.endpoint for d, s in held.items()} == {
+        "phone": "https://push.example/4", "tablet": "https://push.example/2"}  # fmt: skip
+    await subs.unsubscribe("p1", "phone", "https://push.example/1")  # not its endpoint any more
+    assert set(await subs.subscriptions("p1")) == {"phone", "tablet"}
+    await subs.unsubscribe("p1", "phone", "https://push.example/4")
+    await subs.unsubscribe("p1", "tablet")
+    assert await subs.subscriptions("p1") == {}
+    assert set(await subs.subscriptions("p2")) == {"phone"}
+
+
+async def test_a_subscription_outlives_its_devices_last_session_by_the_retention(
+    broker: Broker,
+) -> None:
+    subs = broker.escalations
+    old = time.time() - 40 * 86_400  # the default retention is 30 days
+    await subs.subscribe("p1", "phone", subscription(seen=old))
+    await subs.subscribe("p1", "tablet", subscription(seen=old))
+    await subs.seen("p1", "tablet", time.time())
+    assert set(await subs.subscriptions("p1")) == {"tablet"}
+    assert set(await subs.subscriptions("p1")) == {"tablet"}  # the stale one is gone for good
+
+
+async def test_a_due_escalation_is_claimed_once_until_its_lease_ends(broker: Broker) -> None:
+    esc = broker.escalations
+    now = time.time()
+    soon, later = escalation("m-soon"), escalation("m-later")
+    await esc.schedule([(soon, now - 1), (later, now + 500)])
+    await esc.schedule([(soon, now - 1)])  # scheduled twice: still one timer
+    assert await esc.pending() == 2
+    (claimed,) = await esc.claim(now, 10, lease=30)
+    assert claimed.escalation == soon and claimed.step == "after" and claimed.acked is None
+    assert await esc.claim(now + 1, 10, lease=30) == []  # hidden by the lease
+    (again,) = await esc.claim(now + 31, 10, lease=30)  # the claimer died: due again
+    assert again.escalation.name == soon.name
+    await esc.pushed(soon.name, "m-soon", "p1/phone", now)
+    await esc.reschedule(soon.name, now + 100, "final", attempts=2)
+    assert await esc.claim(now + 99, 10, lease=30) == []
+    (final,) = await esc.claim(now + 100, 10, lease=30)
+    assert (final.step, final.attempts, final.pushed) == ("final", 2, {"p1/phone": now})
+    await esc.finish(soon.name)
+    assert await esc.pending() == 1
+    assert await esc.claim(now + 1000, 10, lease=30) == [claimed_of(later)]
+
+
+def claimed_of(e: Any) -> Any:
+    from pushsvc.broker.base import Claimed
+
+    return Claimed(escalation=e, step="after")
+
+
+async def test_the_first_ack_of_a_user_settles_the_escalation_at_once(broker: Broker) -> None:
+    esc = broker.escalations
+    now = time.time()
+    e = escalation("m-acked")
+    await esc.schedule([(e, now + 60)])
+    await esc.settle([("m-acked", "p1", "p1/phone", now), ("m-acked", "p1", "p1/tab", now + 1)])
+    await esc.settle([("m-acked", "p1", "p1/tab", now + 2), ("m-none", "p1", "p1/x", now)])
+    (claimed,) = await esc.claim(time.time() + 0.01, 10, lease=30)
+    assert claimed.acked == ("p1/phone", now)
+    assert await esc.pending() == 1  # m-none had no timer: none was made
+
+
+async def test_a_push_is_recorded_in_the_trail(broker: Broker) -> None:
+    m = message()
+    (_placed,) = await publish(broker, [(m, ["user:p1"])], "n1")
+    await broker.escalations.pushed(f"{m.id}/p1", m.id, "p1/phone", 123.5)
+    found = await broker.ledger.trail(m.id)
+    assert found is not None and found.pushed == {"p1/phone": 123.5}
+
+
+async def test_webhook_events_are_owed_once_per_id_and_retried_until_delivered(
+    broker: Broker,
+) -> None:
+    from pushsvc.broker.base import WebhookFailure
+
+    q = broker.webhooks
+    now = time.time()
+    urls = ["http://127.0.0.1:1/a", "http://127.0.0.1:1/b"]
+    assert await q.enqueue("evt_1", b'{"id":"evt_1"}', urls, now, keep=90_000)
+    assert not await q.enqueue("evt_1", b'{"id":"other"}', urls, now, keep=90_000)
+    assert await q.depth() == 2
+    claimed = await q.claim(now + 0.01, 10, lease=30)
+    assert sorted(d.url for d in claimed) == urls
+    assert {d.body for d in claimed} == {b'{"id":"evt_1"}'}
+    assert await q.claim(now + 1, 10, lease=30) == []
+    a, b = sorted(claimed, key=lambda d: d.url)
+    await q.delivered(a)
+    failure = WebhookFailure(at=now, event_id="evt_1", error="HTTP 500", attempts=1)
+    await q.failed(b, failure, retry_at=now + 5)
+    assert await q.depth() == 1
+    assert await q.failures() == {urls[1]: failure}
+    (retried,) = await q.claim(now + 5, 10, lease=30)
+    assert (retried.event_id, retried.url, retried.attempts) == ("evt_1", urls[1], 1)
+    await q.failed(retried, failure, retry_at=None)  # given up
+    assert await q.depth() == 0

@@ -39,8 +39,12 @@ valid_messages = st.fixed_dictionaries(
         "ttl": st.sampled_from([1, 60, 30 * 86_400, None]),
         "ack": st.sampled_from([True, False, None]),
         "idempotency_key": st.sampled_from(["k", "k" * 128, None]),
+        "push": st.sampled_from([
+            None, {"after": 5, "title": "Room 205"},
+            {"after": 59, "title": "t" * 120, "body": "b" * 1000, "urgency": "high"},
+        ]),
     },
-)
+)  # fmt: skip
 # One field made wrong, or wrong in a nested place, or nothing (valid).
 MUTATIONS: dict[str, list[Any]] = {
     "event": ["x" * 65, "", "has space", "e\n", 1, None],
@@ -48,6 +52,9 @@ MUTATIONS: dict[str, list[Any]] = {
     "ack": [1, "true", "maybe"],
     "idempotency_key": ["", "k" * 129, 3],
     "surprise": [1],
+    "push": [{"after": 0, "title": "t"}, {"after": 5}, {"after": 5, "title": ""},
+             {"after": 5, "title": "t", "urgency": "low"}, {"after": 5, "title": "t", "x": 1},
+             {"after": 30 * 86_400, "title": "t"}, {"after": 5.5, "title": "t"}, "t", 5],
     "to": [{}, {"all": False}, {"all": 1}, {"all": "true"}, {"users": []}, {"topics": "p1"},
            {"users": ["p1"], "all": True}, {"users": ["p1"], "topics": ["t"]},
            {"users": ["p1"], "extra": 1}, [], "p1", None],
@@ -74,8 +81,9 @@ def _data_equal(a: Outgoing, b: Outgoing) -> bool:
 
 
 def _same(lane: Outgoing, route: Outgoing) -> None:
-    assert (lane.streams, lane.event, lane.ttl, lane.ack, lane.idempotency_key) == (
-        route.streams, route.event, route.ttl, route.ack, route.idempotency_key)  # fmt: skip
+    assert (lane.streams, lane.event, lane.ttl, lane.ack, lane.idempotency_key, lane.push) == (
+        route.streams, route.event, route.ttl, route.ack, route.idempotency_key, route.push,
+    )  # fmt: skip
     assert _data_equal(lane, route)
 
 

@@ -11,6 +11,9 @@ A :class:`Broker` is one object with five parts, each a small interface:
 - :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
 - :class:`Lease` lets one of several monitors be the active one.
 - :class:`RateLimits` keeps the API keys' publish token buckets (cluster-wide on Redis).
+- :class:`Escalations` keeps the patients' push subscriptions and the timers of messages
+  that escalate when no device of their user acks them (each fired by one process only).
+- :class:`WebhookQueue` holds the webhook deliveries still owed to the hospital's endpoints.
 
 The ledger also keeps the **delivery accounting** the monitor reconciles (docs/monitoring.md):
 per time bucket of :data:`BUCKET_SECONDS` by publish time (:func:`bucket_of`) and per node,
@@ -35,6 +38,17 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from pushsvc.broker.reach import (
+    NULL,
+    Claimed,
+    Escalation,
+    Escalations,
+    PushSpec,
+    Subscription,
+    WebhookDelivery,
+    WebhookFailure,
+    WebhookQueue,
+)
 from pushsvc.core.trail import Trail
 from pushsvc.errors import BrokerError
 from pushsvc.types import Envelope, HistoryEntry, Message
@@ -350,6 +364,8 @@ class Broker(abc.ABC):
     ledger: Ledger
     lease: Lease
     limits: RateLimits
+    escalations: Escalations
+    webhooks: WebhookQueue
 
     @property
     @abc.abstractmethod
@@ -374,11 +390,15 @@ class Broker(abc.ABC):
 __all__ = [
     "BUCKET_SECONDS",
     "COUNTERS",
+    "NULL",
     "Accepted",
     "Acked",
     "Broker",
     "Bus",
+    "Claimed",
     "Command",
+    "Escalation",
+    "Escalations",
     "Expected",
     "Expired",
     "History",
@@ -391,13 +411,18 @@ __all__ = [
     "Placed",
     "Publication",
     "Published",
+    "PushSpec",
     "RateLimits",
     "Registry",
     "Sent",
     "SentCount",
     "SessionInfo",
+    "Subscription",
     "Tally",
     "Trail",
+    "WebhookDelivery",
+    "WebhookFailure",
+    "WebhookQueue",
     "bucket_of",
     "device_key",
     "split_device_key",

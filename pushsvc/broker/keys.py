@@ -50,6 +50,22 @@ who reads it.
 ``{p}msgs:<bucket>`` — set; ids of the messages published in that bucket (one ``Accepted``
     record each; adding one is what counts it as published). Same TTL as the tally.
     The ledger script → ``Ledger.bucket_messages`` (the monitor, to name missing deliveries).
+``{p}push-subs:<user>`` — hash; device → Subscription JSON. Expires ``push_retention`` after
+    its last write; an entry whose ``seen`` is older than that is ignored and removed.
+    ``push_subscribe`` / session ends (any node) → the escalator (any node).
+``{p}escalations`` — sorted set; member ``<message id>/<user>``, score = when its timer is due
+    (unix ms; moved ahead by the claim's lease while a process works on it). No TTL: members
+    are removed when done. The publish path → the escalator of every node (atomic claims).
+``{p}esc:<message id>/<user>`` — hash: ``r`` the Escalation JSON, ``f`` the step (``after`` |
+    ``final``), ``k`` [device, acked_at] of the user's first ack, ``w:<device>`` when a push to
+    it was accepted, ``n`` failed attempts. The message's expiry + ledger retention.
+    The publish path, ack settling (ledger flushes) and the escalator → the escalator.
+``{p}webhooks`` — sorted set; member ``<event id> <url>``, score = next attempt (unix ms).
+    The escalator (enqueue) → the webhook courier of every node (atomic claims).
+``{p}webhook:<event id>`` — hash: ``b`` the signed body, ``c`` created (unix s), ``n:<url>``
+    attempts. Kept ``webhook_keep`` (25 h) after it was enqueued: an event id is taken once.
+``{p}webhook-failures`` — hash; url → WebhookFailure JSON, the endpoint's last failure.
+    No TTL (one field per configured endpoint). The courier → ``pushsvc webhooks``.
 ``{p}monitor:lease`` — string; the id of the active monitor, with the lease TTL.
     ``Lease.acquire`` / ``release`` (monitors).
 ``{p}rate:<key name>`` — hash; an API key's publish token bucket: ``tokens`` (float) and ``ts``
@@ -74,6 +90,7 @@ Fields of ``{p}trail:<id>``::
     u:<device>      "1" while that expected delivery has not been written (removed by the
                     first Sent: counts the pair as sent)
     x:<device>      the node that found the message expired for that device (counts expired)
+    w:<device>      when a Web Push escalating the message to that device was accepted
 
 The common delivery (one session, written once, acked once) is ``e:`` and ``k:`` alone: two
 writes. Nodes before this layout wrote the owing node in ``e:``, "1" in ``k:`` and every session
@@ -108,6 +125,9 @@ class Keyspace:
         self.commands = f"{prefix}db{db}:commands"
         self.nodes = prefix + "nodes"
         self.monitor_lease = prefix + "monitor:lease"
+        self.escalations = prefix + "escalations"
+        self.webhooks = prefix + "webhooks"
+        self.webhook_failures = prefix + "webhook-failures"
 
     def stream(self, stream: str) -> str:
         return f"{self.prefix}stream:{stream}"
@@ -139,3 +159,13 @@ class Keyspace:
 
     def rate(self, key_name: str) -> str:
         return f"{self.prefix}rate:{key_name}"
+
+    def push_subscriptions(self, user: str) -> str:
+        return f"{self.prefix}push-subs:{user}"
+
+    def escalation(self, name: str) -> str:
+        """``name``: ``<message id>/<user>``."""
+        return f"{self.prefix}esc:{name}"
+
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}webhook:{event_id}"

@@ -41,6 +41,7 @@ from pushsvc.broker.base import (
     bucket_of,
 )
 from pushsvc.broker.keys import NODE_PRUNE_AFTER
+from pushsvc.broker.memory_push import MemoryEscalations, MemoryWebhookQueue
 from pushsvc.core import offsets
 from pushsvc.core.flow import TokenBucket
 from pushsvc.core.trail import Delivery, Trail
@@ -324,6 +325,10 @@ class MemoryLedger(Ledger):
     async def trail(self, message_id: str) -> Trail | None:
         return self._trails.get(message_id)
 
+    def held(self, message_id: str) -> Trail | None:
+        """The trail of ``message_id`` itself, to add to (the push path)."""
+        return self._trails.get(message_id)
+
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
         return {m for m in message_ids if (device, m) in self._acked}
 
@@ -432,6 +437,7 @@ class MemoryBroker(Broker):
         history_ttl: float = 86_400,
         ledger_retention: float = 3600,
         idempotency_ttl: float = 86_400,
+        push_retention: float = 30 * 86_400,
         clock: Clock = time.time,
     ) -> None:
         self.history = self._history = MemoryHistory(history_size, history_ttl, clock)
@@ -441,6 +447,8 @@ class MemoryBroker(Broker):
         self.keys = MemoryKeys(idempotency_ttl, clock)
         self.lease = MemoryLease(clock)
         self.limits = MemoryRateLimits(clock)
+        self.escalations = MemoryEscalations(push_retention, self._ledger.held, clock)
+        self.webhooks = MemoryWebhookQueue(clock)
 
     @property
     def up(self) -> bool:

@@ -43,8 +43,29 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     pass
 
 
-ClientFrame = Hello | Ack | Ping | Pong
-KNOWN_TYPES = ("hello", "ack", "ping", "pong")
+class PushKeys(msgspec.Struct):
+    p256dh: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    auth: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class PushSubscription(msgspec.Struct):
+    """A browser's ``PushSubscription.toJSON()`` (other fields, like ``expirationTime``, are
+    ignored)."""
+
+    endpoint: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    keys: PushKeys
+
+
+class PushSubscribe(msgspec.Struct, tag="push_subscribe", tag_field="type"):
+    subscription: PushSubscription
+
+
+class PushUnsubscribe(msgspec.Struct, tag="push_unsubscribe", tag_field="type"):
+    pass
+
+
+ClientFrame = Hello | Ack | Ping | Pong | PushSubscribe | PushUnsubscribe
+KNOWN_TYPES = ("hello", "ack", "ping", "pong", "push_subscribe", "push_unsubscribe")
 
 _decoder = msgspec.json.Decoder(ClientFrame)
 _any = msgspec.json.Decoder()
@@ -107,6 +128,7 @@ _encoder = msgspec.json.Encoder()
 
 PING = b'{"type":"ping"}'
 PONG = b'{"type":"pong"}'
+PUSH_SUBSCRIBED = b'{"type":"push_subscribed"}'
 
 
 def encode_welcome(session: str, node: str, user: str, heartbeat: float, replayed: int) -> bytes:

@@ -69,7 +69,14 @@ class Settle:
     ids: list[str]
 
 
-Effect = Write | Close | Admit | Settle
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A frame for another part of the node (Web Push subscriptions), past hello."""
+
+    frame: frames.PushSubscribe | frames.PushUnsubscribe
+
+
+Effect = Write | Close | Admit | Settle | Forward
 
 PONG = Write(PONG_FRAME)
 PING = Write(PING_FRAME)
@@ -199,6 +206,9 @@ class SessionCore(Generic[M]):
             case frames.Ping():
                 self.ping_sent = None
                 return PONG
+            case frames.PushSubscribe() | frames.PushUnsubscribe():
+                self.ping_sent = None
+                return Forward(frame) if self.phase >= Phase.REPLAY else HELLO_EXPECTED
             case _:
                 assert_never(frame)
 

@@ -33,6 +33,7 @@ class Trail:
     streams: dict[str, str]
     deliveries: dict[str, Delivery] = field(default_factory=dict)  # by session
     sent_by_node: dict[str, int] = field(default_factory=dict)  # writes of ack:false messages
+    pushed: dict[str, float] = field(default_factory=dict)  # device -> Web Push accepted at
 
     def record_sent(self, device: str, session: str, node: str, at: float, attempts: int) -> None:
         d = self.deliveries.get(session)

@@ -47,6 +47,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/nodes"): Rule(Scope.READ, "list_nodes"),
     ("GET", "/v1/sessions"): Rule(Scope.READ, "list_sessions"),
     ("GET", "/v1/local/sessions"): Rule(Scope.READ, "list_local_sessions"),
+    ("GET", "/v1/webhooks"): Rule(Scope.READ, "read_webhooks"),
     ("GET", "/v1/stats"): Rule(Scope.READ, "read_stats"),
     ("POST", "/v1/tokens"): Rule(Scope.TOKENS, "mint_token"),
     ("DELETE", "/v1/sessions/{session_id}"): Rule(Scope.ADMIN, "kick_session"),

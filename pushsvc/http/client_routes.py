@@ -1,10 +1,10 @@
 """Plain HTTP on the client listener: health, the browser client, the demo page.
 
-``/healthz`` · the files of :data:`STATIC_FILES` and nothing else of ``static_dir``: the
-browser client (``/client/pushsvc.js``, ``.d.ts``) and the demo page (``/demo/``). In dev mode
-only (``pushsvc serve --dev``, loopback only) the demo page's two helpers exist:
-``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its connection;
-``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
+``/healthz`` · ``/client/push-key`` (the VAPID public key, JSON) · the files of :data:`STATIC_FILES`
+and nothing else of ``static_dir``: the browser client (``/client/pushsvc.js``, ``.d.ts``) and the
+demo page (``/demo/``). In dev mode only (``pushsvc serve --dev``, loopback only) the demo page's
+two helpers exist: ``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its
+connection; ``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class ClientRoutes:
         path = httptools.parse_url(url).path.decode("latin-1")
         if path == "/healthz" and method in (b"GET", b"HEAD"):
             session.http_answer(200, JSON, b'{"status":"ok"}')
+        elif path == "/client/push-key" and method in (b"GET", b"HEAD"):
+            self._push_key(session)
         elif path in ("/", "/demo"):
             session.http_answer(200, b"text/html; charset=utf-8", _REDIRECT)
         elif path.startswith("/demo/api/"):
@@ -61,6 +63,15 @@ class ClientRoutes:
             self._static(session, STATIC_FILES[path])
         else:
             session.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
+
+    def _push_key(self, session: Session) -> None:
+        """The VAPID public key a page subscribes with (``applicationServerKey``)."""
+        vapid = self._node.escalator.vapid
+        if vapid is None:
+            message = "Web Push is not configured on this server (PUSHSVC_VAPID_PRIVATE_KEY)"
+            session.http_answer(404, JSON, error_body("push_unavailable", message))
+        else:
+            session.http_answer(200, JSON, orjson.dumps({"publicKey": vapid.public_key}))
 
     def _static(self, session: Session, name: str) -> None:
         target = self._node.settings.static_dir / name

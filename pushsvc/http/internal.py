@@ -28,6 +28,7 @@ from pushsvc import __version__
 from pushsvc.apikeys import ApiKey, KeyRing
 from pushsvc.broker.base import Command, split_device_key
 from pushsvc.core import trail as trails
+from pushsvc.core.trail import Trail
 from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
 from pushsvc.http.access import Gate, answer
@@ -49,6 +50,7 @@ from pushsvc.http.models import (
 )
 from pushsvc.http.openapi import BODY, NO_BODY, DocumentedAPI, answers
 from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
+from pushsvc.http.webhook_routes import webhook_routes
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import metrics, tracing
@@ -178,6 +180,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(_cluster(node), dependencies=keyed)
     app.include_router(cluster_admin_routes(node), dependencies=keyed)
     app.include_router(admin_routes(node), dependencies=keyed)
+    app.include_router(webhook_routes(node), dependencies=keyed)
     _operations(app, node)
     _error_answers(app)
     app.add_middleware(JsonGuard)
@@ -197,6 +200,9 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         except DataTooLarge as exc:
             where = "" if index is None else f"messages[{index}]: "
             raise ApiError(413, "message_too_large", where + str(exc)) from None
+        except ValueError as exc:  # a push that cannot escalate (push.after >= the ttl)
+            where = "" if index is None else f"messages[{index}]: "
+            raise ApiError(422, "invalid_body", where + str(exc)) from None
 
     async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
         key: ApiKey = request.state.api_key  # admitted by the router's gate: the idempotency scope
@@ -238,22 +244,33 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
             "ack": found.ack,
             "streams": found.streams,
             "state": trails.state(found, time.time()),
-            "devices": [
-                {
-                    "user": split_device_key(d.device)[0],
-                    "device": split_device_key(d.device)[1],
-                    "session": d.session,
-                    "node": d.node,
-                    "sent_at": d.sent_at,
-                    "acked_at": d.acked_at,
-                    "attempts": d.attempts,
-                }
-                for d in sorted(found.deliveries.values(), key=lambda d: d.sent_at or 0.0)
-            ],
+            "devices": _devices(found),
             "sent_by_node": found.sent_by_node,
         }
 
     return v1
+
+
+def _devices(found: Trail) -> list[dict[str, Any]]:
+    """The trail's device entries: one per session that got the message, each with the
+    device's ``push_sent_at``; a device that was only pushed to has an entry of its own."""
+    out: list[dict[str, Any]] = []
+    for d in sorted(found.deliveries.values(), key=lambda d: d.sent_at or 0.0):
+        user, device = split_device_key(d.device)
+        out.append({
+            "user": user, "device": device, "session": d.session, "node": d.node,
+            "sent_at": d.sent_at, "acked_at": d.acked_at, "attempts": d.attempts,
+            "push_sent_at": found.pushed.get(d.device),
+        })  # fmt: skip
+    seen = {d.device for d in found.deliveries.values()}
+    for key, at in sorted(found.pushed.items()):
+        if key not in seen:
+            user, device = split_device_key(key)
+            out.append({
+                "user": user, "device": device, "session": None, "node": None, "sent_at": None,
+                "acked_at": None, "attempts": 0, "push_sent_at": at,
+            })  # fmt: skip
+    return out
 
 
 def _cluster(node: Node) -> APIRouter:

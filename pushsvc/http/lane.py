@@ -27,17 +27,18 @@ where :class:`pushsvc.telemetry.tracing.ServerSpans` opens their SERVER span.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc.apikeys import Scope as KeyScope
+from pushsvc.broker.base import PushSpec
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http import jsonguard
 from pushsvc.http.access import Gate, answer
-from pushsvc.http.models import EVENT_PATTERN
-from pushsvc.http.publishing import ApiError, Publishing, outgoing
+from pushsvc.http.models import EVENT_PATTERN, PUSH_BODY, PUSH_TITLE
+from pushsvc.http.publishing import ApiError, Publishing, outgoing, push_problem
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import tracing
 
@@ -61,6 +62,13 @@ class LaneTarget(msgspec.Struct, forbid_unknown_fields=True):
     all: bool | None = None  # only ``true`` is taken (msgspec has no boolean literals)
 
 
+class LanePush(msgspec.Struct, forbid_unknown_fields=True):
+    after: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=PUSH_TITLE)]
+    body: Annotated[str, msgspec.Meta(max_length=PUSH_BODY)] = ""
+    urgency: Literal["normal", "high"] = "normal"
+
+
 class LanePublish(msgspec.Struct, forbid_unknown_fields=True):
     to: LaneTarget
     event: Event
@@ -68,6 +76,7 @@ class LanePublish(msgspec.Struct, forbid_unknown_fields=True):
     ttl: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)] | None = None
     ack: bool | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    push: LanePush | None = None
 
 
 class LaneBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,8 +98,15 @@ def lane_outgoing(m: LanePublish, default_ttl: int, max_data: int) -> Outgoing |
     data = bytes(m.data)
     if len(data) > max_data:
         return None
+    push = None
+    if m.push is not None:
+        p = m.push
+        push = PushSpec(after=p.after, title=p.title, body=p.body, urgency=p.urgency)
+        ack = m.ack if m.ack is not None else to.users is not None
+        if push_problem(to.users is not None, ack, m.ttl or default_ttl, push):
+            return None
     return outgoing(to.users, to.topics, m.event, data, m.ttl, m.ack, m.idempotency_key,
-                    default_ttl)  # fmt: skip
+                    default_ttl, push)  # fmt: skip
 
 
 class PublishLane:

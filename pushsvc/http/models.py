@@ -20,12 +20,15 @@ from pydantic import (
 )
 
 from pushsvc.auth import TOKEN_TTL_CEILING
+from pushsvc.broker.base import PushSpec
 from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http.publishing import outgoing
 from pushsvc.node.publish import Outgoing
 
 _encode = msgspec.json.Encoder().encode
 EVENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+PUSH_TITLE = 120  # characters: a notification shows little more
+PUSH_BODY = 1000
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Event = Annotated[str, StringConstraints(pattern=EVENT_PATTERN)]
 
@@ -72,13 +75,48 @@ class Target(_Strict):
         return self
 
 
+class PushRequest(_Strict):
+    """Escalate to the user's browsers (Web Push) when no device acked ``after`` s after
+    publish."""
+
+    after: Ttl  # past the message's ttl: 1 s before it expires
+    title: Annotated[str, StringConstraints(min_length=1, max_length=PUSH_TITLE)]
+    body: Annotated[str, StringConstraints(max_length=PUSH_BODY)] = ""
+    urgency: Literal["normal", "high"] = "normal"
+
+
+#: The rules of ``push`` that JSON Schema can state, so that a schema-valid request is accepted:
+#: a message that escalates goes to users and asks for acks.
+_PUSH_RULES: dict[str, Any] = {
+    "if": {"required": ["push"], "properties": {"push": {"type": "object"}}},
+    "then": {
+        "properties": {
+            "to": {"required": ["users"], "properties": {"users": {"type": "array"}}},
+            "ack": {"enum": [True, None]},
+        }
+    },
+}
+
+
 class PublishRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_PUSH_RULES)
+
     to: Target
     event: Event
     data: Any = None
     ttl: Ttl | None = None
     ack: bool | None = None
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    push: PushRequest | None = None
+
+    @model_validator(mode="after")
+    def _push_escalates(self) -> PublishRequest:
+        if self.push is not None:
+            if self.to.users is None:
+                raise ValueError('"push" needs "to": {"users": [...]}')
+            if self.ack is False:
+                raise ValueError('"push" needs "ack": true (it escalates what no device acked)')
+        return self
 
     def outgoing(self, default_ttl: int, max_data: int) -> Outgoing:
         """The validated message. Raises :class:`DataTooLarge` when ``data`` encodes larger
@@ -88,8 +126,11 @@ class PublishRequest(_Strict):
         if len(data) > max_data:
             raise DataTooLarge(f"data is {len(data)} bytes encoded, the limit is {max_data}")
         to = self.to
+        push = None
+        if self.push is not None:
+            push = PushSpec(**self.push.model_dump())
         return outgoing(to.users, to.topics, self.event, data, self.ttl, self.ack,
-                        self.idempotency_key, default_ttl)  # fmt: skip
+                        self.idempotency_key, default_ttl, push)  # fmt: skip
 
 
 class DataTooLarge(ValueError):
@@ -280,3 +321,28 @@ class FaultsState(BaseModel):
     node: str
     enabled: bool
     faults: InjectedFaults
+
+
+class WebhookFailureAnswer(BaseModel):
+    """The last failed delivery to an endpoint."""
+
+    at: float
+    event_id: str
+    error: str
+    attempts: int
+    gave_up: bool = False
+
+
+class WebhookEndpoint(BaseModel):
+    url: str
+    configured: bool
+    last_failure: WebhookFailureAnswer | None
+
+
+class WebhookStatus(BaseModel):
+    """The webhook deliveries still owed, the escalations not finished, and per endpoint its last
+    failure."""
+
+    queue: int
+    escalations: int
+    endpoints: list[WebhookEndpoint]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.responses import JSONResponse
 
+from pushsvc.broker.base import PushSpec
 from pushsvc.core.streams import ALL, topic_stream, user_stream
 from pushsvc.errors import BrokerError
 from pushsvc.node.publish import Outcome, Outgoing, Publisher, Result
@@ -76,23 +77,46 @@ def outgoing(
     ack: bool | None,
     idempotency_key: str | None,
     default_ttl: int,
+    push: PushSpec | None = None,
 ) -> Outgoing:
     """The message of a validated request that names exactly one of ``users``, ``topics`` or
-    (both None) everyone. ``ack`` defaults to true for users, false otherwise."""
+    (both None) everyone. ``ack`` defaults to true for users, false otherwise. Raises
+    ValueError when ``push`` is given for a message that cannot escalate (see
+    :func:`push_problem`)."""
     if users is not None:
         streams = [user_stream(u) for u in dict.fromkeys(users)]
     elif topics is not None:
         streams = [topic_stream(t) for t in dict.fromkeys(topics)]
     else:
         streams = [ALL]
+    ttl = ttl or default_ttl
+    ack = ack if ack is not None else users is not None
+    if push is not None:
+        problem = push_problem(users is not None, ack, ttl, push)
+        if problem:
+            raise ValueError(problem)
+        if push.after >= ttl:  # escalate while there is still time: 1 s before it expires
+            push = msgspec.structs.replace(push, after=ttl - 1)
     return Outgoing(
         streams=streams,
         event=event,
         data=data,
-        ttl=ttl or default_ttl,
-        ack=ack if ack is not None else users is not None,
+        ttl=ttl,
+        ack=ack,
         idempotency_key=idempotency_key,
+        push=push,
     )
+
+
+def push_problem(to_users: bool, ack: bool, ttl: int, push: PushSpec) -> str:
+    """Why a message with ``push`` cannot be published as asked ("" when it can): it escalates
+    to users' browsers when they did not ack, so it needs users and acks. (Both rules are in
+    the OpenAPI schema too, so that a schema-valid request is never refused.)"""
+    if not to_users:
+        return '"push" needs "to": {"users": [...]}'
+    if not ack:
+        return '"push" needs "ack": true (it escalates what no device acked)'
+    return ""
 
 
 class Publishing:

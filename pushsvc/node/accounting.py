@@ -14,16 +14,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
-from pushsvc.broker.base import Accepted, Broker, LedgerEvent, Published, SessionInfo
+from pushsvc.broker.base import (
+    Accepted,
+    Acked,
+    Broker,
+    LedgerEvent,
+    Published,
+    SessionInfo,
+    split_device_key,
+)
 from pushsvc.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 
+Settle = Callable[[list[tuple[str, str, str, float]]], Awaitable[None]]
+
+
 class Accounting:
-    def __init__(self, broker: Broker, node_id: str, interval: float, limit: int = 200_000) -> None:
+    """``settle``: told of each batch of acks before it is recorded, as ``(message id, user,
+    device, at)`` (the escalator's timers; called again if the write fails)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        node_id: str,
+        interval: float,
+        limit: int = 200_000,
+        settle: Settle | None = None,
+    ) -> None:
         self._broker = broker
+        self._settle = settle
         self._node_id = node_id
         self._interval = interval
         self._limit = limit
@@ -53,6 +76,13 @@ class Accounting:
         registry = self._broker.registry
         try:
             if events:
+                if self._settle is not None:
+                    acks = [e for e in events if isinstance(e, Acked)]
+                    if acks:
+                        await self._settle([
+                            (e.message_id, split_device_key(e.device)[0], e.device, e.at)
+                            for e in acks
+                        ])  # fmt: skip
                 await self._broker.ledger.record(events)
                 events = []
             if opened:

@@ -45,7 +45,7 @@ from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
-from pushsvc.errors import BrokerError
+from pushsvc.errors import BrokerError, FrameError
 from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node import attach
 from pushsvc.node.accounting import Accounting
@@ -53,6 +53,7 @@ from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
 from pushsvc.node.session import Session
+from pushsvc.push.escalator import Escalator
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.telemetry.logging import ContextAdapter
@@ -84,7 +85,10 @@ class Node:
         self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
         self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer.from_settings(settings)
-        self.accounting = Accounting(broker, self.id, settings.ledger_flush_interval)
+        self.escalator = Escalator(broker, settings)
+        self.accounting = Accounting(
+            broker, self.id, settings.ledger_flush_interval, settle=self.escalator.settle
+        )
         self.faults = Faults()  # game days only: see pushsvc.http.admin
         self.fanout = FanOut(
             self.id, self.index, self.clock, self.accounting, self.track, self.faults
@@ -164,6 +168,7 @@ class Node:
             self._housekeeping(),
             self.accounting.run(),
             self._heartbeat(),
+            self.escalator.run(),
         ):
             self.spawn(job)
 
@@ -243,6 +248,7 @@ class Node:
             where = [f"{t.get_coro()!r} at {t.get_stack(limit=4)}" for t in stuck]
             self.log.warning("tasks did not stop when cancelled", extra={"tasks": where})
         self.log.info("shutdown: background tasks stopped")
+        await self.escalator.aclose()
         if self.joined:
             try:
                 await self.accounting.flush()
@@ -291,6 +297,12 @@ class Node:
                 attach.hello(self, session, hello)
             case core.Settle(ids):
                 self._acked(session, ids)
+            case core.Forward(push):
+                try:
+                    self.escalator.frame(session, push)
+                except FrameError as exc:
+                    metrics.frames_rejected.labels(exc.slug).inc()
+                    session.close(4003, exc.slug, str(exc))
             case _:
                 assert_never(effect)
 
@@ -345,6 +357,7 @@ class Node:
         self.catchup.forget(session.streams)
         self.acks.forget_session(session.id)
         self.accounting.closed.append(session.id)
+        self.escalator.session_ended(session.user, session.device, time.time())
         metrics.connections.set(len(self.sessions))
         metrics.connections_closed.labels(metrics.close_code(code)).inc()
         if not self.sessions:

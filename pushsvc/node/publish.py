@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from pushsvc.broker.base import Placed, Publication, Published
+from pushsvc.broker.base import Escalation, Placed, Publication, Published, PushSpec
 from pushsvc.errors import BrokerError, IdempotencyConflict, PushError
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import Message
@@ -44,6 +44,7 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     ttl: int
     ack: bool
     idempotency_key: str | None = None
+    push: PushSpec | None = None
 
     def fingerprint(self) -> str:
         """A digest of everything the request asks for but its idempotency key: two requests
@@ -89,6 +90,7 @@ class Publisher:
         now_ms = int(time.time() * 1000)
         sends = tracing.sends(node.id)
         publications = []
+        timers: list[tuple[Escalation, float]] = []
         for item in items:
             ttl = min(item.ttl, settings.history_ttl)
             message_id = new_id(now_ms)
@@ -101,6 +103,7 @@ class Publisher:
                 expires=now_ms + ttl * 1000,
                 traceparent=sends.start(message_id, item.event, item.streams),
             )
+            timers += node.escalator.plan(message, item.streams, item.push)
             key = item.idempotency_key
             if key is None:
                 publications.append(Publication(message, item.streams))
@@ -108,6 +111,10 @@ class Publisher:
                 scoped = f"{caller}:{key}"
                 publications.append(Publication(message, item.streams, scoped, item.fingerprint()))
         try:
+            # Timers first: a message appended is never without its timer; the timer of one
+            # that was not (or was a duplicate) finds no trail when it fires and is dropped.
+            if timers:
+                await node.broker.escalations.schedule(timers)
             placed = await node.broker.publish(publications, node.id)
         except BrokerError as exc:
             sends.fail(exc)

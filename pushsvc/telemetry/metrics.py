@@ -133,6 +133,7 @@ FRAME_REJECTIONS = (
     "frame_too_large", "rate_limited", "binary_frame", "fragmented", "malformed_json",
     "not_an_object", "unknown_frame_type", "invalid_frame", "invalid_offset", "duplicate_hello",
     "hello_expected", "protocol_error", "bad_resume", "invalid_device", "nested_too_deep",
+    "invalid_subscription", "push_unavailable",
 )  # fmt: skip
 HTTP_ERROR_STATUSES = ("400", "401", "403", "404", "405", "409", "413", "415", "422", "429", "503")
 CONNECTION_RESULTS = (
@@ -285,3 +286,28 @@ def include(registry: CollectorRegistry) -> None:
 def exposition() -> bytes:
     """The text format of every metric this process exposes."""
     return b"".join(generate_latest(r) for r in (REGISTRY, *_included))
+
+
+# reaching closed pages (docs/escalation.md)
+push_sent = Counter(
+    "pushsvc_push_sent",
+    "Web Push requests by result: sent (201), gone (404/410: subscription deleted), retry"
+    " (429, 5xx, network), failed (any other answer)",
+    ["result"],
+    registry=REGISTRY,
+)
+escalations = Counter(
+    "pushsvc_escalations",
+    "Escalation timers that fired, by what they found: acked, unacked, expired, lost, dropped",
+    ["outcome"],
+    registry=REGISTRY,
+)
+webhook_deliveries = Counter(
+    "pushsvc_webhook_deliveries",
+    "Webhook delivery attempts by result: delivered (2xx), retry, gave_up",
+    ["result"],
+    registry=REGISTRY,
+)
+webhook_queue_depth = Gauge(
+    "pushsvc_webhook_queue_depth", "Webhook deliveries owed (cluster-wide)", registry=REGISTRY
+)

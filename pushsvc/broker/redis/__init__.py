@@ -34,6 +34,7 @@ from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisLease, RedisLedger, RedisRateLimits
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
+from pushsvc.broker.redis.push import RedisEscalations, RedisWebhookQueue
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
 from pushsvc.broker.redis.url import parse
@@ -84,6 +85,8 @@ class RedisBroker(Broker):
         )
         self.lease = RedisLease(link, keys)
         self.limits = RedisRateLimits(link, keys)
+        self.escalations = RedisEscalations(link, keys, settings.push_retention, ledger_retention)
+        self.webhooks = RedisWebhookQueue(link, keys)
         self._started = False
         self._closed = False
 

@@ -142,6 +142,8 @@ class RedisLedger(Ledger):
         for field, value in fields.items():
             if field[:2] == b"c:":
                 trail.sent_by_node[field[2:].decode()] = int(value)
+            elif field[:2] == b"w:":
+                trail.pushed[field[2:].decode()] = float(value)
         trail.deliveries = _deliveries(fields)[0]
         return trail
 

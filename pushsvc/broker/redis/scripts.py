@@ -301,3 +301,110 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return string.format('%.6f', wait)
 """,
 )
+
+#: Claim due timers (escalations or webhook deliveries). KEYS[1] the sorted set; KEYS[2..]
+#: the hash of each candidate member. ARGV[1] now (ms), ARGV[2] hidden until (ms), ARGV[3..]
+#: the candidate members, in the order of their hashes. A member still due is moved to
+#: ARGV[2] and its hash returned; a member whose hash is gone is removed.
+#: Returns, per claimed member: the member and its hash as a flat list.
+CLAIM = Script(
+    "claim",
+    """
+local out = {}
+for i = 3, #ARGV do
+  local member = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], member)
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    local fields = redis.call('HGETALL', KEYS[i - 1])
+    if #fields == 0 then
+      redis.call('ZREM', KEYS[1], member)
+    else
+      redis.call('ZADD', KEYS[1], ARGV[2], member)
+      out[#out + 1] = member
+      out[#out + 1] = fields
+    end
+  end
+end
+return out
+""",
+)
+
+#: Record the first ack of a user for escalations. KEYS[1] the escalation set; KEYS[2..] the
+#: escalation hashes. ARGV[1] now (ms); then per hash: its member and [device, at] as JSON.
+#: An escalation that exists and has no ack yet gets ``k`` and becomes due now.
+SETTLE = Script(
+    "settle",
+    """
+for i = 2, #KEYS do
+  local member, acked = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('HSETNX', KEYS[i], 'k', acked) == 1 then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], member)
+  end
+end
+return 0
+""",
+)
+
+#: Start escalation timers. KEYS[1] the escalation set; KEYS[2..] their hashes. ARGV per hash:
+#: member, record JSON, step, due (ms), expire at (ms). An existing hash is left alone.
+SCHEDULE = Script(
+    "schedule",
+    """
+for i = 2, #KEYS do
+  local a = 5 * (i - 2)
+  if redis.call('HSETNX', KEYS[i], 'r', ARGV[a + 2]) == 1 then
+    redis.call('HSET', KEYS[i], 'f', ARGV[a + 3])
+    redis.call('PEXPIREAT', KEYS[i], ARGV[a + 5])
+    redis.call('ZADD', KEYS[1], ARGV[a + 4], ARGV[a + 1])
+  end
+end
+return 0
+""",
+)
+
+#: Take a webhook event id and owe its body to each url. KEYS[1] the webhook set, KEYS[2] the
+#: event's hash. ARGV[1] body, ARGV[2] created (s), ARGV[3] keep (s), ARGV[4] due (ms),
+#: ARGV[5..] the members (``<event id> <url>``). Returns 0 when the id was taken already.
+ENQUEUE = Script(
+    "enqueue",
+    """
+if redis.call('HSETNX', KEYS[2], 'b', ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'c', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+for i = 5, #ARGV do
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[i])
+end
+return 1
+""",
+)
+
+#: Forget a device's subscription if its endpoint is ARGV[2] (or ARGV[2] is ""). KEYS[1] the
+#: user's subscriptions; ARGV[1] the device.
+UNSUBSCRIBE = Script(
+    "unsubscribe",
+    """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and (ARGV[2] == '' or cjson.decode(held)['endpoint'] == ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+""",
+)
+
+#: A device ended a session: renew its subscription's ``seen``. KEYS[1] the user's
+#: subscriptions; ARGV[1] the device, ARGV[2] the time (s, as JSON), ARGV[3] retention (s).
+SEEN = Script(
+    "seen",
+    """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held then
+  local sub = cjson.decode(held)
+  sub['seen'] = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(sub))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+""",
+)

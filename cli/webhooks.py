@@ -1,0 +1,49 @@
+"""``pushsvc webhooks``: the webhook deliveries still owed, and each endpoint's last failure."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from cli.api import Webhooks
+from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.output import ago, emit_json, out, table
+
+
+def webhooks(
+    redis_url: RedisUrl = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Webhook deliveries queued (cluster-wide), escalations pending, and per endpoint its last
+    failure: when, which event, what went wrong, after how many attempts."""
+    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    view = run(_read(Cluster(settings)))
+    if as_json:
+        emit_json(msgspec.to_builtins(view))
+        return
+    out.print(f"queued deliveries: {view.queue}   escalations pending: {view.escalations}")
+    out.print(render(view, time.time()))
+
+
+async def _read(cluster: Cluster) -> Webhooks:
+    async with cluster:
+        api = await cluster.api()
+        return await api.webhooks()
+
+
+def render(view: Webhooks, now: float) -> Any:
+    t = table("endpoint", "last failure", "event", ">attempts", "error")
+    for e in view.endpoints:
+        f = e.last_failure
+        if f is None:
+            t.add_row(e.url, "none", "", "", "")
+        else:
+            error = f.error + (" (given up)" if f.gave_up else "")
+            t.add_row(e.url, ago(f.at, now), f.event_id, str(f.attempts), error)
+    if not view.endpoints:
+        t.add_row("(no webhook endpoint configured)", "", "", "", "")
+    return t
