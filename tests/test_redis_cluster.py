@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.broker.redis.sentinel import key_slot
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.redis_topology import ClusterSetup, RedisProcess, start_cluster
@@ -108,3 +109,69 @@ async def test_check_config_reports_the_master_that_holds_the_keyspace(
     assert checks["redis replicas"]["detail"].startswith(
         f"master {holder(cluster).address} takes writes; 1 replica(s) connected"
     )
+
+
+def migrate_slot(
+    cluster: ClusterSetup, slot: int, source: RedisProcess, dest: RedisProcess
+) -> None:
+    """Move ``slot`` and its keys from ``source`` to ``dest`` (what ``redis-cli --cluster
+    reshard`` does for each slot)."""
+    source_id, dest_id = source.command("CLUSTER", "MYID"), dest.command("CLUSTER", "MYID")
+    dest.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", dest_id)
+    while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "10").split():
+        source.command("MIGRATE", "127.0.0.1", str(dest.port), "", "0", "5000", "KEYS", *keys)
+        time.sleep(0.05)  # traffic goes on meanwhile
+    for node in cluster.masters():
+        node.command("CLUSTER", "SETSLOT", str(slot), "NODE", dest_id)
+
+
+async def test_a_slot_migration_under_traffic_loses_nothing(cluster: ClusterSetup) -> None:
+    """While the slot moves, scripts get ASK or TRYAGAIN (503, retried with the same key); after
+    it, MOVED sends both connections to the new master. Every key is placed once."""
+    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
+    seen = Recorder()
+    broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
+    await broker.start()
+    placed: dict[str, str] = {}  # key -> message id
+    refused = 0
+
+    async def publish(count: int) -> None:
+        nonlocal refused
+        for i in range(count):
+            sent = message()
+            for _ in range(400):
+                try:
+                    [outcome] = await broker.publish(
+                        [Publication(sent, [f"user:{i % 3}"], key=f"k{i}", fingerprint="f")], "t"
+                    )
+                except BrokerUnavailable:
+                    outcome = None
+                if isinstance(outcome, Placed):
+                    placed[f"k{i}"] = outcome.id
+                    break
+                refused += 1
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
+
+    try:
+        for i in range(3):  # every stream exists before the move
+            await broker.publish([Publication(message(), [f"user:{i}"])], "t")
+        source = holder(cluster)
+        dest = next(m for m in cluster.masters() if m is not source)
+        publishing = asyncio.create_task(publish(120))
+        await asyncio.sleep(0.2)
+        slot = key_slot(broker.keys.bus_seq)
+        await asyncio.to_thread(migrate_slot, cluster, slot, source, dest)
+        await publishing
+        assert refused > 0  # the move was felt
+        assert len(placed) == 120  # each key placed, once
+        assert int(source.command("DBSIZE")) == 0 and holder(cluster) is dest
+        ids = set()
+        for i in range(3):
+            ids |= {e.message.id for e in await broker.history.read(f"user:{i}", None, 1000)}
+        assert set(placed.values()) <= ids
+        await seen.until(lambda: set(placed.values()) <= {e.message.id for e in seen.envelopes})
+        assert broker.up
+    finally:
+        await broker.close()

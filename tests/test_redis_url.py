@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from pushsvc.broker.redis.sentinel import key_slot
 from pushsvc.broker.redis.url import Target, Tls, parse
 from pushsvc.errors import ConfigError
 from tests.support import API_KEY, ROOT, TOKEN_SECRET, UNIT, pushsvc_command
@@ -124,3 +125,16 @@ def test_serve_refuses_a_url_it_cannot_use_in_one_line(url: str, error: str) -> 
     assert done.returncode == 2
     assert f"error: invalid redis url: {error}" in done.stderr.decode()
     assert "Traceback" not in done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("key", "slot"),
+    [
+        ("somekey", 11058),  # as CLUSTER KEYSLOT answers
+        ("foo", 12182),
+        ("{user1000}.following", key_slot("user1000")),  # the hash tag decides
+        ("{pushsvc:}stream:user:a", key_slot("pushsvc:")),
+    ],
+)
+def test_key_slot(key: str, slot: int) -> None:
+    assert key_slot(key) == slot
