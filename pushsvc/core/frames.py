@@ -43,8 +43,12 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     pass
 
 
-ClientFrame = Hello | Ack | Ping | Pong
-KNOWN_TYPES = ("hello", "ack", "ping", "pong")
+class Refresh(msgspec.Struct, tag="refresh", tag_field="type"):
+    token: Token
+
+
+ClientFrame = Hello | Ack | Ping | Pong | Refresh
+KNOWN_TYPES = ("hello", "ack", "ping", "pong", "refresh")
 
 _decoder = msgspec.json.Decoder(ClientFrame)
 _any = msgspec.json.Decoder()
@@ -103,6 +107,10 @@ class _Error(msgspec.Struct, tag="error", tag_field="type"):
     message: str
 
 
+class _Refreshed(msgspec.Struct, tag="refreshed", tag_field="type"):
+    exp: int
+
+
 _encoder = msgspec.json.Encoder()
 
 PING = b'{"type":"ping"}'
@@ -128,6 +136,10 @@ def encode_msg(
 
 def encode_error(code: str, message: str) -> bytes:
     return _encoder.encode(_Error(code, message))
+
+
+def encode_refreshed(exp: int) -> bytes:
+    return _encoder.encode(_Refreshed(exp))
 
 
 def ws_text_frame(payload: bytes) -> bytes:
