@@ -496,6 +496,9 @@ class Node:
         elif command.kind == "drain":
             self.spawn(self.drain())
         elif command.kind == "revoke_user":
+            # older revocations lapse with the longest token lifetime, as in the broker
+            oldest = time.time() - self.settings.token_max_ttl
+            self.revocations = {u: t for u, t in self.revocations.items() if t > oldest}
             known = self.revocations.get(command.user, 0)
             self.revocations[command.user] = max(known, command.not_before)
             for session in [s for s in self.sessions.values() if s.user == command.user]:
