@@ -131,3 +131,16 @@ async def test_a_refresh_with_another_user_or_a_bad_token_closes_4001(
         await wire.send({"type": "refresh", "token": token})
         code, _, seen = await wire.closed()
         assert (code, seen[-1]["type"], seen[-1]["code"]) == (4001, "error", slug)
+
+
+async def test_a_refresh_with_a_revoked_token_closes_4001_token_revoked() -> None:
+    with start_node(**FAST) as node:
+        user = uid()
+        old = node.token(user, ttl=600)
+        r = node.api("POST", f"/v1/users/{user}/revoke")
+        assert r.status_code == 202, r.text
+        await asyncio.sleep(max(0.0, r.json()["not_before"] - time.time()) + 0.05)
+        wire = await Wire.open(node.client_url, node.token(user, ttl=60))
+        await wire.send({"type": "refresh", "token": old})
+        code, _, seen = await wire.closed()
+        assert (code, seen[-1]["code"]) == (4001, "token_revoked")
