@@ -113,6 +113,12 @@ class _Sessions(msgspec.Struct):
     sessions: list[SessionInfo]
 
 
+class Revoked(msgspec.Struct, kw_only=True):
+    user: str
+    not_before: int
+    expires: float
+
+
 class _UserClosing(msgspec.Struct):
     sessions: list[Closing]
 
@@ -194,6 +200,9 @@ class Api:
     async def kick_user(self, user: str) -> list[Closing]:
         params = {"user": user}
         return (await self._call("DELETE", "/v1/sessions", _UserClosing, params=params)).sessions
+
+    async def revoke(self, user: str) -> Revoked:
+        return await self._call("POST", f"/v1/users/{_segment(user)}/revoke", Revoked)
 
     async def publish(self, body: dict[str, Any]) -> Published:
         return await self._call("POST", "/v1/messages", Published, json=body)

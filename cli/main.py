@@ -21,6 +21,7 @@ from cli.listen import listen
 from cli.monitor import monitor
 from cli.nodes import nodes
 from cli.publish import publish
+from cli.revoke import revoke
 from cli.serve import serve
 from cli.sessions import sessions
 from cli.stats import stats
@@ -90,6 +91,7 @@ app.command("prometheus-targets")(prometheus_targets)
 app.command()(nodes)
 app.command()(sessions)
 app.command()(kick)
+app.command()(revoke)
 app.command()(publish)
 app.command()(trace)
 app.command()(stats)

@@ -55,6 +55,7 @@ class Claims:
     user: str
     topics: tuple[str, ...]
     expires: int
+    issued: int | None = None  # ``iat``, whole seconds rounded down; None when absent
 
 
 class KeySource(Protocol):
@@ -270,7 +271,7 @@ class TokenIssuer:
             or not all(isinstance(t, str) and valid_name(t) for t in topics)
         ):
             raise AuthError("token topics are invalid", slug="invalid_token")
-        return Claims(user, tuple(topics), int(exp))
+        return Claims(user, tuple(topics), int(exp), None if iat is None else int(iat))
 
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")

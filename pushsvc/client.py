@@ -9,6 +9,11 @@ once (a bounded window of recent ids), acks ``ack: true`` messages once they hav
 the application (batched: every ``ack_interval`` or per 100 ids), answers server pings, and after
 a lost connection reconnects with exponential backoff and full jitter, resuming where it stopped.
 Close codes 4001, 4002 and 4010 end it for good; every other end of a connection is retried.
+With a token provider (an async callable), the client refreshes the session's token before it
+expires (:func:`refresh_delay`: 60 s before ``exp``, or at 80% of a shorter lifetime) by sending
+``refresh`` with the provider's next token; a session closed with 4001 ``token_expired`` after it
+was open is reconnected with a new token from the provider (an expiry refused at ``hello`` ends the
+client: it never loops with a stale token).
 
 Exceptions::
 
@@ -26,10 +31,12 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple, Self, assert_never
@@ -95,6 +102,14 @@ class _Pong(msgspec.Struct, frozen=True, tag="pong", tag_field="type"):
     pass
 
 
+class _Refreshed(msgspec.Struct, frozen=True, tag="refreshed", tag_field="type"):
+    exp: int
+
+
+class _Refresh(msgspec.Struct, frozen=True, tag="refresh", tag_field="type"):
+    token: str
+
+
 class _Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
     token: str
     device: str
@@ -105,7 +120,7 @@ class _Ack(msgspec.Struct, frozen=True, tag="ack", tag_field="type"):
     ids: list[str]
 
 
-_decoder = msgspec.json.Decoder(Message | Welcome | ServerError | _Ping | _Pong)
+_decoder = msgspec.json.Decoder(Message | Welcome | ServerError | _Ping | _Pong | _Refreshed)
 _encoder = msgspec.json.Encoder()
 _PING = _encoder.encode(_Ping()).decode()
 _PONG = _encoder.encode(_Pong()).decode()
@@ -113,6 +128,32 @@ _PONG = _encoder.encode(_Pong()).decode()
 
 def _encode(frame: msgspec.Struct) -> str:
     return _encoder.encode(frame).decode()  # text frames, as the protocol requires
+
+
+class _Times(msgspec.Struct):
+    exp: float | None = None
+    iat: float | None = None
+
+
+_times = msgspec.json.Decoder(_Times)
+
+
+def token_times(token: str) -> tuple[float | None, float | None]:
+    """A JWT's ``(iat, exp)``, read without verifying it (the server verifies); Nones when the
+    token is not a JWT or lacks them."""
+    try:
+        payload = token.split(".")[1]
+        times = _times.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, msgspec.DecodeError):
+        return None, None
+    return times.iat, times.exp
+
+
+def refresh_delay(now: float, iat: float | None, exp: float) -> float:
+    """Seconds from ``now`` until a token issued at ``iat`` (``now`` when unknown) and expiring
+    at ``exp`` is refreshed: 60 s before ``exp``, or at 80% of a lifetime shorter than 300 s."""
+    lifetime = exp - (now if iat is None else iat)
+    return max(0.0, exp - min(60.0, 0.2 * lifetime) - now)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -255,6 +296,9 @@ class PushClient:
         self.failure: ConnectionEnded | None = None  # why the client ended, once it has
         self.duplicates = 0  # messages received again and not yielded
         self._skip_backoff = False
+        self._expired = False  # the last connection ended with 4001 token_expired
+        self._refreshing: tuple[float | None, float | None] = (None, None)  # the sent refresh's
+        self._refresher: asyncio.Task[None] | None = None  # sends the next refresh
 
     # --- read-only views
 
@@ -474,6 +518,10 @@ class PushClient:
                 self.last_close = (outcome.code, outcome.reason)
                 if self.connections > before:
                     attempt = 0
+                if self._expired and self.connections > before and callable(self._token):
+                    # the session lived and its token ran out: a new one from the provider
+                    self._skip_backoff = True
+                    continue
                 if outcome.code in TERMINAL_CLOSE_CODES:
                     self._finish(ending_for(*outcome, self.last_error, terminal=True))
                     return
@@ -520,6 +568,7 @@ class PushClient:
 
     async def _converse(self, ws: ClientConnection, token: str) -> _Outcome:
         """Say hello, then read frames until the connection ends (raises ConnectionClosed)."""
+        self._expired = False
         await ws.send(
             _encode(_Hello(token=token, device=self._device, resume=resume_for(self.offsets)))
         )
@@ -553,8 +602,12 @@ class PushClient:
                         case Welcome():
                             self._opened(ws, frame)
                             idle = max(frame.heartbeat * 2.5, 1.0) if frame.heartbeat > 0 else 0.0
+                            self._refresh_later(ws, *token_times(token))
+                        case _Refreshed():
+                            self._refresh_later(ws, *self._refreshing)
                         case ServerError():
                             self.last_error = frame
+                            self._expired = frame.code == "token_expired"
                             logger.info("server error %s: %s", frame.code, frame.message)
                         case _:
                             assert_never(frame)
@@ -562,7 +615,36 @@ class PushClient:
         except TimeoutError:
             return _Outcome(ABNORMAL_CLOSURE, f"no frame from the server for {idle:g}s")
         finally:
+            self._refresh_later(None, None, None)
             self._closed_connection(ws)
+
+    def _refresh_later(
+        self, ws: ClientConnection | None, iat: float | None, exp: float | None
+    ) -> None:
+        """Replace the refresh task: with a token provider and a token whose ``exp`` is known,
+        send ``refresh`` with the provider's next token before it expires
+        (:func:`refresh_delay`); with ``ws`` None, only cancel it."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        provider = self._token
+        if ws is None or isinstance(provider, str) or exp is None:
+            return
+        delay = refresh_delay(time.time(), iat, exp)
+        self._refresher = asyncio.create_task(self._refresh(ws, provider, delay))
+
+    async def _refresh(
+        self, ws: ClientConnection, provider: Callable[[], Awaitable[str]], delay: float
+    ) -> None:
+        await asyncio.sleep(delay)
+        try:
+            token = await provider()
+        except Exception as exc:  # noqa: BLE001 - the caller's provider: the session expires
+            logger.warning("token provider failed (%r); the session ends when it expires", exc)
+            return
+        self._refreshing = token_times(token)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(_encode(_Refresh(token=token)))
 
     def _opened(self, ws: ClientConnection, welcome: Welcome) -> None:
         self._ws, self.welcome = ws, welcome

@@ -58,6 +58,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("DELETE", "/v1/sessions/s-1", None, "admin"),
     ("DELETE", "/v1/sessions?user=p9", None, "admin"),
     ("POST", "/v1/nodes/n-1/drain", None, "admin"),
+    ("POST", "/v1/users/p9/revoke", None, "admin"),
     ("GET", "/v1/admin/faults", None, "admin"),
     ("POST", "/v1/admin/faults", {"drop_deliveries": 0.0}, "admin"),
     ("DELETE", "/v1/admin/faults", None, "admin"),

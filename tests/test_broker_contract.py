@@ -448,6 +448,18 @@ async def test_nodes_live_while_their_heartbeat_does(broker: Broker) -> None:
     assert [n.id for n in await registry.nodes()] == ["node-a"]
 
 
+async def test_revocations_are_per_user_replace_each_other_and_expire(broker: Broker) -> None:
+    registry = broker.registry
+    assert await registry.revoked("p1") is None
+    await registry.revoke("p1", 1_700_000_000, ttl=0.4 * UNIT)
+    await registry.revoke("p2", 1_700_000_005, ttl=30)
+    assert await registry.revoked("p1") == 1_700_000_000
+    await registry.revoke("p1", 1_700_000_009, ttl=0.4 * UNIT)  # a later revocation replaces
+    assert (await registry.revoked("p1"), await registry.revoked("p3")) == (1_700_000_009, None)
+    await asyncio.sleep(0.7 * UNIT)
+    assert (await registry.revoked("p1"), await registry.revoked("p2")) == (None, 1_700_000_005)
+
+
 async def test_sessions_filter_by_user_and_node(broker: Broker) -> None:
     registry = broker.registry
     await registry.register(node("node-a"), ttl=30)
@@ -556,10 +568,11 @@ async def test_commands_reach_the_subscriber(open_broker: OpenBroker) -> None:
     broker = await open_broker(subscriber=rec)
     close = Command(kind="close_session", node="node-b", session="s1", code=4010, reason="ops")
     drain = Command(kind="drain", node="*")
-    await broker.bus.send_command(close)
-    await broker.bus.send_command(drain)
-    await rec.until(lambda: len(rec.commands) >= 2)
-    assert rec.commands == [close, drain]
+    revoke = Command(kind="revoke_user", node="*", code=4001, user="p1", not_before=1_700_000_001)
+    for command in (close, drain, revoke):
+        await broker.bus.send_command(command)
+    await rec.until(lambda: len(rec.commands) >= 3)
+    assert rec.commands == [close, drain, revoke]
     assert rec.resyncs == 0
 
 

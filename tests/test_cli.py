@@ -5,8 +5,10 @@ real Alertmanager, and ``top`` in a real terminal (tmux), on a pipe and on a rec
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -286,6 +288,32 @@ async def test_kick_closes_a_session_on_the_other_node_and_every_session_of_a_pa
     assert gone.exit_code == 1 and "no open session" in no_traceback(gone)
     nobody = await op.run("kick", "--user", user)
     assert nobody.exit_code == 1 and "no open session of user" in no_traceback(nobody)
+
+
+async def test_revoke_closes_the_patients_sessions_and_refuses_the_old_token(
+    op: Operator, pair: list[NodeHandle]
+) -> None:
+    a, b = pair
+    user = uid()
+    old = a.token(user)
+    on_b = await Wire.open(b.client_url, old)
+    revoked = await op.run("revoke", user, "--api-url", a.internal_url)
+    assert revoked.exit_code == 0, revoked.output
+    assert user in revoked.stdout and "4001" in revoked.stdout
+    code, _, seen = await on_b.closed()
+    assert (code, seen[-1]["code"]) == (4001, "token_revoked")
+    again = await asyncio.to_thread(op.json, "revoke", user)
+    assert again["user"] == user and again["not_before"] >= revoked_after(revoked.stdout)
+    bad = await op.run("revoke", "no such user!")
+    assert bad.exit_code != 0 and no_traceback(bad).strip()
+
+
+def revoked_after(stdout: str) -> int:
+    """The not_before the human output shows, as unix seconds."""
+    shown = re.search(r"before (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", stdout)
+    assert shown is not None, stdout
+    when = datetime.datetime.strptime(shown[1] + " +0000", "%Y-%m-%d %H:%M:%S %z")
+    return int(when.timestamp())
 
 
 def test_publish_to_topics_and_everyone(op: Operator) -> None:

@@ -28,6 +28,7 @@ from pushsvc.client import (
     PushClient,
     State,
     Unauthorized,
+    refresh_delay,
 )
 from tests.support import UNIT, NodeHandle, start_node
 
@@ -721,3 +722,61 @@ async def test_node_heartbeat_pings_are_answered(quick_heartbeat_node: NodeHandl
         await asyncio.sleep(2 * UNIT)  # several pings, each answered, or the node closes 4009
         assert (client.connections, client.state, client.last_close) == (1, State.OPEN, None)
         assert 0 <= await client.ping(UNIT) < UNIT
+
+
+# --- token lifetime against a real node ----------------------------------------------------------
+
+
+def test_refresh_delay_is_a_minute_before_exp_or_at_80_percent_of_a_short_lifetime() -> None:
+    assert refresh_delay(1000.0, 1000.0, 4600.0) == 3540.0  # an hour: a minute before
+    assert refresh_delay(1000.0, 1000.0, 1010.0) == 8.0  # 10 s: at 80%
+    assert refresh_delay(1000.0, None, 1010.0) == 8.0  # no iat: the lifetime from now
+    assert refresh_delay(1000.0, 900.0, 999.0) == 0.0  # already due
+
+
+async def test_node_session_is_refreshed_through_the_provider_past_its_first_exp(
+    node: NodeHandle,
+) -> None:
+    minted: list[str] = []
+
+    async def provider() -> str:
+        minted.append(await asyncio.to_thread(node.token, "live-r1", (), 2))
+        return minted[-1]
+
+    async with PushClient(node.client_url, provider, "phone-r1") as client:
+        await client.wait_open(5 * UNIT)
+        await asyncio.sleep(4)  # two lifetimes of the first token
+        assert len(minted) >= 3 and client.connections == 1 and client.state is State.OPEN
+        msg_id = await _publish_async(node, "live-r1")
+        assert (await client.receive(5 * UNIT)).id == msg_id
+
+
+async def test_node_token_expired_reconnects_with_a_new_token_from_the_provider(
+    node: NodeHandle,
+) -> None:
+    calls = 0
+
+    async def provider() -> str:  # the refresh fails: the session expires
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("identity provider down")
+        return await asyncio.to_thread(node.token, "live-r2", (), 2 if calls == 1 else 60)
+
+    async with PushClient(node.client_url, provider, "phone-r2") as client:
+        await client.wait_open(5 * UNIT)
+        await eventually(lambda: client.connections == 2, 6 * UNIT)
+        assert client.last_error is not None and client.last_error.code == "token_expired"
+        assert client.failure is None
+        msg_id = await _publish_async(node, "live-r2")
+        assert (await client.receive(5 * UNIT)).id == msg_id
+
+
+async def test_node_token_expired_ends_a_client_with_a_fixed_token(node: NodeHandle) -> None:
+    token = await asyncio.to_thread(node.token, "live-r3", (), 1)
+    async with PushClient(node.client_url, token, "phone-r3") as client:
+        await client.wait_open(5 * UNIT)
+        with pytest.raises(Unauthorized) as info:
+            await client.receive(5 * UNIT)
+        assert info.value.code == 4001 and info.value.error is not None
+        assert info.value.error.code == "token_expired" and client.connections == 1

@@ -17,7 +17,7 @@ def at(phase: Phase) -> SessionCore[str]:
     if phase >= Phase.HELLO:
         s.upgraded()
     if phase >= Phase.REPLAY:
-        s.accept()
+        s.accept(EXP)
     if phase >= Phase.LIVE:
         s.replayed({}, [])
     if phase >= Phase.CLOSING:
@@ -28,7 +28,9 @@ def at(phase: Phase) -> SessionCore[str]:
     return s
 
 
+EXP = 1_000.0  # the hello token's exp in these tables
 HELLO = frames.Hello(token="t")
+REFRESH = frames.Refresh(token="t2")
 ACK = frames.Ack(ids=["m1", "m2"])
 
 
@@ -46,6 +48,9 @@ ACK = frames.Ack(ids=["m1", "m2"])
         (Phase.LIVE, ACK, core.Settle(["m1", "m2"])),
         (Phase.HELLO, frames.Ping(), core.PONG),
         (Phase.LIVE, frames.Ping(), core.PONG),
+        (Phase.HELLO, REFRESH, core.HELLO_EXPECTED),
+        (Phase.REPLAY, REFRESH, core.Renew("t2")),
+        (Phase.LIVE, REFRESH, core.Renew("t2")),
         (Phase.HELLO, frames.Pong(), None),
         (Phase.LIVE, frames.Pong(), None),
     ],
@@ -102,7 +107,7 @@ def test_admission_counts_every_upgraded_connection(
 def test_transitions_only_from_their_phase() -> None:
     s = at(Phase.LIVE)
     s.upgraded()
-    s.accept()
+    s.accept(EXP)
     assert s.phase == Phase.LIVE and s.buffer is None
     assert s.replayed({"all": (1, 0)}, []) == [] and s.last == {}
     assert s.closing() is True and s.closing() is False
@@ -246,3 +251,78 @@ def test_check_hello_keeps_the_streams_the_session_reads() -> None:
     assert resume.offsets == {"user:p1": "5-1", "all": "7-0"}
     assert resume.positions == {"user:p1": (5, 1), "all": (7, 0)}
     assert core.check_hello(frames.Hello(token="t"), STREAMS) == core.Resume({}, {})
+
+
+# -- token lifetime ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "now", "effect"),
+    [
+        (Phase.REPLAY, EXP - 0.001, None),
+        (Phase.REPLAY, EXP, core.TOKEN_EXPIRED),
+        (Phase.LIVE, EXP - 0.001, None),
+        (Phase.LIVE, EXP, core.TOKEN_EXPIRED),
+        (Phase.LIVE, EXP + 60, core.TOKEN_EXPIRED),
+        (Phase.CLOSING, EXP + 60, None),
+        (Phase.CLOSED, EXP + 60, None),
+    ],
+)
+def test_a_session_expires_with_its_token(
+    phase: Phase, now: float, effect: core.Close | None
+) -> None:
+    assert at(phase).expiry(now) == effect
+
+
+def test_token_expired_is_a_4001() -> None:
+    assert (core.TOKEN_EXPIRED.code, core.TOKEN_EXPIRED.slug) == (4001, "token_expired")
+    assert (core.TOKEN_REVOKED.code, core.TOKEN_REVOKED.slug) == (4001, "token_revoked")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expires", "effect", "after"),
+    [
+        ("p1", 2_000, core.Write(frames.ws_text_frame(b'{"type":"refreshed","exp":2000}')), 2_000),
+        ("p2", 2_000, core.REFRESH_USER, EXP),
+        ("p1", int(EXP), core.REFRESH_EARLIER, EXP),
+        ("p1", 900, core.REFRESH_EARLIER, EXP),
+    ],
+)
+def test_a_refresh_extends_the_session_only_for_its_user_and_later(
+    claimed: str, expires: int, effect: core.Effect, after: float
+) -> None:
+    s = at(Phase.LIVE)
+    assert s.renew("p1", claimed, expires) == effect
+    assert s.expires == after
+    assert s.expiry(EXP) == (None if after > EXP else core.TOKEN_EXPIRED)
+
+
+def test_a_refresh_while_closing_does_nothing() -> None:
+    s = at(Phase.CLOSING)
+    assert s.renew("p1", "p1", 2_000) is None
+    assert s.expires == EXP
+
+
+@pytest.mark.parametrize(
+    ("issued", "not_before", "refused"),
+    [
+        (100, None, False),
+        (None, None, False),
+        (None, 101, True),  # no iat: cannot be shown to be newer
+        (99, 101, True),
+        (100, 101, True),  # minted in the revocation's second, even just after it
+        (101, 101, False),
+        (150, 101, False),
+    ],
+)
+def test_revocation_refuses_tokens_issued_before_its_second_ends(
+    issued: int | None, not_before: int | None, refused: bool
+) -> None:
+    assert core.revoked(issued, not_before) is refused
+
+
+@pytest.mark.parametrize(
+    ("revoked_at", "expected"), [(100.0, 101), (100.999, 101), (1_700_000_000.5, 1_700_000_001)]
+)
+def test_not_before_is_the_next_whole_second(revoked_at: float, expected: int) -> None:
+    assert core.not_before(revoked_at) == expected

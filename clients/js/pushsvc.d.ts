@@ -1,6 +1,9 @@
 // Type declarations for the pushsvc browser client (pushsvc.js). Wire protocol: docs/protocol.md.
 
-/** A token, or a function asked for a fresh one before every connection attempt. */
+/**
+ * A token, or a function asked for a fresh one before every connection attempt and, before the
+ * session's token expires, for the token sent in a `refresh` frame.
+ */
 export type TokenSource = string | (() => string | Promise<string>);
 
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
@@ -180,6 +183,8 @@ export interface ClientOptions {
   WebSocket?: new (url: string) => WebSocketLike;
   /** Random source in [0, 1) for the backoff jitter. */
   random?: () => number;
+  /** Clock in unix milliseconds, for the token's refresh time (default Date.now). */
+  now?: () => number;
   /** Milliseconds; the first retry waits up to this long (default 500). */
   backoffBase?: number;
   /** Milliseconds; no retry waits longer (default 30000). */
@@ -235,6 +240,15 @@ export declare function mergeOffsets(base: Record<string, string>,
   update: Record<string, unknown>): Record<string, string>;
 export declare function resumeFor(offsets: Record<string, string>, limit?: number): Record<string, string>;
 export declare function tokenSubject(token: unknown): string | null;
+
+/** The claims of a JWT, read without verifying it; null for any other token. */
+export declare function tokenClaims(token: unknown): Record<string, unknown> | null;
+
+/**
+ * Milliseconds from `nowMs` until `token` should be refreshed: a minute before its `exp`, or at
+ * 80% of a lifetime shorter than five minutes. Null without a numeric `exp`.
+ */
+export declare function refreshDelay(token: unknown, nowMs: number): number | null;
 
 export declare class MemoryStorage implements KeyValueStorage {
   getItem(key: string): string | null;

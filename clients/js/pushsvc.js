@@ -13,6 +13,9 @@
 //   2.5 heartbeats;
 // - reconnects with exponential backoff and full jitter, except after close codes 4001, 4002 and
 //   4010 ("don't reconnect with the same token");
+// - with a token function, refreshes the session's token before it expires (`refresh`, see
+//   refreshDelay) and, after 4001 token_expired on a session that was open, reconnects at once
+//   with a new token from it;
 // - resumes each stream after the last offset it has acknowledged;
 // - with enablePush(), keeps a Web Push subscription registered with the server, so the patient
 //   is notified when the page is closed (see PUSH below), and acknowledges a pushed message
@@ -267,8 +270,8 @@ export function resumeFor(offsets, limit = RESUME_LIMIT) {
   return Object.fromEntries(entries.slice(0, limit));
 }
 
-/** The `sub` claim of a JWT, read without verifying it; null for any other token. */
-export function tokenSubject(token) {
+/** The claims of a JWT, read without verifying it (the server verifies); null for any other token. */
+export function tokenClaims(token) {
   if (typeof token !== "string") return null;
   const parts = token.split(".");
   if (parts.length !== 3) return null;
@@ -276,10 +279,29 @@ export function tokenSubject(token) {
     const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
     const binary = atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "="));
     const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
-    return typeof claims?.sub === "string" && claims.sub.length > 0 ? claims.sub : null;
+    return claims !== null && typeof claims === "object" ? claims : null;
   } catch {
     return null;
   }
+}
+
+/** The `sub` claim of a JWT, read without verifying it; null for any other token. */
+export function tokenSubject(token) {
+  const claims = tokenClaims(token);
+  return typeof claims?.sub === "string" && claims.sub.length > 0 ? claims.sub : null;
+}
+
+/**
+ * Milliseconds from `nowMs` until a token should be refreshed: a minute before its `exp`, or at
+ * 80% of a lifetime shorter than five minutes (from `iat`, or from now without one). Null when
+ * the token is not a JWT with a numeric `exp`.
+ */
+export function refreshDelay(token, nowMs) {
+  const claims = tokenClaims(token);
+  if (typeof claims?.exp !== "number") return null;
+  const now = nowMs / 1000;
+  const lifetime = claims.exp - (typeof claims.iat === "number" ? claims.iat : now);
+  return Math.max(0, Math.round((claims.exp - Math.min(60, 0.2 * lifetime) - now) * 1000));
 }
 
 /** The WebSocket URL of the page's own host: ws(s)://host/ws. */
@@ -483,7 +505,10 @@ export class PushClient {
     this.pendingAcks = [];
     this.pendingOffsets = {};
     this.lastError = null;
-    this.timers = { ack: null, retry: null, connect: null, alive: null, stable: null };
+    this.timers = { ack: null, retry: null, connect: null, alive: null, stable: null, refresh: null };
+    this.now = options.now ?? Date.now; // ms, for the token's refresh time
+    this.token = null; // the token of the current connection
+    this.refreshing = null; // the token of the last refresh sent
     // Web Push: the subscription sent after every welcome, a push_unsubscribe still owed to the
     // server, enablePush() calls waiting for push_subscribed, and ids of pushed messages whose
     // notification brought the patient here (acknowledged once the socket is open).
@@ -594,6 +619,7 @@ export class PushClient {
       return;
     }
     if (generation !== this.generation || this.stopped) return;
+    this.token = token;
     this.useOffsetsOf(this.options.user ?? tokenSubject(token) ?? this.user);
     let ws;
     try {
@@ -658,6 +684,9 @@ export class PushClient {
       case "push_subscribed":
         this.pushConfirmed();
         break;
+      case "refreshed":
+        this.refreshLater(this.refreshing);
+        break;
       case "error":
         this.lastError = { code: frame.code, message: frame.message };
         this.emit("error", this.lastError);
@@ -683,6 +712,7 @@ export class PushClient {
     this.armAlive();
     clearTimeout(this.timers.stable);
     this.timers.stable = setTimeout(() => this.backoff.reset(), this.options.stableAfter);
+    this.refreshLater(this.token);
     this.emit("welcome", frame);
     this.setState("open", { session: this.session, node: this.node });
     this.sendPushState();
@@ -959,8 +989,35 @@ export class PushClient {
     }
   }
 
+  /**
+   * With a token function, sends `refresh` with its next token before `token` expires
+   * (refreshDelay). A failing token function leaves the session to expire; the reconnect after
+   * 4001 token_expired asks it again.
+   */
+  refreshLater(token) {
+    clearTimeout(this.timers.refresh);
+    this.timers.refresh = null;
+    const provider = this.options.token;
+    const delay = typeof provider === "function" ? refreshDelay(token, this.now()) : null;
+    if (delay === null) return;
+    const generation = this.generation;
+    this.timers.refresh = setTimeout(async () => {
+      this.timers.refresh = null;
+      let next;
+      try {
+        next = await provider();
+      } catch {
+        return;
+      }
+      if (generation !== this.generation || this.stopped) return;
+      this.refreshing = next;
+      this.send({ type: "refresh", token: next });
+    }, delay);
+  }
+
   /** The socket is gone: drop what belonged to it, then reconnect or stay closed. */
   lost(code, reason) {
+    const wasOpen = this.session !== null;
     this.clearTimers();
     this.pendingAcks = [];
     this.pendingOffsets = {};
@@ -977,6 +1034,14 @@ export class PushClient {
     this.pushUnconfirmed = false;
     if (this.stopped) return;
     const error = this.lastError;
+    if (code === 4001 && error?.code === "token_expired" && wasOpen
+        && typeof this.options.token === "function") {
+      // The session lived and its token ran out: a new one from the token function, at once.
+      // (An expiry refused at hello has no welcome before it: that one ends the client.)
+      this.setState("reconnecting", { code, reason, error, attempt: 0, delay: 0 });
+      this.dial("reconnecting");
+      return;
+    }
     if (!shouldReconnect(code)) {
       this.stopped = true;
       this.listenForWake(false);

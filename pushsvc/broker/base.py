@@ -85,13 +85,16 @@ class SessionInfo(msgspec.Struct, kw_only=True):
 
 
 class Command(msgspec.Struct, kw_only=True, frozen=True):
-    """An operator command for one node: close a session, or drain."""
+    """An operator command for one node: close a session, drain, or close the sessions of
+    ``user`` whose token was issued before ``not_before`` (a revocation, sent to every node)."""
 
-    kind: str  # "close_session" | "drain"
+    kind: str  # "close_session" | "drain" | "revoke_user"
     node: str
     session: str = ""
     code: int = 4010
     reason: str = ""
+    user: str = ""
+    not_before: int = 0
 
 
 # Ledger events: what nodes write, batched, and what trails are built from.
@@ -305,6 +308,16 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     async def find_session(self, session_id: str) -> SessionInfo | None: ...
+
+    @abc.abstractmethod
+    async def revoke(self, user: str, not_before: int, ttl: float) -> None:
+        """Refuse ``user``'s tokens issued (``iat``) before ``not_before`` (unix s) for ``ttl``
+        seconds (the longest token lifetime: older tokens have expired by then). A later
+        revocation of the same user replaces an earlier one."""
+
+    @abc.abstractmethod
+    async def revoked(self, user: str) -> int | None:
+        """The ``not_before`` of ``user``'s revocation in force, or None."""
 
     @abc.abstractmethod
     async def heartbeats(self) -> dict[str, float]:

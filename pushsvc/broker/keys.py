@@ -36,6 +36,9 @@ who reads it.
 ``{p}user-sessions:<user>`` — hash; session id → node id. :data:`USER_INDEX_TTL` after its last
     addition; entries of dead nodes are pruned when read.
     ``add_sessions`` / ``remove_sessions`` → ``sessions(user=...)``.
+``{p}revoked:<user>`` — string; the unix second before which the user's tokens were issued
+    (``iat``) are refused. ``token_max_ttl`` (every token issued before has expired by then).
+    ``Registry.revoke`` (the revoke route) → ``Registry.revoked`` (every hello and refresh).
 ``{p}trail:<message id>`` — hash (fields below). The message's expiry + ledger retention
     (``history_ttl`` + retention until its Published record arrives).
     The publish script (its Published record) and the ledger script → ``trail()``,
@@ -140,6 +143,9 @@ class Keyspace:
 
     def user_sessions(self, user: str) -> str:
         return f"{self.prefix}user-sessions:{user}"
+
+    def revoked(self, user: str) -> str:
+        return f"{self.prefix}revoked:{user}"
 
     def trail(self, message_id: str) -> str:
         return f"{self.prefix}trail:{message_id}"

@@ -146,6 +146,7 @@ class MemoryRegistry(Registry):
         self._clock = clock
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
         self._sessions: dict[str, dict[str, SessionInfo]] = {}  # node -> session id -> info
+        self._revoked: dict[str, tuple[int, float]] = {}  # user -> (not_before, until)
 
     def _alive(self, node_id: str, now: float) -> bool:
         held = self._nodes.get(node_id)
@@ -193,6 +194,16 @@ class MemoryRegistry(Registry):
             if info is not None and self._alive(node_id, now):
                 return info
         return None
+
+    async def revoke(self, user: str, not_before: int, ttl: float) -> None:
+        self._revoked[user] = (not_before, self._clock() + ttl)
+
+    async def revoked(self, user: str) -> int | None:
+        held = self._revoked.get(user)
+        if held is None or held[1] <= self._clock():
+            self._revoked.pop(user, None)
+            return None
+        return held[0]
 
     async def heartbeats(self) -> dict[str, float]:
         horizon = self._clock() - NODE_PRUNE_AFTER

@@ -64,8 +64,12 @@ class PushUnsubscribe(msgspec.Struct, tag="push_unsubscribe", tag_field="type"):
     pass
 
 
-ClientFrame = Hello | Ack | Ping | Pong | PushSubscribe | PushUnsubscribe
-KNOWN_TYPES = ("hello", "ack", "ping", "pong", "push_subscribe", "push_unsubscribe")
+class Refresh(msgspec.Struct, tag="refresh", tag_field="type"):
+    token: Token
+
+
+ClientFrame = Hello | Ack | Ping | Pong | Refresh | PushSubscribe | PushUnsubscribe
+KNOWN_TYPES = ("hello", "ack", "ping", "pong", "refresh", "push_subscribe", "push_unsubscribe")
 
 _decoder = msgspec.json.Decoder(ClientFrame)
 _any = msgspec.json.Decoder()
@@ -124,6 +128,10 @@ class _Error(msgspec.Struct, tag="error", tag_field="type"):
     message: str
 
 
+class _Refreshed(msgspec.Struct, tag="refreshed", tag_field="type"):
+    exp: int
+
+
 _encoder = msgspec.json.Encoder()
 
 PING = b'{"type":"ping"}'
@@ -150,6 +158,10 @@ def encode_msg(
 
 def encode_error(code: str, message: str) -> bytes:
     return _encoder.encode(_Error(code, message))
+
+
+def encode_refreshed(exp: int) -> bytes:
+    return _encoder.encode(_Refreshed(exp))
 
 
 def ws_text_frame(payload: bytes) -> bytes:

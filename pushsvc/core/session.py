@@ -18,6 +18,11 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 - After :meth:`accept` you must eventually call :meth:`replayed` (or close): it switches to live
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
+- Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
+  tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
+  frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
+  :meth:`renew` and apply what it returns (``refreshed``, or 4001 when the token names another
+  user or does not live longer). :func:`revoked` is the revocation rule.
 """
 
 from __future__ import annotations
@@ -76,7 +81,12 @@ class Forward:
     frame: frames.PushSubscribe | frames.PushUnsubscribe
 
 
-Effect = Write | Close | Admit | Settle | Forward
+@dataclass(frozen=True, slots=True)
+class Renew:
+    token: str
+
+
+Effect = Write | Close | Admit | Settle | Forward | Renew
 
 PONG = Write(PONG_FRAME)
 PING = Write(PING_FRAME)
@@ -88,6 +98,26 @@ NOT_ACKNOWLEDGED = Close(4011, "not_acknowledged", "deliveries were not acknowle
 SLOW_CONSUMER = Close(4008, "slow_consumer", "the client does not read fast enough")
 DRAINING = Close(1001, "node_draining", "node is shutting down, reconnect elsewhere")
 REFUSED = "node is not accepting connections"
+TOKEN_EXPIRED = Close(4001, "token_expired", "token expired: refresh it before exp, or reconnect")
+TOKEN_REVOKED = Close(4001, "token_revoked", "token revoked: get a new token")
+REFRESH_USER = Close(4001, "invalid_refresh", "the refresh token names another user")
+REFRESH_EARLIER = Close(4001, "invalid_refresh", "the refresh token does not expire later")
+
+
+def revoked(issued: int | None, not_before: int | None) -> bool:
+    """Whether a token issued at ``issued`` (its ``iat``, whole seconds; None when it has none)
+    is refused by a revocation of its user with ``not_before`` (None: no revocation). A
+    revocation at unix time T stores ``not_before = floor(T) + 1``: every token whose ``iat``
+    falls in T's second or earlier is refused, also one minted a moment after T in that second
+    (``iat`` has no finer resolution); tokens without ``iat`` are refused too."""
+    if not_before is None:
+        return False
+    return issued is None or issued < not_before
+
+
+def not_before(revoked_at: float) -> int:
+    """The ``not_before`` of a revocation made at unix time ``revoked_at`` (see :func:`revoked`)."""
+    return int(revoked_at) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +155,9 @@ def admits(upgraded: int, max_connections: int, draining: bool) -> bool:
 class SessionCore(Generic[M]):
     """One session's state; ``M`` is what the fan-out offers with a frame (the message)."""
 
-    __slots__ = ("acked", "buffer", "last", "last_ack", "phase", "ping_sent", "rtt", "sent")
+    __slots__ = (
+        "acked", "buffer", "expires", "last", "last_ack", "phase", "ping_sent", "rtt", "sent",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.phase = Phase.HTTP
@@ -136,6 +168,7 @@ class SessionCore(Generic[M]):
         self.sent = 0
         self.acked = 0
         self.last_ack: float | None = None
+        self.expires = 0.0  # the token's exp (unix s), once accepted
 
     # -- phases ---------------------------------------------------------------------------------
 
@@ -147,8 +180,10 @@ class SessionCore(Generic[M]):
         """``hello_timeout`` ran out: 4002 when upgraded and still waiting for a hello."""
         return HELLO_TIMEOUT if self.phase == Phase.HELLO else None
 
-    def accept(self) -> None:
-        """The hello was verified: buffer live messages until :meth:`replayed`."""
+    def accept(self, expires: float) -> None:
+        """The hello was verified (its token expires at ``expires``, unix s): buffer live
+        messages until :meth:`replayed`."""
+        self.expires = expires
         if self.phase == Phase.HELLO:
             self.phase = Phase.REPLAY
             self.buffer = []
@@ -209,6 +244,9 @@ class SessionCore(Generic[M]):
             case frames.PushSubscribe() | frames.PushUnsubscribe():
                 self.ping_sent = None
                 return Forward(frame) if self.phase >= Phase.REPLAY else HELLO_EXPECTED
+            case frames.Refresh():
+                self.ping_sent = None
+                return Renew(frame.token) if self.phase >= Phase.REPLAY else HELLO_EXPECTED
             case _:
                 assert_never(frame)
 
@@ -217,6 +255,27 @@ class SessionCore(Generic[M]):
         if first_acks:
             self.acked += first_acks
             self.last_ack = now
+
+    # -- token lifetime -------------------------------------------------------------------
+
+    def renew(self, user: str, claimed: str, expires: int) -> Write | Close | None:
+        """A refresh token of ``claimed`` (its ``sub``) expiring at ``expires`` was verified and is
+        not revoked, for a session of ``user``: ``refreshed``, or 4001. None when closing."""
+        if self.phase >= Phase.CLOSING:
+            return None
+        if claimed != user:
+            return REFRESH_USER
+        if expires <= self.expires:
+            return REFRESH_EARLIER
+        self.expires = expires
+        return Write(frames.ws_text_frame(frames.encode_refreshed(expires)))
+
+    def expiry(self, now: float) -> Close | None:
+        """``now`` (unix s) reached an expiry noted for this session: 4001 ``token_expired``
+        when its token has not been refreshed past it, else None (nor once closing)."""
+        if Phase.REPLAY <= self.phase <= Phase.LIVE and now >= self.expires:
+            return TOKEN_EXPIRED
+        return None
 
     # -- delivery ---------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@ and a message's trace context.
   does, each node with its own timeout), so no node ever waits on another.
 - ``DELETE /v1/sessions?user=U`` — close every session of a patient with 4010, on whichever nodes
   hold them. 404 when the patient has none.
+- ``POST /v1/users/{user}/revoke`` — refuse the patient's tokens issued before now (see
+  :func:`pushsvc.core.session.revoked` for the rule at the second's edge): the revocation record
+  goes to the broker (it lives ``token_max_ttl``, so nodes started later refuse them too), then
+  every node is told to close the patient's sessions holding such a token with 4001.
 - ``POST /v1/nodes/{id}/drain`` — ask a node to drain: it stops accepting and closes its sessions
   with 1001 so the clients reconnect elsewhere. 404 when no live node has that id.
 - ``GET /v1/messages/{id}/trace`` — the W3C ``traceparent`` the publish recorded for the message
@@ -20,15 +24,24 @@ HTTP exceptions; the app's handlers turn them into ``{"error": {"code", "message
 from __future__ import annotations
 
 import heapq
+import time
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from pushsvc.broker.base import Command, History
 from pushsvc.core import offsets
+from pushsvc.core import session as core
+from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.errors import FrameError
-from pushsvc.http.models import LocalSessionList, MessageTrace, NodeDraining, UserSessionsClosing
+from pushsvc.http.models import (
+    LocalSessionList,
+    MessageTrace,
+    NodeDraining,
+    UserRevoked,
+    UserSessionsClosing,
+)
 from pushsvc.http.openapi import NO_BODY, answers
 from pushsvc.node.gateway import Node
 
@@ -76,6 +89,22 @@ def cluster_admin_routes(node: Node) -> APIRouter:
             "user": user,
             "sessions": [{"session": s, "node": n} for s, n in sorted(holders.items())],
         }
+
+    @v1.post(
+        "/users/{user}/revoke", summary="Revoke a patient's tokens (4001)",
+        **answers(202, UserRevoked, *NO_BODY, 503),
+    )  # fmt: skip
+    async def revoke_user(
+        user: Annotated[str, Path(pattern=NAME_PATTERN)],
+    ) -> dict[str, Any]:
+        now = time.time()
+        not_before = core.not_before(now)
+        ttl = node.settings.token_max_ttl
+        await node.broker.registry.revoke(user, not_before, ttl)
+        await node.broker.bus.send_command(
+            Command(kind="revoke_user", node="*", code=4001, user=user, not_before=not_before)
+        )
+        return {"user": user, "not_before": not_before, "expires": now + ttl}
 
     @v1.post(
         "/nodes/{node_id}/drain", summary="Drain a node (1001)",

@@ -302,6 +302,15 @@ class UserSessionsClosing(BaseModel):
     sessions: list[HeldSession]
 
 
+class UserRevoked(BaseModel):
+    """The user's tokens issued (``iat``) before ``not_before`` are refused until
+    ``expires``; every node was told to close the sessions they hold with 4001."""
+
+    user: str
+    not_before: int
+    expires: float
+
+
 class NodeDraining(BaseModel):
     """The node was told to drain."""
 

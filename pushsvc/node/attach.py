@@ -50,12 +50,14 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.device = hello.device or session.id
     session.topics = claims.topics
     session.streams = streams
-    session.core.accept()
+    session.issued = claims.issued
+    session.core.accept(claims.expires)
     session.hello_accepted()
     node.sessions[session.id] = session
     node.users[session.user] = node.users.get(session.user, 0) + 1
     node.unfrozen += 1
     node.index.add(session.id, session.streams, session)
+    node.expire_at(session)
     metrics.connections.set(len(node.sessions))
     node.spawn(replay(node, session, resume.offsets, resume.positions))
 
@@ -63,8 +65,15 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
 async def replay(
     node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> None:
-    """Send the welcome and what the session missed, then switch it to live."""
+    """Check the token against its user's revocation, send the welcome and what the session
+    missed, then switch it to live. (A revocation that lands during the replay closes the session
+    by its command: the session is in ``node.sessions`` from the hello on.)"""
     try:
+        if await node.revoked(session.user, session.issued):
+            metrics.connections_opened.labels("unauthorized").inc()
+            t = core.TOKEN_REVOKED
+            session.close(t.code, t.slug, t.message)
+            return
         chosen = await missed(node, session, wanted, positions)
     except (BrokerError, OSError) as exc:
         node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import heapq
 import logging
 import os
 import socket
@@ -45,7 +46,7 @@ from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
-from pushsvc.errors import BrokerError, FrameError
+from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node import attach
 from pushsvc.node.accounting import Accounting
@@ -111,6 +112,8 @@ class Node:
         self.internal_addr = f"{settings.internal_host}:{settings.internal_port}"
         self.log = ContextAdapter(log, {"node": self.id})
         self.pings: deque[tuple[float, Session]] = deque()
+        self.expiries: list[tuple[float, str]] = []  # heap: (token exp, session id)
+        self.revocations: dict[str, int] = {}  # user -> not_before, from revoke commands
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -303,8 +306,45 @@ class Node:
                 except FrameError as exc:
                     metrics.frames_rejected.labels(exc.slug).inc()
                     session.close(4003, exc.slug, str(exc))
+            case core.Renew(token):
+                self.spawn(self._renew(session, token))
             case _:
                 assert_never(effect)
+
+    async def _renew(self, session: Session, token: str) -> None:
+        """A ``refresh``: verify the token, check its revocation, then apply :meth:`renew`."""
+        try:
+            claims = self.tokens.verify(token)
+            refused = await self.revoked(claims.user, claims.issued)
+        except AuthError as exc:
+            session.close(exc.code, exc.slug, exc.message)
+            return
+        except (BrokerError, OSError) as exc:
+            self.log.warning("refresh failed", extra={"session": session.id, "error": str(exc)})
+            session.close(1011, "internal_error", "could not check the token, reconnect")
+            return
+        if refused:
+            apply_close(session, core.TOKEN_REVOKED)
+            return
+        effect = session.core.renew(session.user, claims.user, claims.expires)
+        if isinstance(effect, core.Close):
+            apply_close(session, effect)
+        elif effect is not None:
+            session.issued = claims.issued
+            session.write(effect.payload)
+            self.expire_at(session)
+
+    def expire_at(self, session: Session) -> None:
+        """Note the session's token expiry for :meth:`tick`."""
+        heapq.heappush(self.expiries, (session.core.expires, session.id))
+
+    async def revoked(self, user: str, issued: int | None) -> bool:
+        """Whether a token of ``user`` issued at ``issued`` is revoked: by the broker's record
+        (a node that started after the revocation reads it there) or a command this node got.
+        Raises :class:`BrokerError` when the broker cannot be read."""
+        if core.revoked(issued, self.revocations.get(user)):
+            return True
+        return core.revoked(issued, await self.broker.registry.revoked(user))
 
     def keep(self, session: Session, message: Message, now: float) -> bool:
         """False when the drop fault swallows ``message`` (it is then owed, never written)."""
@@ -415,6 +455,12 @@ class Node:
                 self.over_cap.discard(session)
                 metrics.outbox_overflows.inc()
                 apply_close(session, core.SLOW_CONSUMER)
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            _, session_id = heapq.heappop(expiries)
+            expiring = self.sessions.get(session_id)
+            if expiring is not None and (close := expiring.core.expiry(now)) is not None:
+                apply_close(expiring, close)
         pings = self.pings
         heartbeat = self.settings.heartbeat
         while pings and pings[0][0] <= mono:
@@ -468,6 +514,15 @@ class Node:
                 )
         elif command.kind == "drain":
             self.spawn(self.drain())
+        elif command.kind == "revoke_user":
+            # older revocations lapse with the longest token lifetime, as in the broker
+            oldest = time.time() - self.settings.token_max_ttl
+            self.revocations = {u: t for u, t in self.revocations.items() if t > oldest}
+            known = self.revocations.get(command.user, 0)
+            self.revocations[command.user] = max(known, command.not_before)
+            for session in [s for s in self.sessions.values() if s.user == command.user]:
+                if core.revoked(session.issued, command.not_before):
+                    apply_close(session, core.TOKEN_REVOKED)
 
     def describe(self, session: Session) -> SessionInfo:
         """The session's registry record, with its live counters."""

@@ -100,6 +100,7 @@ class Session(asyncio.Protocol):
         "device",
         "headers",
         "id",
+        "issued",
         "node",
         "remote",
         "streams",
@@ -125,6 +126,7 @@ class Session(asyncio.Protocol):
         self.id = ""
         self.user = ""
         self.device = ""
+        self.issued: int | None = None  # the token's iat (revocations close by it)
         self.topics: tuple[str, ...] = ()
         self.streams: tuple[str, ...] = ()
         self.remote = ""

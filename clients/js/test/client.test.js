@@ -382,3 +382,67 @@ describe("token", () => {
     assert.equal(ScriptedSocket.last().sent[0].token, "t2");
   });
 });
+
+describe("token lifetime", () => {
+  const nowS = () => Math.floor(Date.now() / 1000);
+
+  test("refreshDelay: a minute before exp, or at 80% of a short lifetime", async () => {
+    const { refreshDelay } = await import("../pushsvc.js");
+    assert.equal(refreshDelay(jwt({ iat: 1000, exp: 4600 }), 1000_000), 3540_000);
+    assert.equal(refreshDelay(jwt({ iat: 1000, exp: 1010 }), 1000_000), 8000);
+    assert.equal(refreshDelay(jwt({ exp: 1010 }), 1000_000), 8000);
+    assert.equal(refreshDelay(jwt({ iat: 900, exp: 999 }), 1000_000), 0);
+    assert.equal(refreshDelay("not-a-jwt", 1000_000), null);
+  });
+
+  test("a token function is asked for the refresh token before exp, and refreshed renews it", async () => {
+    const tokens = [jwt({ sub: "p1", iat: nowS(), exp: nowS() + 10 }),
+      jwt({ sub: "p1", iat: nowS(), exp: nowS() + 20 }), jwt({ sub: "p1", iat: nowS(), exp: nowS() + 30 })];
+    let calls = 0;
+    const { socket, states } = await openClient({ token: async () => tokens[calls++] });
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 0);
+    mock.timers.tick(8100);
+    await settle();
+    assert.deepEqual(socket.sent.filter((f) => f.type === "refresh"), [{ type: "refresh", token: tokens[1] }]);
+    socket.frame({ type: "refreshed", exp: nowS() + 20 });
+    mock.timers.tick(16100);
+    await settle();
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").at(-1).token, tokens[2]);
+    assert.equal(states.at(-1).state, "open");
+    assert.equal(ScriptedSocket.all.length, 1);
+  });
+
+  test("4001 token_expired on an open session reconnects at once with a new token", async () => {
+    let calls = 0;
+    const { socket, states } = await openClient({ token: async () => `t${++calls}` });
+    socket.frame({ type: "error", code: "token_expired", message: "token expired" });
+    socket.drop(4001, "token expired");
+    assert.equal(states.at(-1).state, "reconnecting");
+    await settle();
+    ScriptedSocket.last().accept();
+    assert.equal(ScriptedSocket.all.length, 2);
+    assert.equal(ScriptedSocket.last().sent[0].token, "t2");
+    // refused again at hello, before any welcome: the client ends, it does not loop
+    ScriptedSocket.last().frame({ type: "error", code: "token_expired", message: "token expired" });
+    ScriptedSocket.last().drop(4001, "token expired");
+    assert.equal(states.at(-1).state, "closed");
+    mock.timers.tick(120000);
+    await settle();
+    assert.equal(ScriptedSocket.all.length, 2);
+  });
+
+  test("4001 token_expired with a fixed token ends the client", async () => {
+    const { socket, states } = await openClient();
+    socket.frame({ type: "error", code: "token_expired", message: "token expired" });
+    socket.drop(4001, "token expired");
+    assert.equal(states.at(-1).state, "closed");
+    assert.equal(states.at(-1).error.code, "token_expired");
+  });
+
+  test("4001 with another reason stops even with a token function", async () => {
+    const { socket, states } = await openClient({ token: async () => "t" });
+    socket.frame({ type: "error", code: "token_revoked", message: "revoked" });
+    socket.drop(4001, "revoked");
+    assert.equal(states.at(-1).state, "closed");
+  });
+});

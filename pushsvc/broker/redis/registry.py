@@ -160,6 +160,14 @@ class RedisRegistry(Registry):
             await self._link.call("HDEL", index_key, *stale)
         return out
 
+    async def revoke(self, user: str, not_before: int, ttl: float) -> None:
+        ms = max(1, int(ttl * 1000))
+        await self._link.call("SET", self._keys.revoked(user), not_before, "PX", ms)
+
+    async def revoked(self, user: str) -> int | None:
+        raw = await self._link.call("GET", self._keys.revoked(user))
+        return None if raw is None else int(raw)
+
     async def heartbeats(self) -> dict[str, float]:
         flat = await self._link.call("ZRANGE", self._keys.nodes, 0, -1, "WITHSCORES")
         return {n.decode(): float(score) for n, score in zip(flat[::2], flat[1::2], strict=True)}
