@@ -212,18 +212,17 @@ def test_device_ids_are_escaped_in_alert_annotations() -> None:
     assert shown("d" * 100).endswith("...") and len(shown("d" * 100)) == 67
 
 
-async def test_hostile_device_ids_cannot_break_or_paint_the_cli(node: NodeHandle) -> None:
+async def test_hostile_device_ids_are_refused_before_they_reach_the_cli(node: NodeHandle) -> None:
     hostile = "[/]\x1b[31mred[link=https://evil.example]click[/link]"
     origin = "https://portal.hospital.example"
-    wire = await Wire.open(node.client_url, node.token("p-hostile"), device=hostile, origin=origin)
-    sent = node.publish({"to": {"users": ["p-hostile"]}, "event": "e", "data": {}})
-    await wire.ack((await wire.recv_msg())["id"])
-    for args in (["sessions", "--user", "p-hostile"], ["trace", sent["id"]]):
-        done = operator_cli(node, *args)
-        assert done.returncode == 0, done.stderr
-        assert "\x1b" not in done.stdout and "\\u001b" in done.stdout, done.stdout
-        assert "[link=https://evil.example]" in done.stdout  # shown, not interpreted
-    await wire.close()
+    wire = await Wire.open(node.client_url, None, origin=origin)
+    await wire.send({"type": "hello", "token": node.token("p-hostile"), "device": hostile})
+    refused = await wire.recv()
+    assert refused["type"] == "error" and refused["code"] == "invalid_device", refused
+    code, _, _ = await wire.closed()
+    assert code == 4003
+    done = operator_cli(node, "sessions", "--user", "p-hostile")  # the refused one is not listed
+    assert done.returncode == 1 and done.stdout == "no open session matches\n", done
 
 
 def operator_cli(node: NodeHandle, *args: str) -> subprocess.CompletedProcess[str]:

@@ -111,7 +111,9 @@ class Link:
             await connection.send_command(*ROLE, check_health=False)
             check_role(await connection.read_response(timeout=self.timeout), address)
         except BaseException:
-            await connection.disconnect(nowait=True)
+            # waits for the close (bounded by the connect timeout): a TLS transport left to
+            # finish closing on its own may outlive the caller, unclosed
+            await connection.disconnect()
             raise
         return connection
 
