@@ -38,7 +38,7 @@ import httpx
 
 from bench import provenance, soak
 from bench.chaos_check import dropped, judge, missing_pairs
-from bench.chaos_cluster import ChaosMonitor, ChaosNode, ChaosRedis, settle_policy
+from bench.chaos_cluster import CALLERS, ChaosMonitor, ChaosNode, ChaosRedis, settle_policy
 from bench.chaos_faults import FAULTS, Injector, schedule
 from bench.chaos_load import Device, Publisher, devices_for
 
@@ -71,6 +71,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.fault_list) - set(FAULTS)
     if unknown:
         p.error(f"unknown faults {sorted(unknown)}; known: {','.join(FAULTS)}")
+    if not 1 <= args.publishers <= CALLERS:
+        p.error(f"--publishers must be 1 to {CALLERS}")
     if args.nodes < 2:
         p.error("--nodes must be 2 or more")
     return args

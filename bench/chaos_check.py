@@ -30,7 +30,7 @@ import httpx
 
 from bench.chaos_cluster import KEY, MONITOR
 from bench.chaos_faults import DROP_FRACTION, Fault
-from bench.chaos_load import Device, Publisher, Sent
+from bench.chaos_load import Device, Publisher, Sent, caller_key
 
 WINDOW_MARGIN = 1.0  # s around a drop window: a 202 comes a moment after the fan-out
 TRAILS_READ = 300  # most trails looked up for missing pairs
@@ -139,10 +139,10 @@ def judge(
         ", ".join(f"{i} on {s} -> {n}" for n, i, s in wrong[:SAMPLES]),
     )
 
-    doubles = {k: ids for p in publishers for k, ids in p.ids_by_key.items() if len(ids) > 1}
-    known = {i for p in publishers for ids in p.ids_by_key.values() for i in ids}
-    key_ids = {k: ids for p in publishers for k, ids in p.ids_by_key.items()}
-    abandoned = {k for p in publishers for k in p.abandoned}
+    key_ids = {caller_key(p.caller, k): ids for p in publishers for k, ids in p.ids_by_key.items()}
+    doubles = {k: ids for k, ids in key_ids.items() if len(ids) > 1}
+    known = {i for ids in key_ids.values() for i in ids}
+    abandoned = {caller_key(p.caller, k) for p in publishers for k in p.abandoned}
     unseen = {(i, d.keys.get(i, "")) for d in devices for i in d.received if i not in known}
     for i, k in unseen:
         if k in key_ids:

@@ -25,6 +25,17 @@ import httpx
 from bench import soak
 
 KEY = soak.KEY
+CALLERS = 16  # named publish keys, one per campaign publisher (``--publishers`` at most this)
+
+
+def caller_secret(caller: str) -> str:
+    """The secret of ``caller``'s own publish key (named ``caller``, scope publish)."""
+    return f"chaos-{caller}-" + "c" * 32
+
+
+#: Every node's API keys: the campaign's own (every scope) and one named key per publisher, so
+#: idempotency keys are scoped per caller.
+API_KEYS = ",".join([KEY, *(f"c{i}:{caller_secret(f'c{i}')}:publish" for i in range(CALLERS))])
 SECRET = soak.SECRET
 NODE = {**soak.NODE, "drain_timeout": 3}
 MONITOR = {**soak.MONITOR, "reconnect_window": 10, "loss_window": 600}
@@ -166,7 +177,7 @@ class ChaosNode:
             "node_id": self.node_id,
             "port": self.port,
             "internal_port": self.internal_port,
-            "api_keys": KEY,
+            "api_keys": API_KEYS,
             "token_secret": SECRET,
             "log_level": "WARNING",
             **NODE,

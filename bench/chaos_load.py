@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.chaos_cluster import KEY, ChaosNode
+from bench.chaos_cluster import KEY, ChaosNode, caller_secret
 from pushsvc.client import PushClient
 
 TOPIC = "board"
@@ -57,7 +57,7 @@ class Device:
     def _take(self, msg_id: str, stream: str, data: Any) -> None:
         self.received.setdefault(msg_id, time.time())
         to = data if isinstance(data, dict) else {}
-        self.keys[msg_id] = str(to.get("key", ""))
+        self.keys[msg_id] = caller_key(str(to.get("caller", "")), str(to.get("key", "")))
         kind, _, name = stream.partition(":")
         if kind == "user":
             ok = name == self.user and self.user in to.get("users", ())
@@ -71,6 +71,11 @@ class Device:
     @property
     def connections(self) -> int:
         return self.client.connections if self.client is not None else 0
+
+
+def caller_key(caller: str, key: str) -> str:
+    """An idempotency key as the cluster scopes it: per caller."""
+    return f"{caller}/{key}"
 
 
 @dataclass
@@ -105,10 +110,11 @@ class Publisher:
         """Publish about ``rate`` messages per second, one at a time, until ``stop``."""
         seq = 0
         next_at = time.monotonic()
-        async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {KEY}"}) as h:
+        auth = {"Authorization": f"Bearer {caller_secret(self.caller)}"}  # its own named key
+        async with httpx.AsyncClient(timeout=5, headers=auth) as h:
             while not stop.is_set():
                 seq += 1
-                await self.publish(h, f"{self.caller}-{seq}")
+                await self.publish(h, f"k{seq}")  # the same key strings for every caller
                 next_at = max(next_at + self.rng.expovariate(rate), time.monotonic() - 1)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
@@ -127,7 +133,12 @@ class Publisher:
             "event": "chaos",
             "ttl": 3600,
             "idempotency_key": key,
-            "data": {"users": list(users), "topics": list(topics), "key": key},
+            "data": {
+                "users": list(users),
+                "topics": list(topics),
+                "key": key,
+                "caller": self.caller,
+            },
         }
         turn = self.rng.randrange(len(self.nodes))
         first = time.monotonic()

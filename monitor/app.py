@@ -109,11 +109,14 @@ class Monitor:
             held = False
         if held and not self.active:
             log.info("active: this monitor holds the lease", extra={"monitor": s.monitor_id})
-            self.reconciler = Reconciler(self.policy, time.time() - self.lookback())
+            since = time.time() - self.lookback()
+            if self.reconciler is None:
+                self.reconciler = Reconciler(self.policy, since)
+            else:  # active again: what this process counted already is not counted twice
+                self.reconciler.resume(since)
             self.book = AlertBook(s.alert_resend)
         elif not held and self.active:
             log.warning("standby: the lease is held elsewhere", extra={"monitor": s.monitor_id})
-            self.reconciler = None
         self.active = held
         metrics.active.set(1 if held else 0)
         return held

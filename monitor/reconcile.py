@@ -175,6 +175,15 @@ class Reconciler:
         self._reported: dict[tuple[int, str], dict[str, int]] = {}  # (bucket, node) -> counts
         self._recent: list[BucketReport] = []
 
+    def resume(self, since: float) -> None:
+        """Active again after a spell as standby: look no further back than ``since``. What
+        this reconciler counted before (per bucket and node) stays counted: a bucket checked
+        again only adds what grew since, never its counts a second time."""
+        first = int(since) // BUCKET_SECONDS * BUCKET_SECONDS
+        if first > self._next:
+            self._seen = {b: v for b, v in self._seen.items() if b >= first}
+            self._next = first
+
     def due(self, now: float) -> list[tuple[int, int]]:
         """(bucket, check) pairs to run now, oldest first: the latest check due of each bucket
         that has not had it (a check that was missed is folded into the next)."""

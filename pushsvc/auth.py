@@ -257,7 +257,9 @@ class TokenIssuer:
             raise AuthError("invalid token: not valid yet (nbf)", slug="invalid_token")
         if iat is not None and iat > now + IAT_LEEWAY:
             raise AuthError("invalid token: issued in the future (iat)", slug="invalid_token")
-        if exp - (now if iat is None else min(iat, now)) > self.max_ttl:
+        # the lifetime is from iat (up to IAT_LEEWAY ahead: the issuer's clock may be ahead of
+        # ours), or from now without one
+        if exp - (now if iat is None else iat) > self.max_ttl:
             raise AuthError(
                 f"invalid token: lives longer than {self.max_ttl} s", slug="invalid_token"
             )

@@ -142,6 +142,14 @@ def test_minting_is_capped() -> None:
     assert info.value.slug == "ttl_too_long"
 
 
+def test_a_node_whose_clock_is_behind_takes_a_token_of_the_longest_lifetime() -> None:
+    issuer = TokenIssuer(SECRET, max_ttl=600)
+    token = issuer.mint("p1", ttl=600)
+    assert issuer.verify(token, now=time.time() - 30).user == "p1"  # 30 s behind the issuer
+    with pytest.raises(AuthError):
+        issuer.verify(token, now=time.time() - 90)  # beyond the leeway: iat in the future
+
+
 OLD, NEW = "old-secret-" + "o" * 40, "new-secret-" + "n" * 40
 
 

@@ -26,6 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
+from monitor import metrics
+from monitor.app import Monitor
+from pushsvc.broker.base import Accepted, Expected, Published
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.node.publish import new_id
+from pushsvc.settings import Settings
 from tests.fleet import Device
 from tests.support import (
     API_KEY,
@@ -304,3 +310,42 @@ async def test_a_clean_run_with_a_rolling_restart_raises_no_alert(
     assert time.time() - finished < 60
     for d in fleet:
         await d.stop()
+
+
+async def test_a_lease_lost_to_a_frozen_redis_does_not_count_old_buckets_twice(
+    redis: RedisServer,
+) -> None:
+    """Redis frozen (SIGSTOP) past a lease check: the monitor goes standby, then active again a
+    check later; the buckets it had counted before are not added to its counters again."""
+    settings = Settings(redis_url=redis.url, api_keys=[API_KEY], monitor_id="flip",
+                        **MONITOR)  # fmt: skip
+    broker = RedisBroker(settings, timeout=0.3 * UNIT)
+    monitor = Monitor(settings, broker, canaries=False)
+    node = f"flip-{os.getpid()}"
+    now = time.time()
+    message = new_id(int((now - 10) * 1000))
+    await broker.ledger.record([
+        Published(message, "lab.result", now - 10, now + 600, True, {}),
+        Accepted(message, node, True),
+        Expected(message, "p1/phone", "s1", node, now - 10),
+    ])  # fmt: skip
+    unfanned = metrics.unfanned.labels(node)
+    try:
+        assert await monitor.hold_lease()
+        await monitor.reconcile(now + 10)  # every check of its bucket is due
+        assert unfanned._value.get() == 1  # the pair it owed and never wrote
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert not await monitor.hold_lease()  # the lease check times out: standby
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert not monitor.active
+        async with asyncio.timeout(10 * UNIT):
+            while not await monitor.hold_lease():  # active again, in the same process
+                await asyncio.sleep(0.1)
+        await monitor.reconcile(now + 11)
+        assert unfanned._value.get() == 1  # counted once, not again by a new reconciler
+    finally:
+        await monitor.close()
+        await broker.close()

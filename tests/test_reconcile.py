@@ -211,3 +211,15 @@ def test_canary_track_up_stalled_latency_and_lost() -> None:
 def test_canary_users_are_valid_and_distinct(node_id: str) -> None:
     user = canary_user(node_id)
     assert valid_name(user) and user != canary_user(node_id + "1")
+
+
+def test_a_reconciler_active_again_counts_nothing_twice_and_skips_what_it_missed() -> None:
+    r = Reconciler(POLICY, since=B)
+    tally = {"a": {"expected": 2, "sent": 1, "acked": 1}}
+    first = r.apply(reconcile(B, FANOUT, tally, [pair("d2", sent=False)], B + 25))
+    assert first.by_node == {"a": {"expected": 2, "sent": 1, "acked": 1, "unfanned": 1}}
+    r.resume(since=B - 600)  # standby for a moment: nothing changes
+    again = r.apply(reconcile(B, LOSS, tally, [pair("d2", sent=False)], B + 135))
+    assert again.by_node == {}  # the same counts: nothing added
+    r.resume(since=B + 1000)  # standby for long: the buckets before are left to the other monitor
+    assert r.due(B + 1100)[0] == (B + 1000, FANOUT)

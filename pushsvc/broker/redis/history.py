@@ -3,7 +3,10 @@
 Entries are appended by the publish script (:mod:`pushsvc.broker.redis.scripts`) and read here.
 An entry holds its message (field ``m``) or, for a message appended to several streams, its id
 (field ``r``): the message is in its body key, fetched in one pipelined round trip per read.
-Like the memory history, a read leaves out entries published more than ``ttl`` seconds ago.
+Like the memory history, a read leaves out entries published more than ``ttl`` seconds ago, judged
+in Redis's clock: an entry's id is the time Redis appended it, and every read asks Redis for its
+``TIME`` in the same round trip, so a node whose clock is off neither loses entries nor keeps
+expired ones.
 An entry that does not decode is left out, counted in
 ``pushsvc_history_undecodable_total``, and the others are returned.
 """
@@ -11,7 +14,6 @@ An entry that does not decode is left out, counted in
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +49,12 @@ def range_start(after: str | None) -> str | None:
     return f"({ms}-{seq}"
 
 
+def redis_ms(reply: Any) -> int:
+    """Redis's clock in ms from a ``TIME`` reply (seconds, microseconds)."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 class RedisHistory(History):
     def __init__(self, link: Link, keys: Keyspace, ttl: float) -> None:
         self._link = link
@@ -71,13 +79,16 @@ class RedisHistory(History):
                 wanted.append((i, start, stream))
         for first in range(0, len(wanted), READ_CHUNK):
             chunk = wanted[first : first + READ_CHUNK]
-            replies = await self._link.pipeline([
-                ("XRANGE", self._keys.stream(stream), start, "+", "COUNT", limit)
-                for _, start, stream in chunk
+            clock, *replies = await self._link.pipeline([
+                ("TIME",),
+                *(
+                    ("XRANGE", self._keys.stream(stream), start, "+", "COUNT", limit)
+                    for _, start, stream in chunk
+                ),
             ])  # fmt: skip
             raw = [[self._raw(item) for item in reply] for reply in replies]
             bodies = await self._bodies({r for entries in raw for _, r, _ in entries if r})
-            horizon = int(time.time() * 1000) - self._ttl_ms
+            horizon = redis_ms(clock) - self._ttl_ms
             bad = 0
             for (i, _, stream), entries in zip(chunk, raw, strict=True):
                 kept = []
@@ -90,7 +101,7 @@ class RedisHistory(History):
                         bad += 1
                         log.warning("undecodable history entry skipped",
                                     extra={"stream": stream, "offset": offset})  # fmt: skip
-                    elif message.ts >= horizon:
+                    elif offsets.parse(offset)[0] >= horizon:
                         kept.append(HistoryEntry(offset, message))
                 out[i] = kept
             if bad:

@@ -11,8 +11,10 @@ connection of its own (:meth:`Link.connection`).
 Commands are packed here (:func:`pack`, a few lines of RESP). Replies are raw RESP2 — bytes,
 ints, flat lists and None — parsed next to the command that asked for them.
 
-Failures: a connection error or timeout raises :class:`BrokerUnavailable` and marks the link
-unreachable until a command succeeds again; any other Redis error raises :class:`BrokerError`.
+Failures: a connection error or timeout, or a reply saying Redis cannot serve yet (``LOADING``: a
+restarted Redis still reading its data; ``READONLY``) raises :class:`BrokerUnavailable` and marks
+the link unreachable until a command succeeds again; any other Redis error raises
+:class:`BrokerError`. An error reply is never returned as a value.
 Callers never see a redis-py exception.
 """
 
@@ -27,7 +29,7 @@ from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
@@ -177,7 +179,7 @@ class Link:
             confirmed = again.pop() if wait else 0  # covers every write of the connection
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-        out = [self.failure(r) if isinstance(r, ResponseError) else r for r in replies]
+        out = [self.failure(r) if isinstance(r, RedisError) else r for r in replies]
         if wait and not (isinstance(confirmed, int) and confirmed >= replicas):
             shortfall = BrokerUnavailable(
                 f"{confirmed} of {replicas} redis replicas confirmed the write in {wait_ms} ms"
@@ -186,9 +188,10 @@ class Link:
         return out
 
     def _checked(self, replies: list[Any]) -> list[Any]:
-        """``replies``, or the pushsvc error for the first error among them."""
+        """``replies``, or the pushsvc error for the first error among them (an error reply of
+        any kind: LOADING while a restarted Redis reads its data is BrokerUnavailable)."""
         for reply in replies:
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 raise self.failure(reply) from reply
         return replies
 
