@@ -8,6 +8,7 @@ the replicas and the other sentinels — so a test may kill anything at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pushsvc.broker.base import Broker, Placed, Publication
+from pushsvc.errors import BrokerUnavailable
 from tests.support import UNIT, free_port, wait_until
 
 MASTER_NAME = "pushsvc-test"
@@ -391,3 +394,19 @@ def start_cluster() -> Iterator[ClusterSetup]:
         finally:
             for node in nodes:
                 node.stop()
+
+
+async def retry_until_placed(broker: Broker, publication: Publication, timeout: float) -> None:
+    """Publish ``publication`` (keyed) again and again, as a caller retrying every refusal
+    with the same key, until the broker places it; fails after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                [outcome] = await broker.publish([publication], "test")
+            except BrokerUnavailable:
+                await asyncio.sleep(0.05)
+                continue
+            if isinstance(outcome, Placed):
+                return
+            assert isinstance(outcome, BrokerUnavailable), outcome
+            await asyncio.sleep(0.05)
