@@ -23,19 +23,23 @@ err = Console(stderr=True)
 RESTART_DELAY = 1.0
 
 
+def _env_value(value: object) -> str:
+    """A setting as its ``PUSHSVC_*`` variable: lists comma-separated, as the settings read them."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _spawn(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    values = settings.model_dump(exclude={"api_keys", "allowed_origins", "static_dir"})
+    values = settings.model_dump()
     values.update(
         workers=1,
         reuse_port=True,
         internal_port=settings.internal_port + index,
         node_id=f"{settings.node_id}-{index}",
     )
-    env.update({f"PUSHSVC_{k.upper()}": str(v) for k, v in values.items() if v is not None})
-    env["PUSHSVC_API_KEYS"] = ",".join(settings.api_keys)
-    env["PUSHSVC_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
-    env["PUSHSVC_STATIC_DIR"] = str(settings.static_dir)
+    env.update({f"PUSHSVC_{k.upper()}": _env_value(v) for k, v in values.items() if v is not None})
     return subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env)
 
 
@@ -60,6 +64,10 @@ def run_workers(settings: Settings) -> int:
         time.sleep(0.2)
         for i, proc in list(workers.items()):
             code = proc.poll()
+            if code == 2 and not stopping:  # settings or a port it cannot use: no restart helps
+                err.print(f"[red]worker {i} exited with 2 (its error is above); stopping[/]")
+                forward(signal.SIGTERM, None)
+                break
             if code is not None and not stopping:
                 err.print(f"[yellow]worker {i} exited with {code}; restarting[/]")
                 time.sleep(RESTART_DELAY)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -14,12 +17,16 @@ import pytest
 
 from tests.fleet import Device, Publisher, missing
 from tests.support import (
+    API_KEY,
+    TOKEN_SECRET,
     UNIT,
     NodeHandle,
     RedisServer,
     answers,
+    free_port,
     free_ports,
     launch_node,
+    pushsvc_command,
     start_redis,
     wait_until,
 )
@@ -239,3 +246,23 @@ async def test_workers_share_the_port_and_deliver_across_each_other(redis: Redis
             await c.close()
     finally:
         assert node.stop() == 0
+
+
+def test_workers_stop_with_exit_2_when_one_cannot_start(redis: RedisServer) -> None:
+    """A worker that exits 2 (a port it cannot bind, settings it refuses) stops them all with 2:
+    restarting it would only loop on the same error."""
+    internal = free_ports(2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", internal + 1))  # worker 1's internal port
+        busy.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+        env.update(PUSHSVC_TOKEN_SECRET=TOKEN_SECRET, PUSHSVC_API_KEYS=API_KEY)
+        done = subprocess.run(
+            [*pushsvc_command(), "serve", "--workers", "2", "--redis-url", redis.url,
+             "--port", str(free_port()), "--internal-port", str(internal)],
+            env=env, capture_output=True, text=True, timeout=30 * UNIT, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "cannot listen for the internal API" in done.stderr
+    assert "exited with 2 (its error is above); stopping" in done.stderr
+    assert "restarting" not in done.stderr
