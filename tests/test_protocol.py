@@ -351,7 +351,7 @@ async def test_max_connections_counts_connections_that_have_not_said_hello() -> 
         with pytest.raises(InvalidStatus):
             await Wire.open(small.client_url, small.token(uid()))
         await silent[0].close()
-        admitted = await admitted_within(small, 5 * UNIT)
+        admitted = await admitted_within(small, 15 * UNIT)
         for client in (*silent[1:], admitted):
             await client.close()
 
