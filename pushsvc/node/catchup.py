@@ -95,8 +95,10 @@ class CatchUp:
         self._fanout.submit(envelope)
 
     def start(self, stream: str, end: str | None) -> None:
-        """A session starts reading ``stream``, whose newest offset is ``end`` (None: empty)."""
-        self.marks.start(stream, None if end is None else offsets.parse(end))
+        """A session starts reading ``stream``, whose newest offset is ``end`` (None: empty).
+        Ignored when no local session reads it (any more: it closed while starting)."""
+        if self._index.get(stream) is not None:
+            self.marks.start(stream, None if end is None else offsets.parse(end))
 
     def knows(self, stream: str) -> bool:
         return self.marks.knows(stream)
