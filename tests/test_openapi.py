@@ -25,6 +25,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from tests.support import API_KEY, ROOT, UNIT, NodeHandle, start_node
 
 CHECKED_IN = ROOT / "docs" / "openapi.json"
+SCHEMATHESIS_CONFIG = ROOT / "tests" / "schemathesis.toml"
 ERROR = {"$ref": "#/components/schemas/ErrorAnswer"}
 PUBLISHES = {("post", "/v1/messages"), ("post", "/v1/messages/batch")}
 
@@ -218,7 +219,8 @@ def test_the_docs_pages_load_their_assets_from_the_node(node: NodeHandle) -> Non
 def test_schemathesis_finds_no_failure(node: NodeHandle, tmp_path: Path) -> None:
     """Every check of schemathesis, every phase, a bounded number of cases per operation."""
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", node.internal_url + "/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(SCHEMATHESIS_CONFIG),
+        "run", node.internal_url + "/openapi.json",
         "--checks", "all", "--header", f"Authorization: Bearer {API_KEY}",
         "--max-examples", "25", "--workers", "1", "--generation-database", "none",
         "--request-timeout", str(10 * UNIT), "--no-color",
