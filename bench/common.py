@@ -22,12 +22,17 @@ def user_id(prefix: str, index: int) -> str:
     return f"{prefix}{index}"
 
 
-def mint_token(secret: str, user: str, ttl: int, topics: list[str], now: int) -> str:
-    """An HS256 JWT for ``user``: claims ``sub``, ``iat``, ``exp`` and, if any, ``topics``."""
+def mint_token(
+    key: str, user: str, ttl: int, topics: list[str], now: int, algorithm: str = "HS256"
+) -> str:
+    """A JWT for ``user``: claims ``sub``, ``iat``, ``exp`` and, if any, ``topics``.
+
+    ``key`` is the HS256 secret, or for RS256 / ES256 the private key in PEM.
+    """
     claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
     if topics:
         claims["topics"] = topics
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, key, algorithm=algorithm)
 
 
 # Parent -> worker
@@ -55,6 +60,9 @@ class Setup(msgspec.Struct, tag=True, frozen=True):
     token_ttl: int
     topics: list[str]
     token_secret: str | None = None
+    token_private_key: str | None = None
+    """PEM private key to mint RS256 / ES256 tokens with (``token_algorithm``), else HS256."""
+    token_algorithm: str = "HS256"
     tokens: list[str] = []
 
 

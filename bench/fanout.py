@@ -78,7 +78,7 @@ async def measure(opts: Options, node: Node, res: Results) -> None:
         log("no --api-key: publishing will probably be refused")
     async with ApiClient(node.internal_urls[0], node.api_key, size=32) as api:
         tokens = None
-        if node.token_secret is None:
+        if node.token_secret is None and node.token_private_key is None:
             tokens = await mint_over_http(api, opts)
         group = await WorkerGroup.start(setups(opts, node, tokens))
         try:

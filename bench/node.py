@@ -7,6 +7,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
 from bench import procstat, server, stats
 from bench.api import ApiClient
 from bench.options import Options
@@ -28,6 +36,8 @@ class Node:
     root_pids: list[int]
     include_children: bool
     started: server.StartedServer | None = None
+    token_private_key: str | None = None
+    """PEM private key the clients mint RS256 / ES256 tokens with (the node has its public key)."""
     helper_pids: list[int] = field(default_factory=list)
     """Processes of the system under test that are not the node (e.g. its redis-server): their
     CPU time is not counted as disturbance, nor as the server's."""
@@ -71,6 +81,20 @@ async def wait_quiet(node: Node, group: WorkerGroup, limit_s: float) -> float:
     return time.monotonic() - start
 
 
+def key_pair(algorithm: str) -> tuple[str, str]:
+    """A new (private, public) PEM pair for ``algorithm``: RSA 2048 for RS256, P-256 for ES256."""
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if algorithm == "RS256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+    private_pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    public_pem = (
+        private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    )
+    return private_pem, public_pem
+
+
 async def attach_or_start(opts: Options) -> Node:
     if not opts.start_server:
         if not opts.server_pids:
@@ -95,6 +119,13 @@ async def attach_or_start(opts: Options) -> Node:
         "PUSHSVC_HEARTBEAT": f"{opts.heartbeat:g}",
         **opts.server_env,
     }
+    private_key = None
+    if opts.token_algorithm != "HS256":
+        private_key, public_key = key_pair(opts.token_algorithm)
+        public_path = opts.json_path.with_suffix(".token-keys.pem")
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        public_path.write_text(public_key)
+        env["PUSHSVC_TOKEN_PUBLIC_KEYS"] = str(public_path)
     log_path = opts.json_path.with_suffix(".server.log")
     started = server.start(
         opts.server_cmd, env, opts.server_cpus, log_path, opts.server_args, opts.server_workers
@@ -109,6 +140,7 @@ async def attach_or_start(opts: Options) -> Node:
         opts.include_children,
         started,
         helper_pids=opts.helper_pids,
+        token_private_key=private_key,
     )
     try:
         ready = await server.wait_ready(started, 60.0)

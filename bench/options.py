@@ -25,6 +25,7 @@ class Options:
     internal_urls: list[str]
     api_key: str | None
     token_secret: str | None
+    token_algorithm: str
     server_pids: list[int]
     helper_pids: list[int]
     include_children: bool
@@ -87,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     g.add_argument(
         "--token-secret",
         help="PUSHSVC_TOKEN_SECRET, to mint client tokens locally (else via POST /v1/tokens)",
+    )
+    g.add_argument(
+        "--token-algorithm",
+        choices=("HS256", "RS256", "ES256"),
+        default="HS256",
+        help="client token algorithm; RS256 / ES256 need --start-server, which makes a key pair "
+        "and gives the node its public key (PUSHSVC_TOKEN_PUBLIC_KEYS)",
     )
     g.add_argument(
         "--server-pid", action="append", type=int, default=[], help="PID to measure (repeat)"
@@ -165,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
     if not a.start_server and not (a.client_url and a.internal_url):
         p.error("give --start-server, or --client-url and --internal-url of a running node")
+    if a.token_algorithm != "HS256" and not a.start_server:
+        p.error(f"--token-algorithm {a.token_algorithm} needs --start-server")
     env: dict[str, str] = {}
     for item in a.server_env:
         key, sep, value = item.partition("=")
@@ -188,6 +198,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         internal_urls=a.internal_url,
         api_key=a.api_key,
         token_secret=a.token_secret,
+        token_algorithm=a.token_algorithm,
         server_pids=a.server_pid,
         helper_pids=a.helper_pid,
         include_children=not a.no_children,

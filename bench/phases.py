@@ -68,6 +68,8 @@ def setups(opts: Options, node: Node, tokens: list[str] | None) -> list[Setup]:
                 token_ttl=opts.token_ttl,
                 topics=[],
                 token_secret=node.token_secret,
+                token_private_key=node.token_private_key,
+                token_algorithm=opts.token_algorithm,
                 tokens=tokens[first : first + count] if tokens else [],
             )
         )

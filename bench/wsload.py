@@ -85,10 +85,13 @@ class Worker:
         self.user_seen: set[str] = set()
         self.user_dups = 0
         now = int(time.time())
-        if setup.token_secret is not None:
-            secret, ttl, topics = setup.token_secret, setup.token_ttl, setup.topics
+        key, algorithm = setup.token_secret, "HS256"
+        if setup.token_private_key is not None:
+            key, algorithm = setup.token_private_key, setup.token_algorithm
+        if key is not None:
+            ttl, topics = setup.token_ttl, setup.topics
             self.tokens = [
-                mint_token(secret, user_id(setup.user_prefix, i), ttl, topics, now)
+                mint_token(key, user_id(setup.user_prefix, i), ttl, topics, now, algorithm)
                 for i in range(setup.first, setup.first + setup.count)
             ]
         else:
