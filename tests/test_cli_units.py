@@ -11,7 +11,8 @@ from cli.stats import parse_since
 from cli.top import COUNTERS, Sample, counters_of, rates
 from cli.trace import NodeFanOut, fan_out
 from pushsvc.broker.base import NodeInfo
-from pushsvc.http.cluster_admin import preceding_offset, trace_id
+from pushsvc.core import offsets
+from pushsvc.http.cluster_admin import trace_id
 
 NOW = 1_800_000_000.0
 
@@ -168,7 +169,7 @@ def test_rates_between_samples() -> None:
     ],
 )
 def test_the_offset_before(offset: str, before: str | None) -> None:
-    assert preceding_offset(offset) == before
+    assert offsets.preceding(offset) == before
 
 
 @pytest.mark.parametrize(

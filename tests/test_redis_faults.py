@@ -16,7 +16,7 @@ import pytest
 
 from pushsvc.broker.base import Command, Placed, Publication
 from pushsvc.broker.redis import RedisBroker
-from pushsvc.broker.redis.history import range_start
+from pushsvc.core import offsets
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer
@@ -152,7 +152,7 @@ async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
     ],
 )
 def test_history_range_start(after: str | None, start: str | None) -> None:
-    assert range_start(after) == start
+    assert offsets.range_start(after) == start
 
 
 async def test_starting_while_redis_is_down(server: RedisServer) -> None:

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pushsvc.core import offsets
 from pushsvc.core.frames import MAX_RESUME
 
 #: The most streams a hello's ``resume`` may name (every stream one token can read).
 RESUME_LIMIT = MAX_RESUME
 
 
-def parse_offset(offset: str) -> tuple[int, int] | None:
-    """``"<ms>-<seq>"`` as a comparable pair, or None when the offset has another shape."""
-    ms, sep, seq = offset.partition("-")
-    if sep and ms.isdecimal() and seq.isdecimal():
-        return int(ms), int(seq)
-    return None
+#: ``"<ms>-<seq>"`` as a comparable pair, or None when the offset has another shape.
+parse_offset = offsets.parse_or_none
 
 
 def offset_after(new: str, old: str | None) -> bool:

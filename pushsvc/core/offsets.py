@@ -11,6 +11,8 @@ from pushsvc.errors import FrameError
 
 Position = tuple[int, int]
 ZERO: Position = (0, 0)
+#: Each part of a Redis Stream id is an unsigned 64-bit number.
+U64_MAX = (1 << 64) - 1
 
 
 def parse(offset: str) -> Position:
@@ -19,6 +21,14 @@ def parse(offset: str) -> Position:
     if not sep or not _digits(ms) or not _digits(seq) or len(offset) > 41:
         raise FrameError(f"invalid offset {offset[:48]!r}", slug="invalid_offset")
     return int(ms), int(seq)
+
+
+def parse_or_none(offset: str) -> Position | None:
+    """:func:`parse`, or None for callers that treat a malformed offset as opaque."""
+    try:
+        return parse(offset)
+    except FrameError:
+        return None
 
 
 def _digits(text: str) -> bool:
@@ -46,3 +56,27 @@ def next_position(last: Position, now_ms: int) -> Position:
     if now_ms > last[0]:
         return (now_ms, 0)
     return (last[0], last[1] + 1)
+
+
+def preceding(offset: str) -> str | None:
+    """The offset right before ``offset`` (None: nothing precedes it), so a read of the entries
+    after it begins exactly at ``offset``. Raises :class:`FrameError` when it is not an offset."""
+    ms, seq = parse(offset)
+    if seq > 0:
+        return format_position((ms, seq - 1))
+    if ms > 0:
+        return format_position((ms - 1, U64_MAX))
+    return None
+
+
+def range_start(after: str | None) -> str | None:
+    """The Redis ``XRANGE`` start of the entries after ``after`` (``"-"``: from the first);
+    None when nothing can follow it. Raises :class:`FrameError` when it is not an offset."""
+    if after is None:
+        return "-"
+    ms, seq = parse(after)
+    if ms > U64_MAX or (ms == U64_MAX and seq >= U64_MAX):
+        return None
+    if seq >= U64_MAX:
+        return f"{ms + 1}-0"
+    return f"({ms}-{seq}"

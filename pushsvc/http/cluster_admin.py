@@ -137,24 +137,13 @@ async def recorded_traceparent(history: History, message_id: str, streams: dict[
     when the publish was not traced or the entry has left the history."""
     for stream, offset in streams.items():
         try:
-            before = preceding_offset(offset)
+            before = offsets.preceding(offset)
         except FrameError:
             continue
         for entry in await history.read(stream, before, 1):
             if entry.offset == offset and entry.message.id == message_id:
                 return entry.message.traceparent
     return ""
-
-
-def preceding_offset(offset: str) -> str | None:
-    """An offset right before ``offset`` (None: read from the start), so a history read after it
-    begins exactly at ``offset``. Raises :class:`FrameError` when it is not an offset."""
-    ms, seq = offsets.parse(offset)
-    if seq > 0:
-        return offsets.format_position((ms, seq - 1))
-    if ms > 0:
-        return offsets.format_position((ms - 1, (1 << 64) - 1))
-    return None
 
 
 def trace_id(traceparent: str) -> str:

@@ -30,24 +30,6 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1000  # XRANGEs per round trip in read_many
 
-#: Redis stream ids are two unsigned 64-bit integers.
-_U64_MAX = (1 << 64) - 1
-
-
-def range_start(after: str | None) -> str | None:
-    """The XRANGE start for entries after ``after``; None when nothing can follow it.
-
-    Raises :class:`pushsvc.errors.FrameError` when ``after`` is not an offset.
-    """
-    if after is None:
-        return "-"
-    ms, seq = offsets.parse(after)
-    if ms > _U64_MAX or (ms == _U64_MAX and seq >= _U64_MAX):
-        return None
-    if seq >= _U64_MAX:
-        return f"{ms + 1}-0"
-    return f"({ms}-{seq}"
-
 
 def redis_ms(reply: Any) -> int:
     """Redis's clock in ms from a ``TIME`` reply (seconds, microseconds)."""
@@ -74,7 +56,7 @@ class RedisHistory(History):
             return out
         wanted: list[tuple[int, str, str]] = []
         for i, (stream, after) in enumerate(reads):
-            start = range_start(after)
+            start = offsets.range_start(after)
             if start is not None:
                 wanted.append((i, start, stream))
         for first in range(0, len(wanted), READ_CHUNK):
