@@ -15,6 +15,13 @@ error frames without parsing messages.
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
+#: An error answer's JSON body.
+ErrorDoc = dict[str, dict[str, Any]]
+
 
 class PushError(Exception):
     """Root of every error pushsvc raises on purpose."""
@@ -63,3 +70,18 @@ class BrokerError(PushError):
 
 class BrokerUnavailable(BrokerError):
     slug = "broker_unavailable"
+
+
+def error_document(code: str, message: str, *, retryable: bool = False, **extra: Any) -> ErrorDoc:
+    """The body of every error answer of both listeners and of each failed item of a batch:
+    ``{"error": {"code", "message", ["retryable": true], ...extra}}``."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retryable:
+        error["retryable"] = True
+    error.update(extra)
+    return {"error": error}
+
+
+def error_body(code: str, message: str, *, retryable: bool = False, **extra: Any) -> bytes:
+    """:func:`error_document` encoded as JSON: the one encoder of HTTP error bodies."""
+    return msgspec.json.encode(error_document(code, message, retryable=retryable, **extra))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+import orjson
 import pytest
 
+from pushsvc import errors
 from pushsvc.core import clock, frames, marks, offsets, replay, streams
 from pushsvc.core.acks import AckLedger
 from pushsvc.core.flow import TokenBucket, slow_consumer
@@ -432,3 +436,23 @@ def test_catch_up_reads_a_margin_of_the_streams_clock_before_the_mark(
     mark: offsets.Position, after: str
 ) -> None:
     assert marks.read_after(mark) == after
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "body"),
+    [
+        (("not_found", "no such file"), {}, b'{"error":{"code":"not_found","message":"no such file"}}'),
+        (
+            ("unavailable", "retry"),
+            {"retryable": True},
+            b'{"error":{"code":"unavailable","message":"retry","retryable":true}}',
+        ),
+        (("invalid_body", "x"), {"retryable": False, "details": []},
+         b'{"error":{"code":"invalid_body","message":"x","details":[]}}'),
+    ],
+)  # fmt: skip
+def test_every_error_answer_has_one_shape(
+    args: tuple[str, str], extra: dict[str, Any], body: bytes
+) -> None:
+    assert errors.error_body(*args, **extra) == body
+    assert orjson.loads(body) == errors.error_document(*args, **extra)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from pushsvc.apikeys import ApiKey, KeyRing, Scope
 from pushsvc.broker.base import RateLimits
@@ -71,7 +71,7 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
-def answer(exc: ApiError) -> JSONResponse:
+def answer(exc: ApiError) -> Response:
     """The error response for ``exc`` (with ``Retry-After`` when rate limited)."""
     response = exc.response()
     if isinstance(exc, RateLimited):

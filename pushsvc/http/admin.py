@@ -16,13 +16,13 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pushsvc.http.models import FaultsState
 from pushsvc.http.openapi import BODY, NO_BODY, answers
+from pushsvc.http.publishing import error_response
 from pushsvc.node.gateway import Node
-from pushsvc.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,9 @@ def admin_routes(node: Node) -> APIRouter:
     def state() -> dict[str, Any]:
         return {"node": node.id, "enabled": enabled, "faults": node.faults.describe()}
 
-    def refused() -> JSONResponse:
-        metrics.http_errors.labels("403").inc()
+    def refused() -> Response:
         message = "fault injection is off on this node (start it with --enable-fault-injection)"
-        body = {"error": {"code": "fault_injection_disabled", "message": message}}
-        return JSONResponse(body, status_code=403)
+        return error_response(403, "fault_injection_disabled", message)
 
     @v1.get("/faults", summary="Faults injected on this node", **answers(200, FaultsState))
     async def faults() -> dict[str, Any]:
@@ -56,7 +54,7 @@ def admin_routes(node: Node) -> APIRouter:
         "/faults", summary="Inject faults on this node (game days)",
         **answers(200, FaultsState, *BODY),
     )  # fmt: skip
-    async def inject(request: FaultsRequest) -> dict[str, Any] | JSONResponse:
+    async def inject(request: FaultsRequest) -> dict[str, Any] | Response:
         if not enabled:
             return refused()
         if request.drop_deliveries is not None:
@@ -72,7 +70,7 @@ def admin_routes(node: Node) -> APIRouter:
     @v1.delete(
         "/faults", summary="Clear every fault on this node", **answers(200, FaultsState, *NO_BODY)
     )
-    async def clear() -> dict[str, Any] | JSONResponse:
+    async def clear() -> dict[str, Any] | Response:
         if not enabled:
             return refused()
         stopped = node.faults.stop_bus

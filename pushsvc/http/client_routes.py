@@ -17,7 +17,7 @@ import msgspec
 import orjson
 from pydantic import ValidationError
 
-from pushsvc.errors import AuthError, BrokerError, PublishError
+from pushsvc.errors import AuthError, BrokerError, PublishError, error_body
 from pushsvc.http import jsonguard
 from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
-
-
-def error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 class ClientRoutes:

@@ -359,17 +359,17 @@ def _operations(app: FastAPI, node: Node) -> None:
 
 def _error_answers(app: DocumentedAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(_: Request, exc: ApiError) -> Response:
         return answer(exc)
 
     @app.exception_handler(BrokerError)
-    async def broker_error(_: Request, exc: BrokerError) -> JSONResponse:
+    async def broker_error(_: Request, exc: BrokerError) -> Response:
         # the broker's own error text (Redis's) goes to the log, never to the caller
         log.warning("broker error", extra={"error": exc.message[:500]})
         return error_response(503, exc.slug, UNAVAILABLE + "; retry later")
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "request body is not valid JSON")
@@ -382,7 +382,7 @@ def _error_answers(app: DocumentedAPI) -> None:
         return error_response(422, "invalid_body", summary, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         answer = error_response(exc.status_code, slug, str(exc.detail))
         if exc.status_code == 405:

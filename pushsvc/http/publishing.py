@@ -8,17 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from pushsvc.broker.base import PushSpec
 from pushsvc.core.streams import ALL, topic_stream, user_stream
-from pushsvc.errors import BrokerError
+from pushsvc.errors import BrokerError, error_body, error_document
 from pushsvc.node.publish import Outcome, Outgoing, Publisher, Result
 from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
 
+
+JSON = "application/json"
 
 #: What a caller hears when the broker fails: never the broker's (Redis's) own error text.
 UNAVAILABLE = "the broker is unavailable"
@@ -45,20 +47,18 @@ class ApiError(Exception):
         self.retryable = retryable
         self.results = results
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         metrics.http_errors.labels(str(self.status)).inc()
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.retryable:
-            error["retryable"] = True
-        body: dict[str, Any] = {"error": error}
+        body: dict[str, Any] = error_document(self.code, self.message, retryable=self.retryable)
         if self.results is not None:
             body["results"] = self.results
-        return JSONResponse(body, status_code=self.status)
+        return Response(msgspec.json.encode(body), self.status, media_type=JSON)
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    """The answer ``status`` with the error body (:func:`pushsvc.errors.error_body`)."""
     metrics.http_errors.labels(str(status)).inc()
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+    return Response(error_body(code, message, **extra), status, media_type=JSON)
 
 
 #: What a 503 of a publish says: the outcome is unknown, and how to retry safely.
@@ -148,5 +148,5 @@ def _result_or_error(outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, Result):
         return msgspec.structs.asdict(outcome)
     if isinstance(outcome, BrokerError):
-        return {"error": {"code": outcome.slug, "message": MAYBE, "retryable": True}}
-    return {"error": {"code": outcome.slug, "message": outcome.message}}
+        return error_document(outcome.slug, MAYBE, retryable=True)
+    return error_document(outcome.slug, outcome.message)

@@ -19,7 +19,6 @@ import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
-import msgspec
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State as WsState
@@ -29,7 +28,7 @@ from pushsvc.core import frames
 from pushsvc.core.flow import TokenBucket
 from pushsvc.core.handshake import HandshakeRefused, check_upgrade
 from pushsvc.core.session import REFUSED, Phase, SessionCore, admits
-from pushsvc.errors import FrameError
+from pushsvc.errors import FrameError, error_body
 from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -281,9 +280,7 @@ class Session(asyncio.Protocol):
         self.transport.close()
 
     def _http_answer(self, status: int, message: bytes) -> None:
-        body = msgspec.json.encode(
-            {"error": {"code": _SLUGS.get(status, "error"), "message": message.decode()}}
-        )
+        body = error_body(_SLUGS.get(status, "error"), message.decode())
         self.http_answer(status, b"application/json", body, allow=b"GET" if status == 405 else b"")
 
     def hello_accepted(self) -> None:
