@@ -12,7 +12,7 @@ from cli.top import COUNTERS, Sample, counters_of, rates
 from cli.trace import NodeFanOut, fan_out
 from pushsvc.broker.base import NodeInfo
 from pushsvc.core import offsets
-from pushsvc.http.cluster_admin import trace_id
+from pushsvc.node.operations import trace_id
 
 NOW = 1_800_000_000.0
 

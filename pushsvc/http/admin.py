@@ -12,9 +12,9 @@ Faults apply to the node that answers the request only. Included by
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,9 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pushsvc.http.models import FaultsState
 from pushsvc.http.openapi import BODY, NO_BODY, answers
 from pushsvc.http.publishing import error_response
-from pushsvc.node.gateway import Node
-
-log = logging.getLogger(__name__)
+from pushsvc.node.operations import Operations, S
 
 
 class FaultsRequest(BaseModel):
@@ -34,13 +32,9 @@ class FaultsRequest(BaseModel):
     stop_bus: bool | None = None
 
 
-def admin_routes(node: Node) -> APIRouter:
-    """The game-day routes served by ``node``."""
+def admin_routes(ops: Operations[S]) -> APIRouter:
+    """The game-day routes served by the node whose actions are ``ops``."""
     v1 = APIRouter(prefix="/v1/admin", tags=["game days"])
-    enabled = node.settings.enable_fault_injection
-
-    def state() -> dict[str, Any]:
-        return {"node": node.id, "enabled": enabled, "faults": node.faults.describe()}
 
     def refused() -> Response:
         message = "fault injection is off on this node (start it with --enable-fault-injection)"
@@ -48,37 +42,24 @@ def admin_routes(node: Node) -> APIRouter:
 
     @v1.get("/faults", summary="Faults injected on this node", **answers(200, FaultsState))
     async def faults() -> dict[str, Any]:
-        return state()
+        return msgspec.to_builtins(ops.faults())  # type: ignore[no-any-return]
 
     @v1.post(
         "/faults", summary="Inject faults on this node (game days)",
         **answers(200, FaultsState, *BODY),
     )  # fmt: skip
     async def inject(request: FaultsRequest) -> dict[str, Any] | Response:
-        if not enabled:
+        if not ops.faults_enabled:
             return refused()
-        if request.drop_deliveries is not None:
-            node.faults.drop_deliveries = request.drop_deliveries
-        if request.stop_bus is not None:
-            if node.faults.stop_bus and not request.stop_bus:
-                node.faults.stop_bus = False
-                node.catchup.restart()
-            node.faults.stop_bus = request.stop_bus
-        log.warning("faults injected", extra={"node": node.id, **node.faults.describe()})
-        return state()
+        state = ops.inject(request.drop_deliveries, request.stop_bus)
+        return msgspec.to_builtins(state)  # type: ignore[no-any-return]
 
     @v1.delete(
         "/faults", summary="Clear every fault on this node", **answers(200, FaultsState, *NO_BODY)
     )
     async def clear() -> dict[str, Any] | Response:
-        if not enabled:
+        if not ops.faults_enabled:
             return refused()
-        stopped = node.faults.stop_bus
-        node.faults.drop_deliveries = 0.0
-        node.faults.stop_bus = False
-        if stopped:
-            node.catchup.restart()
-        log.warning("faults cleared", extra={"node": node.id})
-        return state()
+        return msgspec.to_builtins(ops.clear_faults())  # type: ignore[no-any-return]
 
     return v1

@@ -53,6 +53,7 @@ from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
+from pushsvc.node.operations import Operations
 from pushsvc.node.session import Session
 from pushsvc.push.escalator import Escalator
 from pushsvc.settings import Settings
@@ -119,6 +120,16 @@ class Node:
         self._closed = False
         self._all_closed = asyncio.Event()
         self.routes = ClientRoutes(self)
+        self.operations = Operations(
+            self.id,
+            broker,
+            self.sessions,
+            self.describe,
+            self.faults,
+            self.catchup.restart,
+            token_max_ttl=settings.token_max_ttl,
+            faults_enabled=settings.enable_fault_injection,
+        )
         broker.bus.subscribe(self.catchup.envelope, self.command, self.catchup.resync)
 
     # -- lifecycle --------------------------------------------------------------------------
