@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins the WebSocket upgrade accepts (empty: any)"
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may read /client/pushsvc.js (CORS); empty: none, *: any",
+    )
     docs: bool = Field(False, description="serve /docs and /openapi.json (on in --dev)")
     internal_tls_cert: Path | None = Field(None, description="internal API over HTTPS: cert")
     internal_tls_key: Path | None = Field(None, description="internal API over HTTPS: key")
@@ -182,11 +186,23 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_keys", "allowed_origins", "webhook_urls", mode="before")
+    @field_validator("api_keys", "allowed_origins", "cors_origins", "webhook_urls", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        if "*" in value and len(value) > 1:
+            raise ValueError("'*' (any origin) stands alone, without other origins")
+        for origin in value:
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(
+                    f"{origin[:100]!r} is not a web origin: scheme://host[:port], no path"
+                )
         return value
 
     @field_validator("vapid_private_key", "escalate_after", mode="before")
@@ -215,6 +231,11 @@ class Settings(BaseSettings):
     def origins(self) -> frozenset[bytes]:
         """``allowed_origins`` as the WebSocket upgrade compares them (empty: any origin)."""
         return frozenset(normal_origin(o.encode()) for o in self.allowed_origins)
+
+    @functools.cached_property
+    def cors(self) -> frozenset[bytes]:
+        """``cors_origins`` as :mod:`pushsvc.http.cors` compares them (empty: no CORS)."""
+        return frozenset(normal_origin(o.encode()) for o in self.cors_origins)
 
     def client_tls(self) -> ssl.SSLContext:
         """The TLS context of this process's clients of the internal API (CLI, canary)."""
@@ -292,6 +313,24 @@ _KID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 def _trusted_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname or ""))
+
+
+def _is_origin(text: str) -> bool:
+    """``http(s)://host[:port]`` (a trailing ``/`` aside): what a browser sends as ``Origin``."""
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() in ("http", "https")
+        and bool(parts.hostname)
+        and port_ok
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username or parts.password)
+        and "?" not in text
+        and "#" not in text
+    )
 
 
 def _loopback(host: str) -> bool:

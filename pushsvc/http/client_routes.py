@@ -2,9 +2,11 @@
 
 ``/healthz`` · ``/client/push-key`` (the VAPID public key, JSON) · the files of :data:`STATIC_FILES`
 and nothing else of ``static_dir``: the browser client (``/client/pushsvc.js``, ``.d.ts``) and the
-demo page (``/demo/``). In dev mode only (``pushsvc serve --dev``, loopback only) the demo page's
-two helpers exist: ``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its
-connection; ``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
+demo page (``/demo/``). The client's files and the push key carry CORS headers for the origins of
+``PUSHSVC_CORS_ORIGINS`` (:mod:`pushsvc.http.cors`), which then also answers their preflights.
+In dev mode only (``pushsvc serve --dev``, loopback only) the demo page's two helpers exist:
+``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its connection;
+``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 
 from pushsvc.errors import AuthError, BrokerError, PublishError, error_body
 from pushsvc.http import jsonguard
+from pushsvc.http.cors import CORS_PATHS, cors_headers, preflight_headers
 from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
 
@@ -51,32 +54,50 @@ class ClientRoutes:
                 session.http_answer(405, JSON, refusal, allow=b"POST")
             else:
                 self._node.spawn(self._demo(session, path, body))
+        elif method == b"OPTIONS" and path in CORS_PATHS and self._node.settings.cors:
+            self._preflight(session)
         elif method not in (b"GET", b"HEAD"):
             session.http_answer(
                 405, JSON, error_body("method_not_allowed", "use GET"), allow=b"GET, HEAD"
             )
         elif path in STATIC_FILES:
-            self._static(session, STATIC_FILES[path])
+            self._static(session, path)
         else:
             session.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
 
     def _push_key(self, session: Session) -> None:
         """The VAPID public key a page subscribes with (``applicationServerKey``)."""
         vapid = self._node.escalator.vapid
+        cors = self._cors(session)
         if vapid is None:
             message = "Web Push is not configured on this server (PUSHSVC_VAPID_PRIVATE_KEY)"
-            session.http_answer(404, JSON, error_body("push_unavailable", message))
+            session.http_answer(404, JSON, error_body("push_unavailable", message), extra=cors)
         else:
-            session.http_answer(200, JSON, orjson.dumps({"publicKey": vapid.public_key}))
+            body = orjson.dumps({"publicKey": vapid.public_key})
+            session.http_answer(200, JSON, body, extra=cors)
 
-    def _static(self, session: Session, name: str) -> None:
-        target = self._node.settings.static_dir / name
+    def _cors(self, session: Session) -> bytes:
+        return cors_headers(session.headers.get(b"origin"), self._node.settings.cors)
+
+    def _preflight(self, session: Session) -> None:
+        """A CORS preflight (only asked for when a page adds a header or a method that is not
+        CORS-safelisted; a ``<script>``, ``import()`` or plain ``fetch()`` never needs one)."""
+        grant = preflight_headers(
+            session.headers.get(b"origin"),
+            session.headers.get(b"access-control-request-method"),
+            self._node.settings.cors,
+        )
+        session.http_answer(200, b"text/plain", b"", allow=b"GET, HEAD, OPTIONS", extra=grant)
+
+    def _static(self, session: Session, path: str) -> None:
+        target = self._node.settings.static_dir / STATIC_FILES[path]
         try:
             body = target.read_bytes()
         except OSError:
             session.http_answer(404, JSON, error_body("not_found", "no such file"))
             return
-        session.http_answer(200, _TYPES[target.suffix].encode(), body)
+        cors = self._cors(session) if path in CORS_PATHS else b""
+        session.http_answer(200, _TYPES[target.suffix].encode(), body, extra=cors)
 
     async def _demo(self, session: Session, path: str, body: bytes) -> None:
         node = self._node

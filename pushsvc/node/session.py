@@ -260,10 +260,17 @@ class Session(asyncio.Protocol):
             self.data_received(rest)
 
     def http_answer(
-        self, status: int, content_type: bytes, body: bytes, *, allow: bytes = b""
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        *,
+        allow: bytes = b"",
+        extra: bytes = b"",
     ) -> None:
         """Answer the HTTP request this connection carries, then close it. ``allow``: the
-        methods the path takes, sent as ``Allow`` (a 405 must say them)."""
+        methods the path takes, sent as ``Allow`` (a 405 must say them); ``extra``: more header
+        lines, each ending in CRLF (CORS, :mod:`pushsvc.http.cors`)."""
         if self.transport is None or self.transport.is_closing():
             return
         reason = _REASONS.get(status, b"Status")
@@ -272,6 +279,7 @@ class Session(asyncio.Protocol):
         )  # fmt: skip
         if allow:
             head += b"Allow: %s\r\n" % allow
+        head += extra
         self.transport.write(
             head
             + b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"

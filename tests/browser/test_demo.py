@@ -31,6 +31,7 @@ from tests.browser.pages import (
     wait_open,
     wait_shown,
 )
+from tests.browser.screenshots import PICTURES, check_picture, take
 from tests.support import UNIT, NodeHandle, start_node
 
 pytestmark = pytest.mark.browser
@@ -363,3 +364,11 @@ def test_a_node_dies_and_the_page_carries_on_with_another_showing_everything_onc
             no_script_errors(page)
         finally:
             proxy.close()
+
+
+def test_readme_pictures(browser: Any, node: NodeHandle, artifacts: Path) -> None:
+    """The pictures README.md shows, taken as `python -m tests.browser.screenshots` takes them."""
+    taken = take(browser, node, artifacts / "readme")
+    assert sorted(taken) == sorted(PICTURES)
+    for path in taken.values():
+        check_picture(path)
