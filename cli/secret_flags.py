@@ -7,7 +7,8 @@ Secrets belong in the environment (``PUSHSVC_*``, e.g. the systemd unit's ``Envi
 in a file (``PUSHSVC_API_KEYS_FILE``). The same value read from the environment stays silent.
 
 - ``serve`` and ``monitor`` run for weeks: a secret flag ends them with exit 2 before they start,
-  except ``serve --dev`` (a loopback-only node on a developer's machine), which warns.
+  except ``serve --dev`` (a loopback-only node on a developer's machine) and ``monitor --once``
+  (one reconciliation, from a runbook), which warn.
 - The operator commands (``nodes``, ``publish``, ``token``, ``listen``, ...) run for seconds and
   ``--api-key`` is how scripts have always called them: they warn on stderr and go on.
 
@@ -85,7 +86,7 @@ def verdict(ctx: Context, dev: bool = False) -> Verdict | None:
     flags = ", ".join(s.flag for s in given)
     instead = "; ".join(s.instead for s in given)
     why = "every local user can read a command line (ps, /proc/<pid>/cmdline)"
-    if ctx.info_name in DAEMONS and not dev:
+    if ctx.info_name in DAEMONS and not dev and not ctx.params.get("once"):
         return Verdict(
             refuse=True,
             message=f"{flags} on the command line refused: {why}. "

@@ -71,6 +71,7 @@ def test_which_values_carry_a_secret(param: str, value: str, secret: bool) -> No
         (["serve", "--dev", "--token-secret", SECRET], False),
         (["monitor", "--api-keys", SECRET], True),
         (["monitor", "--redis-url", f"redis://u:{SECRET}@127.0.0.1:1/0"], True),
+        (["monitor", "--once", "--redis-url", f"redis://u:{SECRET}@127.0.0.1:1/0"], False),
         (["token", "--user", "p1", "--token-secret", SECRET], False),
         (["nodes", "--api-key", SECRET], False),
         (["publish", "--event", "e", "--user", "p", "--api-key", SECRET], False),
