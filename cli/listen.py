@@ -11,7 +11,7 @@ import msgspec
 import typer
 from rich.console import Console
 
-from cli.settings import build, fail
+from cli.settings import build, check_secret_flags, fail
 from pushsvc.auth import TokenIssuer
 from pushsvc.client import ClientError, PushClient, State
 
@@ -34,6 +34,7 @@ def listen(
     count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
 ) -> None:
     """Connect as a patient's device and print every message as it arrives (Ctrl-C to stop)."""
+    check_secret_flags()
     if token is None:
         if user is None:
             fail("give --user (and PUSHSVC_TOKEN_SECRET) or --token")

@@ -20,7 +20,7 @@ def token(
     """Mint a client token (HS256 JWT) for USER."""
     settings = build(token_secret=token_secret)
     if not settings.token_secret:
-        fail("no token secret: set PUSHSVC_TOKEN_SECRET or pass --token-secret")
+        fail("no token secret: set PUSHSVC_TOKEN_SECRET")
     try:
         issuer = TokenIssuer(settings.token_secret, max_ttl=settings.token_max_ttl)
         print(issuer.mint(user, topic or [], ttl))

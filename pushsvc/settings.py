@@ -267,9 +267,9 @@ class Settings(BaseSettings):
         entries = self.api_key_entries()
         missing = []
         if not self.token_secret:
-            missing.append("PUSHSVC_TOKEN_SECRET (or --token-secret)")
+            missing.append("PUSHSVC_TOKEN_SECRET")
         if not entries:
-            missing.append("PUSHSVC_API_KEYS (or --api-keys, PUSHSVC_API_KEYS_FILE)")
+            missing.append("PUSHSVC_API_KEYS (or PUSHSVC_API_KEYS_FILE)")
         if missing:
             raise ConfigError(
                 "pushsvc needs " + " and ".join(missing) + "; for a local try-out use --dev"

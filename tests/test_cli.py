@@ -336,7 +336,12 @@ def test_publish_to_topics_and_everyone(op: Operator) -> None:
     ("args", "env", "code", "says"),
     [
         (["nodes", "--redis-url", "redis://127.0.0.1:{port}/0"], {}, 1, "cannot reach Redis at"),
-        (["sessions", "--redis-url", "redis://:pw@127.0.0.1:{port}/0"], {}, 1, ":***@127.0.0.1"),
+        (
+            ["sessions"],
+            {"PUSHSVC_REDIS_URL": "redis://:pw@127.0.0.1:{port}/0"},
+            1,
+            ":***@127.0.0.1",
+        ),
         (
             ["trace", "x", "--api-url", "http://127.0.0.1:{port}"],
             {"PUSHSVC_REDIS_URL": None},
@@ -345,10 +350,10 @@ def test_publish_to_topics_and_everyone(op: Operator) -> None:
         ),
         (["nodes", "--redis-url", "mysql://x"], {}, 2, "invalid Redis URL"),
         (["nodes"], {"PUSHSVC_REDIS_URL": None}, 2, "give --redis-url"),
-        (["sessions", "--api-key", "wrong"], {}, 2, "refused the key"),
+        (["sessions"], {"PUSHSVC_API_KEY": "wrong"}, 2, "refused the key"),
         (
-            ["publish", "--event", "e", "--user", "p", "--api-key", "wrong"],
-            {},
+            ["publish", "--event", "e", "--user", "p"],
+            {"PUSHSVC_API_KEY": "wrong"},
             2,
             "refused the key",
         ),
@@ -374,6 +379,7 @@ def test_errors_say_what_is_wrong_in_one_line(
     op: Operator, args: list[str], env: dict[str, str | None], code: int, says: str
 ) -> None:
     port = str(free_port())
+    env = {k: v and v.replace("{port}", port) for k, v in env.items()}
     result = op(*(a.replace("{port}", port) for a in args), **env)
     assert result.exit_code == code, result.output
     if "Missing option" in says:  # Typer's own usage error
