@@ -397,3 +397,28 @@ def test_prometheus_scrapes_two_nodes_and_the_monitor_and_every_panel_has_data(
     wait_until(lambda: prometheus.query("pushsvc:ack_error_ratio:rate5m")["data"]["result"],
                10 * UNIT, 0.2)  # fmt: skip
     assert 0 <= prometheus.value("pushsvc:ack_error_ratio:rate5m") <= 0.5
+
+
+def bus_received(node: NodeHandle) -> float:
+    text = httpx.get(node.internal_url + "/metrics", timeout=5 * UNIT).text
+    (line,) = [x for x in text.splitlines() if x.startswith("pushsvc_bus_messages_received_total ")]
+    return float(line.split()[1])
+
+
+@pytest.mark.redis
+def test_every_node_counts_the_envelopes_it_receives_from_the_bus(
+    cluster: list[NodeHandle],
+) -> None:
+    """A broadcast reaches every node's bus: the publishing node's and the other's counter rise."""
+    a, b = cluster
+    before = [bus_received(a), bus_received(b)]
+    for n in range(5):
+        body = {"to": {"all": True}, "event": "bus.count", "data": {"n": n}, "ack": False}
+        assert a.api("POST", "/v1/messages", json=body).status_code == 202
+    deadline = time.monotonic() + 10 * UNIT
+    while time.monotonic() < deadline:
+        risen = [bus_received(a) - before[0], bus_received(b) - before[1]]
+        if min(risen) >= 5:
+            break
+        time.sleep(0.05)
+    assert min(risen) >= 5, risen

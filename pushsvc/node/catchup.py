@@ -78,6 +78,7 @@ class CatchUp:
         """Bus callback: check the sequence, then hand the envelope to the fan-out."""
         if self._faults.stop_bus:
             return
+        metrics.bus_received.inc()
         seq = envelope.seq
         if seq and self.seq and seq > self.seq + 1:
             log.warning(

@@ -94,6 +94,11 @@ broker_lag = Gauge(
     "pushsvc_broker_lag_seconds", "Publish to arrival on this node's bus, last message",
     registry=REGISTRY,
 )  # fmt: skip
+bus_received = Counter(
+    "pushsvc_bus_messages_received",
+    "Envelopes this node received from the bus, addressed to its sessions or not",
+    registry=REGISTRY,
+)
 catchups = Counter(
     "pushsvc_bus_catchups", "Catch-ups from history after the bus lost envelopes", registry=REGISTRY
 )
