@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench import procstat, redisproc
 from bench import server as node_server
 from pushsvc.broker.base import Subscription
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.push import ece, vapid
 from pushsvc.settings import Settings
 
@@ -94,7 +94,7 @@ def quantile(values: list[float], q: float) -> float:
 
 async def seed(redis_url: str, n: int, endpoint: str) -> None:
     """One subscription per patient, written through the broker interface."""
-    broker = RedisBroker(Settings(redis_url=redis_url, node_id="bench-seed"))
+    broker = redis_broker(Settings(redis_url=redis_url, node_id="bench-seed"))
     point = ece.public_bytes(ec.generate_private_key(ec.SECP256R1()).public_key())
     browser_key = ece.b64encode(point)
     now = time.time()

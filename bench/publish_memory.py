@@ -37,6 +37,7 @@ from bench.provenance import git_state
 from bench.report import Row, print_table, write_json
 from pushsvc.broker.base import Publication
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.node.publish import new_id
 from pushsvc.settings import Settings
 from pushsvc.types import Message
@@ -59,7 +60,7 @@ async def measure(
     """``used_memory`` growth of ``publish`` after ``setup``, on a new server whose
     ``stream-node-max-bytes`` is ``node_bytes`` (the publish script loaded before)."""
     redis = redisproc.start()
-    broker = RedisBroker(Settings(redis_url=redis.url, node_id="bench"))
+    broker = redis_broker(Settings(redis_url=redis.url, node_id="bench"))
     try:
         await broker._link.call("CONFIG", "SET", "stream-node-max-bytes", node_bytes)
         await broker.publish([Publication(message(0), ["user:warm-up"])], "bench")

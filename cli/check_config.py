@@ -29,15 +29,22 @@ from cli.cluster import (
     OperatorSettings,
     RedisUrl,
     node_status,
-    operator_settings,
     redacted,
     run,
 )
 from cli.output import emit_json, out, seconds, table
+from cli.settings import build_as
 from pushsvc.apikeys import parse_entries
 from pushsvc.broker.base import NodeInfo
 from pushsvc.errors import BrokerError, ConfigError
 from pushsvc.push.vapid import Vapid
+from pushsvc.settings import MonitorSettings, NodeSettings
+
+
+class CheckedSettings(OperatorSettings, NodeSettings, MonitorSettings):
+    """All that ``check-config`` looks at: a node's, the monitor's and the operator's settings,
+    read from the one environment they share."""
+
 
 if TYPE_CHECKING:
     from pushsvc.broker.redis.url import Address, Target
@@ -64,8 +71,12 @@ def check_config(
     as_json: AsJson = False,
 ) -> None:
     """Validate the settings and reach Redis, the nodes and Alertmanager; say what is wrong."""
-    settings = operator_settings(
-        redis_url=redis_url, api_url=api_url, api_key=api_key, alertmanager_url=alertmanager_url
+    settings = build_as(
+        CheckedSettings,
+        redis_url=redis_url,
+        api_url=api_url,
+        api_key=api_key,
+        alertmanager_url=alertmanager_url,
     )
     checks = run(checks_of(settings))
     failed = any(c.status == "fail" for c in checks)
@@ -80,7 +91,7 @@ def check_config(
         raise typer.Exit(1)
 
 
-async def checks_of(settings: OperatorSettings) -> list[Check]:
+async def checks_of(settings: CheckedSettings) -> list[Check]:
     checks = [Check("settings", "ok", "valid (PUSHSVC_* environment and flags)")]
     checks += secrets_checks(settings)
     if not settings.redis_url and not settings.api_url:
@@ -93,7 +104,7 @@ async def checks_of(settings: OperatorSettings) -> list[Check]:
     return checks
 
 
-def secrets_checks(settings: OperatorSettings) -> list[Check]:
+def secrets_checks(settings: CheckedSettings) -> list[Check]:
     secret = settings.token_secret
     if not secret:
         token = Check("token secret", "warn", "not set: `token` and `listen` need it")
@@ -119,7 +130,7 @@ def secrets_checks(settings: OperatorSettings) -> list[Check]:
     return [token, key, *push_checks(settings)]
 
 
-def push_checks(settings: OperatorSettings) -> list[Check]:
+def push_checks(settings: CheckedSettings) -> list[Check]:
     """The VAPID key and the webhooks, when configured (docs/escalation.md)."""
     checks = []
     if settings.vapid_private_key is not None:

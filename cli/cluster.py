@@ -1,8 +1,8 @@
 """How an operator command reaches a cluster: its registry, an API node, and every node's API.
 
-Settings: the node's :class:`~pushsvc.settings.Settings` (the same ``PUSHSVC_*`` environment file
-works on an operator's shell; ``alertmanager_url`` is the monitor's) plus two fields of the
-operator's own, ``api_url`` and ``api_key`` (``PUSHSVC_API_URL``, ``PUSHSVC_API_KEY``), each also
+Settings: what every process shares, :class:`~pushsvc.settings.SharedSettings` (the same
+``PUSHSVC_*`` environment file works on an operator's shell), plus two fields of the operator's
+own, ``api_url`` and ``api_key`` (``PUSHSVC_API_URL``, ``PUSHSVC_API_KEY``), each also
 a flag. Without an API key the first of ``api_keys`` is used.
 
 Where things are read:
@@ -35,7 +35,7 @@ from cli.targets import WILDCARDS
 from pushsvc.apikeys import secret_for
 from pushsvc.broker.base import NodeInfo, SessionInfo
 from pushsvc.errors import BrokerError, ConfigError
-from pushsvc.settings import Settings
+from pushsvc.settings import SharedSettings
 
 if TYPE_CHECKING:
     from pushsvc.broker.redis import RedisBroker
@@ -46,8 +46,8 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = 5.0
 
 
-class OperatorSettings(Settings):
-    """The node's settings plus what only an operator's commands need."""
+class OperatorSettings(SharedSettings):
+    """The settings every process shares plus what only an operator's commands need."""
 
     api_url: str | None = None
     api_key: str | None = None
@@ -147,10 +147,10 @@ class Cluster:
                 "or --api-url (PUSHSVC_API_URL) of one node"
             )
         if s.redis_url:
-            from pushsvc.broker.redis import RedisBroker  # noqa: PLC0415 - keeps --help fast
+            from pushsvc.brokers import redis_broker  # noqa: PLC0415 - keeps --help fast
 
             try:
-                self._broker = RedisBroker(s, timeout=min(self.timeout, 2.0))
+                self._broker = redis_broker(s, timeout=min(self.timeout, 2.0))
             except (ValueError, ConfigError) as exc:
                 raise UsageError(f"invalid Redis URL {redacted(s.redis_url)!r}: {exc}") from None
         return self

@@ -32,8 +32,15 @@ from cli.trace import trace
 from cli.vapid import vapid_keys
 from cli.webhooks import webhooks
 from pushsvc import __version__
+from pushsvc.settings import MonitorSettings, NodeSettings
 
 ENV_PREFIX = "PUSHSVC_"
+#: The settings fields of every command: the operator's, a node's and the monitor's.
+FIELDS = frozenset(
+    OperatorSettings.model_fields.keys()
+    | NodeSettings.model_fields.keys()
+    | MonitorSettings.model_fields.keys()
+)
 
 
 def show_envvars(command: Any) -> None:
@@ -43,7 +50,7 @@ def show_envvars(command: Any) -> None:
         for sub in command.commands.values():
             show_envvars(sub)
     for param in command.params:
-        if isinstance(param, TyperOption) and param.name in OperatorSettings.model_fields:
+        if isinstance(param, TyperOption) and param.name in FIELDS:
             param.envvar = ENV_PREFIX + param.name.upper()
             param.show_envvar = True
 

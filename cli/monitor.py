@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.settings import build, fail
+from cli.settings import build_as, fail
 from monitor.alerts import shown
 from monitor.reconcile import BucketReport
 from pushsvc.apikeys import parse_entries
 from pushsvc.errors import ConfigError
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings
 from pushsvc.telemetry import logging as jsonlog
 
 Opt = typer.Option
@@ -58,7 +58,9 @@ def monitor(
 ) -> None:
     """Reconcile published, sent and acked deliveries; canary every node; alert."""
     flags = {k: v for k, v in locals().items() if k not in ("once", "since", "as_json", "api_keys")}
-    settings = build(**flags, **({"api_keys": api_keys} if api_keys is not None else {}))
+    settings = build_as(
+        MonitorSettings, **flags, **({"api_keys": api_keys} if api_keys is not None else {})
+    )
     if not settings.redis_url:
         fail("the monitor needs the cluster's Redis: --redis-url or PUSHSVC_REDIS_URL")
     try:  # the canary's key and TLS files, checked before anything starts
@@ -77,12 +79,12 @@ def monitor(
     uvloop.run(_serve(settings))
 
 
-async def _once(settings: Settings, since: float) -> list[BucketReport]:
+async def _once(settings: MonitorSettings, since: float) -> list[BucketReport]:
     from monitor.app import Monitor  # noqa: PLC0415 - keeps `pushsvc --help` fast
     from monitor.reconcile import Reconciler  # noqa: PLC0415
-    from pushsvc.broker.redis import RedisBroker  # noqa: PLC0415
+    from pushsvc.brokers import redis_broker  # noqa: PLC0415
 
-    broker = RedisBroker(settings)
+    broker = redis_broker(settings)
     service = Monitor(settings, broker, canaries=False)
     now = time.time()
     service.reconciler = Reconciler(service.policy, now - since)
@@ -92,12 +94,12 @@ async def _once(settings: Settings, since: float) -> list[BucketReport]:
         await broker.close()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: MonitorSettings) -> None:
     from monitor.alertmanager import AlertmanagerClient  # noqa: PLC0415
     from monitor.app import Monitor  # noqa: PLC0415
-    from pushsvc.broker.redis import RedisBroker  # noqa: PLC0415
+    from pushsvc.brokers import redis_broker  # noqa: PLC0415
 
-    broker = RedisBroker(settings)
+    broker = redis_broker(settings)
     url = settings.alertmanager_url
     service = Monitor(settings, broker, AlertmanagerClient(url) if url else None)
     stop = asyncio.Event()

@@ -3,100 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import secrets
 import sys
-from typing import Annotated
+from typing import Any
 
 import typer
 
-from cli.settings import build, err, fail
+from cli.settings import build, err, fail, flags_of
 from pushsvc.errors import ConfigError
-from pushsvc.settings import FD_RESERVE, Settings
+from pushsvc.settings import FD_RESERVE, NodeSettings, Settings
 from pushsvc.telemetry import logging as jsonlog
 
-Opt = typer.Option
+#: Node settings only the environment sets (``PUSHSVC_<NAME>``), not flags: the loss deadlines,
+#: the TLS client side, the JWKS refresh period, reaching closed pages (docs/escalation.md) and
+#: the metrics switch.
+ENV_ONLY = frozenset(
+    {
+        "push_retention",
+        "token_jwks_refresh",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "monitor_grace",
+        "reconnect_window",
+        "late_check",
+        "vapid_private_key",
+        "vapid_subject",
+        "escalate_after",
+        "webhook_urls",
+        "webhook_secret",
+        "escalation_lease",
+        "metrics",
+    }
+)
+#: Every other node setting is a flag of ``pushsvc serve`` (``--max-connections`` is
+#: ``max_connections`` is ``PUSHSVC_MAX_CONNECTIONS``).
+SERVE_FLAGS = [name for name in NodeSettings.model_fields if name not in ENV_ONLY]
 
 
-def serve(
-    port: Annotated[int | None, Opt(help="Client listener port (WebSocket, demo). [8080]")] = None,
-    internal_port: Annotated[int | None, Opt(help="Internal API port. [8081]")] = None,
-    host: Annotated[str | None, Opt(help="Client listener address. [127.0.0.1]")] = None,
-    internal_host: Annotated[str | None, Opt(help="Internal API address. [127.0.0.1]")] = None,
-    node_id: Annotated[str | None, Opt(help="Node id. [hostname:pid]")] = None,
-    redis_url: Annotated[str | None, Opt(help="Redis URL; absent: in-memory broker.")] = None,
-    redis_prefix: Annotated[
-        str | None, Opt(help="Prefix of every Redis key and channel. [pushsvc:]")
-    ] = None,
-    redis_min_replicas: Annotated[
-        int | None, Opt(help="Replicas that must confirm a publish (WAIT) before 202. [0]")
-    ] = None,
-    allow_redis_eviction: Annotated[
-        bool | None,
-        Opt("--allow-redis-eviction", help="Start even if Redis may evict keys (silent loss)."),
-    ] = None,
-    workers: Annotated[int | None, Opt(help="Node processes sharing the client port. [1]")] = None,
-    max_connections: Annotated[int | None, Opt(help="Sessions per node. [fd limit - 64]")] = None,
-    token_secret: Annotated[
-        str | None, Opt(help="HS256 secret, or kid:secret entries (the first mints).")
-    ] = None,
-    api_keys: Annotated[
-        str | None, Opt(help="API keys: name:secret:scopes[:rate=<n>/s], comma-separated.")
-    ] = None,
-    api_keys_file: Annotated[str | None, Opt(help="File of API key entries, one a line.")] = None,
-    token_public_keys: Annotated[
-        str | None, Opt(help="PEM file of RS256/ES256 public keys for client tokens.")
-    ] = None,
-    token_jwks_url: Annotated[str | None, Opt(help="JWKS URL of an identity provider.")] = None,
-    token_max_ttl: Annotated[int | None, Opt(help="Longest token lifetime, s. [43200]")] = None,
-    allowed_origins: Annotated[
-        str | None, Opt(help="Origins the WebSocket upgrade accepts, comma-separated. [any]")
-    ] = None,
-    internal_tls_cert: Annotated[str | None, Opt(help="Serve the internal API over HTTPS.")] = None,
-    internal_tls_key: Annotated[str | None, Opt(help="Private key of --internal-tls-cert.")] = None,
-    internal_tls_client_ca: Annotated[
-        str | None, Opt(help="Require client certificates signed by this CA (mTLS).")
-    ] = None,
-    docs: Annotated[bool | None, Opt("--docs", help="Serve /docs and /openapi.json.")] = None,
-    heartbeat: Annotated[float | None, Opt(help="Seconds between server pings. [25]")] = None,
-    hello_timeout: Annotated[float | None, Opt(help="Seconds to wait for hello. [10]")] = None,
-    ack_timeout: Annotated[float | None, Opt(help="Seconds before redelivery. [10]")] = None,
-    max_attempts: Annotated[int | None, Opt(help="Writes before closing with 4011. [5]")] = None,
-    history_size: Annotated[int | None, Opt(help="Entries kept per stream. [1000]")] = None,
-    history_ttl: Annotated[int | None, Opt(help="Seconds history is kept. [86400]")] = None,
-    outbox_cap: Annotated[int | None, Opt(help="Bytes buffered per session. [1 MiB]")] = None,
-    max_frame_size: Annotated[int | None, Opt(help="Largest client frame. [64 KiB]")] = None,
-    drain_timeout: Annotated[float | None, Opt(help="Seconds to wait on drain. [10]")] = None,
-    default_ttl: Annotated[int | None, Opt(help="Message ttl when none given, s. [86400]")] = None,
-    outbox_grace: Annotated[
-        float | None, Opt(help="Seconds a session may stay over cap. [5]")
-    ] = None,
-    max_body_size: Annotated[int | None, Opt(help="Largest HTTP body, bytes. [1 MiB]")] = None,
-    max_message_size: Annotated[int | None, Opt(help="Largest encoded data. [64 KiB]")] = None,
-    client_frame_rate: Annotated[float | None, Opt(help="Client frames per second. [50]")] = None,
-    client_frame_burst: Annotated[int | None, Opt(help="Client frame burst. [200]")] = None,
-    idempotency_ttl: Annotated[int | None, Opt(help="Seconds keys are kept. [86400]")] = None,
-    token_ttl: Annotated[int | None, Opt(help="Default token lifetime, s. [3600]")] = None,
-    ledger_flush_interval: Annotated[float | None, Opt(help="Accounting flush, s. [0.05]")] = None,
-    registry_interval: Annotated[float | None, Opt(help="Node heartbeat period, s. [2]")] = None,
-    static_dir: Annotated[
-        str | None, Opt(help="Browser client and demo files. [the shipped ones]")
-    ] = None,
-    reuse_port: Annotated[bool | None, Opt("--reuse-port", help="Bind with SO_REUSEPORT.")] = None,
-    log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
-    dev: Annotated[
-        bool | None,
-        Opt("--dev", help="Dev mode (loopback only): demo API and /docs on, secrets generated."),
-    ] = None,
-    enable_fault_injection: Annotated[
-        bool | None,
-        Opt("--enable-fault-injection", help="Accept POST /v1/admin/faults (game days only)."),
-    ] = None,
-) -> None:
+@flags_of(NodeSettings, SERVE_FLAGS)
+def serve(**flags: Any) -> None:
     """Run a pushsvc node: the client listener and the internal API."""
-    settings = build(**{k: v for k, v in locals().items() if k != "api_keys"},
-                     **({"api_keys": api_keys} if api_keys is not None else {}))  # fmt: skip
+    settings = build(**flags)
     try:
         settings.check_dev_host()  # before any secret is made up and shown
         if settings.dev:
@@ -117,10 +68,11 @@ def serve(
         from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
 
         raise typer.Exit(run_workers(settings))
-    from pushsvc.server import run  # noqa: PLC0415 - keeps `pushsvc --help` fast
+    from cli.embedded import embedded_monitor  # noqa: PLC0415 - keeps `pushsvc --help` fast
+    from pushsvc.server import run  # noqa: PLC0415
 
     try:
-        run(settings)
+        run(settings, None if settings.redis_url else functools.partial(embedded_monitor, settings))
     except ConfigError as exc:  # e.g. a port in use; whatever had started was closed
         fail(exc.message)
 

@@ -62,9 +62,9 @@ def write_atomically(path: Path, content: bytes) -> bool:
 
 async def read_nodes(settings: Settings) -> list[NodeInfo]:
     """The live nodes in the registry (no bus subscription: only the registry is read)."""
-    from pushsvc.broker.redis import RedisBroker  # noqa: PLC0415 - only this command needs redis
+    from pushsvc.brokers import redis_broker  # noqa: PLC0415 - only this command needs redis
 
-    broker = RedisBroker(settings)
+    broker = redis_broker(settings)
     try:
         return await broker.registry.nodes()
     finally:

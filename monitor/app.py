@@ -40,7 +40,7 @@ from monitor.reconcile import FINAL, BucketReport, Policy, Reconciler, gap, reco
 from pushsvc.apikeys import Scope, secret_for
 from pushsvc.broker.base import Broker, NodeInfo, Pair
 from pushsvc.errors import BrokerError
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Monitor:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: MonitorSettings,
         broker: Broker,
         alertmanager: AlertmanagerClient | None = None,
         *,

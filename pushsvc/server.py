@@ -1,10 +1,11 @@
-"""Assembles and runs one node process: broker, internal API, node and (embedded) monitor.
+"""Assembles and runs one node process: broker, internal API, node and what runs beside it.
 
 They start in that order, each one only after the one before it started, and stop in the
 reverse order (one :class:`contextlib.AsyncExitStack`), so whatever fails half-way closes exactly
-what had been started. On SIGTERM or SIGINT: the embedded monitor stops; the node stops accepting
-clients, closes them with 1001, flushes its accounting and deregisters; the internal API stops
-(it answered ``/readyz`` 503 during the drain); the broker closes.
+what had been started. What runs beside the node (``beside``: the embedded monitor of a single
+node, built by the CLI) is entered last and exited first. On SIGTERM or SIGINT: it stops; the
+node stops accepting clients, closes them with 1001, flushes its accounting and deregisters; the
+internal API stops (it answered ``/readyz`` 503 during the drain); the broker closes.
 
 A listener address that cannot be bound raises :class:`ConfigError` (after closing what had
 started). A broker that cannot be reached neither stops the start nor the stop: the node keeps
@@ -20,16 +21,13 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
-from monitor import metrics as monitor_metrics
-from monitor.alertmanager import AlertmanagerClient
-from monitor.app import Monitor
 from pushsvc.broker.base import Broker
-from pushsvc.broker.memory import MemoryBroker
+from pushsvc.brokers import make_broker
 from pushsvc.errors import ConfigError
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
@@ -40,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+#: What runs beside a node, on its broker: entered once the node started, exited before it stops.
+Beside = Callable[[Broker], contextlib.AbstractAsyncContextManager[object]]
+
 
 class _InternalServer(uvicorn.Server):
     """uvicorn without its own signal handling: the node's shutdown order decides."""
@@ -49,19 +50,9 @@ class _InternalServer(uvicorn.Server):
         yield
 
 
-def make_broker(settings: Settings) -> Broker:
-    if settings.redis_url:
-        from pushsvc.broker.redis import RedisBroker  # noqa: PLC0415 - only clusters need redis
-
-        return RedisBroker(settings)
-    return MemoryBroker(
-        history_size=settings.history_size,
-        history_ttl=settings.history_ttl,
-        push_retention=settings.push_retention,
-    )
-
-
-async def serve(settings: Settings, client_sock: socket.socket | None = None) -> None:
+async def serve(
+    settings: Settings, client_sock: socket.socket | None = None, beside: Beside | None = None
+) -> None:
     """Run a node until SIGTERM/SIGINT (or until its internal API stops), then stop it in
     order."""
     if not settings.metrics:
@@ -86,8 +77,8 @@ async def serve(settings: Settings, client_sock: socket.socket | None = None) ->
             where = f"{settings.host}:{settings.port}"
             raise ConfigError(f"cannot listen for clients on {where}: {exc.strerror}") from None
         stack.push_async_callback(node.close)
-        if not settings.redis_url:
-            stack.push_async_callback((await _embedded_monitor(settings, node)).close)
+        if beside is not None:
+            await stack.enter_async_context(beside(broker))
         waiter = asyncio.create_task(stop.wait())
         stack.callback(waiter.cancel)
         await asyncio.wait({api[1], waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -144,19 +135,8 @@ def _tls(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def _embedded_monitor(settings: Settings, node: Node) -> Monitor:
-    """On the memory broker there is one node, and the monitor runs inside it."""
-    alertmanager = (
-        AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
-    )
-    monitor = Monitor(settings, node.broker, alertmanager)
-    await monitor.start(http=False)
-    metrics.include(monitor_metrics.REGISTRY)
-    return monitor
-
-
-def run(settings: Settings) -> None:
+def run(settings: Settings, beside: Beside | None = None) -> None:
     """Run :func:`serve` on uvloop."""
     import uvloop  # noqa: PLC0415 - the event loop is chosen at the process edge
 
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, beside=beside))

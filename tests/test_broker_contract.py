@@ -152,11 +152,11 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
                                   ledger_retention=ledger_retention,
                                   idempotency_ttl=idempotency_ttl)  # fmt: skip
         else:
-            from pushsvc.broker.redis import RedisBroker
+            from pushsvc.brokers import redis_broker
 
             settings = Settings(redis_url=url, history_size=history_size, history_ttl=history_ttl,
                                 idempotency_ttl=idempotency_ttl, node_id="contract")  # fmt: skip
-            broker = RedisBroker(settings, ledger_retention=ledger_retention)
+            broker = redis_broker(settings, ledger_retention=ledger_retention)
         if subscriber is not None:
             broker.bus.subscribe(subscriber.envelope, subscriber.command, subscriber.resync)
         await broker.start()

@@ -140,7 +140,7 @@ def test_nodes_lists_every_node_from_redis_or_from_the_api(
 def test_a_node_listed_with_an_old_heartbeat_is_stale_and_its_sessions_come_from_the_registry(
     op: Operator, redis: RedisServer
 ) -> None:
-    from pushsvc.broker.redis import RedisBroker
+    from pushsvc.brokers import redis_broker
     from pushsvc.settings import Settings
 
     ghost = NodeInfo(
@@ -153,7 +153,7 @@ def test_a_node_listed_with_an_old_heartbeat_is_stale_and_its_sessions_come_from
     )  # fmt: skip
 
     async def register(up: bool) -> None:
-        broker = RedisBroker(Settings(redis_url=redis.url))
+        broker = redis_broker(Settings(redis_url=redis.url))
         try:
             if up:
                 await broker.registry.register(ghost, ttl=30)

@@ -31,7 +31,7 @@ from websockets.exceptions import InvalidStatus
 
 from cli.secret_flags import SECRET_FLAGS
 from pushsvc.errors import ConfigError
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings, NodeSettings, Settings, SharedSettings
 from tests.support import ROOT, UNIT, NodeHandle, free_port, start_node, wait_until
 from tests.wire import Wire
 
@@ -604,19 +604,26 @@ def env_lines() -> tuple[dict[str, str], dict[str, str]]:
     return live, commented
 
 
+#: Every process's settings model, by field: one environment file serves them all.
+MODELS: dict[str, type[SharedSettings]] = {
+    name: model for model in (MonitorSettings, NodeSettings) for name in model.model_fields
+}
+
+
 def test_env_example_lists_every_setting_once() -> None:
     live, commented = env_lines()
     assert not live.keys() & commented.keys()
-    assert sorted(live.keys() | commented.keys()) == sorted(Settings.model_fields)
+    assert sorted(live.keys() | commented.keys()) == sorted(MODELS)
 
 
 def test_env_example_comments_show_the_defaults() -> None:
     _, commented = env_lines()
     for name, value in commented.items():
-        field = Settings.model_fields[name]
+        model = MODELS[name]
+        field = model.model_fields[name]
         if field.default_factory is not None:
             continue
-        assert getattr(Settings.model_validate({name: value}), name) == field.default, name
+        assert getattr(model.model_validate({name: value}), name) == field.default, name
 
 
 def test_env_example_parses_and_refuses_to_start_without_secrets() -> None:

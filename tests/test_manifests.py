@@ -25,7 +25,7 @@ import yaml
 
 from cli.export import RUNBOOK_PLACEHOLDER, prometheus_rule
 from pushsvc import __version__
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings, NodeSettings, Settings
 from tests.support import ROOT, UNIT
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -133,7 +133,7 @@ def test_the_monitor_runs_as_its_own_deployment() -> None:
     monitor = by_kind("Deployment")["pushsvc-monitor"]
     main = container(monitor)
     assert main["args"] == ["monitor"]
-    port = Settings(api_keys=["k"], token_secret="s" * 32).monitor_port
+    port = MonitorSettings(api_keys=["k"], token_secret="s" * 32).monitor_port
     assert named_ports(monitor) == {"metrics": port}
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert monitor["spec"]["replicas"] >= 2  # the lease makes one active, the other waits
@@ -142,7 +142,8 @@ def test_the_monitor_runs_as_its_own_deployment() -> None:
 
 
 def test_every_environment_variable_is_a_setting() -> None:
-    fields = {f"PUSHSVC_{name.upper()}" for name in Settings.model_fields}
+    names = NodeSettings.model_fields.keys() | MonitorSettings.model_fields.keys()
+    fields = {f"PUSHSVC_{name.upper()}" for name in names}
     for deployment in by_kind("Deployment").values():
         unknown = set(env_of(deployment)) - fields
         assert unknown == set(), unknown
@@ -271,7 +272,8 @@ def test_the_container_runs_as_a_user_and_checks_its_health() -> None:
     assert "HEALTHCHECK_URL=http://127.0.0.1:8080/healthz" in env
     defaults = Settings(api_keys=["k"], token_secret="s" * 32)
     exposed = {int(p) for line in final if line.startswith("EXPOSE ") for p in line.split()[1:]}
-    assert exposed == {defaults.port, defaults.internal_port, defaults.monitor_port}
+    monitor_port = MonitorSettings(api_keys=["k"], token_secret="s" * 32).monitor_port
+    assert exposed == {defaults.port, defaults.internal_port, monitor_port}
     assert "PUSHSVC_HOST=0.0.0.0" in env and "PUSHSVC_INTERNAL_HOST=0.0.0.0" in env
     assert final[-1] == 'CMD ["serve"]' and 'ENTRYPOINT ["pushsvc"]' in final
 

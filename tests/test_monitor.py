@@ -29,9 +29,9 @@ import pytest
 from monitor import metrics
 from monitor.app import Monitor
 from pushsvc.broker.base import Accepted, Expected, Published
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.node.publish import new_id
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings
 from tests.fleet import Device
 from tests.support import (
     API_KEY,
@@ -317,9 +317,9 @@ async def test_a_lease_lost_to_a_frozen_redis_does_not_count_old_buckets_twice(
 ) -> None:
     """Redis frozen (SIGSTOP) past a lease check: the monitor goes standby, then active again a
     check later; the buckets it had counted before are not added to its counters again."""
-    settings = Settings(redis_url=redis.url, api_keys=[API_KEY], monitor_id="flip",
-                        **MONITOR)  # fmt: skip
-    broker = RedisBroker(settings, timeout=0.3 * UNIT)
+    settings = MonitorSettings(redis_url=redis.url, api_keys=[API_KEY], monitor_id="flip",
+                               **MONITOR)  # fmt: skip
+    broker = redis_broker(settings, timeout=0.3 * UNIT)
     monitor = Monitor(settings, broker, canaries=False)
     node = f"flip-{os.getpid()}"
     now = time.time()

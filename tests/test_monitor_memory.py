@@ -13,7 +13,7 @@ from monitor.reconcile import FINAL
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing, Publisher
-from pushsvc.settings import Settings
+from pushsvc.settings import MonitorSettings, Settings
 from tests.support import API_KEY, TOKEN_SECRET, UNIT
 from tests.wire import Wire
 
@@ -23,7 +23,7 @@ async def node() -> AsyncIterator[Node]:
     settings = Settings(
         node_id="solo", port=0, internal_port=0, token_secret=TOKEN_SECRET, api_keys=[API_KEY],
         ack_timeout=1, max_attempts=2, monitor_grace=1, reconnect_window=1, late_check=1,
-        loss_window=60, ledger_flush_interval=0.02,
+        ledger_flush_interval=0.02,
     )  # fmt: skip
     node = Node(settings, MemoryBroker(history_ttl=settings.history_ttl))
     await node.start()
@@ -45,7 +45,8 @@ async def test_reconcile_in_process_names_what_the_drop_fault_swallowed(node: No
     (swallowed,) = await publisher.publish([item])
     await client.silent(0.3 * UNIT)
     await node.accounting.flush()
-    service = Monitor(node.settings, node.broker, canaries=False)
+    settings = MonitorSettings.sharing(node.settings, loss_window=60)
+    service = Monitor(settings, node.broker, canaries=False)
     now = time.time()
     reports = await service.reconcile(now + 30)  # 30 s on, the buckets of the test are final
     assert FINAL in {r.check for r in reports}

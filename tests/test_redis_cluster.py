@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis.sentinel import key_slot
+from pushsvc.brokers import redis_broker
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.redis_topology import ClusterSetup, RedisProcess, retry_until_placed, start_cluster
@@ -38,7 +38,7 @@ def holder(cluster: ClusterSetup) -> RedisProcess:
 
 async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> None:
     seen = Recorder()
-    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
+    broker = redis_broker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
     await broker.start()
     try:
@@ -76,7 +76,7 @@ async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> N
 async def test_check_config_reports_the_master_that_holds_the_keyspace(
     cluster: ClusterSetup,
 ) -> None:
-    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"))
+    broker = redis_broker(Settings(redis_url=cluster.url(), node_id="c"))
     try:
         await broker.publish([Publication(message(), ["user:a"])], "test")
     finally:
@@ -118,7 +118,7 @@ def migrate_slot(
 async def test_a_slot_migration_under_traffic_loses_nothing(cluster: ClusterSetup) -> None:
     """While the slot moves, scripts get ASK or TRYAGAIN (503, retried with the same key); after
     it, MOVED sends both connections to the new master. Every key is placed once."""
-    broker = RedisBroker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
+    broker = redis_broker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
     seen = Recorder()
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
     await broker.start()

@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
 from tests.support import (
@@ -232,7 +232,7 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         node_id="own", redis_url=server.url, port=0, internal_port=0,
         token_secret=TOKEN_SECRET, api_keys=[API_KEY],
     )  # fmt: skip
-    broker = RedisBroker(settings)
+    broker = redis_broker(settings)
     await broker.start()
     try:
         before = commands(server)

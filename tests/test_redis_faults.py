@@ -16,6 +16,7 @@ import pytest
 
 from pushsvc.broker.base import Command, Placed, Publication
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.core import offsets
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.redis
 @pytest.fixture
 async def subscribed(server: RedisServer) -> AsyncIterator[tuple[RedisBroker, Recorder]]:
     rec = Recorder()
-    broker = RedisBroker(Settings(redis_url=server.url, node_id="faults"))
+    broker = redis_broker(Settings(redis_url=server.url, node_id="faults"))
     broker.bus.subscribe(rec.envelope, rec.command, rec.resync)
     await broker.start()
     try:
@@ -125,7 +126,7 @@ async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
         if len(got) == 1:
             raise RuntimeError("a subscriber bug")
 
-    broker = RedisBroker(Settings(redis_url=server.url, node_id="robust"))
+    broker = redis_broker(Settings(redis_url=server.url, node_id="robust"))
     broker.bus.subscribe(on_envelope, lambda _: None)
     await broker.start()
     try:
@@ -158,7 +159,7 @@ def test_history_range_start(after: str | None, start: str | None) -> None:
 async def test_starting_while_redis_is_down(server: RedisServer) -> None:
     server.stop()
     rec = Recorder()
-    broker = RedisBroker(Settings(redis_url=server.url, node_id="early"))
+    broker = redis_broker(Settings(redis_url=server.url, node_id="early"))
     broker.bus.subscribe(rec.envelope, rec.command, rec.resync)
     started = time.monotonic()
     await broker.start()
@@ -175,7 +176,7 @@ async def test_starting_while_redis_is_down(server: RedisServer) -> None:
 
 
 async def test_close_stops_the_reader_and_frees_every_connection(server: RedisServer) -> None:
-    brokers = [RedisBroker(Settings(redis_url=server.url, node_id=f"n{i}")) for i in range(3)]
+    brokers = [redis_broker(Settings(redis_url=server.url, node_id=f"n{i}")) for i in range(3)]
     for broker in brokers:
         await broker.start()
         await broker.registry.nodes()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer, free_port, wait_until
@@ -65,7 +65,7 @@ def _says_loading(port: int) -> bool:
 
 
 async def test_every_path_answers_unavailable_while_redis_loads(loading: RedisServer) -> None:
-    broker = RedisBroker(Settings(redis_url=loading.url, node_id="loading"), timeout=2 * UNIT)
+    broker = redis_broker(Settings(redis_url=loading.url, node_id="loading"), timeout=2 * UNIT)
     try:
         calls = {
             "history": lambda: broker.history.read("user:p", None, 10),

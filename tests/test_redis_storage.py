@@ -15,6 +15,7 @@ import pytest
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.settings import Settings
 from tests.support import UNIT, RedisServer, start_node, start_redis
 from tests.test_broker_contract import Recorder, message
@@ -32,7 +33,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture
 async def broker(redis: RedisServer) -> AsyncIterator[RedisBroker]:
     redis.command("FLUSHALL")
-    opened = RedisBroker(Settings(redis_url=redis.url, node_id="storage"))
+    opened = redis_broker(Settings(redis_url=redis.url, node_id="storage"))
     await opened.start()
     try:
         yield opened
@@ -112,9 +113,9 @@ async def test_deployments_on_one_redis_never_hear_each_other(redis: RedisServer
     """Another database, or another prefix: its own channels (pub/sub spans databases)."""
     recorders = [Recorder() for _ in range(3)]
     brokers = [
-        RedisBroker(Settings(redis_url=redis.url, node_id="a")),
-        RedisBroker(Settings(redis_url=redis.url.removesuffix("/0") + "/1", node_id="b")),
-        RedisBroker(Settings(redis_url=redis.url, node_id="c"), prefix="other:"),
+        redis_broker(Settings(redis_url=redis.url, node_id="a")),
+        redis_broker(Settings(redis_url=redis.url.removesuffix("/0") + "/1", node_id="b")),
+        redis_broker(Settings(redis_url=redis.url, node_id="c"), prefix="other:"),
     ]
     for b, rec in zip(brokers, recorders, strict=True):
         b.bus.subscribe(rec.envelope, rec.command, rec.resync)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
 from tests.redis_topology import Certificates, RedisProcess, start_tls_redis
@@ -35,7 +35,7 @@ async def test_every_connection_speaks_tls_with_the_urls_certificates(
         f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}"
     )
     seen = Recorder()
-    broker = RedisBroker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
+    broker = redis_broker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
     await broker.start()
     try:
@@ -66,7 +66,7 @@ async def test_without_the_right_certificates_nothing_connects(
     filled = query.format(
         ca=certs.ca, other=certs.other_ca, cert=certs.client, key=certs.client_key
     )
-    broker = RedisBroker(
+    broker = redis_broker(
         Settings(redis_url=f"rediss://127.0.0.1:{server.port}/0?{filled}", node_id="tls"),
         timeout=0.5 * UNIT,
     )
@@ -89,7 +89,7 @@ async def test_cert_reqs_none_skips_the_servers_verification(
         f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs.other_ca}&ssl_cert_reqs=none"
         f"&ssl_certfile={certs.client}&ssl_keyfile={certs.client_key}"
     )
-    broker = RedisBroker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
+    broker = redis_broker(Settings(redis_url=url, node_id="tls"), timeout=UNIT)
     broker.bus.subscribe(Recorder().envelope, Recorder().command)
     await broker.start()
     try:

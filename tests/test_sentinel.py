@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.core.streams import user_stream
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
@@ -37,7 +37,7 @@ def sentinel() -> Iterator[SentinelSetup]:
 
 async def test_the_broker_follows_a_failover(sentinel: SentinelSetup) -> None:
     seen = Recorder()
-    broker = RedisBroker(Settings(redis_url=sentinel.url(), node_id="follow"), timeout=0.5 * UNIT)
+    broker = redis_broker(Settings(redis_url=sentinel.url(), node_id="follow"), timeout=0.5 * UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
     await broker.start()
     try:
@@ -167,7 +167,7 @@ async def test_min_replicas_refuses_a_publish_no_replica_confirmed(sentinel: Sen
         await asyncio.to_thread(sentinel.wait_in_sync)
         again = node.api("POST", "/v1/messages", json=keyed)
         assert again.status_code == 202, again.text
-        reader = RedisBroker(Settings(redis_url=sentinel.url()))
+        reader = redis_broker(Settings(redis_url=sentinel.url()))
         try:
             entries = await reader.history.read(user_stream("u1"), None, 10)
         finally:
@@ -217,7 +217,7 @@ def test_check_config_reports_the_sentinel_topology(sentinel: SentinelSetup) -> 
 async def test_with_every_sentinel_down_the_known_master_is_still_used(
     sentinel: SentinelSetup,
 ) -> None:
-    broker = RedisBroker(Settings(redis_url=sentinel.url(), node_id="alone"), timeout=0.5 * UNIT)
+    broker = redis_broker(Settings(redis_url=sentinel.url(), node_id="alone"), timeout=0.5 * UNIT)
     broker.bus.subscribe(Recorder().envelope, Recorder().command)
     await broker.start()
     try:

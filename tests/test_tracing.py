@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from pushsvc.broker.redis import RedisBroker
+from pushsvc.brokers import redis_broker
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -148,7 +148,7 @@ async def nodes(redis: RedisServer, exporter: InMemorySpanExporter) -> AsyncIter
                 node_id=name, redis_url=redis.url, port=0, internal_port=0,
                 token_secret=TOKEN_SECRET, api_keys=[API_KEY], registry_interval=0.5,
             )  # fmt: skip
-            node = Node(settings, RedisBroker(settings))
+            node = Node(settings, redis_broker(settings))
             await node.start()
             started.append(node)
         yield started
@@ -284,7 +284,7 @@ async def test_tracing_off_leaves_messages_without_traceparent(redis: RedisServe
         node_id="plain", redis_url=redis.url, port=0, internal_port=0,
         token_secret=TOKEN_SECRET, api_keys=[API_KEY],
     )  # fmt: skip
-    node = Node(settings, RedisBroker(settings))
+    node = Node(settings, redis_broker(settings))
     await node.start()
     try:
         assert tracing.tracer is None

@@ -48,7 +48,7 @@ from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.http.client_routes import ClientRoutes
-from pushsvc.node import attach
+from pushsvc.node import attach, collector
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
@@ -153,7 +153,7 @@ class Node:
         metrics.info.labels(self.id, __version__).set(1)
         metrics.broker_up.set(1 if self.broker.up else 0)
         metrics.watch_gc()
-        metrics.watch_node(self)
+        collector.watch(self)
         tracing.configure(self.id)
         try:
             await self._join()

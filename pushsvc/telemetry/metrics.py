@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -25,11 +23,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from pushsvc.node.gateway import Node
 
 # no `*_created` series: a third fewer series, and nothing on-call reads them
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
@@ -184,65 +177,6 @@ def watch_gc() -> None:
     """Start timing garbage collector pauses (idempotent)."""
     if _gc_callback not in gc.callbacks:
         gc.callbacks.append(_gc_callback)
-
-
-class NodeCollector(Collector):
-    """Gauges read from a node's state at scrape time: nothing on the hot path.
-
-    Collected on the event loop (the ``/metrics`` handler is a coroutine), so the node's
-    structures are not changing underneath."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def collect(self) -> Iterator[Metric]:
-        node = self._node
-        acks = node.acks
-        yield _gauge(
-            "pushsvc_fanout_backlog", "Envelopes received from the bus, not yet fanned out",
-            node.fanout.backlog(),
-        )  # fmt: skip
-        yield _gauge("pushsvc_acks_pending", "Deliveries written and waiting for an ack", len(acks))
-        yield _gauge(
-            "pushsvc_sessions_pending_acks", "Sessions owing at least one ack",
-            sum(1 for session_id in node.sessions if acks.pending(session_id)),
-        )  # fmt: skip
-        yield _gauge(
-            "pushsvc_sessions_over_outbox_cap",
-            "Sessions whose outbox is over its cap (closed with 4008 after the grace)",
-            len(node.over_cap),
-        )  # fmt: skip
-        yield _gauge(
-            "pushsvc_accounting_backlog",
-            "Ledger events and session records waiting to be written to the broker",
-            len(node.accounting.events) + len(node.accounting.opened) + len(node.accounting.closed),
-        )  # fmt: skip
-        dropped = CounterMetricFamily(
-            "pushsvc_accounting_dropped",
-            "Ledger events dropped, oldest first, while the broker was down too long",
-        )
-        dropped.add_metric([], node.accounting.dropped)
-        yield dropped
-        yield _gauge(
-            "pushsvc_gc_frozen_objects", "Objects moved to the permanent generation by gc.freeze()",
-            gc.get_freeze_count(),
-        )  # fmt: skip
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
-_node_collector: NodeCollector | None = None
-
-
-def watch_node(node: Node) -> None:
-    """Report ``node``'s backlogs at every scrape (the latest node watched, one per process)."""
-    global _node_collector
-    if _node_collector is not None:
-        REGISTRY.unregister(_node_collector)
-    _node_collector = NodeCollector(node)
-    REGISTRY.register(_node_collector)
 
 
 class _Noop:

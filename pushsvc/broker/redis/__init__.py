@@ -14,7 +14,7 @@ right after still has its trail, and a key is bound exactly when its message was
 A run that fails leaves the messages before the failure appended (Redis does not roll a script
 back): their outcome is reported unknown, and a retry with their keys finds them.
 
-With ``redis_min_replicas`` > 0 a publish is placed only once ``WAIT`` confirms that many
+With ``min_replicas`` > 0 a publish is placed only once ``WAIT`` confirms that many
 replicas have it; otherwise its outcome is :class:`pushsvc.errors.BrokerUnavailable` (it may be
 appended and announced already: the retry with its key finds it).
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import msgspec
 
 from pushsvc.broker.base import Broker, Outcome, Placed, Publication, Published
-from pushsvc.broker.keys import Keyspace
+from pushsvc.broker.keys import DEFAULT_PREFIX, Keyspace
 from pushsvc.broker.redis.bus import RedisBus
 from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisLease, RedisLedger, RedisRateLimits
@@ -37,9 +37,8 @@ from pushsvc.broker.redis.mux import Arg
 from pushsvc.broker.redis.push import RedisEscalations, RedisWebhookQueue
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
-from pushsvc.broker.redis.url import parse
-from pushsvc.errors import BrokerError, ConfigError
-from pushsvc.settings import Settings
+from pushsvc.broker.redis.url import Target, parse
+from pushsvc.errors import BrokerError
 from pushsvc.types import Message
 
 PUBLISH_CHUNK = 128  # messages per script run: bounds how long one run holds the server
@@ -53,39 +52,48 @@ class RedisBroker(Broker):
 
     The monitor uses one without ``start()``: every part but the bus works without it.
 
-    ``ledger_retention``: seconds a trail outlives its message. ``prefix``: of every key and
-    channel (default ``settings.redis_prefix``). ``timeout``: socket connect and read timeout,
-    seconds.
+    ``target``: the Redis URL, or its parsed :class:`Target` (TLS options included).
+    ``prefix``: of every key and channel. ``min_replicas``: replicas ``WAIT`` must confirm before
+    a publish is placed. ``history_size`` and ``history_ttl``: entries kept per stream and for how
+    long, s. ``idempotency_ttl``: seconds an idempotency key is kept. ``node_ttl``: seconds a
+    node's registry entry outlives its last heartbeat. ``push_retention``: seconds a push
+    subscription outlives its device's last session. ``ledger_retention``: seconds a trail
+    outlives its message. ``timeout``: socket connect and read timeout, seconds.
+    :func:`pushsvc.brokers.redis_broker` maps a process's settings onto these.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        target: Target | str,
         *,
+        prefix: str = DEFAULT_PREFIX,
+        min_replicas: int = 0,
+        history_size: int,
+        history_ttl: int,
+        idempotency_ttl: int,
+        node_ttl: float,
+        push_retention: int,
         ledger_retention: float = 3600,
-        prefix: str | None = None,
         timeout: float = 1.0,
     ) -> None:
-        if not settings.redis_url:
-            raise ConfigError("the Redis broker needs a redis_url")
-        prefix = settings.redis_prefix if prefix is None else prefix
-        target = parse(settings.redis_url)
+        if isinstance(target, str):
+            target = parse(target)
         self.keys = keys = Keyspace(prefix, target.db, one_slot=target.mode == "cluster")
         self._link = link = Link(target, timeout, slot_key=keys.bus_seq)
-        self._replicas = settings.redis_min_replicas
-        self._maxlen = settings.history_size
-        self._ttl = settings.history_ttl
-        self._keep_ms = settings.idempotency_ttl * 1000
+        self._replicas = min_replicas
+        self._maxlen = history_size
+        self._ttl = history_ttl
+        self._keep_ms = idempotency_ttl * 1000
         self._retention_ms = int(ledger_retention * 1000)
-        self.history = RedisHistory(link, keys, settings.history_ttl)
+        self.history = RedisHistory(link, keys, history_ttl)
         self.bus = self._bus = RedisBus(link, keys)
-        self.registry = RedisRegistry(link, keys, settings.registry_interval * 3)
+        self.registry = RedisRegistry(link, keys, node_ttl)
         self.ledger = RedisLedger(
-            link, keys, ledger_retention, early_ttl=settings.history_ttl + ledger_retention
+            link, keys, ledger_retention, early_ttl=history_ttl + ledger_retention
         )
         self.lease = RedisLease(link, keys)
         self.limits = RedisRateLimits(link, keys)
-        self.escalations = RedisEscalations(link, keys, settings.push_retention, ledger_retention)
+        self.escalations = RedisEscalations(link, keys, push_retention, ledger_retention)
         self.webhooks = RedisWebhookQueue(link, keys)
         self._started = False
         self._closed = False
