@@ -335,6 +335,22 @@ class Node:
             session.write(effect.payload)
             self.expire_at(session)
 
+    def session_accepted(self, session: Session) -> None:
+        """``session``'s hello was accepted (its id, user and streams are set): count it, index
+        its streams and note its token expiry. Live messages are offered to it from here on."""
+        self.sessions[session.id] = session
+        self.users[session.user] = self.users.get(session.user, 0) + 1
+        self.unfrozen += 1
+        self.index.add(session.id, session.streams, session)
+        self.expire_at(session)
+        metrics.connections.set(len(self.sessions))
+
+    def session_opened(self, session: Session) -> None:
+        """``session`` is live (welcome and replay written): heartbeats start, and its record
+        goes to the registry."""
+        self.pings.append((time.monotonic() + self.settings.heartbeat, session))
+        self.accounting.opened.append(self.describe(session))
+
     def expire_at(self, session: Session) -> None:
         """Note the session's token expiry for :meth:`tick`."""
         heapq.heappush(self.expiries, (session.core.expires, session.id))
