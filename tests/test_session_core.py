@@ -219,7 +219,7 @@ def test_settled_acks_are_counted() -> None:
 # -- acks: sent, acked, tick(now), closed ------------------------------------------------------
 
 F1, F2 = b"frame-m1", b"frame-m2"  # the pre-framed messages written
-REDELIVER_M1 = [("s1", core.Write(F1)), ("s1", core.Trail("sent", "m1", 10.0, 2))]
+REDELIVER_M1 = [("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 10.0, 2))]
 
 
 def deliveries() -> core.Deliveries:
@@ -237,7 +237,7 @@ def deliveries() -> core.Deliveries:
         ([10.0, 19.9], []),  # the timer restarted with the redelivery
         (
             [10.0, 20.0],
-            [("s1", core.Write(F1)), ("s1", core.Trail("sent", "m1", 20.0, 3)),
+            [("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 20.0, 3)),
              (None, core.Count("redeliveries", 1))],
         ),
         ([10.0, 20.0, 30.0], [("s1", core.NOT_ACKNOWLEDGED)]),  # 3 writes, no ack: 4011
@@ -261,7 +261,7 @@ def test_tick_redelivers_every_session_then_counts_them_once() -> None:
     d.sent("s3", "m1", F1, 5.0)
     assert d.tick(10.0) == [
         *REDELIVER_M1,
-        ("s2", core.Write(F2)), ("s2", core.Trail("sent", "m2", 10.0, 2)),
+        ("s2", core.Write(F2)), ("s2", core.TrailEvent("sent", "m2", 10.0, 2)),
         (None, core.Count("redeliveries", 2)),
     ]  # fmt: skip
     assert len(d) == 3
@@ -272,7 +272,7 @@ def test_a_write_again_is_an_attempt_and_restarts_the_timer() -> None:
     assert d.sent("s1", "m1", F1, 5.0) == 2  # written again (a resume replays it)
     assert d.tick(10.0) == []
     assert d.tick(15.0) == [
-        ("s1", core.Write(F1)), ("s1", core.Trail("sent", "m1", 15.0, 3)),
+        ("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 15.0, 3)),
         (None, core.Count("redeliveries", 1)),
     ]  # fmt: skip
     assert d.tick(25.0) == [("s1", core.NOT_ACKNOWLEDGED)]
@@ -288,9 +288,9 @@ def test_a_session_owing_several_is_closed_once() -> None:
 @pytest.mark.parametrize(
     ("ids", "effects", "acked"),
     [
-        (["m1"], [core.Trail("acked", "m1", 7.0), core.Count("acked", 1)], 1),
+        (["m1"], [core.TrailEvent("acked", "m1", 7.0), core.Count("acked", 1)], 1),
         (["m1", "m2", "zzz"],
-         [core.Trail("acked", "m1", 7.0), core.Trail("acked", "m2", 7.0), core.Count("acked", 2)],
+         [core.TrailEvent("acked", "m1", 7.0), core.TrailEvent("acked", "m2", 7.0), core.Count("acked", 2)],
          2),
         (["zzz"], [], 0),  # never owed: nothing to trail or count
         ([], [], 0),
@@ -311,7 +311,7 @@ def test_first_acks_are_trailed_and_counted(
 def test_acks_settle_only_what_the_session_owes() -> None:
     d = deliveries()
     d.sent("s2", "m1", F1, 0.0)
-    assert d.acked("s2", at(Phase.LIVE), ["m1"], 1.0)[0] == core.Trail("acked", "m1", 1.0)
+    assert d.acked("s2", at(Phase.LIVE), ["m1"], 1.0)[0] == core.TrailEvent("acked", "m1", 1.0)
     assert d.acked("s3", at(Phase.LIVE), ["m1"], 1.0) == []
     assert d.tick(10.0) == [*REDELIVER_M1, (None, core.Count("redeliveries", 1))]
 

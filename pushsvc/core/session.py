@@ -19,10 +19,10 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
 - Acks: the node's :class:`Deliveries` (one for all its sessions, over
-  :class:`~pushsvc.core.acks.AckLedger`) takes the events ``sent`` (a message asking for an ack was
-  written), ``acked`` (a :class:`Settle`), ``tick(now)`` and ``closed``, and returns effects:
-  :class:`Write` (a redelivery), :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`), :class:`Trail`
-  (an event for the delivery trail) and :class:`Count` (a counter delta).
+  :class:`~pushsvc.core.acks.AckLedger`) takes the events ``sent`` (a message asking for an ack
+  was written), ``acked`` (a :class:`Settle`), ``tick(now)`` and ``closed``, and returns
+  effects: :class:`Write` (a redelivery), :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`),
+  :class:`TrailEvent` (for the delivery trail) and :class:`Count` (a counter delta).
 - Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
   tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
   frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
@@ -93,7 +93,7 @@ class Renew:
 
 
 @dataclass(frozen=True, slots=True)
-class Trail:
+class TrailEvent:
     """An event of the delivery trail (the broker's ledger): ``message_id`` was ``sent`` (written,
     the ``attempt``-th time) or ``acked`` (first ack) at ``at`` (unix s). The pump adds who:
     session, device, node."""
@@ -117,7 +117,7 @@ class Count:
 
 
 FrameEffect = Write | Close | Admit | Settle | Forward | Renew  # what a client frame makes
-AckEffect = Write | Close | Trail | Count  # what acks and their timers make
+AckEffect = Write | Close | TrailEvent | Count  # what acks and their timers make
 Effect = FrameEffect | AckEffect
 
 PONG = Write(PONG_FRAME)
@@ -359,27 +359,27 @@ class Deliveries:
 
     def acked(
         self, session: str, core: SessionCore[Any], ids: list[str], now: float
-    ) -> list[Trail | Count]:
+    ) -> list[TrailEvent | Count]:
         """``session`` (whose rules are ``core``) acked ``ids`` at ``now`` (unix s): an ``acked``
-        :class:`Trail` per first ack, then ``Count("acked")``; nothing when none was owed."""
+        :class:`TrailEvent` per first ack, then ``Count("acked")``; nothing when none was owed."""
         settled = self.ledger.acked(session, ids)
         if not settled:
             return []
         core.settled(len(settled), now)
-        effects: list[Trail | Count] = [Trail("acked", i, now) for i in settled]
+        effects: list[TrailEvent | Count] = [TrailEvent("acked", i, now) for i in settled]
         effects.append(Count("acked", len(settled)))
         return effects
 
     def tick(self, now: float) -> list[tuple[str | None, AckEffect]]:
         """Everything due at ``now`` (unix s), as (session id, effect): for each redelivery a
-        :class:`Write` of the frame again and its ``sent`` :class:`Trail`; then one
+        :class:`Write` of the frame again and its ``sent`` :class:`TrailEvent`; then one
         ``Count("redeliveries")`` for the node (session None); then :data:`NOT_ACKNOWLEDGED`
         for each session that used up its attempts (already forgotten here)."""
         redeliver, exhausted = self.ledger.due(now)
         effects: list[tuple[str | None, AckEffect]] = []
         for r in redeliver:
             effects.append((r.session, Write(r.payload)))
-            effects.append((r.session, Trail("sent", r.message_id, now, r.attempt)))
+            effects.append((r.session, TrailEvent("sent", r.message_id, now, r.attempt)))
         if redeliver:
             effects.append((None, Count("redeliveries", len(redeliver))))
         for session in exhausted:

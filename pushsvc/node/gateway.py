@@ -388,7 +388,7 @@ class Node:
                 session.write(payload)
             case core.Close():
                 apply_close(session, effect)
-            case core.Trail(event, message_id, at, attempt):
+            case core.TrailEvent(event, message_id, at, attempt):
                 device = device_key(session.user, session.device)
                 if event == "sent":
                     self.accounting.record(
