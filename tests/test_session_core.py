@@ -1,4 +1,5 @@
-"""A session's rules (pushsvc.core.session), tested with tables: no event loop, no socket."""
+"""A session's rules (pushsvc.core.session, and its acks: pushsvc.core.acks.Deliveries), tested
+with tables: no event loop, no socket."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from pushsvc.core import frames
 from pushsvc.core import session as core
+from pushsvc.core.acks import Deliveries
 from pushsvc.core.offsets import Position
 from pushsvc.core.session import Phase, SessionCore
 from pushsvc.errors import FrameError
@@ -222,9 +224,9 @@ F1, F2 = b"frame-m1", b"frame-m2"  # the pre-framed messages written
 REDELIVER_M1 = [("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 10.0, 2))]
 
 
-def deliveries() -> core.Deliveries:
+def deliveries() -> Deliveries:
     """s1 was written m1 at 0 and owes its ack: a 10 s ack timeout, 3 writes at most."""
-    d = core.Deliveries(ack_timeout=10, max_attempts=3)
+    d = Deliveries(ack_timeout=10, max_attempts=3)
     assert d.sent("s1", "m1", F1, 0.0) == 1
     return d
 
@@ -279,7 +281,7 @@ def test_a_write_again_is_an_attempt_and_restarts_the_timer() -> None:
 
 
 def test_a_session_owing_several_is_closed_once() -> None:
-    d = core.Deliveries(ack_timeout=1, max_attempts=1)
+    d = Deliveries(ack_timeout=1, max_attempts=1)
     d.sent("s1", "m1", F1, 0.0)
     d.sent("s1", "m2", F2, 0.0)
     assert d.tick(1.0) == [("s1", core.NOT_ACKNOWLEDGED)]

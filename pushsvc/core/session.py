@@ -18,11 +18,11 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 - After :meth:`accept` you must eventually call :meth:`replayed` (or close): it switches to live
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
-- Acks: the node's :class:`Deliveries` (one for all its sessions, over
-  :class:`~pushsvc.core.acks.AckLedger`) takes the events ``sent`` (a message asking for an ack
-  was written), ``acked`` (a :class:`Settle`), ``tick(now)`` and ``closed``, and returns
-  effects: :class:`Write` (a redelivery), :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`),
-  :class:`TrailEvent` (for the delivery trail) and :class:`Count` (a counter delta).
+- Acks: the node's :class:`~pushsvc.core.acks.Deliveries` (one for all its sessions) takes the
+  events ``sent`` (a message asking for an ack was written), ``acked`` (a :class:`Settle`),
+  ``tick(now)`` and ``closed``, and returns effects: :class:`Write` (a redelivery),
+  :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`), :class:`TrailEvent` (for the delivery trail)
+  and :class:`Count` (a counter delta).
 - Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
   tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
   frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar, assert_never
+from typing import Generic, Literal, TypeVar, assert_never
 
 from pushsvc.core import frames, offsets
-from pushsvc.core.acks import AckLedger
 from pushsvc.core.frames import ClientFrame
 from pushsvc.core.offsets import Position
 from pushsvc.core.streams import valid_name
@@ -283,7 +282,7 @@ class SessionCore(Generic[M]):
                 assert_never(frame)
 
     def settled(self, first_acks: int, now: float) -> None:
-        """``first_acks`` acks were settled (see :class:`Settle`; :meth:`Deliveries.acked` calls
+        """``first_acks`` acks were settled (see :class:`Settle`; ``Deliveries.acked`` calls
         this)."""
         if first_acks:
             self.acked += first_acks
@@ -334,66 +333,3 @@ class SessionCore(Generic[M]):
             return HEARTBEAT_TIMEOUT
         self.ping_sent = now
         return PING
-
-
-class Deliveries:
-    """The acks the node's sessions owe, by session id, and the rules on them: redeliver after
-    ``ack_timeout``, up to ``max_attempts`` writes in all, then close with 4011 (see
-    :mod:`pushsvc.core.acks`, whose one timer heap serves every session).
-
-    Calling contract: call :meth:`sent` after writing a message that asks for an ack and put a
-    ``sent`` event in the trail with the attempt it returns (the fan-out's hot path: no effect
-    object per delivery); apply what :meth:`acked` and :meth:`tick` return, in order; call
-    :meth:`closed` when a session is gone.
-    """
-
-    __slots__ = ("ledger",)
-
-    def __init__(self, ack_timeout: float, max_attempts: int) -> None:
-        self.ledger: AckLedger[bytes] = AckLedger(ack_timeout, max_attempts)
-
-    def sent(self, session: str, message_id: str, frame: bytes, now: float) -> int:
-        """``frame`` (pre-framed) of ``message_id`` was written to ``session`` at ``now``; return
-        the attempt number (a write of a message the session already owes is another one)."""
-        return self.ledger.sent(session, message_id, frame, now)
-
-    def acked(
-        self, session: str, core: SessionCore[Any], ids: list[str], now: float
-    ) -> list[TrailEvent | Count]:
-        """``session`` (whose rules are ``core``) acked ``ids`` at ``now`` (unix s): an ``acked``
-        :class:`TrailEvent` per first ack, then ``Count("acked")``; nothing when none was owed."""
-        settled = self.ledger.acked(session, ids)
-        if not settled:
-            return []
-        core.settled(len(settled), now)
-        effects: list[TrailEvent | Count] = [TrailEvent("acked", i, now) for i in settled]
-        effects.append(Count("acked", len(settled)))
-        return effects
-
-    def tick(self, now: float) -> list[tuple[str | None, AckEffect]]:
-        """Everything due at ``now`` (unix s), as (session id, effect): for each redelivery a
-        :class:`Write` of the frame again and its ``sent`` :class:`TrailEvent`; then one
-        ``Count("redeliveries")`` for the node (session None); then :data:`NOT_ACKNOWLEDGED`
-        for each session that used up its attempts (already forgotten here)."""
-        redeliver, exhausted = self.ledger.due(now)
-        effects: list[tuple[str | None, AckEffect]] = []
-        for r in redeliver:
-            effects.append((r.session, Write(r.payload)))
-            effects.append((r.session, TrailEvent("sent", r.message_id, now, r.attempt)))
-        if redeliver:
-            effects.append((None, Count("redeliveries", len(redeliver))))
-        for session in exhausted:
-            self.ledger.forget_session(session)
-            effects.append((session, NOT_ACKNOWLEDGED))
-        return effects
-
-    def closed(self, session: str) -> list[str]:
-        """``session`` is gone: forget what it owed; return those message ids."""
-        return self.ledger.forget_session(session)
-
-    def pending(self, session: str) -> int:
-        """How many acks ``session`` owes."""
-        return self.ledger.pending(session)
-
-    def __len__(self) -> int:
-        return len(self.ledger)

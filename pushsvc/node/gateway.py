@@ -42,6 +42,7 @@ from pushsvc.broker.base import (
 )
 from pushsvc.core import frames
 from pushsvc.core import session as core
+from pushsvc.core.acks import Deliveries
 from pushsvc.core.backoff import backoff_delay
 from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
@@ -84,7 +85,7 @@ class Node:
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
-        self.acks = core.Deliveries(settings.ack_timeout, settings.max_attempts)
+        self.acks = Deliveries(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer.from_settings(settings)
         self.escalator = Escalator(broker, settings)
         self.accounting = Accounting(
@@ -381,7 +382,7 @@ class Node:
         self.accounting.record(Sent(message.id, device, session.id, self.id, now, attempt))
 
     def apply(self, session: Session, effect: core.AckEffect) -> None:
-        """Apply what ``session``'s acks and their timers make (:class:`core.Deliveries`): a
+        """Apply what ``session``'s acks and their timers make (:class:`Deliveries`): a
         write, a close, a trail event, a counter delta."""
         match effect:
             case core.Write(payload):
