@@ -3,6 +3,8 @@ with tables: no event loop, no socket."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from pushsvc.core import frames
@@ -440,3 +442,9 @@ def test_revocation_refuses_tokens_issued_before_its_second_ends(
 )
 def test_not_before_is_the_next_whole_second(revoked_at: float, expected: int) -> None:
     assert core.not_before(revoked_at) == expected
+
+
+def test_every_counter_the_core_names_is_applied_by_the_node() -> None:
+    from pushsvc.node.gateway import COUNTERS
+
+    assert set(COUNTERS) == set(get_args(core.CounterName))
