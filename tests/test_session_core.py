@@ -1,11 +1,15 @@
-"""A session's rules (pushsvc.core.session), tested with tables: no event loop, no socket."""
+"""A session's rules (pushsvc.core.session, and its acks: pushsvc.core.acks.Deliveries), tested
+with tables: no event loop, no socket."""
 
 from __future__ import annotations
+
+from typing import get_args
 
 import pytest
 
 from pushsvc.core import frames
 from pushsvc.core import session as core
+from pushsvc.core.acks import Deliveries
 from pushsvc.core.offsets import Position
 from pushsvc.core.session import Phase, SessionCore
 from pushsvc.errors import FrameError
@@ -216,6 +220,118 @@ def test_settled_acks_are_counted() -> None:
     assert (s.acked, s.last_ack) == (3, 7.0)
 
 
+# -- acks: sent, acked, tick(now), closed ------------------------------------------------------
+
+F1, F2 = b"frame-m1", b"frame-m2"  # the pre-framed messages written
+REDELIVER_M1 = [("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 10.0, 2))]
+
+
+def deliveries() -> Deliveries:
+    """s1 was written m1 at 0 and owes its ack: a 10 s ack timeout, 3 writes at most."""
+    d = Deliveries(ack_timeout=10, max_attempts=3)
+    assert d.sent("s1", "m1", F1, 0.0) == 1
+    return d
+
+
+@pytest.mark.parametrize(
+    ("ticks", "effects"),
+    [
+        ([9.9], []),  # not due yet
+        ([10.0], [*REDELIVER_M1, (None, core.Count("redeliveries", 1))]),
+        ([10.0, 19.9], []),  # the timer restarted with the redelivery
+        (
+            [10.0, 20.0],
+            [("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 20.0, 3)),
+             (None, core.Count("redeliveries", 1))],
+        ),
+        ([10.0, 20.0, 30.0], [("s1", core.NOT_ACKNOWLEDGED)]),  # 3 writes, no ack: 4011
+        ([10.0, 20.0, 30.0, 40.0], []),  # forgotten once closed
+    ],
+)  # fmt: skip
+def test_tick_redelivers_then_closes_4011(
+    ticks: list[float], effects: list[tuple[str | None, core.Effect]]
+) -> None:
+    d = deliveries()
+    *before, last = ticks
+    for now in before:
+        d.tick(now)
+    assert d.tick(last) == effects
+    assert d.pending("s1") == (0 if last >= 30 else 1)
+
+
+def test_tick_redelivers_every_session_then_counts_them_once() -> None:
+    d = deliveries()
+    d.sent("s2", "m2", F2, 0.0)
+    d.sent("s3", "m1", F1, 5.0)
+    assert d.tick(10.0) == [
+        *REDELIVER_M1,
+        ("s2", core.Write(F2)), ("s2", core.TrailEvent("sent", "m2", 10.0, 2)),
+        (None, core.Count("redeliveries", 2)),
+    ]  # fmt: skip
+    assert len(d) == 3
+
+
+def test_a_write_again_is_an_attempt_and_restarts_the_timer() -> None:
+    d = deliveries()
+    assert d.sent("s1", "m1", F1, 5.0) == 2  # written again (a resume replays it)
+    assert d.tick(10.0) == []
+    assert d.tick(15.0) == [
+        ("s1", core.Write(F1)), ("s1", core.TrailEvent("sent", "m1", 15.0, 3)),
+        (None, core.Count("redeliveries", 1)),
+    ]  # fmt: skip
+    assert d.tick(25.0) == [("s1", core.NOT_ACKNOWLEDGED)]
+
+
+def test_a_session_owing_several_is_closed_once() -> None:
+    d = Deliveries(ack_timeout=1, max_attempts=1)
+    d.sent("s1", "m1", F1, 0.0)
+    d.sent("s1", "m2", F2, 0.0)
+    assert d.tick(1.0) == [("s1", core.NOT_ACKNOWLEDGED)]
+
+
+@pytest.mark.parametrize(
+    ("ids", "effects", "acked"),
+    [
+        (["m1"], [core.TrailEvent("acked", "m1", 7.0), core.Count("acked", 1)], 1),
+        (["m1", "m2", "zzz"],
+         [core.TrailEvent("acked", "m1", 7.0), core.TrailEvent("acked", "m2", 7.0), core.Count("acked", 2)],
+         2),
+        (["zzz"], [], 0),  # never owed: nothing to trail or count
+        ([], [], 0),
+    ],
+)  # fmt: skip
+def test_first_acks_are_trailed_and_counted(
+    ids: list[str], effects: list[core.Effect], acked: int
+) -> None:
+    d = deliveries()
+    d.sent("s1", "m2", F2, 0.0)
+    s = at(Phase.LIVE)
+    assert d.acked("s1", s, ids, 7.0) == effects
+    assert (s.acked, s.last_ack) == (acked, 7.0 if acked else None)
+    assert d.acked("s1", s, ids, 8.0) == []  # a duplicate ack settles nothing
+    assert d.pending("s1") == 2 - acked
+
+
+def test_acks_settle_only_what_the_session_owes() -> None:
+    d = deliveries()
+    d.sent("s2", "m1", F1, 0.0)
+    assert d.acked("s2", at(Phase.LIVE), ["m1"], 1.0)[0] == core.TrailEvent("acked", "m1", 1.0)
+    assert d.acked("s3", at(Phase.LIVE), ["m1"], 1.0) == []
+    assert d.tick(10.0) == [*REDELIVER_M1, (None, core.Count("redeliveries", 1))]
+
+
+def test_an_acked_message_is_not_redelivered() -> None:
+    d = deliveries()
+    d.acked("s1", at(Phase.LIVE), ["m1"], 3.0)
+    assert d.tick(10.0) == []
+
+
+def test_a_closed_session_owes_nothing() -> None:
+    d = deliveries()
+    assert d.closed("s1") == ["m1"]
+    assert (d.tick(10.0), d.pending("s1"), len(d)) == ([], 0, 0)
+
+
 # -- the hello's device and resume ------------------------------------------------------------
 
 STREAMS = ("user:p1", "topic:c1", "all")
@@ -326,3 +442,9 @@ def test_revocation_refuses_tokens_issued_before_its_second_ends(
 )
 def test_not_before_is_the_next_whole_second(revoked_at: float, expected: int) -> None:
     assert core.not_before(revoked_at) == expected
+
+
+def test_every_counter_the_core_names_is_applied_by_the_node() -> None:
+    from pushsvc.node.gateway import COUNTERS
+
+    assert set(COUNTERS) == set(get_args(core.CounterName))

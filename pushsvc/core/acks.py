@@ -5,6 +5,10 @@ to a session. If the session does not ack it within ``ack_timeout`` it is due fo
 ``max_attempts`` writes in all; after that the session is *exhausted* and must be closed with 4011
 (it recovers by resuming, and the message is owed to the device again).
 
+:class:`Deliveries` is the ledger as session rules, for the node: events in (``sent``, ``acked``,
+``tick(now)``, ``closed``), effects out (:mod:`pushsvc.core.session`'s ``Write``, the 4011
+``Close``, ``TrailEvent``, ``Count``).
+
 Calling contract: after :meth:`due` returns redeliveries you must write each payload again (the
 ledger has already counted the attempt); after it returns exhausted sessions you must close them
 and call :meth:`forget_session`.
@@ -14,7 +18,16 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from pushsvc.core.session import (
+    NOT_ACKNOWLEDGED,
+    AckEffect,
+    Count,
+    SessionCore,
+    TrailEvent,
+    Write,
+)
 
 P = TypeVar("P")
 
@@ -107,3 +120,66 @@ class AckLedger(Generic[P]):
     def _push(self, due: float, session: str, message_id: str) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, session, message_id))
+
+
+class Deliveries:
+    """The acks the node's sessions owe, by session id, and the rules on them: redeliver after
+    ``ack_timeout``, up to ``max_attempts`` writes in all, then close with 4011 (an
+    :class:`AckLedger`: one timer heap serves every session).
+
+    Calling contract: call :meth:`sent` after writing a message that asks for an ack and put a
+    ``sent`` event in the trail with the attempt it returns (the fan-out's hot path: no effect
+    object per delivery); apply what :meth:`acked` and :meth:`tick` return, in order; call
+    :meth:`closed` when a session is gone.
+    """
+
+    __slots__ = ("ledger",)
+
+    def __init__(self, ack_timeout: float, max_attempts: int) -> None:
+        self.ledger: AckLedger[bytes] = AckLedger(ack_timeout, max_attempts)
+
+    def sent(self, session: str, message_id: str, frame: bytes, now: float) -> int:
+        """``frame`` (pre-framed) of ``message_id`` was written to ``session`` at ``now``; return
+        the attempt number (a write of a message the session already owes is another one)."""
+        return self.ledger.sent(session, message_id, frame, now)
+
+    def acked(
+        self, session: str, core: SessionCore[Any], ids: list[str], now: float
+    ) -> list[TrailEvent | Count]:
+        """``session`` (whose rules are ``core``) acked ``ids`` at ``now`` (unix s): an ``acked``
+        ``TrailEvent`` per first ack, then ``Count("acked")``; nothing when none was owed."""
+        settled = self.ledger.acked(session, ids)
+        if not settled:
+            return []
+        core.settled(len(settled), now)
+        effects: list[TrailEvent | Count] = [TrailEvent("acked", i, now) for i in settled]
+        effects.append(Count("acked", len(settled)))
+        return effects
+
+    def tick(self, now: float) -> list[tuple[str | None, AckEffect]]:
+        """Everything due at ``now`` (unix s), as (session id, effect): for each redelivery a
+        ``Write`` of the frame again and its ``sent`` ``TrailEvent``; then one
+        ``Count("redeliveries")`` for the node (session None); then the 4011 ``NOT_ACKNOWLEDGED``
+        for each session that used up its attempts (already forgotten here)."""
+        redeliver, exhausted = self.ledger.due(now)
+        effects: list[tuple[str | None, AckEffect]] = []
+        for r in redeliver:
+            effects.append((r.session, Write(r.payload)))
+            effects.append((r.session, TrailEvent("sent", r.message_id, now, r.attempt)))
+        if redeliver:
+            effects.append((None, Count("redeliveries", len(redeliver))))
+        for session in exhausted:
+            self.ledger.forget_session(session)
+            effects.append((session, NOT_ACKNOWLEDGED))
+        return effects
+
+    def closed(self, session: str) -> list[str]:
+        """``session`` is gone: forget what it owed; return those message ids."""
+        return self.ledger.forget_session(session)
+
+    def pending(self, session: str) -> int:
+        """How many acks ``session`` owes."""
+        return self.ledger.pending(session)
+
+    def __len__(self) -> int:
+        return len(self.ledger)

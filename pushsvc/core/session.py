@@ -18,6 +18,11 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 - After :meth:`accept` you must eventually call :meth:`replayed` (or close): it switches to live
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
+- Acks: the node's :class:`~pushsvc.core.acks.Deliveries` (one for all its sessions) takes the
+  events ``sent`` (a message asking for an ack was written), ``acked`` (a :class:`Settle`),
+  ``tick(now)`` and ``closed``, and returns effects: :class:`Write` (a redelivery),
+  :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`), :class:`TrailEvent` (for the delivery trail)
+  and :class:`Count` (a counter delta).
 - Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
   tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
   frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Generic, TypeVar, assert_never
+from typing import Generic, Literal, TypeVar, assert_never
 
 from pushsvc.core import frames, offsets
 from pushsvc.core.frames import ClientFrame
@@ -86,7 +91,33 @@ class Renew:
     token: str
 
 
-Effect = Write | Close | Admit | Settle | Forward | Renew
+@dataclass(frozen=True, slots=True)
+class TrailEvent:
+    """An event of the delivery trail (the broker's ledger): ``message_id`` was ``sent`` (written,
+    the ``attempt``-th time) or ``acked`` (first ack) at ``at`` (unix s). The pump adds who:
+    session, device, node."""
+
+    event: Literal["sent", "acked"]
+    message_id: str
+    at: float
+    attempt: int = 0
+
+
+CounterName = Literal["acked", "redeliveries"]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to the counter ``name`` (with ``labels``, when it has some)."""
+
+    name: CounterName
+    n: int = 1
+    labels: tuple[str, ...] = ()
+
+
+FrameEffect = Write | Close | Admit | Settle | Forward | Renew  # what a client frame makes
+AckEffect = Write | Close | TrailEvent | Count  # what acks and their timers make
+Effect = FrameEffect | AckEffect
 
 PONG = Write(PONG_FRAME)
 PING = Write(PING_FRAME)
@@ -224,7 +255,7 @@ class SessionCore(Generic[M]):
 
     # -- frames -----------------------------------------------------------------------------
 
-    def receive(self, frame: ClientFrame, now: float) -> Effect | None:
+    def receive(self, frame: ClientFrame, now: float) -> FrameEffect | None:
         """A decoded client frame; ``now`` is a monotonic clock (for the round trip time)."""
         match frame:
             case frames.Pong():
@@ -251,7 +282,8 @@ class SessionCore(Generic[M]):
                 assert_never(frame)
 
     def settled(self, first_acks: int, now: float) -> None:
-        """``first_acks`` acks were settled (see :class:`Settle`)."""
+        """``first_acks`` acks were settled (see :class:`Settle`; ``Deliveries.acked`` calls
+        this)."""
         if first_acks:
             self.acked += first_acks
             self.last_ack = now
@@ -292,7 +324,7 @@ class SessionCore(Generic[M]):
             self.buffer.append((stream, position, item, frame))
         return False
 
-    def heartbeat(self, now: float) -> Effect | None:
+    def heartbeat(self, now: float) -> Write | Close | None:
         """A ping is due (``now`` monotonic): write a ping, or close with 4009 when the last one
         was not answered. None when the session is not live (no more pings)."""
         if self.phase != Phase.LIVE:

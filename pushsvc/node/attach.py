@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pushsvc.broker.base import Expired, SentCount, device_key
 from pushsvc.core import frames, offsets
@@ -24,10 +25,58 @@ from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import HistoryEntry
 
 if TYPE_CHECKING:
-    from pushsvc.node.gateway import Node
+    import asyncio
+
+    from pushsvc.auth import TokenIssuer
+    from pushsvc.broker.base import Broker
+    from pushsvc.core.clock import StreamClock
+    from pushsvc.node.accounting import Accounting
+    from pushsvc.node.catchup import CatchUp
+    from pushsvc.settings import Settings
+    from pushsvc.telemetry.logging import ContextAdapter
+    from pushsvc.types import Message
 
 
-def hello(node: Node, session: Session, hello: frames.Hello) -> None:
+class Host(Protocol):
+    """What an arriving session needs of its node (``Node`` is one): who it is, how tokens are
+    checked, where history and acks are read, and where the session is counted once accepted
+    and once opened."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def tokens(self) -> TokenIssuer: ...
+    @property
+    def broker(self) -> Broker: ...  # its history and ledger are read
+    @property
+    def clock(self) -> StreamClock: ...
+    @property
+    def catchup(self) -> CatchUp: ...
+    @property
+    def accounting(self) -> Accounting: ...
+    @property
+    def log(self) -> ContextAdapter: ...
+    @property
+    def draining(self) -> bool: ...
+
+    def spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    async def revoked(self, user: str, issued: int | None) -> bool: ...
+
+    def keep(self, session: Session, message: Message, now: float) -> bool: ...
+
+    def track(
+        self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
+    ) -> None: ...
+
+    def session_accepted(self, session: Session) -> None: ...
+
+    def session_opened(self, session: Session) -> None: ...
+
+
+def hello(node: Host, session: Session, hello: frames.Hello) -> None:
     """Verify the hello; on success register the session and start its replay."""
     if node.draining:
         d = core.DRAINING
@@ -53,17 +102,12 @@ def hello(node: Node, session: Session, hello: frames.Hello) -> None:
     session.issued = claims.issued
     session.core.accept(claims.expires)
     session.hello_accepted()
-    node.sessions[session.id] = session
-    node.users[session.user] = node.users.get(session.user, 0) + 1
-    node.unfrozen += 1
-    node.index.add(session.id, session.streams, session)
-    node.expire_at(session)
-    metrics.connections.set(len(node.sessions))
+    node.session_accepted(session)
     node.spawn(replay(node, session, resume.offsets, resume.positions))
 
 
 async def replay(
-    node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+    node: Host, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> None:
     """Check the token against its user's revocation, send the welcome and what the session
     missed, then switch it to live. (A revocation that lands during the replay closes the session
@@ -110,8 +154,7 @@ async def replay(
     for stream, position, message, frame in [b for b in buffered if node.keep(session, b[2], now)]:
         if session.offer(stream, position, message, frame) and message.ack:
             node.track(session, message, frame, now, replay=False)
-    node.pings.append((time.monotonic() + s.heartbeat, session))
-    node.accounting.opened.append(node.describe(session))
+    node.session_opened(session)
     metrics.connections_opened.labels("ok").inc()
     node.log.info(
         "session opened",
@@ -123,7 +166,7 @@ async def replay(
 
 
 async def missed(
-    node: Node, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
+    node: Host, session: Session, wanted: dict[str, str], positions: dict[str, offsets.Position]
 ) -> list[tuple[str, HistoryEntry]]:
     """Read what ``session`` missed, per stream; clamp ``positions`` to the streams' ends."""
     now_ms = node.clock.now(int(time.time() * 1000))
@@ -156,7 +199,7 @@ async def missed(
 
 
 async def clamp(
-    node: Node, stream: str, entries: list[HistoryEntry], positions: dict[str, offsets.Position]
+    node: Host, stream: str, entries: list[HistoryEntry], positions: dict[str, offsets.Position]
 ) -> str | None:
     """Clamp the resume position of ``stream`` to the stream's end (:func:`offsets.clamp`), so a
     resume beyond it does not make the session drop later messages as already seen; return the
@@ -170,7 +213,7 @@ async def clamp(
 
 
 def select(
-    node: Node,
+    node: Host,
     session: Session,
     stream: str,
     entries: list[HistoryEntry],

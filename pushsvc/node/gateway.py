@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, assert_never
 
+from prometheus_client import Counter
+
 from pushsvc import __version__
 from pushsvc.auth import TokenIssuer
 from pushsvc.broker.base import (
@@ -40,7 +42,7 @@ from pushsvc.broker.base import (
 )
 from pushsvc.core import frames
 from pushsvc.core import session as core
-from pushsvc.core.acks import AckLedger
+from pushsvc.core.acks import Deliveries
 from pushsvc.core.backoff import backoff_delay
 from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
@@ -67,7 +69,6 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 5.0  # seconds cancelled background tasks get to finish at shutdown
 JOIN_BACKOFF = (0.1, 2.0)  # seconds: first and longest wait between two attempts to join
 FREEZE_AFTER = 500  # sessions opened between two gc.freeze() calls
-AckPayload = tuple[bytes, int]  # (framed message, publish time in ms)
 
 
 class Node:
@@ -85,7 +86,7 @@ class Node:
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
-        self.acks: AckLedger[AckPayload] = AckLedger(settings.ack_timeout, settings.max_attempts)
+        self.acks = Deliveries(settings.ack_timeout, settings.max_attempts)
         self.tokens = TokenIssuer.from_settings(settings)
         self.escalator = Escalator(broker, settings)
         self.accounting = Accounting(
@@ -310,7 +311,8 @@ class Node:
             case core.Admit(hello):
                 attach.hello(self, session, hello)
             case core.Settle(ids):
-                self._acked(session, ids)
+                for done in self.acks.acked(session.id, session.core, ids, time.time()):
+                    self.apply(session, done)
             case core.Forward(push):
                 try:
                     self.escalator.frame(session, push)
@@ -345,6 +347,22 @@ class Node:
             session.write(effect.payload)
             self.expire_at(session)
 
+    def session_accepted(self, session: Session) -> None:
+        """``session``'s hello was accepted (its id, user and streams are set): count it, index
+        its streams and note its token expiry. Live messages are offered to it from here on."""
+        self.sessions[session.id] = session
+        self.users[session.user] = self.users.get(session.user, 0) + 1
+        self.unfrozen += 1
+        self.index.add(session.id, session.streams, session)
+        self.expire_at(session)
+        metrics.connections.set(len(self.sessions))
+
+    def session_opened(self, session: Session) -> None:
+        """``session`` is live (welcome and replay written): heartbeats start, and its record
+        goes to the registry."""
+        self.pings.append((time.monotonic() + self.settings.heartbeat, session))
+        self.accounting.opened.append(self.describe(session))
+
     def expire_at(self, session: Session) -> None:
         """Note the session's token expiry for :meth:`tick`."""
         heapq.heappush(self.expiries, (session.core.expires, session.id))
@@ -370,25 +388,34 @@ class Node:
         self, session: Session, message: Message, frame: bytes, now: float, *, replay: bool
     ) -> None:
         """Owe an ack for ``message`` written to ``session`` and put the write in the trail."""
-        attempt = self.acks.sent(session.id, message.id, (frame, message.ts), now)
+        attempt = self.acks.sent(session.id, message.id, frame, now)
         device = device_key(session.user, session.device)
         self.accounting.record(Sent(message.id, device, session.id, self.id, now, attempt))
 
-    def _acked(self, session: Session, ids: list[str]) -> None:
-        settled = self.acks.acked(session.id, ids)
-        if not settled:
-            return
-        now = time.time()
-        session.core.settled(len(settled), now)
-        metrics.acked.inc(len(settled))
-        if tracing.tracer is not None:
-            tracing.acked(self.id, session.id, settled, time.time_ns())
-        device = device_key(session.user, session.device)
-        for message_id in settled:
-            self.accounting.record(Acked(message_id, device, session.id, self.id, now))
-        # ack latency needs the publish time: message ids start with it (see publish.new_id)
-        for message_id in settled:
-            metrics.ack_latency.observe(max(0.0, now - int(message_id[:12], 16) / 1000))
+    def apply(self, session: Session, effect: core.AckEffect) -> None:
+        """Apply what ``session``'s acks and their timers make (:class:`Deliveries`): a
+        write, a close, a trail event, a counter delta."""
+        match effect:
+            case core.Write(payload):
+                session.write(payload)
+            case core.Close():
+                apply_close(session, effect)
+            case core.TrailEvent(event, message_id, at, attempt):
+                device = device_key(session.user, session.device)
+                if event == "sent":
+                    self.accounting.record(
+                        Sent(message_id, device, session.id, self.id, at, attempt)
+                    )
+                    return
+                self.accounting.record(Acked(message_id, device, session.id, self.id, at))
+                if tracing.tracer is not None:
+                    tracing.acked(self.id, session.id, (message_id,), time.time_ns())
+                # ack latency needs the publish time: message ids start with it (publish.new_id)
+                metrics.ack_latency.observe(max(0.0, at - int(message_id[:12], 16) / 1000))
+            case core.Count():
+                count(effect)
+            case _:
+                assert_never(effect)
 
     def session_closed(self, session: Session, code: int, phase: Phase) -> None:
         """Called by a session when its connection is gone."""
@@ -406,7 +433,7 @@ class Node:
             self.users.pop(session.user, None)
         self.index.remove(session.id, session.streams)
         self.catchup.forget(session.streams)
-        self.acks.forget_session(session.id)
+        self.acks.closed(session.id)
         self.accounting.closed.append(session.id)
         self.escalator.session_ended(session.user, session.device, time.time())
         metrics.connections.set(len(self.sessions))
@@ -443,21 +470,12 @@ class Node:
             # session closes (session.connection_lost breaks its cycles).
             self.unfrozen = 0
             gc.freeze()
-        redeliver, exhausted = self.acks.due(now)
-        for r in redeliver:
-            session = self.sessions.get(r.session)
-            if session is None:
-                continue
-            session.write(r.payload[0])
-            device = device_key(session.user, session.device)
-            self.accounting.record(Sent(r.message_id, device, session.id, self.id, now, r.attempt))
-        if redeliver:
-            metrics.redeliveries.inc(len(redeliver))
-        for session_id in exhausted:
-            session = self.sessions.get(session_id)
-            self.acks.forget_session(session_id)
-            if session is not None:
-                apply_close(session, core.NOT_ACKNOWLEDGED)
+        for session_id, due in self.acks.tick(now):
+            if session_id is None:
+                if isinstance(due, core.Count):
+                    count(due)
+            elif (session := self.sessions.get(session_id)) is not None:
+                self.apply(session, due)
         for session in list(self.over_cap):
             if slow_consumer(
                 session.outbox_bytes(), self.settings.outbox_cap, session.over_since(),
@@ -553,3 +571,15 @@ class Node:
 
 def apply_close(session: Session, close: core.Close) -> None:
     session.close(close.code, close.slug, close.message)
+
+
+COUNTERS: dict[core.CounterName, Counter] = {
+    "acked": metrics.acked,
+    "redeliveries": metrics.redeliveries,
+}
+
+
+def count(delta: core.Count) -> None:
+    """Apply a counter delta of the session rules to its prometheus counter."""
+    counter = COUNTERS[delta.name]
+    (counter.labels(*delta.labels) if delta.labels else counter).inc(delta.n)
