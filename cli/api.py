@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from pushsvc.broker.base import NodeInfo, SessionInfo
+from pushsvc.records import Closing, Draining, Revoked, TraceContext, UserClosing
 
 T = TypeVar("T")
 
@@ -82,27 +83,11 @@ class Trail(msgspec.Struct, kw_only=True):
     sent_by_node: dict[str, int] = {}
 
 
-class TraceContext(msgspec.Struct, kw_only=True):
-    id: str
-    traceparent: str = ""
-    trace_id: str = ""
-
-
 class Published(msgspec.Struct, kw_only=True):
     id: str
     streams: dict[str, str]
     online_sessions: int = 0  # on the node that took the publish
     duplicate: bool = False  # the idempotency key was seen: this is the first publish's result
-
-
-class Closing(msgspec.Struct, kw_only=True):
-    session: str
-    node: str
-
-
-class Draining(msgspec.Struct, kw_only=True):
-    node: str
-    connections: int = 0
 
 
 class _Nodes(msgspec.Struct):
@@ -111,16 +96,6 @@ class _Nodes(msgspec.Struct):
 
 class _Sessions(msgspec.Struct):
     sessions: list[SessionInfo]
-
-
-class Revoked(msgspec.Struct, kw_only=True):
-    user: str
-    not_before: int
-    expires: float
-
-
-class _UserClosing(msgspec.Struct):
-    sessions: list[Closing]
 
 
 class _Error(msgspec.Struct):
@@ -199,7 +174,7 @@ class Api:
 
     async def kick_user(self, user: str) -> list[Closing]:
         params = {"user": user}
-        return (await self._call("DELETE", "/v1/sessions", _UserClosing, params=params)).sessions
+        return (await self._call("DELETE", "/v1/sessions", UserClosing, params=params)).sessions
 
     async def revoke(self, user: str) -> Revoked:
         return await self._call("POST", f"/v1/users/{_segment(user)}/revoke", Revoked)

@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from cli.api import Draining
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import err
+from pushsvc.records import Draining
 
 
 def drain(

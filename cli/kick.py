@@ -11,10 +11,10 @@ from typing import Annotated
 
 import typer
 
-from cli.api import Closing
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import fail
+from pushsvc.records import Closing
 
 
 def kick(

@@ -12,9 +12,9 @@ import datetime
 
 import typer
 
-from cli.api import Revoked
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
 from cli.output import emit_json, out
+from pushsvc.records import Revoked
 
 
 def revoke(

@@ -16,9 +16,10 @@ import typer
 from rich.console import Group
 from rich.table import Table
 
-from cli.api import Refused, TraceContext, Trail
+from cli.api import Refused, Trail
 from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
 from cli.output import after, client_text, duration, emit_json, out, stamp, table
+from pushsvc.records import TraceContext
 
 STATE_STYLE = {"acked": "green", "delivered": "cyan", "pending": "yellow",
                "partially_acked": "yellow", "lost": "bold red", "expired": "red"}  # fmt: skip

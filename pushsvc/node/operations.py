@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
-import msgspec
-
 from pushsvc.broker.base import Broker, Command, History, SessionInfo
 from pushsvc.core import offsets
 from pushsvc.core import session as core
 from pushsvc.errors import FrameError
 from pushsvc.node.faults import Faults
+from pushsvc.records import Closing, Draining, FaultsState, LocalSessions, Revoked, TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +44,6 @@ class LocalSession(Protocol):
 
 
 S = TypeVar("S", bound=LocalSession)
-
-
-class LocalSessions(msgspec.Struct, frozen=True):
-    node: str
-    sessions: list[SessionInfo]
-
-
-class Holder(msgspec.Struct, frozen=True):
-    session: str
-    node: str
-
-
-class Revocation(msgspec.Struct, frozen=True):
-    user: str
-    not_before: int
-    expires: float
-
-
-class Draining(msgspec.Struct, frozen=True):
-    node: str
-    draining: bool
-    connections: int
-
-
-class Trace(msgspec.Struct, frozen=True):
-    id: str
-    traceparent: str
-    trace_id: str
-
-
-class FaultsState(msgspec.Struct, frozen=True):
-    node: str
-    enabled: bool
-    faults: dict[str, float | bool]
 
 
 class Operations(Generic[S]):
@@ -115,9 +80,9 @@ class Operations(Generic[S]):
         """This node's ``limit`` oldest sessions (of ``user`` only, when given)."""
         mine = (s for s in self._sessions.values() if user is None or s.user == user)
         oldest = heapq.nsmallest(limit, mine, key=lambda s: s.connected_at)
-        return LocalSessions(self.node_id, [self._describe(s) for s in oldest])
+        return LocalSessions(node=self.node_id, sessions=[self._describe(s) for s in oldest])
 
-    async def close_user(self, user: str) -> list[Holder] | None:
+    async def close_user(self, user: str) -> list[Closing] | None:
         """Ask every node holding a session of ``user`` to close it with 4010; None when the
         patient has none. Raises :class:`pushsvc.errors.BrokerError` when the broker is down."""
         found = await self._broker.registry.sessions(user, None, MAX_USER_SESSIONS)
@@ -130,9 +95,9 @@ class Operations(Generic[S]):
             await self._broker.bus.send_command(
                 Command(kind="close_session", node=holder, session=session_id, code=4010)
             )
-        return [Holder(s, n) for s, n in sorted(holders.items())]
+        return [Closing(session=s, node=n) for s, n in sorted(holders.items())]
 
-    async def revoke_user(self, user: str, now: float | None = None) -> Revocation:
+    async def revoke_user(self, user: str, now: float | None = None) -> Revoked:
         """Refuse ``user``'s tokens issued before now, on every node, also those started later
         (the record lives as long as the longest token); live sessions holding one close 4001."""
         now = time.time() if now is None else now
@@ -142,7 +107,7 @@ class Operations(Generic[S]):
         await self._broker.bus.send_command(
             Command(kind="revoke_user", node="*", code=4001, user=user, not_before=not_before)
         )
-        return Revocation(user, not_before, now + ttl)
+        return Revoked(user=user, not_before=not_before, expires=now + ttl)
 
     async def drain(self, node_id: str) -> Draining | None:
         """Ask the live node ``node_id`` to drain (its sessions close 1001 and reconnect
@@ -152,23 +117,25 @@ class Operations(Generic[S]):
         if found is None:
             return None
         await self._broker.bus.send_command(Command(kind="drain", node=node_id))
-        return Draining(node_id, True, found.connections)
+        return Draining(node=node_id, connections=found.connections)
 
-    async def message_trace(self, message_id: str) -> Trace | None:
+    async def message_trace(self, message_id: str) -> TraceContext | None:
         """The W3C ``traceparent`` the publish of ``message_id`` recorded and its trace id (both
         empty when it was not traced); None when the message has no trail."""
         found = await self._broker.ledger.trail(message_id[:64])
         if found is None:
             return None
         parent = await recorded_traceparent(self._broker.history, found.id, found.streams)
-        return Trace(found.id, parent, trace_id(parent))
+        return TraceContext(id=found.id, traceparent=parent, trace_id=trace_id(parent))
 
     def _check_enabled(self) -> None:
         if not self.faults_enabled:
             raise PermissionError("fault injection is off on this node")
 
     def faults(self) -> FaultsState:
-        return FaultsState(self.node_id, self.faults_enabled, self._faults.describe())
+        return FaultsState(
+            node=self.node_id, enabled=self.faults_enabled, faults=self._faults.describe()
+        )
 
     def inject(self, drop_deliveries: float | None, stop_bus: bool | None) -> FaultsState:
         """Set the given game-day faults (only when :attr:`faults_enabled`: check first)."""
