@@ -169,12 +169,13 @@ class HttpEdge(asyncio.Protocol):
             return
         transport = self.transport
         assert transport is not None
-        self._http = None  # (a cycle) nothing more is parsed here
+        self._http = None  # nothing more is parsed here (and the parser holds this edge: a cycle)
         self.headers.clear()
         # The hello timer runs on from the accept; its callback (this edge's) now asks the
         # session, and the session cancels it when the hello is accepted.
         session = self._session = Session(node, self.remote, self._timer)
         self._timer = None
+        self.transport = None  # the session's from here on
         node.connections.discard(self)
         transport.write(response)
         transport.set_protocol(session)
