@@ -29,6 +29,7 @@ import uvicorn
 from pushsvc.broker.base import Broker
 from pushsvc.brokers import make_broker
 from pushsvc.errors import ConfigError
+from pushsvc.http.client_listener import edge_factory
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -72,7 +73,7 @@ async def serve(
         api = _start_api(node)
         stack.push_async_callback(_stop_api, *api)
         try:
-            await node.start(client_sock)
+            await node.start(edge_factory(node), client_sock)
         except OSError as exc:  # the broker's failures are not raised: the node keeps trying
             where = f"{settings.host}:{settings.port}"
             raise ConfigError(f"cannot listen for clients on {where}: {exc.strerror}") from None

@@ -26,13 +26,7 @@ FORBIDDEN: list[tuple[str, str, str]] = [
 ]
 
 #: (module, imported package, one-line reason): each must still be needed (see the last test).
-EXCEPTIONS: list[tuple[str, str, str]] = [
-    (
-        "pushsvc.node.gateway",
-        "pushsvc.http",
-        "the client listener's HTTP phase (ClientRoutes) still runs inside the node's session",
-    ),
-]
+EXCEPTIONS: list[tuple[str, str, str]] = []  # none today
 
 
 def imports(path: Path) -> set[str]:

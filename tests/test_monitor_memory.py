@@ -11,6 +11,7 @@ import pytest
 from monitor.app import Monitor
 from monitor.reconcile import FINAL
 from pushsvc.broker.memory import MemoryBroker
+from pushsvc.http.client_listener import edge_factory
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing, Publisher
 from pushsvc.settings import MonitorSettings, Settings
@@ -26,7 +27,7 @@ async def node() -> AsyncIterator[Node]:
         ledger_flush_interval=0.02,
     )  # fmt: skip
     node = Node(settings, MemoryBroker(history_ttl=settings.history_ttl))
-    await node.start()
+    await node.start(edge_factory(node))
     try:
         yield node
     finally:

@@ -440,14 +440,17 @@ async def test_1001_on_drain_and_client_listener_refuses_while_draining() -> Non
         )
 
 
+_UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
 def _raw_ws(port: int) -> socket.socket:
     """A client that upgrades, says hello and then never reads."""
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    s.sendall(_UPGRADE)
     return s
 
 
@@ -575,6 +578,33 @@ async def test_invalid_utf8_is_a_protocol_error(node: NodeHandle) -> None:
     close = data[data.index(b"\x88") :]
     code = int.from_bytes(close[2:4], "big")
     assert code in (1007, 4003)  # the WebSocket layer's "invalid data" or our protocol error
+
+
+def test_a_hello_sent_with_the_upgrade_request_is_welcomed(node: NodeHandle) -> None:
+    """Bytes that arrive right behind the request head, in the same read, reach the session."""
+    hello = _masked(f'{{"type":"hello","token":"{node.token(uid())}"}}'.encode())
+    with socket.create_connection(("127.0.0.1", node.port)) as s:
+        s.settimeout(5 * UNIT)
+        s.sendall(_UPGRADE + hello)
+        data = b""
+        while b'"welcome"' not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ")
+
+
+def test_a_request_never_finished_is_dropped_at_the_hello_timeout(node: NodeHandle) -> None:
+    with socket.create_connection(("127.0.0.1", node.port)) as s:
+        s.settimeout(10 * UNIT)
+        started = time.monotonic()
+        s.sendall(_UPGRADE[:40])
+        try:
+            answer = s.recv(4096)
+        except ConnectionResetError:  # aborted
+            answer = b""
+    assert answer == b""  # no answer at all
+    assert time.monotonic() - started >= 0.4 * UNIT
 
 
 async def test_4004_is_counted_under_its_code(node: NodeHandle) -> None:

@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from pushsvc.broker.base import Placed, Publication
 from pushsvc.brokers import redis_broker
+from pushsvc.http.client_listener import edge_factory
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
 from tests.support import (
@@ -239,7 +240,7 @@ async def test_the_node_closes_only_what_it_opened(server: RedisServer) -> None:
         await Node(settings, broker).close()
         assert commands(server) == before
         node = Node(settings, broker)
-        await node.start()
+        await node.start(edge_factory(node))
         assert node.joined
         assert [n.id for n in await broker.registry.nodes()] == ["own"]
         await node.close()

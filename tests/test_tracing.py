@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from pushsvc.brokers import redis_broker
+from pushsvc.http.client_listener import edge_factory
 from pushsvc.http.internal import create_app
 from pushsvc.node.gateway import Node
 from pushsvc.settings import Settings
@@ -149,7 +150,7 @@ async def nodes(redis: RedisServer, exporter: InMemorySpanExporter) -> AsyncIter
                 token_secret=TOKEN_SECRET, api_keys=[API_KEY], registry_interval=0.5,
             )  # fmt: skip
             node = Node(settings, redis_broker(settings))
-            await node.start()
+            await node.start(edge_factory(node))
             started.append(node)
         yield started
     finally:
@@ -285,7 +286,7 @@ async def test_tracing_off_leaves_messages_without_traceparent(redis: RedisServe
         token_secret=TOKEN_SECRET, api_keys=[API_KEY],
     )  # fmt: skip
     node = Node(settings, redis_broker(settings))
-    await node.start()
+    await node.start(edge_factory(node))
     try:
         assert tracing.tracer is None
         api = internal_api(node)

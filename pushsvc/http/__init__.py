@@ -1,1 +1,1 @@
-"""HTTP edges: the client listener's plain routes and the internal API (FastAPI)."""
+"""HTTP edges: the client listener's HTTP phase (upgrade and plain routes) and the internal API."""

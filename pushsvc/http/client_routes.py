@@ -6,7 +6,7 @@ demo page (``/demo/``). The client's files and the push key carry CORS headers f
 ``PUSHSVC_CORS_ORIGINS`` (:mod:`pushsvc.http.cors`), which then also answers their preflights.
 In dev mode only (``pushsvc serve --dev``, loopback only) the demo page's two helpers exist:
 ``POST /demo/api/token`` and ``POST /demo/api/publish``. Every answer closes its connection;
-``/ws`` itself is the WebSocket upgrade handled by :mod:`pushsvc.node.session`.
+``/ws`` itself is the WebSocket upgrade, handled by :mod:`pushsvc.http.client_listener`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
 
 if TYPE_CHECKING:
+    from pushsvc.http.client_listener import HttpEdge
     from pushsvc.node.gateway import Node
-    from pushsvc.node.session import Session
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
@@ -38,93 +38,93 @@ class ClientRoutes:
         self._node = node
         self._publisher = Publisher(node)
 
-    def handle(self, session: Session, method: bytes, url: bytes, body: bytes) -> None:
+    def handle(self, edge: HttpEdge, method: bytes, url: bytes, body: bytes) -> None:
         path = httptools.parse_url(url).path.decode("latin-1")
         if path == "/healthz" and method in (b"GET", b"HEAD"):
-            session.http_answer(200, JSON, b'{"status":"ok"}')
+            edge.http_answer(200, JSON, b'{"status":"ok"}')
         elif path == "/client/push-key" and method in (b"GET", b"HEAD"):
-            self._push_key(session)
+            self._push_key(edge)
         elif path in ("/", "/demo"):
-            session.http_answer(200, b"text/html; charset=utf-8", _REDIRECT)
+            edge.http_answer(200, b"text/html; charset=utf-8", _REDIRECT)
         elif path.startswith("/demo/api/"):
             if not self._node.settings.dev:
-                session.http_answer(404, JSON, error_body("not_found", "demo API is dev-only"))
+                edge.http_answer(404, JSON, error_body("not_found", "demo API is dev-only"))
             elif method != b"POST":
                 refusal = error_body("method_not_allowed", "use POST")
-                session.http_answer(405, JSON, refusal, allow=b"POST")
+                edge.http_answer(405, JSON, refusal, allow=b"POST")
             else:
-                self._node.spawn(self._demo(session, path, body))
+                self._node.spawn(self._demo(edge, path, body))
         elif method == b"OPTIONS" and path in CORS_PATHS and self._node.settings.cors:
-            self._preflight(session)
+            self._preflight(edge)
         elif method not in (b"GET", b"HEAD"):
-            session.http_answer(
+            edge.http_answer(
                 405, JSON, error_body("method_not_allowed", "use GET"), allow=b"GET, HEAD"
             )
         elif path in STATIC_FILES:
-            self._static(session, path)
+            self._static(edge, path)
         else:
-            session.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
+            edge.http_answer(404, JSON, error_body("not_found", f"no route for {path[:100]}"))
 
-    def _push_key(self, session: Session) -> None:
+    def _push_key(self, edge: HttpEdge) -> None:
         """The VAPID public key a page subscribes with (``applicationServerKey``)."""
         vapid = self._node.escalator.vapid
-        cors = self._cors(session)
+        cors = self._cors(edge)
         if vapid is None:
             message = "Web Push is not configured on this server (PUSHSVC_VAPID_PRIVATE_KEY)"
-            session.http_answer(404, JSON, error_body("push_unavailable", message), extra=cors)
+            edge.http_answer(404, JSON, error_body("push_unavailable", message), extra=cors)
         else:
             body = orjson.dumps({"publicKey": vapid.public_key})
-            session.http_answer(200, JSON, body, extra=cors)
+            edge.http_answer(200, JSON, body, extra=cors)
 
-    def _cors(self, session: Session) -> bytes:
-        return cors_headers(session.headers.get(b"origin"), self._node.settings.cors)
+    def _cors(self, edge: HttpEdge) -> bytes:
+        return cors_headers(edge.headers.get(b"origin"), self._node.settings.cors)
 
-    def _preflight(self, session: Session) -> None:
+    def _preflight(self, edge: HttpEdge) -> None:
         """A CORS preflight (only asked for when a page adds a header or a method that is not
         CORS-safelisted; a ``<script>``, ``import()`` or plain ``fetch()`` never needs one)."""
         grant = preflight_headers(
-            session.headers.get(b"origin"),
-            session.headers.get(b"access-control-request-method"),
+            edge.headers.get(b"origin"),
+            edge.headers.get(b"access-control-request-method"),
             self._node.settings.cors,
         )
-        session.http_answer(200, b"text/plain", b"", allow=b"GET, HEAD, OPTIONS", extra=grant)
+        edge.http_answer(200, b"text/plain", b"", allow=b"GET, HEAD, OPTIONS", extra=grant)
 
-    def _static(self, session: Session, path: str) -> None:
+    def _static(self, edge: HttpEdge, path: str) -> None:
         target = self._node.settings.static_dir / STATIC_FILES[path]
         try:
             body = target.read_bytes()
         except OSError:
-            session.http_answer(404, JSON, error_body("not_found", "no such file"))
+            edge.http_answer(404, JSON, error_body("not_found", "no such file"))
             return
-        cors = self._cors(session) if path in CORS_PATHS else b""
-        session.http_answer(200, _TYPES[target.suffix].encode(), body, extra=cors)
+        cors = self._cors(edge) if path in CORS_PATHS else b""
+        edge.http_answer(200, _TYPES[target.suffix].encode(), body, extra=cors)
 
-    async def _demo(self, session: Session, path: str, body: bytes) -> None:
+    async def _demo(self, edge: HttpEdge, path: str, body: bytes) -> None:
         node = self._node
         refusal = jsonguard.problem(body)
         if refusal is not None:  # as the internal API: too deep, NaN or infinite
-            session.http_answer(422, JSON, error_body("invalid_body", refusal))
+            edge.http_answer(422, JSON, error_body("invalid_body", refusal))
             return
         try:
             if path == "/demo/api/token":
                 req = TokenRequest.model_validate_json(body or b"{}")
                 token = node.tokens.mint(req.user, req.topics, req.ttl or node.settings.token_ttl)
-                session.http_answer(200, JSON, orjson.dumps({"token": token, "user": req.user}))
+                edge.http_answer(200, JSON, orjson.dumps({"token": token, "user": req.user}))
             elif path == "/demo/api/publish":
                 pub = PublishRequest.model_validate_json(body or b"{}")
                 item = pub.outgoing(node.settings.default_ttl, node.settings.max_message_size)
                 (result,) = await self._publisher.publish([item])
-                session.http_answer(202, JSON, msgspec.json.encode(result))
+                edge.http_answer(202, JSON, msgspec.json.encode(result))
             else:
-                session.http_answer(404, JSON, error_body("not_found", "no such demo endpoint"))
+                edge.http_answer(404, JSON, error_body("not_found", "no such demo endpoint"))
         except (ValidationError, ValueError) as exc:
-            session.http_answer(422, JSON, error_body("invalid_body", str(exc)[:500]))
+            edge.http_answer(422, JSON, error_body("invalid_body", str(exc)[:500]))
         except AuthError as exc:
-            session.http_answer(422, JSON, error_body(exc.slug, exc.message))
+            edge.http_answer(422, JSON, error_body(exc.slug, exc.message))
         except BrokerError as exc:
-            session.http_answer(503, JSON, error_body(exc.slug, "the broker is unavailable"))
+            edge.http_answer(503, JSON, error_body(exc.slug, "the broker is unavailable"))
         except PublishError as exc:
-            session.http_answer(409, JSON, error_body(exc.slug, exc.message))
+            edge.http_answer(409, JSON, error_body(exc.slug, exc.message))
 
 
 #: The only files the client listener serves: URL path -> file under ``static_dir``.

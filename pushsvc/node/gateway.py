@@ -1,15 +1,18 @@
 """The node: its client listener, its sessions and the background work that keeps them honest.
 
-Lifecycle: ``await node.start()`` binds the client listener and joins the cluster: it reads the
-bus position, replaces whatever an earlier process of the same id left in the registry, registers
-and starts the background tasks (fan-out, housekeeping, accounting, registry heartbeat). When the
-broker cannot be reached, ``start()`` returns anyway and the node keeps trying to join with capped
-backoff; until it has joined, the client listener refuses upgrades with 503 and ``ready`` is False.
-``await node.drain()`` stops accepting and closes every session with 1001 so clients resume
-elsewhere; ``await node.close()`` drains (if not done), cancels every task, flushes the accounting
-and deregisters (when it had joined) and closes the client listener. Both are idempotent, both
-work while the broker is down, and ``close()`` undoes only what ``start()`` did: the broker
-belongs to whoever made it, who closes it after the node.
+Lifecycle: ``await node.start(listener)`` binds the client listener, ``listener`` making each
+accepted connection's protocol (the HTTP edge, given where the node is assembled, which hands
+upgraded connections to a :class:`~pushsvc.node.session.Session`), and joins the cluster: it
+reads the bus position, replaces whatever an earlier process of the same id left in the
+registry, registers and starts the background tasks (fan-out, housekeeping, accounting, registry
+heartbeat). When the broker cannot be reached, ``start()`` returns anyway and the node keeps
+trying to join with capped backoff; until it has joined, the client listener refuses upgrades
+with 503 and ``ready`` is False. ``await node.drain()`` stops accepting and closes every
+connection (sessions with 1001) so clients resume elsewhere; ``await node.close()`` drains (if
+not done), cancels every task, flushes the accounting and deregisters (when it had joined) and
+closes the client listener. Both are idempotent, both work while the broker is down, and
+``close()`` undoes only what ``start()`` did: the broker belongs to whoever made it, who closes
+it after the node.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, assert_never
 
 from prometheus_client import Counter
@@ -49,14 +52,13 @@ from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
 from pushsvc.errors import AuthError, BrokerError, FrameError
-from pushsvc.http.client_routes import ClientRoutes
 from pushsvc.node import attach, collector
 from pushsvc.node.accounting import Accounting
 from pushsvc.node.catchup import CatchUp
 from pushsvc.node.fanout import FanOut
 from pushsvc.node.faults import Faults
 from pushsvc.node.operations import Operations
-from pushsvc.node.session import Session
+from pushsvc.node.session import Connection, Session
 from pushsvc.push.escalator import Escalator
 from pushsvc.settings import Settings
 from pushsvc.telemetry import metrics, tracing
@@ -80,7 +82,7 @@ class Node:
         self.id = settings.node_id
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
-        self.connections: set[Session] = set()  # every open connection, hello or not
+        self.connections: set[Connection] = set()  # every open connection, upgraded or not
         self.upgraded: set[Session] = set()  # every WebSocket connection, hello or not
         self.users: dict[str, int] = {}  # user -> open sessions here
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
@@ -120,7 +122,6 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._all_closed = asyncio.Event()
-        self.routes = ClientRoutes(self)
         self.operations = Operations(
             self.id,
             broker,
@@ -135,19 +136,21 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(
+        self, listener: Callable[[], asyncio.Protocol], sock: socket.socket | None = None
+    ) -> None:
         """Start the broker (a no-op when its owner already did), bind the client listener (or
-        serve ``sock``), then join the cluster, now or, while the broker is unreachable, in the
-        background (see the module docstring). ``close()`` the node when done, even when this
-        raised."""
+        serve ``sock``) with ``listener`` as its protocol factory, then join the cluster, now or,
+        while the broker is unreachable, in the background (see the module docstring).
+        ``close()`` the node when done, even when this raised."""
         self._loop = asyncio.get_running_loop()
         await self.broker.start()
         s = self.settings
         if sock is not None:
-            self._server = await self.loop.create_server(lambda: Session(self), sock=sock)
+            self._server = await self.loop.create_server(listener, sock=sock)
         else:
             self._server = await self.loop.create_server(
-                lambda: Session(self), s.host, s.port, reuse_port=s.reuse_port, backlog=4096
+                listener, s.host, s.port, reuse_port=s.reuse_port, backlog=4096
             )
         bound = self._server.sockets[0].getsockname()
         self.client_addr = f"{bound[0]}:{bound[1]}"
@@ -562,11 +565,6 @@ class Node:
             pending=self.acks.pending(session.id), outbox_bytes=session.outbox_bytes(),
             last_ack=session.core.last_ack, rtt=session.core.rtt,
         )  # fmt: skip
-
-    # -- the client listener's plain HTTP requests ------------------------------------------
-
-    def http_request(self, session: Session, method: bytes, url: bytes, body: bytes) -> None:
-        self.routes.handle(session, method, url, body)
 
 
 def apply_close(session: Session, close: core.Close) -> None:

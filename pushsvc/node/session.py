@@ -1,9 +1,10 @@
-"""One client connection: an asyncio protocol that pumps bytes through two parsers.
+"""One WebSocket client connection: an asyncio protocol that pumps frames through the sans-io
+``websockets`` protocol.
 
-First HTTP (httptools): a ``GET /ws`` upgrade becomes a WebSocket session; any other request is
-answered by :mod:`pushsvc.http.client_routes` and the connection closed. Then WebSocket frames
-(the sans-io ``websockets`` protocol): text frames are decoded by :mod:`pushsvc.core.frames` and
-handed to the node; server frames are written straight to the transport, pre-framed, so a
+A session starts upgraded: the client listener's HTTP phase (its edge, built where the node is
+assembled) answered the handshake with its 101, then made the session the transport's protocol
+and called :meth:`Session.connection_made`. Text frames are decoded by :mod:`pushsvc.core.frames`
+and handed to the node; server frames are written straight to the transport, pre-framed, so a
 broadcast is encoded once per node.
 
 The rules of the session's life (phases, frames allowed when, the live buffer during replay,
@@ -18,7 +19,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol, cast
 
-import httptools
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State as WsState
@@ -26,9 +26,8 @@ from websockets.server import ServerProtocol
 
 from pushsvc.core import frames
 from pushsvc.core.flow import TokenBucket
-from pushsvc.core.handshake import HandshakeRefused, check_upgrade
-from pushsvc.core.session import REFUSED, Phase, SessionCore, admits
-from pushsvc.errors import FrameError, error_body
+from pushsvc.core.session import Phase, SessionCore
+from pushsvc.errors import FrameError
 from pushsvc.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -40,11 +39,6 @@ log = logging.getLogger(__name__)
 _ws_log = logging.getLogger("websockets.server")
 
 CLOSE_TIMEOUT = 2.0
-MAX_HEADER_BYTES = 16 * 1024
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class _Frames(ServerProtocol):
@@ -58,12 +52,21 @@ class _Frames(ServerProtocol):
         super().fail(code, reason)
 
 
+class Connection(Protocol):
+    """An open client connection as its node sees it: a session, or the client listener's HTTP
+    edge before an upgrade."""
+
+    def close(self, code: int, slug: str = "", message: str = "") -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Host(Protocol):
     """What a session needs of its node (``Node`` is one): where it is counted, its settings and
-    loop, and where it hands frames, plain HTTP requests and its end."""
+    loop, and where it hands frames and its end."""
 
     settings: Settings
-    connections: set[Session]  # every open connection
+    connections: set[Connection]  # every open connection, upgraded or not
     upgraded: set[Session]  # every WebSocket connection, hello or not
     over_cap: set[Session]  # sessions whose outbox is over its cap
 
@@ -75,29 +78,29 @@ class Host(Protocol):
 
     def frame_received(self, session: Session, frame: frames.ClientFrame) -> None: ...
 
-    def http_request(self, session: Session, method: bytes, url: bytes, body: bytes) -> None: ...
-
     def session_closed(self, session: Session, code: int, phase: Phase) -> None: ...
 
 
 class Session(asyncio.Protocol):
-    """A client connection. The node calls :meth:`offer`, :meth:`write` and :meth:`close`."""
+    """A WebSocket client connection. The node calls :meth:`offer`, :meth:`write` and
+    :meth:`close`.
+
+    Built at the upgrade with the client's ``remote`` address and the hello timer started at
+    the TCP accept (None: none); the upgrading side then writes the 101, makes the session the
+    transport's protocol and calls :meth:`connection_made`, then :meth:`data_received` with
+    whatever it had read after the request head.
+    """
 
     __slots__ = (
-        "_body",
         "_close_code",
         "_held",
-        "_http",
-        "_method",
         "_over",
         "_timer",
-        "_url",
         "_ws",
         "bucket",
         "connected_at",
         "core",
         "device",
-        "headers",
         "id",
         "issued",
         "node",
@@ -108,17 +111,12 @@ class Session(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, node: Host) -> None:
+    def __init__(self, node: Host, remote: str, timer: asyncio.TimerHandle | None) -> None:
         self.node = node
         self.core: SessionCore[Message] = SessionCore()
         self.transport: asyncio.Transport | None = None
-        self._http: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._ws: _Frames | None = None
-        self._url = b""
-        self._method = b""
-        self._body: bytearray | None = None
-        self.headers: dict[bytes, bytes] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = timer  # the hello timer
         self._close_code = 1006
         self._over: float | None = None  # when the outbox went over its cap
         self._held: list[Frame] | None = None  # frames read while over the frame rate
@@ -128,37 +126,31 @@ class Session(asyncio.Protocol):
         self.issued: int | None = None  # the token's iat (revocations close by it)
         self.topics: tuple[str, ...] = ()
         self.streams: tuple[str, ...] = ()
-        self.remote = ""
+        self.remote = remote
         self.connected_at = 0.0
         self.bucket: TokenBucket | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The connection was upgraded (its 101 written): count it and start reading frames."""
+        settings = self.node.settings
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
-        peer = self.transport.get_extra_info("peername")
-        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._ws = _Frames(state=WsState.OPEN, max_size=settings.max_frame_size, logger=_ws_log)
+        self.core.upgraded()
         self.node.connections.add(self)
-        self._timer = self.node.loop.call_later(self.node.settings.hello_timeout, self._no_hello)
+        self.node.upgraded.add(self)
+        self.connected_at = time.time()
+        # Rate limited from the first frame: a hello is a frame like any other.
+        self.bucket = TokenBucket.full(
+            settings.client_frame_rate, settings.client_frame_burst, time.monotonic()
+        )
+        self.transport.set_write_buffer_limits(high=settings.outbox_cap)
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
             self._ws.receive_data(data)
             self._pump()
-            return
-        if self._http is None:
-            return
-        try:
-            self._http.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _BodyTooLarge):
-                self._http_answer(413, b"request body too large")
-            else:
-                self._http_answer(400, b"malformed HTTP request")
-        except httptools.HttpParserError:
-            self._http_answer(400, b"malformed HTTP request")
 
     def eof_received(self) -> bool | None:
         if self._ws is not None:
@@ -174,7 +166,6 @@ class Session(asyncio.Protocol):
         self.transport = None
         self.node.connections.discard(self)
         self.node.upgraded.discard(self)
-        self._http = None  # the parser holds this protocol: a cycle
         if self._ws is not None:
             # The sans-io protocol and its parser generator reference each other. Closing the
             # generator frees the cycle by refcounting, which matters because long-lived sessions
@@ -192,104 +183,7 @@ class Session(asyncio.Protocol):
         self._over = None
         self.node.over_cap.discard(self)
 
-    # -- httptools callbacks ----------------------------------------------------------------
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > 4096:
-            raise httptools.HttpParserError("URL too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) > 64 or len(value) > 8192:
-            raise httptools.HttpParserError("headers too large")
-        self.headers[name.lower()] = value
-
-    def on_body(self, body: bytes) -> None:
-        if self._body is None:
-            self._body = bytearray()
-        self._body += body
-        if len(self._body) > self.node.settings.max_body_size:
-            raise _BodyTooLarge("body too large")
-
-    def on_message_complete(self) -> None:
-        assert self._http is not None
-        if self._http.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next: see _upgrade
-        self._method = self._http.get_method()
-        path = httptools.parse_url(self._url).path
-        if path == b"/ws":
-            self._http_answer(426, b"this endpoint speaks WebSocket only")
-            return
-        self.node.http_request(self, self._method, self._url, bytes(self._body or b""))
-
-    # -- HTTP phase -------------------------------------------------------------------------
-
-    def _upgrade(self, rest: bytes) -> None:
-        assert self._http is not None
-        method = self._http.get_method()
-        path = httptools.parse_url(self._url).path
-        if path != b"/ws":
-            self._http_answer(404, b"not found")
-            return
-        try:
-            response = check_upgrade(method, self.headers, self.node.settings.origins)
-        except HandshakeRefused as exc:
-            self._http_answer(exc.status, exc.message.encode())
-            return
-        settings = self.node.settings
-        # Every upgraded connection counts, hello or not: connections that never say hello must
-        # not get past the limit (nor hold the node's file descriptors) for free.
-        if not admits(len(self.node.upgraded), settings.max_connections, self.node.draining):
-            metrics.connections_opened.labels("refused").inc()
-            self._http_answer(503, REFUSED.encode())
-            return
-        self._http = None
-        self.headers = {}
-        self._ws = _Frames(state=WsState.OPEN, max_size=settings.max_frame_size, logger=_ws_log)
-        self.core.upgraded()
-        self.node.upgraded.add(self)
-        self.connected_at = time.time()
-        # Rate limited from the first frame: a hello is a frame like any other.
-        self.bucket = TokenBucket.full(
-            settings.client_frame_rate, settings.client_frame_burst, time.monotonic()
-        )
-        assert self.transport is not None
-        self.transport.write(response)
-        self.transport.set_write_buffer_limits(high=self.node.settings.outbox_cap)
-        if rest:
-            self.data_received(rest)
-
-    def http_answer(
-        self,
-        status: int,
-        content_type: bytes,
-        body: bytes,
-        *,
-        allow: bytes = b"",
-        extra: bytes = b"",
-    ) -> None:
-        """Answer the HTTP request this connection carries, then close it. ``allow``: the
-        methods the path takes, sent as ``Allow`` (a 405 must say them); ``extra``: more header
-        lines, each ending in CRLF (CORS, :mod:`pushsvc.http.cors`)."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        reason = _REASONS.get(status, b"Status")
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-            status, reason, content_type, len(body),
-        )  # fmt: skip
-        if allow:
-            head += b"Allow: %s\r\n" % allow
-        head += extra
-        self.transport.write(
-            head
-            + b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-            + (body if self._method != b"HEAD" else b"")
-        )
-        self.transport.close()
-
-    def _http_answer(self, status: int, message: bytes) -> None:
-        body = error_body(_SLUGS.get(status, "error"), message.decode())
-        self.http_answer(status, b"application/json", body, allow=b"GET" if status == 405 else b"")
+    # -- the hello -----------------------------------------------------------------------------
 
     def hello_accepted(self) -> None:
         """The node accepted the hello: stop the hello timer."""
@@ -299,10 +193,7 @@ class Session(asyncio.Protocol):
 
     def _no_hello(self) -> None:
         self._timer = None
-        if self.core.phase == Phase.HTTP:
-            if self.transport is not None:
-                self.transport.abort()
-        elif (effect := self.core.hello_timeout()) is not None:
+        if (effect := self.core.hello_timeout()) is not None:
             metrics.connections_opened.labels("hello_timeout").inc()
             self.close(effect.code, effect.slug, effect.message)
 
@@ -459,14 +350,3 @@ class Session(asyncio.Protocol):
         self._timer = None
         if self.transport is not None:
             self.transport.abort()
-
-
-_REASONS = {
-    200: b"OK", 202: b"Accepted", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 413: b"Payload Too Large",
-    422: b"Unprocessable Entity", 426: b"Upgrade Required", 503: b"Service Unavailable",
-}  # fmt: skip
-_SLUGS = {
-    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    413: "body_too_large", 426: "upgrade_required", 503: "unavailable",
-}  # fmt: skip
