@@ -18,16 +18,20 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 - After :meth:`accept` you must eventually call :meth:`replayed` (or close): it switches to live
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
+- Timers: the node's :class:`~pushsvc.core.timers.Timers` (one for all its sessions) holds
+  what is due when (pings, token expiries, and acks through ``Deliveries``); its ``tick(now,
+  mono)`` calls :meth:`heartbeat` and :meth:`expiry` and returns every effect due.
 - Acks: the node's :class:`~pushsvc.core.acks.Deliveries` (one for all its sessions) takes the
   events ``sent`` (a message asking for an ack was written), ``acked`` (a :class:`Settle`),
   ``tick(now)`` and ``closed``, and returns effects: :class:`Write` (a redelivery),
   :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`), :class:`TrailEvent` (for the delivery trail)
   and :class:`Count` (a counter delta).
-- Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
-  tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
-  frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
-  :meth:`renew` and apply what it returns (``refreshed``, or 4001 when the token names another
-  user or does not live longer). :func:`revoked` is the revocation rule.
+- Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called by
+  ``Timers.tick`` once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A
+  ``refresh`` frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
+  :meth:`renew` (through ``Timers.renew``, which notes the new expiry) and apply what it returns
+  (``refreshed``, or 4001 when the token names another user or does not live longer).
+  :func:`revoked` is the revocation rule.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class Count:
 
 
 FrameEffect = Write | Close | Admit | Settle | Forward | Renew  # what a client frame makes
-AckEffect = Write | Close | TrailEvent | Count  # what acks and their timers make
+AckEffect = Write | Close | TrailEvent | Count  # what acks and the node's timers make
 Effect = FrameEffect | AckEffect
 
 PONG = Write(PONG_FRAME)
