@@ -14,6 +14,7 @@ from pushsvc.core.offsets import Position
 from pushsvc.core.session import Phase, SessionCore
 from pushsvc.core.timers import Timers
 from pushsvc.errors import FrameError
+from pushsvc.telemetry import metrics
 
 
 def at(phase: Phase) -> SessionCore[str]:
@@ -615,3 +616,41 @@ def test_closed_forgets_what_the_session_owed() -> None:
     t.deliveries.sent("s1", "m1", F1, 0.0)
     assert t.closed("s1") == ["m1"]
     assert t.tick(EXP, BEAT) == [] and len(t.deliveries) == 0
+
+
+# -- frame rejections are counted by their reason ----------------------------------------------
+
+REJECTING = [
+    (Phase.REPLAY, HELLO, "duplicate_hello"),
+    (Phase.LIVE, HELLO, "duplicate_hello"),
+    (Phase.HELLO, ACK, "hello_expected"),
+    (Phase.HELLO, REFRESH, "hello_expected"),
+    (Phase.HELLO, frames.PushUnsubscribe(), "hello_expected"),
+]
+
+
+@pytest.mark.parametrize(("phase", "frame", "reason"), REJECTING)
+def test_a_refused_frame_closes_4003_and_counts_its_reason(
+    phase: Phase, frame: frames.ClientFrame, reason: str
+) -> None:
+    effect = at(phase).receive(frame, 0.0)
+    assert isinstance(effect, core.Close)
+    assert (effect.code, effect.slug) == (4003, reason)
+    assert effect.counts == (core.Count("frames_rejected", 1, (reason,)),)
+    assert reason in metrics.FRAME_REJECTIONS  # a label value the node starts at 0
+
+
+@pytest.mark.parametrize(
+    "close",
+    [core.HELLO_TIMEOUT, core.HEARTBEAT_TIMEOUT, core.NOT_ACKNOWLEDGED, core.SLOW_CONSUMER,
+     core.TOKEN_EXPIRED, core.TOKEN_REVOKED, core.REFRESH_USER, core.DRAINING],
+)  # fmt: skip
+def test_closes_that_refuse_no_frame_count_nothing(close: core.Close) -> None:
+    assert close.counts == ()
+
+
+def test_every_reason_the_core_counts_is_a_known_label() -> None:
+    closes = [v for v in vars(core).values() if isinstance(v, core.Close)]
+    reasons = {c.labels[0] for close in closes for c in close.counts if c.name == "frames_rejected"}
+    assert reasons == {"duplicate_hello", "hello_expected"}
+    assert reasons <= set(metrics.FRAME_REJECTIONS)

@@ -9,7 +9,8 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 
 - :meth:`SessionCore.receive` takes a decoded client frame and returns one effect or None:
   :class:`Write` (write these pre-framed bytes), :class:`Close` (send an error frame with ``slug``,
-  then close with ``code``), :class:`Admit` (a hello in its phase: verify its token, then call
+  then close with ``code``; a refused frame's close carries its ``frames_rejected``
+  :class:`Count`), :class:`Admit` (a hello in its phase: verify its token, then call
   :meth:`accept` or close), :class:`Settle` (settle these acks in the node's ack ledger, then call
   :meth:`settled` with how many were first acks).
 - :meth:`offer` is the fan-out's hot path: True means "write the frame now" (the session is live
@@ -66,11 +67,27 @@ class Write:
     payload: bytes
 
 
+CounterName = Literal["acked", "redeliveries", "frames_rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to the counter ``name`` (with ``labels``, when it has some)."""
+
+    name: CounterName
+    n: int = 1
+    labels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
+    """Send an error frame with ``slug`` (and ``message``), then close with ``code``; apply
+    ``counts`` with it (a refused client frame counts as ``frames_rejected``)."""
+
     code: int
     slug: str
     message: str
+    counts: tuple[Count, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,26 +124,22 @@ class TrailEvent:
     attempt: int = 0
 
 
-CounterName = Literal["acked", "redeliveries"]
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """Add ``n`` to the counter ``name`` (with ``labels``, when it has some)."""
-
-    name: CounterName
-    n: int = 1
-    labels: tuple[str, ...] = ()
-
-
 FrameEffect = Write | Close | Admit | Settle | Forward | Renew  # what a client frame makes
 AckEffect = Write | Close | TrailEvent | Count  # what acks and the node's timers make
 Effect = FrameEffect | AckEffect
 
 PONG = Write(PONG_FRAME)
 PING = Write(PING_FRAME)
-DUPLICATE_HELLO = Close(4003, "duplicate_hello", "hello was already received")
-HELLO_EXPECTED = Close(4003, "hello_expected", "ack before hello")
+
+
+def rejected(code: int, slug: str, message: str) -> Close:
+    """The close for a client frame refused with ``slug``: it counts as ``frames_rejected``
+    with ``slug`` as the reason (one of the node's known reasons)."""
+    return Close(code, slug, message, (Count("frames_rejected", 1, (slug,)),))
+
+
+DUPLICATE_HELLO = rejected(4003, "duplicate_hello", "hello was already received")
+HELLO_EXPECTED = rejected(4003, "hello_expected", "ack before hello")
 HELLO_TIMEOUT = Close(4002, "hello_timeout", "no hello frame in time")
 HEARTBEAT_TIMEOUT = Close(4009, "heartbeat_timeout", "no pong in time")
 NOT_ACKNOWLEDGED = Close(4011, "not_acknowledged", "deliveries were not acknowledged")

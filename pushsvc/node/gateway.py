@@ -303,9 +303,8 @@ class Node:
                 pass
             case core.Write(payload):
                 session.write(payload)
-            case core.Close(code, slug, message):
-                metrics.frames_rejected.labels(slug).inc()
-                session.close(code, slug, message)
+            case core.Close():
+                apply_close(session, effect)
             case core.Admit(hello):
                 attach.hello(self, session, hello)
             case core.Settle(ids):
@@ -548,12 +547,16 @@ class Node:
 
 
 def apply_close(session: Session, close: core.Close) -> None:
+    """Apply the counter deltas ``close`` carries, then close ``session`` with it."""
+    for delta in close.counts:
+        count(delta)
     session.close(close.code, close.slug, close.message)
 
 
 COUNTERS: dict[core.CounterName, Counter] = {
     "acked": metrics.acked,
     "redeliveries": metrics.redeliveries,
+    "frames_rejected": metrics.frames_rejected,
 }
 
 
