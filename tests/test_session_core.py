@@ -1,9 +1,9 @@
-"""A session's rules (pushsvc.core.session, and its acks: pushsvc.core.acks.Deliveries), tested
-with tables: no event loop, no socket."""
+"""A session's rules (pushsvc.core.session, its acks: pushsvc.core.acks.Deliveries, and the
+node's timers: pushsvc.core.timers.Timers), tested with tables: no event loop, no socket."""
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 
@@ -12,7 +12,9 @@ from pushsvc.core import session as core
 from pushsvc.core.acks import Deliveries
 from pushsvc.core.offsets import Position
 from pushsvc.core.session import Phase, SessionCore
+from pushsvc.core.timers import Timers
 from pushsvc.errors import FrameError
+from pushsvc.telemetry import metrics
 
 
 def at(phase: Phase) -> SessionCore[str]:
@@ -448,3 +450,207 @@ def test_every_counter_the_core_names_is_applied_by_the_node() -> None:
     from pushsvc.node.gateway import COUNTERS
 
     assert set(COUNTERS) == set(get_args(core.CounterName))
+
+
+# -- the node's timers: heartbeats, token expiry, acks in one tick ----------------------------
+
+BEAT = 25.0  # the heartbeat in these tables (monotonic seconds)
+REFRESHED = core.Write(frames.ws_text_frame(b'{"type":"refreshed","exp":2000}'))
+
+
+def timers(*sessions: str) -> tuple[Timers, dict[str, SessionCore[str]]]:
+    """Timers with ``sessions`` live: accepted with a token expiring at EXP (unix s), opened at
+    monotonic 0, owing nothing (10 s ack timeout, 3 writes)."""
+    t = Timers(Deliveries(ack_timeout=10, max_attempts=3), BEAT)
+    cores: dict[str, SessionCore[str]] = {}
+    for session in sessions:
+        cores[session] = core_ = at(Phase.LIVE)
+        t.accepted(session, core_)
+        t.opened(session, 0.0)
+    return t, cores
+
+
+def ticks(t: Timers, monos: list[float], now: float = 0.0) -> list[list[tuple[str | None, Any]]]:
+    """What each tick makes at monotonic ``monos`` (wall clock ``now``, before any expiry)."""
+    return [t.tick(now, mono) for mono in monos]
+
+
+@pytest.mark.parametrize(
+    ("monos", "last"),
+    [
+        ([BEAT - 0.1], []),  # not due
+        ([BEAT], [("s1", core.PING)]),
+        ([BEAT, 2 * BEAT - 0.1], []),  # the next one is a heartbeat after the ping
+        ([BEAT, 2 * BEAT], [("s1", core.HEARTBEAT_TIMEOUT)]),  # unanswered: 4009
+        ([BEAT, 2 * BEAT, 3 * BEAT], []),  # exactly once: no more pings once it is closed
+        ([BEAT, 2 * BEAT, 3 * BEAT, 10 * BEAT], []),
+    ],
+)
+def test_tick_pings_when_due_and_closes_4009_once_without_a_pong(
+    monos: list[float], last: list[tuple[str | None, core.Effect]]
+) -> None:
+    t, _ = timers("s1")
+    assert ticks(t, monos)[-1] == last
+    assert len(t.pings) == (1 if monos[-1] < 2 * BEAT else 0)  # no ping left once closed
+
+
+def test_a_pong_in_time_keeps_the_session() -> None:
+    t, cores = timers("s1")
+    assert t.tick(0.0, BEAT) == [("s1", core.PING)]
+    assert cores["s1"].receive(frames.Pong(), BEAT + 0.5) is None
+    assert cores["s1"].rtt == 0.5
+    assert t.tick(0.0, 2 * BEAT) == [("s1", core.PING)]
+    assert t.tick(0.0, 3 * BEAT) == [("s1", core.HEARTBEAT_TIMEOUT)]  # that one went unanswered
+
+
+def test_pings_go_to_every_session_due_and_only_those() -> None:
+    t, _ = timers("s1", "s2")
+    t.opened("s3", 10.0)  # s3 (never accepted here) opened later: not due with the others
+    assert t.tick(0.0, BEAT) == [("s1", core.PING), ("s2", core.PING)]
+    assert t.tick(0.0, BEAT + 10) == []  # s3 is not a session of these timers: dropped
+    assert list(t.pings) == [(2 * BEAT, "s1"), (2 * BEAT, "s2")]
+
+
+@pytest.mark.parametrize("phase", [Phase.REPLAY, Phase.CLOSING, Phase.CLOSED])
+def test_no_ping_unless_live_and_no_more_after(phase: Phase) -> None:
+    t = Timers(Deliveries(10, 3), BEAT)
+    t.accepted("s1", at(phase))
+    t.opened("s1", 0.0)
+    assert t.tick(0.0, BEAT) == [] and not t.pings
+
+
+@pytest.mark.parametrize(
+    ("now", "effects"),
+    [
+        (EXP - 0.001, []),
+        (EXP, [("s1", core.TOKEN_EXPIRED)]),
+        (EXP + 60, [("s1", core.TOKEN_EXPIRED)]),
+    ],
+)
+def test_tick_closes_4001_token_expired_when_exp_passes(
+    now: float, effects: list[tuple[str | None, core.Effect]]
+) -> None:
+    t, _ = timers("s1")
+    assert t.tick(now, 0.0) == effects
+    later = t.tick(EXP + 120, 0.0)  # once: a consumed expiry does not close again
+    assert later == ([] if effects else [("s1", core.TOKEN_EXPIRED)])
+
+
+def test_token_expired_is_4001_with_its_slug_and_message() -> None:
+    t = core.TOKEN_EXPIRED
+    assert (t.code, t.slug, t.message) == (
+        4001, "token_expired", "token expired: refresh it before exp, or reconnect",
+    )  # fmt: skip
+
+
+def test_a_refresh_before_exp_pushes_the_expiry_back() -> None:
+    t, cores = timers("s1")
+    assert t.renew("s1", "p1", "p1", 2_000) == REFRESHED
+    assert cores["s1"].expires == 2_000
+    assert t.tick(EXP, 0.0) == []  # the old exp passes: refreshed past it
+    assert t.tick(1_999.9, 0.0) == []
+    assert t.tick(2_000, 0.0) == [("s1", core.TOKEN_EXPIRED)]
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expires", "refused"),
+    [
+        ("p2", 2_000, core.REFRESH_USER),  # a token of another user
+        ("p1", int(EXP), core.REFRESH_EARLIER),  # a token that does not live longer
+        ("p1", 900, core.REFRESH_EARLIER),
+    ],
+)
+def test_a_refused_refresh_closes_4001_and_keeps_the_expiry(
+    claimed: str, expires: int, refused: core.Close
+) -> None:
+    t, cores = timers("s1")
+    assert t.renew("s1", "p1", claimed, expires) == refused
+    assert refused.code == 4001 and refused.slug == "invalid_refresh"
+    assert cores["s1"].expires == EXP
+    assert t.tick(EXP, 0.0) == [("s1", core.TOKEN_EXPIRED)]  # (if the close were not applied)
+
+
+def test_refresh_of_a_session_gone_or_closing_does_nothing() -> None:
+    t, cores = timers("s1", "s2")
+    t.closed("s1")
+    cores["s2"].closing()
+    assert t.renew("s1", "p1", "p1", 2_000) is None
+    assert t.renew("s2", "p1", "p1", 2_000) is None
+    assert t.renew("s9", "p1", "p1", 2_000) is None  # never accepted here
+    assert cores["s2"].expires == EXP
+
+
+def test_expiry_of_a_closed_session_does_nothing() -> None:
+    t, cores = timers("s1", "s2", "s3")
+    t.closed("s1")  # the connection is gone
+    cores["s2"].closing()  # its close handshake is under way
+    assert t.tick(EXP, BEAT) == [("s3", core.TOKEN_EXPIRED)]
+    assert t.tick(EXP + 60, 2 * BEAT) == []
+    assert not t.expiries and not t.pings
+
+
+def test_one_close_per_session_and_tick_acks_first() -> None:
+    """s1 used up its ack attempts, both tokens expire and no pong came, all in one tick: s1
+    gets 4011 only, s2 4001 only, and neither 4009."""
+    t = Timers(Deliveries(ack_timeout=10, max_attempts=1), BEAT)
+    for session in ("s1", "s2"):
+        t.accepted(session, at(Phase.LIVE))
+        t.opened(session, 0.0)
+    t.deliveries.sent("s1", "m1", F1, EXP - 10)
+    assert t.tick(EXP - 30, BEAT) == [("s1", core.PING), ("s2", core.PING)]
+    assert t.tick(EXP, 2 * BEAT) == [
+        ("s1", core.NOT_ACKNOWLEDGED), ("s2", core.TOKEN_EXPIRED),
+    ]  # fmt: skip
+    assert not t.pings
+
+
+def test_tick_carries_redeliveries_with_the_other_timers() -> None:
+    t, _ = timers("s1")
+    t.deliveries.sent("s1", "m1", F1, 0.0)
+    assert t.tick(10.0, BEAT) == [*REDELIVER_M1, (None, core.Count("redeliveries", 1)),
+                                  ("s1", core.PING)]  # fmt: skip
+
+
+def test_closed_forgets_what_the_session_owed() -> None:
+    t, _ = timers("s1")
+    t.deliveries.sent("s1", "m1", F1, 0.0)
+    assert t.closed("s1") == ["m1"]
+    assert t.tick(EXP, BEAT) == [] and len(t.deliveries) == 0
+
+
+# -- frame rejections are counted by their reason ----------------------------------------------
+
+REJECTING = [
+    (Phase.REPLAY, HELLO, "duplicate_hello"),
+    (Phase.LIVE, HELLO, "duplicate_hello"),
+    (Phase.HELLO, ACK, "hello_expected"),
+    (Phase.HELLO, REFRESH, "hello_expected"),
+    (Phase.HELLO, frames.PushUnsubscribe(), "hello_expected"),
+]
+
+
+@pytest.mark.parametrize(("phase", "frame", "reason"), REJECTING)
+def test_a_refused_frame_closes_4003_and_counts_its_reason(
+    phase: Phase, frame: frames.ClientFrame, reason: str
+) -> None:
+    effect = at(phase).receive(frame, 0.0)
+    assert isinstance(effect, core.Close)
+    assert (effect.code, effect.slug) == (4003, reason)
+    assert effect.counts == (core.Count("frames_rejected", 1, (reason,)),)
+    assert reason in metrics.FRAME_REJECTIONS  # a label value the node starts at 0
+
+
+@pytest.mark.parametrize(
+    "close",
+    [core.HELLO_TIMEOUT, core.HEARTBEAT_TIMEOUT, core.NOT_ACKNOWLEDGED, core.SLOW_CONSUMER,
+     core.TOKEN_EXPIRED, core.TOKEN_REVOKED, core.REFRESH_USER, core.DRAINING],
+)  # fmt: skip
+def test_closes_that_refuse_no_frame_count_nothing(close: core.Close) -> None:
+    assert close.counts == ()
+
+
+def test_every_reason_the_core_counts_is_a_known_label() -> None:
+    closes = [v for v in vars(core).values() if isinstance(v, core.Close)]
+    reasons = {c.labels[0] for close in closes for c in close.counts if c.name == "frames_rejected"}
+    assert reasons == {"duplicate_hello", "hello_expected"}
+    assert reasons <= set(metrics.FRAME_REJECTIONS)

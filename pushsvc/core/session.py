@@ -9,7 +9,8 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 
 - :meth:`SessionCore.receive` takes a decoded client frame and returns one effect or None:
   :class:`Write` (write these pre-framed bytes), :class:`Close` (send an error frame with ``slug``,
-  then close with ``code``), :class:`Admit` (a hello in its phase: verify its token, then call
+  then close with ``code``; a refused frame's close carries its ``frames_rejected``
+  :class:`Count`), :class:`Admit` (a hello in its phase: verify its token, then call
   :meth:`accept` or close), :class:`Settle` (settle these acks in the node's ack ledger, then call
   :meth:`settled` with how many were first acks).
 - :meth:`offer` is the fan-out's hot path: True means "write the frame now" (the session is live
@@ -18,16 +19,20 @@ The pump (``node/session.py``) feeds events in and applies what comes out:
 - After :meth:`accept` you must eventually call :meth:`replayed` (or close): it switches to live
   and returns the buffered items, which you must :meth:`offer` again, in order.
 - :meth:`heartbeat` is called when a ping is due; write what it returns, or close.
+- Timers: the node's :class:`~pushsvc.core.timers.Timers` (one for all its sessions) holds
+  what is due when (pings, token expiries, and acks through ``Deliveries``); its ``tick(now,
+  mono)`` calls :meth:`heartbeat` and :meth:`expiry` and returns every effect due.
 - Acks: the node's :class:`~pushsvc.core.acks.Deliveries` (one for all its sessions) takes the
   events ``sent`` (a message asking for an ack was written), ``acked`` (a :class:`Settle`),
   ``tick(now)`` and ``closed``, and returns effects: :class:`Write` (a redelivery),
   :class:`Close` (4011 :data:`NOT_ACKNOWLEDGED`), :class:`TrailEvent` (for the delivery trail)
   and :class:`Count` (a counter delta).
-- Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called from the node's
-  tick once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A ``refresh``
-  frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
-  :meth:`renew` and apply what it returns (``refreshed``, or 4001 when the token names another
-  user or does not live longer). :func:`revoked` is the revocation rule.
+- Token lifetime: :meth:`accept` takes the token's ``exp``; :meth:`expiry` (called by
+  ``Timers.tick`` once ``now`` reaches :attr:`expires`) closes with 4001 ``token_expired``. A
+  ``refresh`` frame becomes :class:`Renew`: verify its token, check it is not revoked, then call
+  :meth:`renew` (through ``Timers.renew``, which notes the new expiry) and apply what it returns
+  (``refreshed``, or 4001 when the token names another user or does not live longer).
+  :func:`revoked` is the revocation rule.
 """
 
 from __future__ import annotations
@@ -62,11 +67,27 @@ class Write:
     payload: bytes
 
 
+CounterName = Literal["acked", "redeliveries", "frames_rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to the counter ``name`` (with ``labels``, when it has some)."""
+
+    name: CounterName
+    n: int = 1
+    labels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
+    """Send an error frame with ``slug`` (and ``message``), then close with ``code``; apply
+    ``counts`` with it (a refused client frame counts as ``frames_rejected``)."""
+
     code: int
     slug: str
     message: str
+    counts: tuple[Count, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,26 +124,22 @@ class TrailEvent:
     attempt: int = 0
 
 
-CounterName = Literal["acked", "redeliveries"]
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """Add ``n`` to the counter ``name`` (with ``labels``, when it has some)."""
-
-    name: CounterName
-    n: int = 1
-    labels: tuple[str, ...] = ()
-
-
 FrameEffect = Write | Close | Admit | Settle | Forward | Renew  # what a client frame makes
-AckEffect = Write | Close | TrailEvent | Count  # what acks and their timers make
+AckEffect = Write | Close | TrailEvent | Count  # what acks and the node's timers make
 Effect = FrameEffect | AckEffect
 
 PONG = Write(PONG_FRAME)
 PING = Write(PING_FRAME)
-DUPLICATE_HELLO = Close(4003, "duplicate_hello", "hello was already received")
-HELLO_EXPECTED = Close(4003, "hello_expected", "ack before hello")
+
+
+def rejected(code: int, slug: str, message: str) -> Close:
+    """The close for a client frame refused with ``slug``: it counts as ``frames_rejected``
+    with ``slug`` as the reason (one of the node's known reasons)."""
+    return Close(code, slug, message, (Count("frames_rejected", 1, (slug,)),))
+
+
+DUPLICATE_HELLO = rejected(4003, "duplicate_hello", "hello was already received")
+HELLO_EXPECTED = rejected(4003, "hello_expected", "ack before hello")
 HELLO_TIMEOUT = Close(4002, "hello_timeout", "no hello frame in time")
 HEARTBEAT_TIMEOUT = Close(4009, "heartbeat_timeout", "no pong in time")
 NOT_ACKNOWLEDGED = Close(4011, "not_acknowledged", "deliveries were not acknowledged")

@@ -20,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import heapq
 import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, assert_never
 
@@ -51,6 +49,7 @@ from pushsvc.core.clock import StreamClock
 from pushsvc.core.flow import slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
+from pushsvc.core.timers import Timers
 from pushsvc.errors import AuthError, BrokerError, FrameError
 from pushsvc.node import attach, collector
 from pushsvc.node.accounting import Accounting
@@ -89,6 +88,7 @@ class Node:
         self.index: SubscriberIndex[Session] = SubscriberIndex()
         self.clock = StreamClock()  # expiry in the streams' clock (the broker's), not ours
         self.acks = Deliveries(settings.ack_timeout, settings.max_attempts)
+        self.timers = Timers(self.acks, settings.heartbeat)  # pings, token expiries, acks
         self.tokens = TokenIssuer.from_settings(settings)
         self.escalator = Escalator(broker, settings)
         self.accounting = Accounting(
@@ -115,8 +115,6 @@ class Node:
         self.client_addr = ""
         self.internal_addr = f"{settings.internal_host}:{settings.internal_port}"
         self.log = ContextAdapter(log, {"node": self.id})
-        self.pings: deque[tuple[float, Session]] = deque()
-        self.expiries: list[tuple[float, str]] = []  # heap: (token exp, session id)
         self.revocations: dict[str, int] = {}  # user -> not_before, from revoke commands
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -308,9 +306,8 @@ class Node:
                 pass
             case core.Write(payload):
                 session.write(payload)
-            case core.Close(code, slug, message):
-                metrics.frames_rejected.labels(slug).inc()
-                session.close(code, slug, message)
+            case core.Close():
+                apply_close(session, effect)
             case core.Admit(hello):
                 attach.hello(self, session, hello)
             case core.Settle(ids):
@@ -342,13 +339,12 @@ class Node:
         if refused:
             apply_close(session, core.TOKEN_REVOKED)
             return
-        effect = session.core.renew(session.user, claims.user, claims.expires)
+        effect = self.timers.renew(session.id, session.user, claims.user, claims.expires)
         if isinstance(effect, core.Close):
             apply_close(session, effect)
         elif effect is not None:
             session.issued = claims.issued
             session.write(effect.payload)
-            self.expire_at(session)
 
     def session_accepted(self, session: Session) -> None:
         """``session``'s hello was accepted (its id, user and streams are set): count it, index
@@ -357,18 +353,14 @@ class Node:
         self.users[session.user] = self.users.get(session.user, 0) + 1
         self.unfrozen += 1
         self.index.add(session.id, session.streams, session)
-        self.expire_at(session)
+        self.timers.accepted(session.id, session.core)
         metrics.connections.set(len(self.sessions))
 
     def session_opened(self, session: Session) -> None:
         """``session`` is live (welcome and replay written): heartbeats start, and its record
         goes to the registry."""
-        self.pings.append((time.monotonic() + self.settings.heartbeat, session))
+        self.timers.opened(session.id, time.monotonic())
         self.accounting.opened.append(self.describe(session))
-
-    def expire_at(self, session: Session) -> None:
-        """Note the session's token expiry for :meth:`tick`."""
-        heapq.heappush(self.expiries, (session.core.expires, session.id))
 
     async def revoked(self, user: str, issued: int | None) -> bool:
         """Whether a token of ``user`` issued at ``issued`` is revoked: by the broker's record
@@ -436,7 +428,7 @@ class Node:
             self.users.pop(session.user, None)
         self.index.remove(session.id, session.streams)
         self.catchup.forget(session.streams)
-        self.acks.closed(session.id)
+        self.timers.closed(session.id)
         self.accounting.closed.append(session.id)
         self.escalator.session_ended(session.user, session.device, time.time())
         metrics.connections.set(len(self.sessions))
@@ -464,8 +456,9 @@ class Node:
             self.tick(time.time(), time.monotonic())
 
     def tick(self, now: float, mono: float) -> None:
-        """Redeliver what is due, close exhausted and slow sessions, send heartbeats; after a
-        connection ramp, move the new long-lived objects out of the collector's sight."""
+        """Apply what the session timers make (:meth:`Timers.tick`: redeliveries, 4011, 4001
+        ``token_expired``, pings and 4009), then close slow sessions; after a connection ramp,
+        move the new long-lived objects out of the collector's sight."""
         metrics.broker_up.set(1 if self.broker.up else 0)
         if self.unfrozen >= FREEZE_AFTER:
             # Full collections walk every object; with tens of thousands of sessions that is a
@@ -473,7 +466,7 @@ class Node:
             # session closes (session.connection_lost breaks its cycles).
             self.unfrozen = 0
             gc.freeze()
-        for session_id, due in self.acks.tick(now):
+        for session_id, due in self.timers.tick(now, mono):
             if session_id is None:
                 if isinstance(due, core.Count):
                     count(due)
@@ -487,22 +480,6 @@ class Node:
                 self.over_cap.discard(session)
                 metrics.outbox_overflows.inc()
                 apply_close(session, core.SLOW_CONSUMER)
-        expiries = self.expiries
-        while expiries and expiries[0][0] <= now:
-            _, session_id = heapq.heappop(expiries)
-            expiring = self.sessions.get(session_id)
-            if expiring is not None and (close := expiring.core.expiry(now)) is not None:
-                apply_close(expiring, close)
-        pings = self.pings
-        heartbeat = self.settings.heartbeat
-        while pings and pings[0][0] <= mono:
-            _, session = pings.popleft()
-            effect = session.core.heartbeat(mono)
-            if isinstance(effect, core.Close):
-                apply_close(session, effect)
-            elif isinstance(effect, core.Write):
-                session.write(effect.payload)
-                pings.append((mono + heartbeat, session))
 
     async def _heartbeat(self) -> None:
         """Register every ``registry_interval``. While it fails, one warning per kind of
@@ -568,12 +545,16 @@ class Node:
 
 
 def apply_close(session: Session, close: core.Close) -> None:
+    """Apply the counter deltas ``close`` carries, then close ``session`` with it."""
+    for delta in close.counts:
+        count(delta)
     session.close(close.code, close.slug, close.message)
 
 
 COUNTERS: dict[core.CounterName, Counter] = {
     "acked": metrics.acked,
     "redeliveries": metrics.redeliveries,
+    "frames_rejected": metrics.frames_rejected,
 }
 
 
