@@ -656,6 +656,27 @@ async def test_accounting_ignores_ids_without_a_publish_time(broker: Broker) -> 
     assert await broker.ledger.pairs([m.id]) == []
 
 
+async def test_every_ledger_adds_the_accounting_table_up_alike(broker: Broker) -> None:
+    """Each row of the table of tests/test_accounting.py, recorded as one batch and record by
+    record, adds up to the tally the pure fold gives it (each run in a bucket of its own)."""
+    from pushsvc.broker.base import bucket_of
+    from tests.test_accounting import TABLE, bind
+
+    start = time.time()
+    runs = [(row, batched) for row in TABLE for batched in (True, False)]
+    for number, (row, batched) in enumerate(runs):
+        ids, events = bind(row.events, start - 5 * number)
+        if batched:
+            await broker.ledger.record(events)
+        else:
+            for event in events:
+                await broker.ledger.record([event])
+        bucket = bucket_of(ids["M"])
+        assert bucket is not None
+        tally = (await broker.ledger.tallies([bucket]))[bucket]
+        assert tally == row.tally, (row.name, "batched" if batched else "one by one")
+
+
 async def test_one_lease_holder_at_a_time(broker: Broker) -> None:
     lease = broker.lease
     assert await lease.acquire("m1", 0.4 * UNIT)
