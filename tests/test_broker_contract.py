@@ -656,6 +656,41 @@ async def test_accounting_ignores_ids_without_a_publish_time(broker: Broker) -> 
     assert await broker.ledger.pairs([m.id]) == []
 
 
+async def test_every_ledger_adds_the_accounting_table_up_alike(broker: Broker) -> None:
+    """Each row of the table of tests/test_accounting.py, recorded as one batch and record by
+    record, adds up to the tally the pure fold gives it (each run in a bucket of its own), with
+    the same published ids, owing nodes and acks."""
+    from pushsvc.broker.base import bucket_of
+    from pushsvc.core.accounting import Tallies
+    from tests.test_accounting import TABLE, bind
+
+    start = time.time()
+    runs = [(row, batched) for row in TABLE for batched in (True, False)]
+    for number, (row, batched) in enumerate(runs):
+        ids, events = bind(row.events, start - 5 * number)
+        if batched:
+            await broker.ledger.record(events)
+        else:
+            for event in events:
+                await broker.ledger.record([event])
+        fold = Tallies()
+        for event in events:
+            fold.apply(event)
+        how = (row.name, "batched" if batched else "one by one")
+        bucket = bucket_of(ids["M"])
+        assert bucket is not None
+        tally = (await broker.ledger.tallies([bucket]))[bucket]
+        assert tally == row.tally == fold.by_bucket.get(bucket, {}), how
+        published = sorted(fold.published.get(bucket, ()))
+        assert await broker.ledger.bucket_messages(bucket) == published, how
+        pairs = await broker.ledger.pairs(list(ids.values()))
+        owners = {(m, d, n) for m in ids.values() for d, n in fold.owners(m).items()}
+        assert {(p.message_id, p.device, p.node) for p in pairs} == owners, how
+        assert {(p.message_id, p.device) for p in pairs if p.acked} == {
+            (m, d) for m, d, _ in owners if fold.acked(d, m)
+        }, how
+
+
 async def test_one_lease_holder_at_a_time(broker: Broker) -> None:
     lease = broker.lease
     assert await lease.acquire("m1", 0.4 * UNIT)

@@ -49,6 +49,20 @@ from pushsvc.broker.reach import (
     WebhookFailure,
     WebhookQueue,
 )
+
+# The ledger records and the accounting buckets are pure: defined in the core, named here too.
+from pushsvc.core.accounting import BUCKET_SECONDS as BUCKET_SECONDS
+from pushsvc.core.accounting import COUNTERS as COUNTERS
+from pushsvc.core.accounting import Accepted as Accepted
+from pushsvc.core.accounting import Acked as Acked
+from pushsvc.core.accounting import Expected as Expected
+from pushsvc.core.accounting import Expired as Expired
+from pushsvc.core.accounting import LedgerEvent as LedgerEvent
+from pushsvc.core.accounting import Published as Published
+from pushsvc.core.accounting import Sent as Sent
+from pushsvc.core.accounting import SentCount as SentCount
+from pushsvc.core.accounting import Tally as Tally
+from pushsvc.core.accounting import bucket_of as bucket_of
 from pushsvc.core.trail import Trail
 from pushsvc.errors import BrokerError
 from pushsvc.types import Envelope, HistoryEntry, Message
@@ -97,71 +111,6 @@ class Command(msgspec.Struct, kw_only=True, frozen=True):
     not_before: int = 0
 
 
-# Ledger events: what nodes write, batched, and what trails are built from.
-class Published(msgspec.Struct, tag="published", frozen=True):
-    message_id: str
-    event: str
-    ts: float
-    expires: float
-    ack: bool
-    streams: dict[str, str]
-
-
-class Sent(msgspec.Struct, tag="sent", frozen=True):
-    message_id: str
-    device: str
-    session: str
-    node: str
-    at: float
-    attempt: int
-
-
-class SentCount(msgspec.Struct, tag="sent_count", frozen=True):
-    """Writes of an ``ack: false`` message on one node (no per-device detail)."""
-
-    message_id: str
-    node: str
-    count: int
-
-
-class Acked(msgspec.Struct, tag="acked", frozen=True):
-    message_id: str
-    device: str
-    session: str
-    node: str
-    at: float
-
-
-class Accepted(msgspec.Struct, tag="accepted", frozen=True):
-    """A message accepted by the publish API of ``node`` (counted once per message)."""
-
-    message_id: str
-    node: str
-    ack: bool
-
-
-class Expected(msgspec.Struct, tag="expected", frozen=True):
-    """A delivery ``node`` owes to ``device`` and has not written (yet): the first event of a
-    (message, device) pair that is not a :class:`Sent`. A later Sent of the pair completes it."""
-
-    message_id: str
-    device: str
-    session: str
-    node: str
-    at: float
-
-
-class Expired(msgspec.Struct, tag="expired", frozen=True):
-    """``device`` connected after the message's ttl: ``node`` did not deliver it."""
-
-    message_id: str
-    device: str
-    node: str
-
-
-LedgerEvent = Published | Sent | SentCount | Acked | Accepted | Expected | Expired
-
-
 def device_key(user: str, device: str) -> str:
     """The name of a patient's device in ledger records and trails: device ids are chosen by
     clients, so two patients may both have a ``phone``; they never share an ack. (User names
@@ -173,31 +122,6 @@ def split_device_key(key: str) -> tuple[str, str]:
     """``(user, device)`` of a :func:`device_key`."""
     user, _, device = key.partition("/")
     return user, device
-
-
-#: Width of an accounting bucket, seconds. Nodes and monitor must agree: a constant, not a setting.
-BUCKET_SECONDS = 5
-
-#: The counters of a bucket, per node (see docs/monitoring.md for their exact definitions).
-COUNTERS = ("published", "expected", "sent", "acked", "redelivered", "expired")
-
-
-def bucket_of(message_id: str) -> int | None:
-    """The accounting bucket (its start, unix seconds) of a message, from the publish time its id
-    starts with (12 hex digits of unix ms, see ``pushsvc.node.publish.new_id``); None for an id of
-    another form (it is not accounted)."""
-    head = message_id[:12]
-    if len(head) != 12:
-        return None
-    try:
-        ms = int(head, 16)
-    except ValueError:
-        return None
-    return ms // 1000 // BUCKET_SECONDS * BUCKET_SECONDS
-
-
-#: node id -> counter -> value, for one bucket.
-Tally = dict[str, dict[str, int]]
 
 
 class Pair(msgspec.Struct, frozen=True, kw_only=True):

@@ -38,11 +38,11 @@ from pushsvc.broker.base import (
     SentCount,
     SessionInfo,
     Tally,
-    bucket_of,
 )
 from pushsvc.broker.keys import NODE_PRUNE_AFTER
 from pushsvc.broker.memory_push import MemoryEscalations, MemoryWebhookQueue
 from pushsvc.core import offsets
+from pushsvc.core.accounting import Tallies
 from pushsvc.core.flow import TokenBucket
 from pushsvc.core.trail import Delivery, Trail
 from pushsvc.types import Envelope, HistoryEntry, Message
@@ -214,33 +214,24 @@ class MemoryLedger(Ledger):
     """Trails by message id; each kept until its message expires plus ``retention`` seconds.
 
     Records may arrive in any order: a Sent, SentCount or Acked whose Published has not arrived
-    yet is held (up to ``retention`` seconds) and applied when it does. The delivery accounting
-    follows the same rules as the Redis ledger script: per-device first-wins markers decide what
-    a record counts, per bucket and node; buckets are kept ``retention`` seconds.
+    yet is held (up to ``retention`` seconds) and applied when it does. The delivery accounting is
+    :class:`pushsvc.core.accounting.Tallies`, fed each record as it is applied; a message's
+    markers are kept with its trail, a bucket's tallies ``retention`` seconds after its last count.
     """
 
     def __init__(self, retention: float, clock: Clock) -> None:
         self._retention = retention
         self._clock = clock
         self._trails: dict[str, Trail] = {}
-        self._acked: dict[tuple[str, str], float] = {}  # (device, message) -> until
         self._expiry: deque[tuple[float, str]] = deque()
         self._early: dict[str, list[Early]] = {}  # before their Published
         self._early_expiry: deque[tuple[float, str]] = deque()
-        self._owners: dict[str, dict[str, str]] = {}  # message -> device -> node (``e:``)
-        self._unsent: set[tuple[str, str]] = set()  # (message, device) expected, unwritten
-        self._expired: set[tuple[str, str]] = set()  # (message, device) counted as expired
-        self._tallies: dict[int, Tally] = {}
-        self._messages: dict[int, set[str]] = {}  # bucket -> ids of its Accepted messages
+        self._tallies = Tallies()
         self._bucket_expiry: dict[int, float] = {}
 
-    def _count(self, message_id: str, counter: str, node: str) -> None:
-        bucket = bucket_of(message_id)
-        if bucket is None:
-            return
-        by_node = self._tallies.setdefault(bucket, {}).setdefault(node, {})
-        by_node[counter] = by_node.get(counter, 0) + 1
-        self._bucket_expiry[bucket] = self._clock() + self._retention
+    def _count(self, event: LedgerEvent) -> None:
+        for delta in self._tallies.apply(event):
+            self._bucket_expiry[delta.bucket] = self._clock() + self._retention
 
     async def record(self, events: list[LedgerEvent]) -> None:
         for event in events:
@@ -248,12 +239,7 @@ class MemoryLedger(Ledger):
                 self.start(event)
                 continue
             if isinstance(event, Accepted):
-                bucket = bucket_of(event.message_id)
-                if bucket is not None:
-                    ids = self._messages.setdefault(bucket, set())
-                    if event.message_id not in ids:
-                        ids.add(event.message_id)
-                        self._count(event.message_id, "published", event.node)
+                self._count(event)
                 continue
             trail = self._trails.get(event.message_id)
             if trail is not None:
@@ -277,61 +263,34 @@ class MemoryLedger(Ledger):
             self._apply(trail, early)
 
     def _apply(self, trail: Trail, event: Early) -> None:
-        m = event.message_id
         match event:
             case Sent():
                 trail.record_sent(event.device, event.session, event.node, event.at, event.attempt)
-                if event.attempt > 1:
-                    self._count(m, "redelivered", event.node)
-                elif bucket_of(m) is not None:
-                    owners = self._owners.setdefault(m, {})
-                    if event.device not in owners:
-                        owners[event.device] = event.node
-                        self._count(m, "expected", event.node)
-                        self._count(m, "sent", event.node)
-                    elif (m, event.device) in self._unsent:
-                        self._unsent.discard((m, event.device))
-                        self._count(m, "sent", event.node)
             case SentCount():
                 by_node = trail.sent_by_node
                 by_node[event.node] = by_node.get(event.node, 0) + event.count
             case Acked():
                 trail.record_acked(event.device, event.session, event.node, event.at)
-                if (event.device, m) not in self._acked:
-                    self._count(m, "acked", event.node)
-                self._acked[(event.device, m)] = trail.expires_at + self._retention
             case Expected():
                 if event.session not in trail.deliveries:
                     trail.deliveries[event.session] = Delivery(
                         event.device, event.session, event.node
                     )
-                owners = self._owners.setdefault(m, {})
-                if bucket_of(m) is not None and event.device not in owners:
-                    owners[event.device] = event.node
-                    self._unsent.add((m, event.device))
-                    self._count(m, "expected", event.node)
             case Expired():
-                if bucket_of(m) is not None and (m, event.device) not in self._expired:
-                    self._expired.add((m, event.device))
-                    self._count(m, "expired", event.node)
+                pass  # accounted only
+        self._count(event)
 
     def _sweep(self) -> None:
         now = self._clock()
         while self._expiry and self._expiry[0][0] <= now:
             _, message_id = self._expiry.popleft()
-            trail = self._trails.pop(message_id, None)
-            if trail is not None:
-                for d in trail.deliveries.values():
-                    self._acked.pop((d.device, message_id), None)
-                    self._unsent.discard((message_id, d.device))
-                    self._expired.discard((message_id, d.device))
-            self._owners.pop(message_id, None)
+            self._trails.pop(message_id, None)
+            self._tallies.forget(message_id)
         while self._early_expiry and self._early_expiry[0][0] <= now:
             self._early.pop(self._early_expiry.popleft()[1], None)
         for bucket in [b for b, until in self._bucket_expiry.items() if until <= now]:
             del self._bucket_expiry[bucket]
-            self._tallies.pop(bucket, None)
-            self._messages.pop(bucket, None)
+            self._tallies.drop(bucket)
 
     async def trail(self, message_id: str) -> Trail | None:
         return self._trails.get(message_id)
@@ -341,15 +300,16 @@ class MemoryLedger(Ledger):
         return self._trails.get(message_id)
 
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
-        return {m for m in message_ids if (device, m) in self._acked}
+        return {m for m in message_ids if self._tallies.acked(device, m)}
 
     async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
         self._sweep()
-        return {b: {n: dict(c) for n, c in self._tallies.get(b, {}).items()} for b in buckets}
+        held = self._tallies.by_bucket
+        return {b: {n: dict(c) for n, c in held.get(b, {}).items()} for b in buckets}
 
     async def bucket_messages(self, bucket: int) -> list[str]:
         self._sweep()
-        return sorted(self._messages.get(bucket, ()))
+        return sorted(self._tallies.published.get(bucket, ()))
 
     async def pairs(self, message_ids: list[str]) -> list[Pair]:
         out = []
@@ -357,12 +317,12 @@ class MemoryLedger(Ledger):
             trail = self._trails.get(m)
             if trail is None:
                 continue
-            for device, owner in sorted(self._owners.get(m, {}).items()):
+            for device, owner in sorted(self._tallies.owners(m).items()):
                 mine = [d for d in trail.deliveries.values() if d.device == device]
                 out.append(Pair(
                     message_id=m, device=device, node=owner,
                     sent=any(d.sent_at is not None for d in mine),
-                    acked=(device, m) in self._acked, expires_at=trail.expires_at,
+                    acked=self._tallies.acked(device, m), expires_at=trail.expires_at,
                     attempts=max((d.attempts for d in mine), default=0),
                     nodes=tuple(sorted({owner, *(d.node for d in mine)})),
                 ))  # fmt: skip

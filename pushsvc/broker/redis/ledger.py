@@ -9,7 +9,8 @@ a Sent that beats its Published still ends up in the trail. A trail expires with
 The same script keeps the delivery accounting (``{p}tally:<bucket>``, ``{p}msgs:<bucket>``): the
 trail's per-device markers decide whether a record is the first of its (message, device) pair,
 and the counts are summed in the script, so the accounting costs no round trip of its own. The
-accounting keys live ``retention`` seconds after their last write.
+accounting keys live ``retention`` seconds after their last write. Which record moves which counter
+is stated in :class:`pushsvc.core.accounting.Tallies`; the script follows it.
 """
 
 from __future__ import annotations

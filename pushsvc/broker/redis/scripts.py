@@ -100,6 +100,9 @@ return out
 #: once — is two writes in all; the per-session fields are written only for the others. Counts
 #: are summed per bucket and node in the script and written with one HINCRBY per field at the
 #: end; a bucket's new message ids are added with one SADD per node, whose reply counts them.
+#: Which record moves which counter is stated once, in :class:`pushsvc.core.accounting.Tallies`
+#: (the memory ledger's accounting): this script must agree with it, and the contract suite runs
+#: the table of tests/test_accounting.py through both.
 #:
 #: KEYS: 2 per bucket touched (its tally hash, its message set), then one trail per record.
 #: ARGV[1] the TTL (s) of a trail whose Published record has not arrived yet, ARGV[2] the TTL (s)
@@ -116,6 +119,7 @@ return out
 LEDGER = Script(
     "ledger",
     """
+-- which record moves which counter: pushsvc.core.accounting.Tallies, the reference
 local early, bucket_ttl = ARGV[1], ARGV[2]
 local first = 2 * tonumber(ARGV[3])
 local counts = {}
@@ -157,7 +161,7 @@ for i = first + 1, #KEYS do
   else
     if kind == 's' then
       local session, device, node = ARGV[a + 1], ARGV[a + 5], ARGV[a + 6]
-      if ARGV[a + 4] == '1' then
+      if tonumber(ARGV[a + 4]) <= 1 then
         if b > 0 and redis.call('HSETNX', key, 'e:' .. device, ARGV[a + 7]) == 1 then
           count(b, 'expected', node)
           count(b, 'sent', node)
