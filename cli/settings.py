@@ -44,14 +44,18 @@ def build_as(kind: type[S], **flags: Any) -> S:
     try:
         settings = kind(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid settings: {problems}")
+        fail(f"invalid settings: {problems(exc)}")
     except ConfigError as exc:
         fail(exc.message)
     check_secret_flags(dev=bool(getattr(settings, "dev", False)))
     return settings
+
+
+def problems(exc: ValidationError) -> str:
+    """What is wrong with the settings, on one line."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def warn(message: str) -> None:

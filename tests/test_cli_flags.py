@@ -6,6 +6,8 @@ beside its field drifts from it; these tests fail when one does."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,9 +19,11 @@ from typer.core import TyperGroup, TyperOption
 
 from cli.check_config import CheckedSettings
 from cli.cluster import CLUSTER_FLAGS
+from cli.embedded import EMBEDDED_FLAGS
 from cli.main import ENV_PREFIX, app, show_envvars
 from cli.monitor import MONITOR_FLAGS
 from cli.serve import SERVE_FLAGS
+from tests.support import ROOT, UNIT, pushsvc_command
 
 #: Every field of every process's settings (the operator's, a node's, the monitor's).
 FIELDS: dict[str, FieldInfo] = CheckedSettings.model_fields
@@ -27,7 +31,7 @@ FIELDS: dict[str, FieldInfo] = CheckedSettings.model_fields
 CLUSTER = frozenset(CLUSTER_FLAGS)
 #: The settings each command takes as flags (docs/cli.md); a command not listed takes none.
 SETTINGS_FLAGS: dict[str, frozenset[str]] = {
-    "serve": frozenset(SERVE_FLAGS),
+    "serve": frozenset(SERVE_FLAGS) | frozenset(EMBEDDED_FLAGS),
     "monitor": frozenset(MONITOR_FLAGS),
     "token": frozenset({"token_secret"}),
     "prometheus-targets": frozenset({"redis_url"}),
@@ -110,3 +114,24 @@ def test_a_default_that_looks_like_markup_is_shown() -> None:
     (serve,) = (c for p, c in COMMANDS if p == "serve")
     (prefix,) = (p for p in serve.params if p.name == "redis_prefix")
     assert f"[{FIELDS['redis_prefix'].default}]" in shown(prefix.help)
+
+
+def test_the_embedded_monitors_settings_are_serve_flags() -> None:
+    assert {"alertmanager_url", "monitor_interval", "canary_interval"} <= set(EMBEDDED_FLAGS)
+    assert not {"monitor_host", "monitor_port"} & set(EMBEDDED_FLAGS)  # it has no listener
+
+
+def test_a_bad_embedded_monitor_flag_stops_serve_before_it_starts() -> None:
+    ports = ["--port", "0", "--internal-port", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
+    done = subprocess.run(
+        [*pushsvc_command(), "serve", "--dev", *ports, "--monitor-interval", "0.1"],
+        env={**env, "COLUMNS": "300"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "invalid settings: monitor_interval" in done.stderr
