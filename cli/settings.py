@@ -111,7 +111,7 @@ def _option(name: str, field: FieldInfo) -> Any:
     if kind is not bool and field.default not in (None, "") and field.default_factory is None:
         help_text += f" [{field.default}]"
     decls = [f"--{name.replace('_', '-')}"] if kind is bool else []
-    # --help renders Rich markup: "[pushsvc]" would be taken for a style and vanish.
+    # --help renders Rich markup: a default such as "[pushsvc:]" would be taken for a style.
     return Annotated[kind | None, typer.Option(*decls, help=escape(help_text))]
 
 
