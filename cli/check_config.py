@@ -15,25 +15,23 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import typer
 
 from cli.api import OperatorError, base_url
 from cli.cluster import (
-    ApiKey,
-    ApiUrl,
+    CLUSTER_FLAGS,
     AsJson,
     Cluster,
     OperatorSettings,
-    RedisUrl,
     node_status,
     redacted,
     run,
 )
 from cli.output import emit_json, out, seconds, table
-from cli.settings import build_as
+from cli.settings import build_as, flags_of
 from pushsvc.apikeys import parse_entries
 from pushsvc.broker.base import NodeInfo
 from pushsvc.errors import BrokerError, ConfigError
@@ -61,23 +59,10 @@ class Check:
     detail: str
 
 
-def check_config(
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    alertmanager_url: Annotated[
-        str | None, typer.Option(help="Alertmanager to check. [env PUSHSVC_ALERTMANAGER_URL]")
-    ] = None,
-    as_json: AsJson = False,
-) -> None:
+@flags_of(CheckedSettings, (*CLUSTER_FLAGS, "alertmanager_url"))
+def check_config(as_json: AsJson = False, **flags: Any) -> None:
     """Validate the settings and reach Redis, the nodes and Alertmanager; say what is wrong."""
-    settings = build_as(
-        CheckedSettings,
-        redis_url=redis_url,
-        api_url=api_url,
-        api_key=api_key,
-        alertmanager_url=alertmanager_url,
-    )
+    settings = build_as(CheckedSettings, **flags)
     checks = run(checks_of(settings))
     failed = any(c.status == "fail" for c in checks)
     if as_json:

@@ -22,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from pydantic import Field
 
 from cli.api import Api, OperatorError, Unreachable, UsageError, base_url
-from cli.settings import build_as, fail
+from cli.settings import C, build_as, fail, flags_of
 from cli.targets import WILDCARDS
 from pushsvc.apikeys import secret_for
 from pushsvc.broker.base import NodeInfo, SessionInfo
@@ -49,8 +50,12 @@ REQUEST_TIMEOUT = 5.0
 class OperatorSettings(SharedSettings):
     """The settings every process shares plus what only an operator's commands need."""
 
-    api_url: str | None = None
-    api_key: str | None = None
+    api_url: str | None = Field(
+        None, description="internal API of any node; absent: a live node found in the registry"
+    )
+    api_key: str | None = Field(
+        None, description="internal API key; absent: the first of api_keys (then api_keys_file)"
+    )
 
     @property
     def key(self) -> str:
@@ -70,18 +75,16 @@ def operator_settings(**flags: Any) -> OperatorSettings:
     return build_as(OperatorSettings, **flags)
 
 
-# The options every cluster command takes.
-RedisUrl = Annotated[
-    str | None, typer.Option(help="Redis URL of the cluster. [env PUSHSVC_REDIS_URL]")
-]
-ApiUrl = Annotated[
-    str | None,
-    typer.Option(help="Internal API of any node. [env PUSHSVC_API_URL; else found in Redis]"),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option(help="Internal API key. [env PUSHSVC_API_KEY, else first of PUSHSVC_API_KEYS]"),
-]
+#: The settings every cluster command takes as flags (docs/cli.md, "Connecting to a cluster").
+CLUSTER_FLAGS = ("redis_url", "api_url", "api_key")
+
+
+def cluster_flags(*more: str) -> Callable[[C], C]:
+    """:func:`~cli.settings.flags_of` the operator's settings: :data:`CLUSTER_FLAGS` and
+    ``more``; the command passes its ``**flags`` to :func:`operator_settings`."""
+    return flags_of(OperatorSettings, (*CLUSTER_FLAGS, *more))
+
+
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
 

@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import err
 from pushsvc.records import Draining
 
 
+@cluster_flags()
 def drain(
     node: Annotated[str, typer.Argument(help="The node id (see `pushsvc nodes`).")],
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the node has no session left.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.", min=0)] = 30.0,
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Drain NODE: it stops accepting and closes its sessions with 1001 (clients move on)."""
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     accepted, left = run(_drain(Cluster(settings), node, timeout if wait else None))
     if as_json:
         emit_json({"node": accepted.node, "draining": True, "connections_left": left})

@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 import typer
 import yaml
 
-from cli.settings import fail
+from cli.settings import fail, flags_of
 from pushsvc.assets import RUNBOOK_PLACEHOLDER, Kind, asset_dir, asset_files
+from pushsvc.settings import MonitorSettings
 
 RULES = "pushsvc.rules.yml"
 PROMETHEUS_RULE = "pushsvc-prometheusrule.yaml"
@@ -96,16 +97,9 @@ def dashboards(directory: Directory) -> None:
 
 
 @export.command()
+@flags_of(MonitorSettings, ("runbook_base_url",))
 def alerts(
     directory: Directory,
-    runbook_base_url: Annotated[
-        str | None,
-        typer.Option(
-            help="Where docs/ is published (e.g. https://git.example.org/pushsvc/blob/v0.1.0/docs):"
-            " each runbook_url becomes <URL>/runbooks.md#<alert>. "
-            f"[{RUNBOOK_PLACEHOLDER}, a placeholder]",
-        ),
-    ] = None,
     prometheus_rule_file: Annotated[
         bool,
         typer.Option(
@@ -113,9 +107,12 @@ def alerts(
             help=f"Also write the rules as a PrometheusRule ({PROMETHEUS_RULE}).",
         ),
     ] = False,
+    **flags: Any,
 ) -> None:
     """Prometheus rules, their promtool tests (tests/) and an Alertmanager example."""
     base = RUNBOOK_PLACEHOLDER
+    # Only this one setting: the flag or its variable, no other setting need be valid here.
+    runbook_base_url: str | None = flags["runbook_base_url"]
     if runbook_base_url is not None:
         parts = urlsplit(runbook_base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

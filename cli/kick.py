@@ -7,30 +7,29 @@ the same token. Exit 1 when there is no such open session.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import fail
 from pushsvc.records import Closing
 
 
+@cluster_flags()
 def kick(
     session: Annotated[str | None, typer.Argument(help="The session id to close.")] = None,
     user: Annotated[
         str | None, typer.Option(help="Close every session of this patient instead.")
     ] = None,
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Close SESSION (or every session of --user) with 4010, on whichever node holds it."""
     if (session is None) == (user is None):
         fail("give a SESSION id or --user, not both")
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     closing = run(_kick(Cluster(settings), session, user))
     if as_json:
         emit_json({"closing": closing})

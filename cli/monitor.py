@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.settings import build_as, fail
+from cli.settings import build_as, fail, flags_of
 from monitor.alerts import shown
 from monitor.reconcile import BucketReport
 from pushsvc.apikeys import parse_entries
@@ -23,44 +23,41 @@ from pushsvc.errors import ConfigError
 from pushsvc.settings import MonitorSettings
 from pushsvc.telemetry import logging as jsonlog
 
+#: The monitor's settings that are also its flags (``--monitor-port`` is ``monitor_port`` is
+#: ``PUSHSVC_MONITOR_PORT``); the others only the environment sets.
+MONITOR_FLAGS = (
+    "redis_url",
+    "alertmanager_url",
+    "api_keys",
+    "monitor_host",
+    "monitor_port",
+    "monitor_id",
+    "monitor_interval",
+    "monitor_grace",
+    "ack_timeout",
+    "max_attempts",
+    "reconnect_window",
+    "late_check",
+    "loss_window",
+    "canary_interval",
+    "canary_stall",
+    "alert_resend",
+    "lease_ttl",
+    "runbook_base_url",
+    "log_level",
+)
 Opt = typer.Option
 
 
+@flags_of(MonitorSettings, MONITOR_FLAGS)
 def monitor(
-    redis_url: Annotated[str | None, Opt(help="Redis URL of the cluster.")] = None,
-    alertmanager_url: Annotated[
-        str | None, Opt(help="Alertmanager base URL; absent: alerts are not sent.")
-    ] = None,
-    api_keys: Annotated[str | None, Opt(help="API key(s) for the canary's publishes.")] = None,
-    monitor_host: Annotated[str | None, Opt(help="/metrics and /healthz address.")] = None,
-    monitor_port: Annotated[int | None, Opt(help="/metrics and /healthz port. [9464]")] = None,
-    monitor_id: Annotated[str | None, Opt(help="This monitor's id. [hostname:pid]")] = None,
-    monitor_interval: Annotated[float | None, Opt(help="Reconcile every, s. [5]")] = None,
-    monitor_grace: Annotated[float | None, Opt(help="Grace after each deadline, s. [10]")] = None,
-    ack_timeout: Annotated[float | None, Opt(help="The nodes' ack timeout, s. [10]")] = None,
-    max_attempts: Annotated[int | None, Opt(help="The nodes' max attempts. [5]")] = None,
-    reconnect_window: Annotated[
-        float | None, Opt(help="A device's time to reconnect, s. [60]")
-    ] = None,
-    late_check: Annotated[float | None, Opt(help="Last look at a bucket after, s. [120]")] = None,
-    loss_window: Annotated[float | None, Opt(help="A loss alerts for, s. [300]")] = None,
-    canary_interval: Annotated[float | None, Opt(help="Canary every, s. [5]")] = None,
-    canary_stall: Annotated[float | None, Opt(help="Stalled after no canary for, s. [20]")] = None,
-    alert_resend: Annotated[float | None, Opt(help="Re-send active alerts every, s. [60]")] = None,
-    lease_ttl: Annotated[float | None, Opt(help="Active monitor's lease, s. [15]")] = None,
-    runbook_base_url: Annotated[
-        str | None, Opt(help="Where docs/ is published: alerts link <URL>/runbooks.md#<alert>.")
-    ] = None,
-    log_level: Annotated[str | None, Opt(help="Log level. [INFO]")] = None,
     once: Annotated[bool, Opt("--once", help="Reconcile once, print, exit.")] = False,
     since: Annotated[float, Opt(help="With --once: look this many seconds back.")] = 3600,
     as_json: Annotated[bool, Opt("--json", help="With --once: print JSON.")] = False,
+    **flags: Any,
 ) -> None:
     """Reconcile published, sent and acked deliveries; canary every node; alert."""
-    flags = {k: v for k, v in locals().items() if k not in ("once", "since", "as_json", "api_keys")}
-    settings = build_as(
-        MonitorSettings, **flags, **({"api_keys": api_keys} if api_keys is not None else {})
-    )
+    settings = build_as(MonitorSettings, **flags)
     if not settings.redis_url:
         fail("the monitor needs the cluster's Redis: --redis-url or PUSHSVC_REDIS_URL")
     try:  # the canary's key and TLS files, checked before anything starts

@@ -8,41 +8,20 @@ value). Exit 1 when no node is listed or one is stale.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import typer
 
-from cli.cluster import (
-    ApiKey,
-    ApiUrl,
-    AsJson,
-    Cluster,
-    RedisUrl,
-    node_status,
-    operator_settings,
-    run,
-)
+from cli.cluster import AsJson, Cluster, cluster_flags, node_status, operator_settings, run
 from cli.output import ago, duration, emit_json, out, seconds, table
 from pushsvc.broker.base import NodeInfo
 
-Interval = Annotated[
-    float | None,
-    typer.Option(help="The nodes' heartbeat period, s. [env PUSHSVC_REGISTRY_INTERVAL, 2]"),
-]
 
-
-def nodes(
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    registry_interval: Interval = None,
-    as_json: AsJson = False,
-) -> None:
+@cluster_flags("registry_interval")
+def nodes(as_json: AsJson = False, **flags: Any) -> None:
     """Every node: addresses, state, connections, users, uptime, version, broker lag."""
-    settings = operator_settings(
-        redis_url=redis_url, api_url=api_url, api_key=api_key, registry_interval=registry_interval
-    )
+    settings = operator_settings(**flags)
     listed = run(_read(Cluster(settings)))
     now = time.time()
     rows = [described(n, now, settings.registry_interval) for n in listed]

@@ -12,11 +12,12 @@ import orjson
 import typer
 
 from cli.api import Published
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json
 from cli.settings import err, fail
 
 
+@cluster_flags()
 def publish(
     event: Annotated[str, typer.Option(help="Event type, e.g. queue.called.")],
     user: Annotated[
@@ -34,10 +35,8 @@ def publish(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Publish at most once per key.")
     ] = None,
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Publish to --user U, --topic T or --all; print the message id."""
     body = request(event, user or [], topic or [], to_all, data)
@@ -45,7 +44,7 @@ def publish(
         {k: v for k, v in (("ttl", ttl), ("ack", ack), ("idempotency_key", idempotency_key))
          if v is not None}
     )  # fmt: skip
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     result = run(_publish(Cluster(settings), body))
     if as_json:
         emit_json(result)

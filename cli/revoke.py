@@ -9,23 +9,23 @@ the revocation is refused as well; tokens minted from the next second on are acc
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import typer
 
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
 from pushsvc.records import Revoked
 
 
+@cluster_flags()
 def revoke(
     user: str = typer.Argument(help="The patient whose tokens to revoke."),
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Refuse USER's tokens issued until now and close their sessions on every node (4001)."""
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     revoked = run(_revoke(Cluster(settings), user))
     if as_json:
         emit_json({"user": revoked.user, "not_before": revoked.not_before,

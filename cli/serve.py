@@ -12,9 +12,10 @@ from typing import Any
 
 import typer
 
+from cli.embedded import EMBEDDED_FLAGS, embedded_monitor, embedded_settings
 from cli.settings import build, err, fail, flags_of
 from pushsvc.errors import ConfigError
-from pushsvc.settings import FD_RESERVE, NodeSettings, Settings
+from pushsvc.settings import FD_RESERVE, MonitorSettings, NodeSettings, Settings
 from pushsvc.telemetry import logging as jsonlog
 
 #: Node settings only the environment sets (``PUSHSVC_<NAME>``), not flags: the loss deadlines,
@@ -44,9 +45,11 @@ ENV_ONLY = frozenset(
 SERVE_FLAGS = [name for name in NodeSettings.model_fields if name not in ENV_ONLY]
 
 
+@flags_of(MonitorSettings, EMBEDDED_FLAGS)
 @flags_of(NodeSettings, SERVE_FLAGS)
 def serve(**flags: Any) -> None:
     """Run a pushsvc node: the client listener and the internal API."""
+    monitor_flags = {name: flags.pop(name) for name in EMBEDDED_FLAGS}
     settings = build(**flags)
     try:
         settings.check_dev_host()  # before any secret is made up and shown
@@ -64,15 +67,16 @@ def serve(**flags: Any) -> None:
             f"[yellow]warning:[/] no pushsvc.js in {settings.static_dir}: "
             "/client/ and /demo/ will answer 404 (check --static-dir)"
         )
+    # without Redis the node runs the monitor inside itself: its settings are checked now
+    monitor = None if settings.redis_url else embedded_settings(settings, **monitor_flags)
     if settings.workers > 1:
         from cli.workers import run_workers  # noqa: PLC0415 - only multi-worker runs need it
 
-        raise typer.Exit(run_workers(settings))
-    from cli.embedded import embedded_monitor  # noqa: PLC0415 - keeps `pushsvc --help` fast
-    from pushsvc.server import run  # noqa: PLC0415
+        raise typer.Exit(run_workers(settings, monitor_flags))
+    from pushsvc.server import run  # noqa: PLC0415 - keeps `pushsvc --help` fast
 
     try:
-        run(settings, None if settings.redis_url else functools.partial(embedded_monitor, settings))
+        run(settings, None if monitor is None else functools.partial(embedded_monitor, monitor))
     except ConfigError as exc:  # e.g. a port in use; whatever had started was closed
         fail(exc.message)
 

@@ -17,7 +17,7 @@ import msgspec
 import typer
 
 from cli.api import OperatorError
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import ago, client_text, clock, emit_json, out, seconds, table
 from cli.settings import err
 from pushsvc.broker.base import NodeInfo, SessionInfo
@@ -35,19 +35,18 @@ class Listing:
     unanswered: dict[str, str] = field(default_factory=dict)  # node id -> why
 
 
+@cluster_flags()
 def sessions(
     user: Annotated[str | None, typer.Option(help="Only this patient's sessions.")] = None,
     node: Annotated[str | None, typer.Option(help="Only the sessions on this node.")] = None,
     limit: Annotated[
         int, typer.Option(help="At most this many sessions.", min=1, max=10_000)
     ] = 100,
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Sessions across all nodes: user, device, node, remote, since, sent/acked/pending, rtt."""
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     listing = run(_read(Cluster(settings), user, node, limit))
     for node_id, why in sorted(listing.unanswered.items()):
         err.print(

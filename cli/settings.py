@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 from rich.console import Console
+from rich.markup import escape
 from typer._click.globals import get_current_context  # Typer's own copy of Click
 
 from cli.secret_flags import verdict
@@ -43,14 +44,18 @@ def build_as(kind: type[S], **flags: Any) -> S:
     try:
         settings = kind(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid settings: {problems}")
+        fail(f"invalid settings: {problems(exc)}")
     except ConfigError as exc:
         fail(exc.message)
     check_secret_flags(dev=bool(getattr(settings, "dev", False)))
     return settings
+
+
+def problems(exc: ValidationError) -> str:
+    """What is wrong with the settings, on one line."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def warn(message: str) -> None:
@@ -75,11 +80,19 @@ def flags_of(model: type[BaseSettings], names: Iterable[str]) -> Callable[[C], C
     a bool is an on-only flag), and its help: the description, then the default in brackets
     (a default made by a factory is the description's to state). An option not given is None, so the
     environment or the field's default decides; the command takes them as keyword arguments
-    and passes them to :func:`build_as`."""
+    (``**flags``) and passes them to :func:`build_as`.
+
+    The command's own parameters (arguments, and options that are not settings such as
+    ``--json``) stay, first; the fields' options follow them."""
 
     def apply(command: C) -> C:
         fields = model.model_fields
-        params = [
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        params = own + [
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(name, f)
             )
@@ -98,7 +111,8 @@ def _option(name: str, field: FieldInfo) -> Any:
     if kind is not bool and field.default not in (None, "") and field.default_factory is None:
         help_text += f" [{field.default}]"
     decls = [f"--{name.replace('_', '-')}"] if kind is bool else []
-    return Annotated[kind | None, typer.Option(*decls, help=help_text)]
+    # --help renders Rich markup: a default such as "[pushsvc:]" would be taken for a style.
+    return Annotated[kind | None, typer.Option(*decls, help=escape(help_text))]
 
 
 def _flag_type(annotation: Any) -> type:

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.api import UsageError
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out, table
 from cli.settings import fail
 from monitor.reconcile import FANOUT, FINAL, LOSS, Policy, gap, reconcile
@@ -110,19 +110,18 @@ async def read_stats(ledger: Ledger, policy: Policy, since: float, now: float) -
     return found
 
 
+@cluster_flags()
 def stats(
     since: Annotated[str, typer.Option(help="How far back: 15m, 2h, 1d.")] = "15m",
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """Per time bucket: published / expected / sent / acked / lost / expired and the ack ratio."""
     try:
         window = parse_since(since)
     except ValueError as exc:
         fail(f"--since {since!r}: {exc}")
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     policy = Policy(
         ack_timeout=settings.ack_timeout,
         max_attempts=settings.max_attempts,

@@ -21,10 +21,10 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from cli.settings import build, err, fail
+from cli.settings import build, err, fail, flags_of
 from pushsvc.broker.base import NodeInfo
 from pushsvc.errors import BrokerError
-from pushsvc.settings import Settings
+from pushsvc.settings import NodeSettings, Settings
 
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - recognised here, never bound
 
@@ -81,19 +81,18 @@ def _unroutable(nodes: list[NodeInfo]) -> None:
             )
 
 
+@flags_of(NodeSettings, ("redis_url",))
 def prometheus_targets(
-    redis_url: Annotated[
-        str | None, typer.Option(help="Redis URL of the cluster. [PUSHSVC_REDIS_URL]")
-    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="file_sd JSON file to write (atomically); else stdout.")
     ] = None,
     watch: Annotated[
         float | None, typer.Option(help="Refresh every SECONDS until interrupted.", min=0.1)
     ] = None,
+    **flags: Any,
 ) -> None:
     """Write a Prometheus file_sd target list of every live node's internal address."""
-    settings = build(redis_url=redis_url)
+    settings = build(**flags)
     if not settings.redis_url:
         fail("give --redis-url or PUSHSVC_REDIS_URL: only a cluster has a registry to read")
     if watch is None:

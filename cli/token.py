@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.settings import build, fail
+from cli.settings import build, fail, flags_of
 from pushsvc.auth import TokenIssuer
 from pushsvc.errors import AuthError
+from pushsvc.settings import NodeSettings
 
 
+@flags_of(NodeSettings, ("token_secret",))
 def token(
     user: Annotated[str, typer.Option(help="Patient (user) id: the token's sub.")],
     topic: Annotated[list[str] | None, typer.Option(help="A topic the token may read.")] = None,
     ttl: Annotated[int, typer.Option(help="Seconds the token is valid.")] = 3600,
-    token_secret: Annotated[str | None, typer.Option(help="[env PUSHSVC_TOKEN_SECRET]")] = None,
+    **flags: Any,
 ) -> None:
     """Mint a client token (HS256 JWT) for USER."""
-    settings = build(token_secret=token_secret)
+    settings = build(**flags)
     if not settings.token_secret:
         fail("no token secret: set PUSHSVC_TOKEN_SECRET")
     try:

@@ -21,7 +21,7 @@ import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,8 +30,8 @@ from rich.live import Live
 from rich.text import Text
 
 from cli.api import OperatorError
-from cli.cluster import ApiKey, ApiUrl, Cluster, RedisUrl, node_status, operator_settings, run
-from cli.nodes import STYLE, Interval
+from cli.cluster import Cluster, cluster_flags, node_status, operator_settings, run
+from cli.nodes import STYLE
 from cli.output import ago, out, rate, seconds, table
 from pushsvc.broker.base import NodeInfo
 
@@ -214,17 +214,13 @@ def key_presses(keys: asyncio.Queue[str]) -> Iterator[bool]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+@cluster_flags("registry_interval")
 def top(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 2.0,
-    registry_interval: Interval = None,
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
+    **flags: Any,
 ) -> None:
     """A live view of the nodes and their message rates (q or Ctrl-C quits)."""
-    settings = operator_settings(
-        redis_url=redis_url, api_url=api_url, api_key=api_key, registry_interval=registry_interval
-    )
+    settings = operator_settings(**flags)
     run(_top(Cluster(settings, timeout=min(5.0, max(1.0, interval))), interval), interrupted=0)
 
 

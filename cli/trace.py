@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.table import Table
 
 from cli.api import Refused, Trail
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import after, client_text, duration, emit_json, out, stamp, table
 from pushsvc.records import TraceContext
 
@@ -58,15 +58,14 @@ def fan_out(trail: Trail) -> list[NodeFanOut]:
     return rows
 
 
+@cluster_flags()
 def trace(
     message_id: Annotated[str, typer.Argument(help="The message id (from publish).")],
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: AsJson = False,
+    **flags: Any,
 ) -> None:
     """The delivery trail of MESSAGE_ID across nodes: fan-out, sends, acks, redeliveries."""
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     trail, context = run(_read(Cluster(settings), message_id))
     rows = fan_out(trail)
     if as_json:

@@ -8,19 +8,15 @@ from typing import Any
 import msgspec
 
 from cli.api import Webhooks
-from cli.cluster import ApiKey, ApiUrl, AsJson, Cluster, RedisUrl, operator_settings, run
+from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import ago, emit_json, out, table
 
 
-def webhooks(
-    redis_url: RedisUrl = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    as_json: AsJson = False,
-) -> None:
+@cluster_flags()
+def webhooks(as_json: AsJson = False, **flags: Any) -> None:
     """Webhook deliveries queued (cluster-wide), escalations pending, and per endpoint its last
     failure: when, which event, what went wrong, after how many attempts."""
-    settings = operator_settings(redis_url=redis_url, api_url=api_url, api_key=api_key)
+    settings = operator_settings(**flags)
     view = run(_read(Cluster(settings)))
     if as_json:
         emit_json(msgspec.to_builtins(view))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from types import FrameType
+from typing import Any
 
 from rich.console import Console
 
@@ -30,9 +31,9 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
-def _spawn(settings: Settings, index: int) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, monitor: dict[str, Any], index: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
-    values = settings.model_dump()
+    values = settings.model_dump() | monitor
     values.update(
         workers=1,
         reuse_port=True,
@@ -43,10 +44,12 @@ def _spawn(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env)
 
 
-def run_workers(settings: Settings) -> int:
-    """Run and supervise the workers until a signal; return the exit code."""
+def run_workers(settings: Settings, monitor: dict[str, Any]) -> int:
+    """Run and supervise the workers until a signal; return the exit code. ``monitor``: the
+    embedded monitor's flags (:data:`cli.embedded.EMBEDDED_FLAGS`; None: not given), passed on
+    to every worker with the node's settings."""
     stopping = False
-    workers = {i: _spawn(settings, i) for i in range(settings.workers)}
+    workers = {i: _spawn(settings, monitor, i) for i in range(settings.workers)}
 
     def forward(signum: int, _: FrameType | None) -> None:
         nonlocal stopping
@@ -71,7 +74,7 @@ def run_workers(settings: Settings) -> int:
             if code is not None and not stopping:
                 err.print(f"[yellow]worker {i} exited with {code}; restarting[/]")
                 time.sleep(RESTART_DELAY)
-                workers[i] = _spawn(settings, i)
+                workers[i] = _spawn(settings, monitor, i)
     worst = 0
     for proc in workers.values():
         try:

@@ -67,7 +67,9 @@ class SharedSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PUSHSVC_", extra="ignore")
 
     # the broker
-    redis_url: str | None = Field(None, description="Redis URL; absent: in-memory broker")
+    redis_url: str | None = Field(
+        None, description="the cluster's Redis URL; absent: a single node, in-memory broker"
+    )
     redis_prefix: str = Field(
         DEFAULT_PREFIX, min_length=1, description="prefix of every Redis key and channel name"
     )
@@ -95,7 +97,7 @@ class SharedSettings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="API keys: name:secret:scopes[:rate=<n>/s], comma-separated",
+        description="API keys: <name>:<secret>:<scopes>[:rate=<n>/s], comma-separated",
     )
     api_keys_file: Path | None = Field(None, description="API key entries, one per line")
     internal_tls_cert: Path | None = Field(None, description="internal API over HTTPS: cert")
@@ -354,9 +356,11 @@ class MonitorSettings(SharedSettings):
     listener, schedule and alerting."""
 
     alertmanager_url: str | None = Field(None, description="Alertmanager base URL (v2 API)")
-    monitor_host: str = "127.0.0.1"
+    monitor_host: str = Field("127.0.0.1", description="monitor /metrics, /healthz address")
     monitor_port: int = Field(9464, ge=0, le=65535, description="monitor /metrics, /healthz")
-    monitor_id: str = Field(default_factory=default_node_id, description="this monitor's id")
+    monitor_id: str = Field(
+        default_factory=default_node_id, description="this monitor's id (default: hostname:pid)"
+    )
     monitor_interval: float = Field(5.0, ge=0.2, description="reconciliation period, s")
     loss_window: float = Field(300.0, gt=0, description="a loss keeps its alert this long, s")
     canary_interval: float = Field(5.0, ge=0.2, description="canary publish period, s")
@@ -364,7 +368,9 @@ class MonitorSettings(SharedSettings):
     alert_resend: float = Field(60.0, ge=0.2, description="re-send active alerts every, s")
     lease_ttl: float = Field(15.0, ge=0.5, description="the active monitor's lease, s")
     runbook_base_url: str = Field(
-        RUNBOOK_PLACEHOLDER, description="where docs/ is published: the alerts' runbook links"
+        RUNBOOK_PLACEHOLDER,
+        description="where docs/ is published (e.g. https://git.example.org/pushsvc/blob/v0.1.0/"
+        "docs): each alert's runbook link is <URL>/runbooks.md#<alert>",
     )
 
 
