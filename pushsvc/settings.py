@@ -263,6 +263,11 @@ class NodeSettings(SharedSettings):
     max_message_size: int = Field(64 * 1024, ge=16, description="largest encoded data, bytes")
     client_frame_rate: float = Field(50.0, gt=0, description="client frames per second")
     client_frame_burst: int = Field(200, ge=1, description="client frame burst")
+    max_pending_per_address: int = Field(
+        1000,
+        ge=1,
+        description="connections one source address may hold before their hello (more: 429)",
+    )
     token_ttl: int = Field(3600, ge=1, description="default token lifetime, s")
     ledger_flush_interval: float = Field(0.05, gt=0, description="accounting flush, s")
 

@@ -11,7 +11,7 @@ import pytest
 from pushsvc import errors
 from pushsvc.core import clock, frames, marks, offsets, replay, streams
 from pushsvc.core.acks import AckLedger
-from pushsvc.core.flow import TokenBucket, slow_consumer
+from pushsvc.core.flow import PendingPerAddress, TokenBucket, slow_consumer
 from pushsvc.core.handshake import HandshakeRefused, accept_key, check_upgrade
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.trail import Trail, state
@@ -456,3 +456,15 @@ def test_every_error_answer_has_one_shape(
 ) -> None:
     assert errors.error_body(*args, **extra) == body
     assert orjson.loads(body) == errors.error_document(*args, **extra)
+
+
+def test_pending_per_address_counts_each_address_up_to_its_limit() -> None:
+    pending = PendingPerAddress(2)
+    assert [pending.enter("10.0.0.1") for _ in range(3)] == [True, True, False]
+    assert pending.enter("10.0.0.2")  # another address has its own count
+    pending.leave("10.0.0.1")
+    assert pending.enter("10.0.0.1") and not pending.enter("10.0.0.1")
+    for _ in range(2):
+        pending.leave("10.0.0.1")
+    pending.leave("10.0.0.2")
+    assert pending.counts == {}  # an address with nothing pending is forgotten

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import secrets
 import socket
@@ -360,6 +362,51 @@ async def test_max_connections_counts_connections_that_have_not_said_hello(
         admitted = await admitted_within(small, 15 * UNIT)
         for client in (*silent[1:], admitted):
             await client.close()
+
+
+def test_one_address_holds_at_most_max_pending_connections_before_their_hello() -> None:
+    with (
+        start_node(max_pending_per_address=2, hello_timeout=30 * UNIT) as node,
+        contextlib.ExitStack() as sockets,
+    ):
+
+        def upgrade(source: str) -> tuple[socket.socket, bytes]:
+            s = socket.create_connection(("127.0.0.1", node.port), source_address=(source, 0))
+            sockets.enter_context(s)
+            s.settimeout(10 * UNIT)
+            s.sendall(_UPGRADE)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return s, data
+
+        def hello(s: socket.socket, data: bytes) -> None:
+            frame = {"type": "hello", "token": node.token(uid()), "device": "d"}
+            s.sendall(_masked(json.dumps(frame).encode()))
+            while b'"welcome"' not in data:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+
+        first, second = upgrade("127.0.0.1"), upgrade("127.0.0.1")
+        assert first[1].startswith(b"HTTP/1.1 101 ") and second[1].startswith(b"HTTP/1.1 101 ")
+        third = upgrade("127.0.0.1")
+        assert third[1].startswith(b"HTTP/1.1 429 "), third[1]
+        assert b"Retry-After: 1\r\n" in third[1] and b'"too_many_pending"' in third[1]
+        other = upgrade("127.0.0.2")  # another address has its own count
+        assert other[1].startswith(b"HTTP/1.1 101 ")
+        hello(*first)  # a hello accepted leaves the count
+        fourth = upgrade("127.0.0.1")
+        assert fourth[1].startswith(b"HTTP/1.1 101 ")
+        assert upgrade("127.0.0.1")[1].startswith(b"HTTP/1.1 429 ")
+        second[0].close()  # so does a connection that ends before its hello
+        deadline = time.monotonic() + 10 * UNIT
+        while not (again := upgrade("127.0.0.1"))[1].startswith(b"HTTP/1.1 101 "):
+            assert time.monotonic() < deadline, again[1]
+            time.sleep(0.05)
 
 
 async def admitted_within(node: NodeHandle, timeout: float) -> Wire:

@@ -40,3 +40,32 @@ def slow_consumer(
     if buffered > 4 * cap:
         return True
     return over_since is not None and buffered > cap and now - over_since >= grace
+
+
+class PendingPerAddress:
+    """Connections each source address holds open before their hello is accepted, at most
+    ``limit`` at once: one address cannot fill a node with connections that never say hello.
+
+    :meth:`enter` at the TCP accept (False: refuse the connection), :meth:`leave` once, when the
+    hello is accepted or the connection ends before it.
+    """
+
+    __slots__ = ("counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def enter(self, address: str) -> bool:
+        held = self.counts.get(address, 0)
+        if held >= self.limit:
+            return False
+        self.counts[address] = held + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        held = self.counts.get(address, 0) - 1
+        if held > 0:
+            self.counts[address] = held
+        else:
+            self.counts.pop(address, None)

@@ -9,6 +9,9 @@ the request head, and the edge is dropped. Any other request is answered by
 the connection closed: every answer says ``Connection: close``.
 
 Limits: a URL of 4 KiB, 64 headers of 8 KiB (else 400), a body of ``max_body_size`` (else 413).
+One source address may hold ``max_pending_per_address`` connections that have not had their
+hello accepted yet (:class:`pushsvc.core.flow.PendingPerAddress`); one more is answered 429
+``too_many_pending`` at once, before anything is read.
 Refusals carry a JSON body (:func:`pushsvc.errors.error_body`); a 405 says ``Allow``.
 
 Until the upgrade the edge is one of ``node.connections`` (a drain closes it) and the hello timer
@@ -56,6 +59,7 @@ class HttpEdge(asyncio.Protocol):
     :meth:`http_answer` and reads :attr:`headers` (names lower-cased)."""
 
     __slots__ = (
+        "_address",
         "_body",
         "_http",
         "_method",
@@ -81,6 +85,7 @@ class HttpEdge(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._session: Session | None = None  # once upgraded
         self.remote = ""
+        self._address = ""  # counted in node.pending ("": not counted)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -88,6 +93,15 @@ class HttpEdge(asyncio.Protocol):
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
         peer = self.transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = str(peer[0]) if isinstance(peer, tuple) else self.remote
+        if not self._node.pending.enter(address):
+            metrics.connections_opened.labels("refused").inc()
+            self._http = None
+            message = "too many connections from this address are waiting for their hello"
+            body = error_body("too_many_pending", message)
+            self.http_answer(429, b"application/json", body, extra=b"Retry-After: 1\r\n")
+            return
+        self._address = address
         self._node.connections.add(self)
         self._timer = self._node.loop.call_later(self._node.settings.hello_timeout, self._no_hello)
 
@@ -114,6 +128,9 @@ class HttpEdge(asyncio.Protocol):
         self.transport = None
         self._node.connections.discard(self)
         self._http = None  # the parser holds this protocol: a cycle
+        if self._address:
+            self._node.pending.leave(self._address)
+            self._address = ""
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -173,8 +190,9 @@ class HttpEdge(asyncio.Protocol):
         self.headers.clear()
         # The hello timer runs on from the accept; its callback (this edge's) now asks the
         # session, and the session cancels it when the hello is accepted.
-        session = self._session = Session(node, self.remote, self._timer)
+        session = self._session = Session(node, self.remote, self._timer, self._address)
         self._timer = None
+        self._address = ""  # the session leaves node.pending at its hello
         self.transport = None  # the session's from here on
         node.connections.discard(self)
         transport.write(response)
@@ -249,7 +267,8 @@ class HttpEdge(asyncio.Protocol):
 _REASONS = {
     200: b"OK", 202: b"Accepted", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
     404: b"Not Found", 405: b"Method Not Allowed", 413: b"Payload Too Large",
-    422: b"Unprocessable Entity", 426: b"Upgrade Required", 503: b"Service Unavailable",
+    422: b"Unprocessable Entity", 426: b"Upgrade Required", 429: b"Too Many Requests",
+    503: b"Service Unavailable",
 }  # fmt: skip
 _SLUGS = {
     400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",

@@ -46,7 +46,7 @@ from pushsvc.core import session as core
 from pushsvc.core.acks import Deliveries
 from pushsvc.core.backoff import backoff_delay
 from pushsvc.core.clock import StreamClock
-from pushsvc.core.flow import slow_consumer
+from pushsvc.core.flow import PendingPerAddress, slow_consumer
 from pushsvc.core.index import SubscriberIndex
 from pushsvc.core.session import Phase
 from pushsvc.core.timers import Timers
@@ -83,6 +83,8 @@ class Node:
         self.sessions: dict[str, Session] = {}  # by id, once a hello was accepted
         self.connections: set[Connection] = set()  # every open connection, upgraded or not
         self.upgraded: set[Session] = set()  # every WebSocket connection, hello or not
+        # connections per source address before their hello (see pushsvc.http.client_listener)
+        self.pending = PendingPerAddress(settings.max_pending_per_address)
         self.users: dict[str, int] = {}  # user -> open sessions here
         self.unfrozen = 0  # sessions opened since the last gc.freeze()
         self.index: SubscriberIndex[Session] = SubscriberIndex()

@@ -25,7 +25,7 @@ from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from pushsvc.core import frames
-from pushsvc.core.flow import TokenBucket
+from pushsvc.core.flow import PendingPerAddress, TokenBucket
 from pushsvc.core.session import Phase, SessionCore
 from pushsvc.errors import FrameError
 from pushsvc.telemetry import metrics
@@ -69,6 +69,7 @@ class Host(Protocol):
     connections: set[Connection]  # every open connection, upgraded or not
     upgraded: set[Session]  # every WebSocket connection, hello or not
     over_cap: set[Session]  # sessions whose outbox is over its cap
+    pending: PendingPerAddress  # connections per source address before their hello
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...  # the node's, once started
@@ -92,6 +93,7 @@ class Session(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_address",
         "_close_code",
         "_held",
         "_over",
@@ -111,8 +113,11 @@ class Session(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, node: Host, remote: str, timer: asyncio.TimerHandle | None) -> None:
+    def __init__(
+        self, node: Host, remote: str, timer: asyncio.TimerHandle | None, address: str = ""
+    ) -> None:
         self.node = node
+        self._address = address  # counted in node.pending until the hello ("": not counted)
         self.core: SessionCore[Message] = SessionCore()
         self.transport: asyncio.Transport | None = None
         self._ws: _Frames | None = None
@@ -162,6 +167,7 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._leave_pending()
         was = self.core.closed()
         self.transport = None
         self.node.connections.discard(self)
@@ -186,10 +192,16 @@ class Session(asyncio.Protocol):
     # -- the hello -----------------------------------------------------------------------------
 
     def hello_accepted(self) -> None:
-        """The node accepted the hello: stop the hello timer."""
+        """The node accepted the hello: stop the hello timer; no longer pending."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._leave_pending()
+
+    def _leave_pending(self) -> None:
+        if self._address:
+            self.node.pending.leave(self._address)
+            self._address = ""
 
     def _no_hello(self) -> None:
         self._timer = None
