@@ -14,8 +14,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from cli.check_config import secrets_checks
-from cli.cluster import OperatorSettings
+from cli.check_config import CheckedSettings, secrets_checks
 from cli.main import app
 from pushsvc.apikeys import (
     ALL_SCOPES,
@@ -327,7 +326,7 @@ def test_the_monitor_refuses_a_bad_key_entry_at_start() -> None:
     ],
 )
 def test_check_config_judges_the_key_entries(keys: list[str], status: str, said: str) -> None:
-    settings = OperatorSettings(api_keys=keys, token_secret=TOKEN_SECRET)
+    settings = CheckedSettings(api_keys=keys, token_secret=TOKEN_SECRET)
     (_, key) = secrets_checks(settings)
     assert key.status == status and said in key.detail, key
     assert "x" * 30 not in key.detail
