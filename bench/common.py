@@ -12,9 +12,14 @@ from typing import Final
 
 import jwt
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 BROADCAST_EVENT: Final = "bench.broadcast"
 USER_EVENT: Final = "bench.user"
+
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def user_id(prefix: str, index: int) -> str:
@@ -23,16 +28,30 @@ def user_id(prefix: str, index: int) -> str:
 
 
 def mint_token(
-    key: str, user: str, ttl: int, topics: list[str], now: int, algorithm: str = "HS256"
+    key: str | PrivateKey,
+    user: str,
+    ttl: int,
+    topics: list[str],
+    now: int,
+    algorithm: str = "HS256",
 ) -> str:
     """A JWT for ``user``: claims ``sub``, ``iat``, ``exp`` and, if any, ``topics``.
 
-    ``key`` is the HS256 secret, or for RS256 / ES256 the private key in PEM.
+    ``key`` is the HS256 secret, or for RS256 / ES256 the private key (load a PEM once with
+    :func:`private_key`: PyJWT would parse the PEM again for every token).
     """
     claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
     if topics:
         claims["topics"] = topics
     return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def private_key(pem: str) -> PrivateKey:
+    """The RSA or EC private key in ``pem`` (no password)."""
+    key = load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise TypeError("an RSA or EC private key is needed")
+    return key
 
 
 # Parent -> worker

@@ -40,6 +40,7 @@ from bench.common import (
     CollectUser,
     Command,
     GetStatus,
+    PrivateKey,
     Ramp,
     Ramped,
     Ready,
@@ -49,6 +50,7 @@ from bench.common import (
     UserArrivals,
     WorkerFailed,
     mint_token,
+    private_key,
     user_id,
 )
 from bench.sourceports import SourcePorts, connect_from
@@ -85,9 +87,10 @@ class Worker:
         self.user_seen: set[str] = set()
         self.user_dups = 0
         now = int(time.time())
-        key, algorithm = setup.token_secret, "HS256"
+        key: str | PrivateKey | None = setup.token_secret
+        algorithm = "HS256"
         if setup.token_private_key is not None:
-            key, algorithm = setup.token_private_key, setup.token_algorithm
+            key, algorithm = private_key(setup.token_private_key), setup.token_algorithm
         if key is not None:
             ttl, topics = setup.token_ttl, setup.topics
             self.tokens = [
