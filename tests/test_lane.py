@@ -121,8 +121,18 @@ def test_data_too_large_even_without_whitespace() -> None:
             "matching regex",
         ),
         (PublishRequest, b'{"to":{"all":true},"event":"e\\n"}', ["event"], "matching regex"),
-        (PublishRequest, b'{"to":{"all":true},"event":"e","ttl":5.5}', ["ttl"], "multiple of"),
-        (PublishRequest, b'{"to":{"all":true},"event":"e","ttl":"5"}', ["ttl"], "got `str`"),
+        (
+            PublishRequest,
+            b'{"to":{"all":true},"event":"e","ttl":5.5}',
+            ["ttl"],
+            "Expected a whole number",
+        ),
+        (
+            PublishRequest,
+            b'{"to":{"all":true},"event":"e","ttl":"5"}',
+            ["ttl"],
+            "Expected `integer | null`, got `str`",
+        ),
         (PublishRequest, b'{"to":{"all":true},"event":"e","ack":0}', ["ack"], "got `int`"),
         (PublishRequest, b'{"to":{"all":1},"event":"e"}', ["to", "all"], "got `int`"),
         (PublishRequest, b'{"event":"e"}', ["to"], "missing required field"),
@@ -144,7 +154,7 @@ def test_where_an_error_is(schema: type, body: bytes, loc: list[str], says: str)
         msgspec.json.decode(body, type=schema)
     found, msg = where(refused.value)
     assert found == loc
-    assert says in msg and "$" not in msg
+    assert says in msg and "- at" not in msg and "\\Z" not in msg and "float" not in msg
 
 
 # -- the lane and the routes, on a real node ------------------------------------------------

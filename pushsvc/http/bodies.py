@@ -190,15 +190,23 @@ def message(req: PublishRequest, default_ttl: int, max_data: int) -> Outgoing:
 _PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
 _STEP = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
 _FIELD = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
+#: msgspec's words for seconds and patterns, in the document's (see _in_json_schema_terms).
+_TERMS = (
+    ("`float` that's a multiple of 1.0", "a whole number"),
+    ("`float", "`integer"),
+    ("\\Z'", "$'"),
+)
 
 
 def where(exc: msgspec.ValidationError) -> tuple[list[str], str]:
     """Where in the body ``exc`` is (``$.to.users[0]`` as ``["to", "users", "0"]``; a missing
-    or unknown field's name last) and what is wrong there."""
+    or unknown field's name last) and what is wrong there, in the OpenAPI document's terms."""
     text = str(exc)
     found = _PATH.match(text)
     assert found is not None  # the pattern matches any text
     msg, path = found.group(1), found.group(2) or ""
+    for python, json_schema in _TERMS:
+        msg = msg.replace(python, json_schema)
     loc = [key or index for key, index in _STEP.findall(path)]
     field = _FIELD.search(msg)
     if field is not None:
