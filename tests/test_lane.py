@@ -154,7 +154,7 @@ def test_where_an_error_is(schema: type, body: bytes, loc: list[str], says: str)
         msgspec.json.decode(body, type=schema)
     found, msg = where(refused.value)
     assert found == loc
-    assert says in msg and "- at" not in msg and "\\Z" not in msg and "float" not in msg
+    assert says in msg and "- at" not in msg and "\\" not in msg and "float" not in msg
 
 
 # -- the lane and the routes, on a real node ------------------------------------------------

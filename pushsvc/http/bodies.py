@@ -194,7 +194,7 @@ _FIELD = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
 _TERMS = (
     ("`float` that's a multiple of 1.0", "a whole number"),
     ("`float", "`integer"),
-    ("\\Z'", "$'"),
+    ("\\\\Z'", "$'"),  # msgspec shows the pattern's repr, the backslash doubled
 )
 
 
