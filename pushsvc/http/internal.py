@@ -153,6 +153,7 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
 
 
 T = TypeVar("T")
+MALFORMED = "request body is not valid JSON"
 
 
 async def parse(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
@@ -161,16 +162,15 @@ async def parse(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
     is not JSON (or not UTF-8), 422 ``invalid_body`` saying where for what the schema
     refuses."""
     body = await request.body()
-    malformed = ApiError(400, "malformed_json", "request body is not valid JSON")
     if not utf8(body):
-        raise malformed
+        raise ApiError(400, "malformed_json", MALFORMED)
     try:
         return decoder.decode(body or b"null")
     except msgspec.ValidationError as exc:
         loc, msg = where(exc)
         raise invalid(loc, msg) from None
     except msgspec.DecodeError:
-        raise malformed from None
+        raise ApiError(400, "malformed_json", MALFORMED) from None
 
 
 def invalid(loc: list[str], msg: str, *, index: int | None = None) -> ApiError:
@@ -225,8 +225,8 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         try:
             return message(req, settings.default_ttl, settings.max_message_size)
         except DataTooLarge as exc:
-            where = "" if index is None else f"messages[{index}]: "
-            raise ApiError(413, "message_too_large", where + str(exc)) from None
+            at = "" if index is None else f"messages[{index}]: "
+            raise ApiError(413, "message_too_large", at + str(exc)) from None
         except Invalid as exc:
             raise invalid(exc.loc, exc.msg, index=index) from None
 
@@ -398,7 +398,7 @@ def _error_answers(app: DocumentedAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "malformed_json", "request body is not valid JSON")
+            return error_response(400, "malformed_json", MALFORMED)
         details = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]}
             for e in errors[:20]
