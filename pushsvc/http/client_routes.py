@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 import httptools
 import msgspec
 import orjson
-from pydantic import ValidationError
 
 from pushsvc.errors import AuthError, BrokerError, PublishError, error_body
 from pushsvc.http import jsonguard
+from pushsvc.http.bodies import PublishRequest, TokenRequest, message, utf8
 from pushsvc.http.cors import CORS_PATHS, cors_headers, preflight_headers
-from pushsvc.http.models import PublishRequest, TokenRequest
 from pushsvc.node.publish import Publisher
 
 if TYPE_CHECKING:
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
+_token = msgspec.json.Decoder(TokenRequest).decode
+_publish = msgspec.json.Decoder(PublishRequest).decode
 
 
 class ClientRoutes:
@@ -101,23 +102,24 @@ class ClientRoutes:
 
     async def _demo(self, edge: HttpEdge, path: str, body: bytes) -> None:
         node = self._node
-        refusal = jsonguard.problem(body)
+        refusal = jsonguard.problem(body) or (None if utf8(body) else "the body is not UTF-8")
         if refusal is not None:  # as the internal API: too deep, NaN or infinite
             edge.http_answer(422, JSON, error_body("invalid_body", refusal))
             return
         try:
             if path == "/demo/api/token":
-                req = TokenRequest.model_validate_json(body or b"{}")
-                token = node.tokens.mint(req.user, req.topics, req.ttl or node.settings.token_ttl)
+                req = _token(body or b"{}")
+                ttl = int(req.ttl or node.settings.token_ttl)
+                token = node.tokens.mint(req.user, req.topics, ttl)
                 edge.http_answer(200, JSON, orjson.dumps({"token": token, "user": req.user}))
             elif path == "/demo/api/publish":
-                pub = PublishRequest.model_validate_json(body or b"{}")
-                item = pub.outgoing(node.settings.default_ttl, node.settings.max_message_size)
+                pub = _publish(body or b"{}")
+                item = message(pub, node.settings.default_ttl, node.settings.max_message_size)
                 (result,) = await self._publisher.publish([item])
                 edge.http_answer(202, JSON, msgspec.json.encode(result))
             else:
                 edge.http_answer(404, JSON, error_body("not_found", "no such demo endpoint"))
-        except (ValidationError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
             edge.http_answer(422, JSON, error_body("invalid_body", str(exc)[:500]))
         except AuthError as exc:
             edge.http_answer(422, JSON, error_body(exc.slug, exc.message))

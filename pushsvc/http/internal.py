@@ -20,7 +20,6 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,20 +32,26 @@ from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
 from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
+from pushsvc.http.bodies import (
+    BatchRequest,
+    DataTooLarge,
+    Invalid,
+    PublishRequest,
+    TokenRequest,
+    message,
+    utf8,
+    where,
+)
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
 from pushsvc.http.models import (
-    BatchRequest,
     BatchResult,
-    DataTooLarge,
     MessageTrail,
     NodeList,
-    PublishRequest,
     PublishResult,
     SessionClosing,
     SessionList,
     TokenAnswer,
-    TokenRequest,
 )
 from pushsvc.http.openapi import BODY, NO_BODY, DocumentedAPI, answers
 from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
@@ -147,16 +152,39 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+MALFORMED = "request body is not valid JSON"
 
 
-async def parse(request: Request, model: type[M]) -> M:
-    """Validate the raw body as JSON of ``model``, whatever the Content-Type says."""
+async def parse(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """The raw body decoded by ``decoder`` (of a schema of :mod:`pushsvc.http.bodies`),
+    whatever the Content-Type says. Raises :class:`ApiError`: 400 ``malformed_json`` for what
+    is not JSON (or not UTF-8), 422 ``invalid_body`` saying where for what the schema
+    refuses."""
     body = await request.body()
+    if not utf8(body):
+        raise ApiError(400, "malformed_json", MALFORMED)
     try:
-        return model.model_validate_json(body or b"null")
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+        return decoder.decode(body or b"null")
+    except msgspec.ValidationError as exc:
+        loc, msg = where(exc)
+        raise invalid(loc, msg) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "malformed_json", MALFORMED) from None
+
+
+def invalid(loc: list[str], msg: str, *, index: int | None = None) -> ApiError:
+    """422 ``invalid_body``: ``msg`` about ``loc`` in the body (in its ``messages[index]``)."""
+    if index is not None:
+        loc = ["messages", str(index), *loc]
+    msg = msg[:200]
+    details = [{"loc": loc, "msg": msg}]
+    return ApiError(422, "invalid_body", f"{'.'.join(loc)}: {msg}" if loc else msg, details=details)
+
+
+_PUBLISH = msgspec.json.Decoder(PublishRequest)
+_BATCH = msgspec.json.Decoder(BatchRequest)
+_TOKEN = msgspec.json.Decoder(TokenRequest)
 
 
 def create_app(node: Node) -> FastAPI:
@@ -167,7 +195,6 @@ def create_app(node: Node) -> FastAPI:
         title="pushsvc internal API",
         version=__version__,
         description="Publish to patients' devices and inspect deliveries, sessions and nodes.",
-        request_models=(PublishRequest, BatchRequest, TokenRequest),
         redirect_slashes=False,
         openapi_url="/openapi.json" if docs else None,
         pages=docs,
@@ -196,13 +223,12 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
 
     def outgoing(req: PublishRequest, index: int | None = None) -> Outgoing:
         try:
-            return req.outgoing(settings.default_ttl, settings.max_message_size)
+            return message(req, settings.default_ttl, settings.max_message_size)
         except DataTooLarge as exc:
-            where = "" if index is None else f"messages[{index}]: "
-            raise ApiError(413, "message_too_large", where + str(exc)) from None
-        except ValueError as exc:  # a push that cannot escalate (push.after >= the ttl)
-            where = "" if index is None else f"messages[{index}]: "
-            raise ApiError(422, "invalid_body", where + str(exc)) from None
+            at = "" if index is None else f"messages[{index}]: "
+            raise ApiError(413, "message_too_large", at + str(exc)) from None
+        except Invalid as exc:
+            raise invalid(exc.loc, exc.msg, index=index) from None
 
     async def run(request: Request, items: list[Outgoing], batch: bool) -> list[dict[str, Any]]:
         key: ApiKey = request.state.api_key  # admitted by the router's gate: the idempotency scope
@@ -213,7 +239,7 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         **answers(202, PublishResult, *PUBLISH_ERRORS, body=PublishRequest),
     )  # fmt: skip
     async def publish(request: Request) -> dict[str, Any]:
-        req = await parse(request, PublishRequest)
+        req = await parse(request, _PUBLISH)
         (result,) = await run(request, [outgoing(req)], batch=False)
         return result
 
@@ -222,7 +248,7 @@ def _messages(node: Node, publishing: Publishing) -> APIRouter:
         **answers(202, BatchResult, *PUBLISH_ERRORS, body=BatchRequest),
     )  # fmt: skip
     async def publish_batch(request: Request) -> dict[str, Any]:
-        req = await parse(request, BatchRequest)
+        req = await parse(request, _BATCH)
         items = [outgoing(m, i) for i, m in enumerate(req.messages)]
         return {"results": await run(request, items, batch=True)}
 
@@ -283,8 +309,8 @@ def _cluster(node: Node) -> APIRouter:
         **answers(200, TokenAnswer, *BODY, body=TokenRequest),
     )
     async def mint(request: Request) -> dict[str, Any]:
-        req = await parse(request, TokenRequest)
-        ttl = req.ttl or settings.token_ttl
+        req = await parse(request, _TOKEN)
+        ttl = int(req.ttl or settings.token_ttl)
         try:
             token = node.tokens.mint(req.user, req.topics, ttl)
         except AuthError as exc:
@@ -372,7 +398,7 @@ def _error_answers(app: DocumentedAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "malformed_json", "request body is not valid JSON")
+            return error_response(400, "malformed_json", MALFORMED)
         details = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]}
             for e in errors[:20]

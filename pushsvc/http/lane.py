@@ -9,104 +9,44 @@ ASGI middleware in front of all that. It takes a publish when
   here),
 - the body's length is declared and within ``max_body_size``,
 - :func:`pushsvc.http.jsonguard.problem` finds nothing wrong with it (depth, NaN, infinities),
-- msgspec decodes the body into the strict schemas below (:class:`LanePublish`,
-  :class:`LaneBatch`), and
-- every message's ``to`` names exactly one kind of target and its ``data`` fits
-  ``max_message_size``,
+- msgspec decodes the body as the request schema (:class:`pushsvc.http.bodies.PublishRequest`,
+  :class:`pushsvc.http.bodies.BatchRequest`), and
+- :func:`pushsvc.http.bodies.message` takes every message,
 
 publishes it and answers 202. Anything else goes on, body included, to the FastAPI routes, which
-validate it with pydantic (:mod:`pushsvc.http.models`) and give the precise error. The schemas
-here accept a subset of what the models accept (``tests/test_lane.py`` checks it on generated
-bodies), so the lane never publishes what the routes would refuse, and both publish through the
-same :class:`pushsvc.http.models.Publishing`.
+decode it with the same schemas, check it with the same function, and give the precise error;
+both publish through the same :class:`pushsvc.http.publishing.Publishing`. (``tests/test_lane.py``
+checks that a node answers a table of bodies the same with the lane and without it.)
 
-``data`` is kept as the caller's bytes (:class:`msgspec.Raw`: checked to be JSON, not decoded and
-encoded again); the routes re-encode it compactly. While tracing is on, requests take the routes,
-where :class:`pushsvc.telemetry.tracing.ServerSpans` opens their SERVER span.
+While tracing is on, requests take the routes, where
+:class:`pushsvc.telemetry.tracing.ServerSpans` opens their SERVER span.
 """
 
 from __future__ import annotations
-
-from typing import Annotated, Literal
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushsvc.apikeys import Scope as KeyScope
-from pushsvc.broker.base import PushSpec
-from pushsvc.core.streams import NAME_PATTERN
 from pushsvc.http import jsonguard
 from pushsvc.http.access import Gate, answer
-from pushsvc.http.models import EVENT_PATTERN, PUSH_BODY, PUSH_TITLE
-from pushsvc.http.publishing import ApiError, Publishing, outgoing, push_problem
+from pushsvc.http.bodies import BatchRequest, PublishRequest, message, utf8
+from pushsvc.http.publishing import ApiError, Publishing
 from pushsvc.node.publish import Outgoing
 from pushsvc.telemetry import tracing
 
-
-def _whole(pattern: str) -> str:
-    r"""``pattern`` (``^…$``) for msgspec, which searches with Python's ``re``: there ``$`` also
-    matches before a trailing newline, ``\Z`` only at the very end."""
-    if not (pattern.startswith("^") and pattern.endswith("$")):
-        raise ValueError(f"not an anchored pattern: {pattern!r}")
-    return pattern[:-1] + r"\Z"
-
-
-Name = Annotated[str, msgspec.Meta(pattern=_whole(NAME_PATTERN))]
-Event = Annotated[str, msgspec.Meta(pattern=_whole(EVENT_PATTERN))]
-NULL = msgspec.Raw(b"null")
-
-
-class LaneTarget(msgspec.Struct, forbid_unknown_fields=True):
-    users: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=1000)] | None = None
-    topics: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=100)] | None = None
-    all: bool | None = None  # only ``true`` is taken (msgspec has no boolean literals)
-
-
-class LanePush(msgspec.Struct, forbid_unknown_fields=True):
-    after: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)]
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=PUSH_TITLE)]
-    body: Annotated[str, msgspec.Meta(max_length=PUSH_BODY)] = ""
-    urgency: Literal["normal", "high"] = "normal"
-
-
-class LanePublish(msgspec.Struct, forbid_unknown_fields=True):
-    to: LaneTarget
-    event: Event
-    data: msgspec.Raw = NULL
-    ttl: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)] | None = None
-    ack: bool | None = None
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    push: LanePush | None = None
-
-
-class LaneBatch(msgspec.Struct, forbid_unknown_fields=True):
-    messages: Annotated[list[LanePublish], msgspec.Meta(min_length=1, max_length=1000)]
-
-
-_single = msgspec.json.Decoder(LanePublish)
-_batch = msgspec.json.Decoder(LaneBatch)
+_single = msgspec.json.Decoder(PublishRequest)
+_batch = msgspec.json.Decoder(BatchRequest)
 _encode = msgspec.json.Encoder().encode
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def lane_outgoing(m: LanePublish, default_ttl: int, max_data: int) -> Outgoing | None:
-    """``m`` as a message to publish, or None when the routes must judge it."""
-    to = m.to
-    given = (to.users is not None) + (to.topics is not None) + (to.all is not None)
-    if given != 1 or to.all is False:
+def lane_outgoing(m: PublishRequest, default_ttl: int, max_data: int) -> Outgoing | None:
+    """``m`` as a message to publish, or None when the routes must judge it (and answer why)."""
+    try:
+        return message(m, default_ttl, max_data)
+    except ValueError:
         return None
-    data = bytes(m.data)
-    if len(data) > max_data:
-        return None
-    push = None
-    if m.push is not None:
-        p = m.push
-        push = PushSpec(after=p.after, title=p.title, body=p.body, urgency=p.urgency)
-        ack = m.ack if m.ack is not None else to.users is not None
-        if push_problem(to.users is not None, ack, m.ttl or default_ttl, push):
-            return None
-    return outgoing(to.users, to.topics, m.event, data, m.ttl, m.ack, m.idempotency_key,
-                    default_ttl, push)  # fmt: skip
 
 
 class PublishLane:
@@ -183,18 +123,6 @@ class PublishLane:
                 return None
             items.append(item)
         return items
-
-
-def utf8(body: bytes) -> bool:
-    """True when ``body`` is UTF-8 (msgspec does not look inside ``data``, kept as raw bytes:
-    a client could not read a frame that carried anything else)."""
-    if body.isascii():
-        return True
-    try:
-        body.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, Message | None]:

@@ -1,151 +1,15 @@
-"""Request and response bodies of the internal API, as pydantic models.
+"""Response bodies of the internal API, as pydantic models.
 
-Requests are validated with them; responses are described by them in the OpenAPI document
-(:mod:`pushsvc.http.openapi`), and ``tests/test_openapi.py`` checks real answers against it.
+They describe the answers in the OpenAPI document (:mod:`pushsvc.http.openapi`), and
+``tests/test_openapi.py`` checks real answers against it. (Request bodies are the msgspec schemas
+of :mod:`pushsvc.http.bodies`.)
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import annotated_types
-import msgspec
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
-
-from pushsvc.auth import TOKEN_TTL_CEILING
-from pushsvc.broker.base import PushSpec
-from pushsvc.core.streams import NAME_PATTERN
-from pushsvc.http.publishing import outgoing
-from pushsvc.node.publish import Outgoing
-
-_encode = msgspec.json.Encoder().encode
-EVENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-PUSH_TITLE = 120  # characters: a notification shows little more
-PUSH_BODY = 1000
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-Event = Annotated[str, StringConstraints(pattern=EVENT_PATTERN)]
-
-
-def _integral(value: Any) -> Any:
-    """``3600.0`` as ``3600``: JSON (and OpenAPI) call it an integer."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-Ttl = Annotated[int, annotated_types.Interval(ge=1, le=30 * 86_400), BeforeValidator(_integral)]
-#: A client token's lifetime: at most 12 h (``token_max_ttl`` may lower it, never raise it).
-TokenTtl = Annotated[
-    int, annotated_types.Interval(ge=1, le=TOKEN_TTL_CEILING), BeforeValidator(_integral)
-]
-
-
-class _Strict(BaseModel):
-    """No unknown fields, and no coercion: ``"5"`` is not a ttl, ``0`` not a boolean."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _exactly_one_target(schema: dict[str, Any]) -> None:
-    """``to`` names exactly one of ``users``, ``topics`` or ``all``: the others left out or null."""
-    schema["oneOf"] = [
-        {"required": ["users"], "properties": {"users": {"type": "array"}}},
-        {"required": ["topics"], "properties": {"topics": {"type": "array"}}},
-        {"required": ["all"], "properties": {"all": {"const": True}}},
-    ]
-
-
-class Target(_Strict):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one_target)
-
-    users: Annotated[list[Name], Field(min_length=1, max_length=1000)] | None = None
-    topics: Annotated[list[Name], Field(min_length=1, max_length=100)] | None = None
-    all: Literal[True] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Target:
-        given = [k for k in ("users", "topics", "all") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError('"to" needs exactly one of "users", "topics" or "all": true')
-        return self
-
-
-class PushRequest(_Strict):
-    """Escalate to the user's browsers (Web Push) when no device acked ``after`` s after
-    publish."""
-
-    after: Ttl  # past the message's ttl: 1 s before it expires
-    title: Annotated[str, StringConstraints(min_length=1, max_length=PUSH_TITLE)]
-    body: Annotated[str, StringConstraints(max_length=PUSH_BODY)] = ""
-    urgency: Literal["normal", "high"] = "normal"
-
-
-#: The rules of ``push`` that JSON Schema can state, so that a schema-valid request is accepted:
-#: a message that escalates goes to users and asks for acks.
-_PUSH_RULES: dict[str, Any] = {
-    "if": {"required": ["push"], "properties": {"push": {"type": "object"}}},
-    "then": {
-        "properties": {
-            "to": {"required": ["users"], "properties": {"users": {"type": "array"}}},
-            "ack": {"enum": [True, None]},
-        }
-    },
-}
-
-
-class PublishRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_PUSH_RULES)
-
-    to: Target
-    event: Event
-    data: Any = None
-    ttl: Ttl | None = None
-    ack: bool | None = None
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    push: PushRequest | None = None
-
-    @model_validator(mode="after")
-    def _push_escalates(self) -> PublishRequest:
-        if self.push is not None:
-            if self.to.users is None:
-                raise ValueError('"push" needs "to": {"users": [...]}')
-            if self.ack is False:
-                raise ValueError('"push" needs "ack": true (it escalates what no device acked)')
-        return self
-
-    def outgoing(self, default_ttl: int, max_data: int) -> Outgoing:
-        """The validated message. Raises :class:`DataTooLarge` when ``data`` encodes larger
-        than ``max_data``. (msgspec, unlike orjson, encodes integers of any size, as JSON
-        allows.)"""
-        data = _encode(self.data)
-        if len(data) > max_data:
-            raise DataTooLarge(f"data is {len(data)} bytes encoded, the limit is {max_data}")
-        to = self.to
-        push = None
-        if self.push is not None:
-            push = PushSpec(**self.push.model_dump())
-        return outgoing(to.users, to.topics, self.event, data, self.ttl, self.ack,
-                        self.idempotency_key, default_ttl, push)  # fmt: skip
-
-
-class DataTooLarge(ValueError):
-    pass
-
-
-class BatchRequest(_Strict):
-    messages: Annotated[list[PublishRequest], Field(min_length=1, max_length=1000)]
-
-
-class TokenRequest(_Strict):
-    user: Name
-    topics: Annotated[list[Name], Field(max_length=64)] = []
-    ttl: TokenTtl | None = None
-
+from pydantic import BaseModel, Field
 
 # -- responses ---------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
   status it can answer, each with the one error schema, :class:`ErrorAnswer`
   (``{"error": {...}}``, 422 included: not FastAPI's ``HTTPValidationError``).
 - :class:`DocumentedAPI` serves ``/openapi.json``: FastAPI's document, with the request bodies
-  the routes validate themselves registered as components, and the ``bearer`` security scheme on
+  the routes decode themselves (the msgspec schemas of :mod:`pushsvc.http.bodies`, which the
+  publish lane decodes too) as components, and the ``bearer`` security scheme on
   every ``/v1`` operation. ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles
   from the node itself (the files ship in the ``fastapi-offline`` wheel), never from a CDN: they
   work on a network with no way out.
@@ -25,9 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
+from pushsvc.http import bodies
 from pushsvc.http.models import ErrorAnswer
 from pushsvc.http.publishing import ApiError
 
@@ -76,11 +77,12 @@ def answers(
     status: int,
     model: type[BaseModel],
     *errors: int,
-    body: type[BaseModel] | None = None,
+    body: type | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of a ``/v1`` route decorator: it answers ``status`` with ``model``, and
-    each of ``errors`` (and 401, 403) with :class:`ErrorAnswer`. ``body``: the route validates
-    its request body itself (``pushsvc.http.internal.parse``) as this model."""
+    each of ``errors`` (and 401, 403) with :class:`ErrorAnswer`. ``body``: the route decodes
+    its request body itself (``pushsvc.http.internal.parse``) as this schema of
+    :mod:`pushsvc.http.bodies`."""
     responses: dict[int | str, dict[str, Any]] = {
         status: {"model": model, "description": model.__doc__ or "success"}
     }
@@ -102,14 +104,10 @@ def answers(
 
 class DocumentedAPI(FastAPI):
     """A FastAPI app whose ``/openapi.json`` is :meth:`openapi` and whose ``/docs`` and
-    ``/redoc`` pages (served only with ``pages``) need no network. Register the request models
-    the routes validate themselves with ``request_models``."""
+    ``/redoc`` pages (served only with ``pages``) need no network."""
 
-    def __init__(
-        self, *, request_models: tuple[type[BaseModel], ...], pages: bool = True, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, pages: bool = True, **kwargs: Any) -> None:
         super().__init__(docs_url=None, redoc_url=None, **kwargs)
-        self.request_models = request_models
         self._methods: list[tuple[re.Pattern[str], set[str]]] | None = None
         if pages:  # /docs, /redoc and their assets
             self._pages()
@@ -118,10 +116,7 @@ class DocumentedAPI(FastAPI):
         if self.openapi_schema is None:
             document = super().openapi()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            _, defs = models_json_schema(
-                [(m, "validation") for m in self.request_models], ref_template=SCHEMAS
-            )
-            schemas.update(defs.get("$defs", {}))
+            schemas.update(bodies.components())
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)
             for path, operations in document["paths"].items():

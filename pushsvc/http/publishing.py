@@ -28,8 +28,8 @@ UNAVAILABLE = "the broker is unavailable"
 
 class ApiError(Exception):
     """An error answer: ``status`` with ``{"error": {"code", "message"}}``; with
-    ``"retryable": true`` in the error when ``retryable``, and ``results`` beside it (one per
-    item of a batch) when given."""
+    ``"retryable": true`` in the error when ``retryable``, ``details`` in it (a 422's
+    ``[{"loc", "msg"}]``) and ``results`` beside it (one per item of a batch) when given."""
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class ApiError(Exception):
         *,
         retryable: bool = False,
         results: list[dict[str, Any]] | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -46,10 +47,14 @@ class ApiError(Exception):
         self.message = message
         self.retryable = retryable
         self.results = results
+        self.details = details
 
     def response(self) -> Response:
         metrics.http_errors.labels(str(self.status)).inc()
-        body: dict[str, Any] = error_document(self.code, self.message, retryable=self.retryable)
+        extra = {} if self.details is None else {"details": self.details}
+        body: dict[str, Any] = error_document(
+            self.code, self.message, retryable=self.retryable, **extra
+        )
         if self.results is not None:
             body["results"] = self.results
         return Response(msgspec.json.encode(body), self.status, media_type=JSON)
@@ -79,10 +84,10 @@ def outgoing(
     default_ttl: int,
     push: PushSpec | None = None,
 ) -> Outgoing:
-    """The message of a validated request that names exactly one of ``users``, ``topics`` or
-    (both None) everyone. ``ack`` defaults to true for users, false otherwise. Raises
-    ValueError when ``push`` is given for a message that cannot escalate (see
-    :func:`push_problem`)."""
+    """The message of a validated request (:func:`pushsvc.http.bodies.message`) that names
+    exactly one of ``users``, ``topics`` or (both None) everyone. ``ack`` defaults to true for
+    users, false otherwise; a ``push`` escalates 1 s before the message expires at the
+    latest."""
     if users is not None:
         streams = [user_stream(u) for u in dict.fromkeys(users)]
     elif topics is not None:
@@ -91,12 +96,8 @@ def outgoing(
         streams = [ALL]
     ttl = ttl or default_ttl
     ack = ack if ack is not None else users is not None
-    if push is not None:
-        problem = push_problem(users is not None, ack, ttl, push)
-        if problem:
-            raise ValueError(problem)
-        if push.after >= ttl:  # escalate while there is still time: 1 s before it expires
-            push = msgspec.structs.replace(push, after=ttl - 1)
+    if push is not None and push.after >= ttl:  # escalate while there is still time
+        push = msgspec.structs.replace(push, after=ttl - 1)
     return Outgoing(
         streams=streams,
         event=event,
@@ -106,17 +107,6 @@ def outgoing(
         idempotency_key=idempotency_key,
         push=push,
     )
-
-
-def push_problem(to_users: bool, ack: bool, ttl: int, push: PushSpec) -> str:
-    """Why a message with ``push`` cannot be published as asked ("" when it can): it escalates
-    to users' browsers when they did not ack, so it needs users and acks. (Both rules are in
-    the OpenAPI schema too, so that a schema-valid request is never refused.)"""
-    if not to_users:
-        return '"push" needs "to": {"users": [...]}'
-    if not ack:
-        return '"push" needs "ack": true (it escalates what no device acked)'
-    return ""
 
 
 class Publishing:

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushsvc.http.models import PublishRequest
+from pushsvc.http.bodies import PublishRequest
 from tests.browser.conftest import ROOT
 from tests.browser.pages import (
     PHONE,
@@ -359,7 +359,7 @@ def test_the_operator_panel_publishes_with_an_escalation_delay(
             "urgency": "high",
         }
         result = page.locator("#operator-result")
-        if "push" in PublishRequest.model_fields:  # the server takes escalations
+        if "push" in PublishRequest.__struct_fields__:  # the server takes escalations
             assert answer.value.status == 202
             page.wait_for_function(
                 "document.getElementById('operator-result').textContent.includes('45 s')"
