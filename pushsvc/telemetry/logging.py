@@ -41,7 +41,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "INFO") -> None:
-    """Send every log record to stderr as one JSON object per line (call once per process)."""
+    """Send every log record to stderr as one JSON object per line (call once per process).
+
+    A record does not collect what the JSON line never shows: the caller's file, function and
+    line, the thread and the process (the logging HOWTO's "Optimization"). A node writes one
+    record per connection open and close, so this is on the handshake's path.
+    """
+    logging._srcfile = None  # the documented switch for caller information
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
