@@ -45,11 +45,7 @@ FIGURES = (
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    argv, extra = runner.split_fanout_args(argv)
     p = argparse.ArgumentParser(
         prog="python -m bench.regression",
         description="The code before beside the code now, interleaved, on one node.",

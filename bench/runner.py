@@ -43,6 +43,16 @@ def header(name: str, label: str, params: dict[str, object]) -> dict[str, object
     }
 
 
+def split_fanout_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """``argv`` (default: this command line) split at ``--``: this tool's arguments, and those it
+    passes on to every ``bench.fanout`` run."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args:
+        return args, []
+    cut = args.index("--")
+    return args[:cut], args[cut + 1 :]
+
+
 def run_fanout(args: list[str], json_path: Path, timeout: float) -> dict[str, object]:
     """Run ``python -m bench.fanout ARGS --json JSON_PATH`` (its table and log go to our stderr)
     and return its result document with ``exit_status`` added."""
