@@ -22,7 +22,21 @@ import httpx
 import msgspec
 
 from pushsvc.broker.base import NodeInfo, SessionInfo
-from pushsvc.records import Closing, Draining, Revoked, TraceContext, UserClosing
+from pushsvc.records import (
+    ErrorAnswer,
+    HeldSession,
+    LocalSessionList,
+    MessageTrace,
+    MessageTrail,
+    NodeDraining,
+    NodeList,
+    PublishResult,
+    SessionClosing,
+    SessionList,
+    UserRevoked,
+    UserSessionsClosing,
+    WebhookStatus,
+)
 
 T = TypeVar("T")
 
@@ -57,54 +71,6 @@ class Refused(OperatorError):
 
 class UsageError(OperatorError):
     exit_code = 2
-
-
-# -- the records the API answers with ---------------------------------------------------------
-
-
-class Delivery(msgspec.Struct, kw_only=True):
-    device: str
-    session: str
-    node: str
-    sent_at: float | None = None
-    acked_at: float | None = None
-    attempts: int = 0
-
-
-class Trail(msgspec.Struct, kw_only=True):
-    id: str
-    event: str
-    published_at: float
-    expires_at: float
-    ack: bool
-    streams: dict[str, str]
-    state: str
-    devices: list[Delivery] = []
-    sent_by_node: dict[str, int] = {}
-
-
-class Published(msgspec.Struct, kw_only=True):
-    id: str
-    streams: dict[str, str]
-    online_sessions: int = 0  # on the node that took the publish
-    duplicate: bool = False  # the idempotency key was seen: this is the first publish's result
-
-
-class _Nodes(msgspec.Struct):
-    nodes: list[NodeInfo]
-
-
-class _Sessions(msgspec.Struct):
-    sessions: list[SessionInfo]
-
-
-class _Error(msgspec.Struct):
-    code: str = "error"
-    message: str = ""
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _Error
 
 
 def base_url(address: str, scheme: str = "http") -> str:
@@ -155,45 +121,49 @@ class Api:
     # -- calls ---------------------------------------------------------------------------------
 
     async def nodes(self) -> list[NodeInfo]:
-        return (await self._call("GET", "/v1/nodes", _Nodes)).nodes
+        return (await self._call("GET", "/v1/nodes", NodeList)).nodes
 
     async def sessions(
         self, user: str | None = None, node: str | None = None, limit: int = 100
     ) -> list[SessionInfo]:
         """Registry records, cluster-wide (live counters only for the answering node's own)."""
         params = _params(user=user, node=node, limit=limit)
-        return (await self._call("GET", "/v1/sessions", _Sessions, params=params)).sessions
+        return (await self._call("GET", "/v1/sessions", SessionList, params=params)).sessions
 
     async def local_sessions(self, user: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """This node's own sessions, every counter live."""
         params = _params(user=user, limit=limit)
-        return (await self._call("GET", "/v1/local/sessions", _Sessions, params=params)).sessions
+        return (
+            await self._call("GET", "/v1/local/sessions", LocalSessionList, params=params)
+        ).sessions
 
-    async def kick(self, session: str) -> Closing:
-        return await self._call("DELETE", f"/v1/sessions/{_segment(session)}", Closing)
+    async def kick(self, session: str) -> SessionClosing:
+        return await self._call("DELETE", f"/v1/sessions/{_segment(session)}", SessionClosing)
 
-    async def kick_user(self, user: str) -> list[Closing]:
+    async def kick_user(self, user: str) -> list[HeldSession]:
         params = {"user": user}
-        return (await self._call("DELETE", "/v1/sessions", UserClosing, params=params)).sessions
+        return (
+            await self._call("DELETE", "/v1/sessions", UserSessionsClosing, params=params)
+        ).sessions
 
-    async def revoke(self, user: str) -> Revoked:
-        return await self._call("POST", f"/v1/users/{_segment(user)}/revoke", Revoked)
+    async def revoke(self, user: str) -> UserRevoked:
+        return await self._call("POST", f"/v1/users/{_segment(user)}/revoke", UserRevoked)
 
-    async def publish(self, body: dict[str, Any]) -> Published:
-        return await self._call("POST", "/v1/messages", Published, json=body)
+    async def publish(self, body: dict[str, Any]) -> PublishResult:
+        return await self._call("POST", "/v1/messages", PublishResult, json=body)
 
-    async def trail(self, message_id: str) -> Trail:
-        return await self._call("GET", f"/v1/messages/{_segment(message_id)}", Trail)
+    async def trail(self, message_id: str) -> MessageTrail:
+        return await self._call("GET", f"/v1/messages/{_segment(message_id)}", MessageTrail)
 
-    async def trace_context(self, message_id: str) -> TraceContext:
+    async def trace_context(self, message_id: str) -> MessageTrace:
         path = f"/v1/messages/{_segment(message_id)}/trace"
-        return await self._call("GET", path, TraceContext)
+        return await self._call("GET", path, MessageTrace)
 
-    async def webhooks(self) -> Webhooks:
-        return await self._call("GET", "/v1/webhooks", Webhooks)
+    async def webhooks(self) -> WebhookStatus:
+        return await self._call("GET", "/v1/webhooks", WebhookStatus)
 
-    async def drain(self, node: str) -> Draining:
-        return await self._call("POST", f"/v1/nodes/{_segment(node)}/drain", Draining)
+    async def drain(self, node: str) -> NodeDraining:
+        return await self._call("POST", f"/v1/nodes/{_segment(node)}/drain", NodeDraining)
 
     async def ready(self) -> tuple[bool, list[str]]:
         """``/readyz``: whether the node is ready, and why not."""
@@ -236,26 +206,6 @@ class Api:
             raise Unreachable(f"the API at {self.url}", str(exc) or type(exc).__name__) from None
 
 
-class WebhookFailure(msgspec.Struct):
-    at: float
-    event_id: str
-    error: str
-    attempts: int
-    gave_up: bool = False
-
-
-class WebhookEndpoint(msgspec.Struct):
-    url: str
-    configured: bool
-    last_failure: WebhookFailure | None = None
-
-
-class Webhooks(msgspec.Struct):
-    queue: int
-    escalations: int
-    endpoints: list[WebhookEndpoint]
-
-
 def _params(**given: str | int | None) -> dict[str, str | int]:
     return {k: v for k, v in given.items() if v is not None}
 
@@ -268,7 +218,7 @@ def _segment(value: str) -> str:
 def _refusal(response: httpx.Response) -> Refused:
     status = response.status_code
     try:
-        error = msgspec.json.decode(response.content, type=_ErrorBody).error
+        error = msgspec.json.decode(response.content, type=ErrorAnswer).error
     except msgspec.DecodeError:
         return Refused(status, "http_error", f"HTTP {status} from {response.request.url}")
     message = error.message or f"HTTP {status}"

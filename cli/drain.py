@@ -17,7 +17,7 @@ import typer
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import err
-from pushsvc.records import Draining
+from pushsvc.records import NodeDraining
 
 
 @cluster_flags()
@@ -49,7 +49,9 @@ def drain(
         raise typer.Exit(1)
 
 
-async def _drain(cluster: Cluster, node: str, wait: float | None) -> tuple[Draining, int | None]:
+async def _drain(
+    cluster: Cluster, node: str, wait: float | None
+) -> tuple[NodeDraining, int | None]:
     """Ask ``node`` to drain; when ``wait`` (seconds) is given, also watch it for that long and
     return how many sessions it holds at the end."""
     async with cluster:

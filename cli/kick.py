@@ -14,7 +14,7 @@ import typer
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
 from cli.settings import fail
-from pushsvc.records import Closing
+from pushsvc.records import HeldSession
 
 
 @cluster_flags()
@@ -38,10 +38,11 @@ def kick(
         out.print(f"closing session [bold]{c.session}[/] on node [bold]{c.node}[/] with 4010")
 
 
-async def _kick(cluster: Cluster, session: str | None, user: str | None) -> list[Closing]:
+async def _kick(cluster: Cluster, session: str | None, user: str | None) -> list[HeldSession]:
     async with cluster:
         api = await cluster.api()
         if session is not None:
-            return [await api.kick(session)]
+            kicked = await api.kick(session)
+            return [HeldSession(session=kicked.session, node=kicked.node)]
         assert user is not None
         return await api.kick_user(user)

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from cli.api import Published
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json
 from cli.settings import err, fail
+from pushsvc.records import PublishResult
 
 
 @cluster_flags()
@@ -75,6 +75,6 @@ def request(
     return {"to": to, "event": event, "data": payload}
 
 
-async def _publish(cluster: Cluster, body: dict[str, Any]) -> Published:
+async def _publish(cluster: Cluster, body: dict[str, Any]) -> PublishResult:
     async with cluster:
         return await (await cluster.api()).publish(body)

@@ -15,7 +15,7 @@ import typer
 
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import emit_json, out
-from pushsvc.records import Revoked
+from pushsvc.records import UserRevoked
 
 
 @cluster_flags()
@@ -38,7 +38,7 @@ def revoke(
     )
 
 
-async def _revoke(cluster: Cluster, user: str) -> Revoked:
+async def _revoke(cluster: Cluster, user: str) -> UserRevoked:
     async with cluster:
         api = await cluster.api()
         return await api.revoke(user)

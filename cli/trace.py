@@ -16,10 +16,10 @@ import typer
 from rich.console import Group
 from rich.table import Table
 
-from cli.api import Refused, Trail
+from cli.api import Refused
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import after, client_text, duration, emit_json, out, stamp, table
-from pushsvc.records import TraceContext
+from pushsvc.records import MessageTrace, MessageTrail
 
 STATE_STYLE = {"acked": "green", "delivered": "cyan", "pending": "yellow",
                "partially_acked": "yellow", "lost": "bold red", "expired": "red"}  # fmt: skip
@@ -37,7 +37,7 @@ class NodeFanOut:
     first_sent: float | None
 
 
-def fan_out(trail: Trail) -> list[NodeFanOut]:
+def fan_out(trail: MessageTrail) -> list[NodeFanOut]:
     """The trail's deliveries grouped by node, sorted by node id."""
     nodes = sorted({d.node for d in trail.devices} | set(trail.sent_by_node))
     rows = []
@@ -80,7 +80,7 @@ def trace(
     out.print(render(trail, context, rows, time.time()))
 
 
-async def _read(cluster: Cluster, message_id: str) -> tuple[Trail, TraceContext]:
+async def _read(cluster: Cluster, message_id: str) -> tuple[MessageTrail, MessageTrace]:
     async with cluster:
         api = await cluster.api()
         trail = await api.trail(message_id)
@@ -89,11 +89,11 @@ async def _read(cluster: Cluster, message_id: str) -> tuple[Trail, TraceContext]
         except Refused as exc:  # a node without the route, or the trail just expired
             if exc.status != 404:
                 raise
-            context = TraceContext(id=message_id)
+            context = MessageTrace(id=message_id, traceparent="", trace_id="")
         return trail, context
 
 
-def render(trail: Trail, context: TraceContext, rows: list[NodeFanOut], now: float) -> Group:
+def render(trail: MessageTrail, context: MessageTrace, rows: list[NodeFanOut], now: float) -> Group:
     t0 = trail.published_at
     state = f"[{STATE_STYLE.get(trail.state, '')}]{trail.state}[/]"
     left = trail.expires_at - now

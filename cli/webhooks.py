@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from cli.api import Webhooks
 from cli.cluster import AsJson, Cluster, cluster_flags, operator_settings, run
 from cli.output import ago, emit_json, out, table
+from pushsvc.records import WebhookStatus
 
 
 @cluster_flags()
@@ -25,13 +25,13 @@ def webhooks(as_json: AsJson = False, **flags: Any) -> None:
     out.print(render(view, time.time()))
 
 
-async def _read(cluster: Cluster) -> Webhooks:
+async def _read(cluster: Cluster) -> WebhookStatus:
     async with cluster:
         api = await cluster.api()
         return await api.webhooks()
 
 
-def render(view: Webhooks, now: float) -> Any:
+def render(view: WebhookStatus, now: float) -> Any:
     t = table("endpoint", "last failure", "event", ">attempts", "error")
     for e in view.endpoints:
         f = e.last_failure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.api import Delivery, Refused, Trail, base_url
+from cli.api import Refused, base_url
 from cli.cluster import api_candidate, node_status, redacted
 from cli.output import after, duration, seconds
 from cli.stats import parse_since
@@ -13,6 +13,7 @@ from cli.trace import NodeFanOut, fan_out
 from pushsvc.broker.base import NodeInfo
 from pushsvc.core import offsets
 from pushsvc.node.operations import trace_id
+from pushsvc.records import DeviceDelivery, MessageTrail
 
 NOW = 1_800_000_000.0
 
@@ -106,13 +107,13 @@ def test_api_urls() -> None:
 
 
 def test_fan_out_groups_the_trail_by_node() -> None:
-    trail = Trail(
+    trail = MessageTrail(
         id="m", event="e", published_at=NOW, expires_at=NOW + 60, ack=True,
         streams={"user:p1": "1-0"}, state="partially_acked",
         devices=[
-            Delivery(device="phone", session="s1", node="a", sent_at=NOW + 0.002, acked_at=NOW + 0.01, attempts=1),
-            Delivery(device="laptop", session="s2", node="b", sent_at=NOW + 0.003, attempts=3),
-            Delivery(device="tab", session="s3", node="b", sent_at=NOW + 0.001, acked_at=NOW + 2, attempts=2),
+            DeviceDelivery(user="p1", device="phone", session="s1", node="a", sent_at=NOW + 0.002, acked_at=NOW + 0.01, attempts=1),
+            DeviceDelivery(user="p1", device="laptop", session="s2", node="b", sent_at=NOW + 0.003, acked_at=None, attempts=3),
+            DeviceDelivery(user="p1", device="tab", session="s3", node="b", sent_at=NOW + 0.001, acked_at=NOW + 2, attempts=2),
         ],
         sent_by_node={"c": 4},
     )  # fmt: skip

@@ -19,14 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
-from pydantic import BaseModel
 
-from pushsvc import records
-from pushsvc.broker.base import SessionInfo
-from pushsvc.http import models
 from tests.support import API_KEY, ROOT, UNIT, NodeHandle, start_node
 
 CHECKED_IN = ROOT / "docs" / "openapi.json"
@@ -238,42 +233,3 @@ def test_schemathesis_finds_no_failure(node: NodeHandle, tmp_path: Path) -> None
     assert run.returncode == 0, summary
     assert re.search(r"\d+ passed", summary) and "failed" not in summary.lower(), summary
     assert "Operations:       16 selected / 16 total" in run.stdout, summary
-
-
-SESSION = SessionInfo(id="s1", node="n1", user="p1", device="phone", remote="10.0.0.9:5000",
-                      connected_at=1.5, topics=["t"], sent=3, acked=2, pending=1, outbox_bytes=0,
-                      last_ack=2.5, rtt=0.01)  # fmt: skip
-SHARED_RECORDS = [
-    (
-        records.TraceContext(
-            id="m1", traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01", trace_id="1" * 32
-        ),
-        models.MessageTrace,
-    ),
-    (records.Closing(session="s1", node="n1"), models.HeldSession),
-    (
-        records.UserClosing(user="p1", sessions=[records.Closing(session="s1", node="n1")]),
-        models.UserSessionsClosing,
-    ),
-    (records.Revoked(user="p1", not_before=10, expires=20.5), models.UserRevoked),
-    (records.Draining(node="n1", connections=7), models.NodeDraining),
-    (records.LocalSessions(node="n1", sessions=[SESSION]), models.LocalSessionList),
-    (
-        records.FaultsState(
-            node="n1", enabled=True, faults={"drop_deliveries": 0.5, "stop_bus": False}
-        ),
-        models.FaultsState,
-    ),
-]
-
-
-@pytest.mark.parametrize(("record", "model"), SHARED_RECORDS, ids=lambda x: type(x).__name__)
-def test_the_records_node_and_cli_share_are_what_the_document_describes(
-    record: msgspec.Struct, model: type[BaseModel]
-) -> None:
-    """A record the node answers with validates against its OpenAPI model, field for field, and
-    the CLI decodes the model's example of it back to the same record."""
-    encoded = msgspec.json.encode(record)
-    described = model.model_validate_json(encoded, strict=True)
-    assert set(model.model_fields) == set(type(record).__struct_fields__), model.__name__
-    assert msgspec.json.decode(described.model_dump_json(), type=type(record)) == record

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -76,7 +77,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     version: str
     started: float
     heartbeat: float
-    state: str = "up"  # up | draining
+    state: Literal["up", "draining"] = "up"
     connections: int = 0
     users: int = 0
     broker_lag: float = 0.0

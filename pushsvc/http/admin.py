@@ -19,10 +19,10 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pushsvc.http.models import FaultsState
 from pushsvc.http.openapi import BODY, NO_BODY, answers
 from pushsvc.http.publishing import error_response
 from pushsvc.node.operations import Operations, S
+from pushsvc.records import FaultsState
 
 
 class FaultsRequest(BaseModel):

@@ -31,15 +31,15 @@ import msgspec
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from pushsvc.core.streams import NAME_PATTERN
-from pushsvc.http.models import (
+from pushsvc.http.openapi import NO_BODY, answers
+from pushsvc.node.operations import Operations, S
+from pushsvc.records import (
     LocalSessionList,
     MessageTrace,
     NodeDraining,
     UserRevoked,
     UserSessionsClosing,
 )
-from pushsvc.http.openapi import NO_BODY, answers
-from pushsvc.node.operations import Operations, S
 
 
 def cluster_admin_routes(ops: Operations[S]) -> APIRouter:

@@ -32,6 +32,7 @@ from pushsvc.errors import AuthError, BrokerError
 from pushsvc.http import jsonguard
 from pushsvc.http.access import Gate, answer
 from pushsvc.http.admin import admin_routes
+from pushsvc.http.answers import BatchResult, TokenAnswer
 from pushsvc.http.bodies import (
     BatchRequest,
     DataTooLarge,
@@ -44,20 +45,12 @@ from pushsvc.http.bodies import (
 )
 from pushsvc.http.cluster_admin import cluster_admin_routes
 from pushsvc.http.lane import PublishLane
-from pushsvc.http.models import (
-    BatchResult,
-    MessageTrail,
-    NodeList,
-    PublishResult,
-    SessionClosing,
-    SessionList,
-    TokenAnswer,
-)
 from pushsvc.http.openapi import BODY, NO_BODY, DocumentedAPI, answers
 from pushsvc.http.publishing import UNAVAILABLE, ApiError, Publishing, error_response
 from pushsvc.http.webhook_routes import webhook_routes
 from pushsvc.node.gateway import Node
 from pushsvc.node.publish import Outgoing
+from pushsvc.records import MessageTrail, NodeList, PublishResult, SessionClosing, SessionList
 from pushsvc.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,12 @@
 """The internal API as an OpenAPI 3.1 document, and its documentation pages, served offline.
 
 - :func:`answers` is what a route declares: its success status and schema, and every error
-  status it can answer, each with the one error schema, :class:`ErrorAnswer`
+  status it can answer, each with the one error schema, ``ErrorAnswer``
   (``{"error": {...}}``, 422 included: not FastAPI's ``HTTPValidationError``).
 - :class:`DocumentedAPI` serves ``/openapi.json``: FastAPI's document, with the request bodies
   the routes decode themselves (the msgspec schemas of :mod:`pushsvc.http.bodies`, which the
-  publish lane decodes too) as components, and the ``bearer`` security scheme on
+  publish lane decodes too) and the answers (the msgspec structs of :mod:`pushsvc.records` and
+  :mod:`pushsvc.http.answers`) as components, and the ``bearer`` security scheme on
   every ``/v1`` operation. ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles
   from the node itself (the files ship in the ``fastapi-offline`` wheel), never from a CDN: they
   work on a network with no way out.
@@ -22,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
-from pydantic import BaseModel
 from starlette.routing import Route
 
+from pushsvc.http import answers as answer_schemas
 from pushsvc.http import bodies
-from pushsvc.http.models import ErrorAnswer
 from pushsvc.http.publishing import ApiError
 
 SCHEMAS = "#/components/schemas/{model}"
@@ -75,19 +76,22 @@ _RETRY_AFTER = {
 
 def answers(
     status: int,
-    model: type[BaseModel],
+    model: type[msgspec.Struct],
     *errors: int,
     body: type | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of a ``/v1`` route decorator: it answers ``status`` with ``model``, and
-    each of ``errors`` (and 401, 403) with :class:`ErrorAnswer`. ``body``: the route decodes
+    each of ``errors`` (and 401, 403) with :class:`~pushsvc.records.ErrorAnswer` (``model``: a
+    struct of :mod:`pushsvc.records` or :mod:`pushsvc.http.answers`). ``body``: the route decodes
     its request body itself (``pushsvc.http.internal.parse``) as this schema of
     :mod:`pushsvc.http.bodies`."""
-    responses: dict[int | str, dict[str, Any]] = {
-        status: {"model": model, "description": model.__doc__ or "success"}
+    success = {
+        "description": model.__doc__ or "success",
+        "content": _json(answer_schemas.name(model)),
     }
+    responses: dict[int | str, dict[str, Any]] = {status: success}
     for error in sorted({*V1, *errors}):
-        responses[error] = {"model": ErrorAnswer, "description": ERRORS[error]}
+        responses[error] = {"description": ERRORS[error], "content": _json("ErrorAnswer")}
         if error == 429:
             responses[error]["headers"] = _RETRY_AFTER
     extra: dict[str, Any] = {}
@@ -100,6 +104,10 @@ def answers(
         "responses": responses,
         "openapi_extra": extra,
     }
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": SCHEMAS.format(model=name)}}}
 
 
 class DocumentedAPI(FastAPI):
@@ -117,6 +125,7 @@ class DocumentedAPI(FastAPI):
             document = super().openapi()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(bodies.components())
+            schemas.update(answer_schemas.components())
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)
             for path, operations in document["paths"].items():

@@ -9,9 +9,9 @@ import msgspec
 from fastapi import APIRouter
 
 from pushsvc.errors import BrokerError
-from pushsvc.http.models import WebhookStatus
 from pushsvc.http.openapi import answers
 from pushsvc.http.publishing import UNAVAILABLE, ApiError
+from pushsvc.records import WebhookStatus
 
 if TYPE_CHECKING:
     from pushsvc.node.gateway import Node

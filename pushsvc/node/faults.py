@@ -18,6 +18,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from pushsvc.records import InjectedFaults
+
 
 @dataclass(slots=True)
 class Faults:
@@ -29,5 +31,5 @@ class Faults:
         fraction = self.drop_deliveries
         return fraction > 0 and zlib.crc32(message_id.encode()) / 2**32 < fraction
 
-    def describe(self) -> dict[str, float | bool]:
-        return {"drop_deliveries": self.drop_deliveries, "stop_bus": self.stop_bus}
+    def describe(self) -> InjectedFaults:
+        return InjectedFaults(drop_deliveries=self.drop_deliveries, stop_bus=self.stop_bus)

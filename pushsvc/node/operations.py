@@ -20,12 +20,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
+import msgspec
+
 from pushsvc.broker.base import Broker, Command, History, SessionInfo
 from pushsvc.core import offsets
 from pushsvc.core import session as core
 from pushsvc.errors import FrameError
 from pushsvc.node.faults import Faults
-from pushsvc.records import Closing, Draining, FaultsState, LocalSessions, Revoked, TraceContext
+from pushsvc.records import (
+    FaultsState,
+    HeldSession,
+    LocalSessionList,
+    MessageTrace,
+    NodeDraining,
+    UserRevoked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +85,13 @@ class Operations(Generic[S]):
         self._token_max_ttl = token_max_ttl
         self.faults_enabled = faults_enabled
 
-    def local_sessions(self, user: str | None, limit: int) -> LocalSessions:
+    def local_sessions(self, user: str | None, limit: int) -> LocalSessionList:
         """This node's ``limit`` oldest sessions (of ``user`` only, when given)."""
         mine = (s for s in self._sessions.values() if user is None or s.user == user)
         oldest = heapq.nsmallest(limit, mine, key=lambda s: s.connected_at)
-        return LocalSessions(node=self.node_id, sessions=[self._describe(s) for s in oldest])
+        return LocalSessionList(node=self.node_id, sessions=[self._describe(s) for s in oldest])
 
-    async def close_user(self, user: str) -> list[Closing] | None:
+    async def close_user(self, user: str) -> list[HeldSession] | None:
         """Ask every node holding a session of ``user`` to close it with 4010; None when the
         patient has none. Raises :class:`pushsvc.errors.BrokerError` when the broker is down."""
         found = await self._broker.registry.sessions(user, None, MAX_USER_SESSIONS)
@@ -95,9 +104,9 @@ class Operations(Generic[S]):
             await self._broker.bus.send_command(
                 Command(kind="close_session", node=holder, session=session_id, code=4010)
             )
-        return [Closing(session=s, node=n) for s, n in sorted(holders.items())]
+        return [HeldSession(session=s, node=n) for s, n in sorted(holders.items())]
 
-    async def revoke_user(self, user: str, now: float | None = None) -> Revoked:
+    async def revoke_user(self, user: str, now: float | None = None) -> UserRevoked:
         """Refuse ``user``'s tokens issued before now, on every node, also those started later
         (the record lives as long as the longest token); live sessions holding one close 4001."""
         now = time.time() if now is None else now
@@ -107,9 +116,9 @@ class Operations(Generic[S]):
         await self._broker.bus.send_command(
             Command(kind="revoke_user", node="*", code=4001, user=user, not_before=not_before)
         )
-        return Revoked(user=user, not_before=not_before, expires=now + ttl)
+        return UserRevoked(user=user, not_before=not_before, expires=now + ttl)
 
-    async def drain(self, node_id: str) -> Draining | None:
+    async def drain(self, node_id: str) -> NodeDraining | None:
         """Ask the live node ``node_id`` to drain (its sessions close 1001 and reconnect
         elsewhere); None when no live node has that id."""
         live = {n.id: n for n in await self._broker.registry.nodes()}
@@ -117,16 +126,16 @@ class Operations(Generic[S]):
         if found is None:
             return None
         await self._broker.bus.send_command(Command(kind="drain", node=node_id))
-        return Draining(node=node_id, connections=found.connections)
+        return NodeDraining(node=node_id, connections=found.connections, draining=True)
 
-    async def message_trace(self, message_id: str) -> TraceContext | None:
+    async def message_trace(self, message_id: str) -> MessageTrace | None:
         """The W3C ``traceparent`` the publish of ``message_id`` recorded and its trace id (both
         empty when it was not traced); None when the message has no trail."""
         found = await self._broker.ledger.trail(message_id[:64])
         if found is None:
             return None
         parent = await recorded_traceparent(self._broker.history, found.id, found.streams)
-        return TraceContext(id=found.id, traceparent=parent, trace_id=trace_id(parent))
+        return MessageTrace(id=found.id, traceparent=parent, trace_id=trace_id(parent))
 
     def _check_enabled(self) -> None:
         if not self.faults_enabled:
@@ -148,7 +157,10 @@ class Operations(Generic[S]):
                 faults.stop_bus = False
                 self._catch_up()
             faults.stop_bus = stop_bus
-        log.warning("faults injected", extra={"node": self.node_id, **faults.describe()})
+        log.warning(
+            "faults injected",
+            extra={"node": self.node_id, **msgspec.structs.asdict(faults.describe())},
+        )
         return self.faults()
 
     def clear_faults(self) -> FaultsState:
