@@ -38,8 +38,9 @@ class NodeFanOut:
 
 
 def fan_out(trail: MessageTrail) -> list[NodeFanOut]:
-    """The trail's deliveries grouped by node, sorted by node id."""
-    nodes = sorted({d.node for d in trail.devices} | set(trail.sent_by_node))
+    """The trail's deliveries grouped by node, sorted by node id (a device only pushed to went
+    through no node)."""
+    nodes = sorted({d.node for d in trail.devices if d.node is not None} | set(trail.sent_by_node))
     rows = []
     for node in nodes:
         mine = [d for d in trail.devices if d.node == node]

@@ -71,13 +71,20 @@ class ErrorAnswer(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class DeviceDelivery(msgspec.Struct, kw_only=True, frozen=True):
+    """A device the message went to: through a session, or only as a Web Push (then
+    ``session``, ``node`` and ``sent_at`` are null)."""
+
     user: str
     device: str
-    session: str
-    node: str
+    session: str | None
+    node: str | None
     sent_at: float | None
     acked_at: float | None
     attempts: int
+    push_sent_at: Annotated[
+        float | None,
+        _described("when its push service accepted a Web Push escalating the message, or null"),
+    ]
 
 
 class MessageTrail(msgspec.Struct, kw_only=True, frozen=True):

@@ -111,9 +111,9 @@ def test_fan_out_groups_the_trail_by_node() -> None:
         id="m", event="e", published_at=NOW, expires_at=NOW + 60, ack=True,
         streams={"user:p1": "1-0"}, state="partially_acked",
         devices=[
-            DeviceDelivery(user="p1", device="phone", session="s1", node="a", sent_at=NOW + 0.002, acked_at=NOW + 0.01, attempts=1),
-            DeviceDelivery(user="p1", device="laptop", session="s2", node="b", sent_at=NOW + 0.003, acked_at=None, attempts=3),
-            DeviceDelivery(user="p1", device="tab", session="s3", node="b", sent_at=NOW + 0.001, acked_at=NOW + 2, attempts=2),
+            DeviceDelivery(user="p1", device="phone", session="s1", node="a", sent_at=NOW + 0.002, acked_at=NOW + 0.01, attempts=1, push_sent_at=None),
+            DeviceDelivery(user="p1", device="laptop", session="s2", node="b", sent_at=NOW + 0.003, acked_at=None, attempts=3, push_sent_at=None),
+            DeviceDelivery(user="p1", device="tab", session="s3", node="b", sent_at=NOW + 0.001, acked_at=NOW + 2, attempts=2, push_sent_at=None),
         ],
         sent_by_node={"c": 4},
     )  # fmt: skip
