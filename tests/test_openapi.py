@@ -248,7 +248,8 @@ def closed_world(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def conforms(document: dict[str, Any], method: str, template: str, r: httpx.Response) -> None:
-    """``r`` (an answer to ``method`` ``template``) is what the document says for its status."""
+    """``r``, a success answer to ``method`` ``template``, is what the document says for it."""
+    assert r.status_code < 300, f"{method} {template}: {r.status_code} {r.text}"
     answers = document["paths"][template][method]["responses"]
     assert str(r.status_code) in answers, f"{method} {template}: undocumented {r.status_code}"
     schema = answers[str(r.status_code)]["content"]["application/json"]["schema"]
@@ -305,3 +306,8 @@ async def answer_as_documented(node: NodeHandle, document: dict[str, Any]) -> No
     await laptop.closed()
     revoked = node.api("POST", f"/v1/users/{user}/revoke")
     conforms(document, "post", "/v1/users/{user}/revoke", revoked)
+    injected = node.api("POST", "/v1/admin/faults", json={"drop_deliveries": 0.5})
+    conforms(document, "post", "/v1/admin/faults", injected)
+    conforms(document, "delete", "/v1/admin/faults", node.api("DELETE", "/v1/admin/faults"))
+    drained = node.api("POST", f"/v1/nodes/{node.node_id}/drain")  # last: the node leaves
+    conforms(document, "post", "/v1/nodes/{node_id}/drain", drained)
