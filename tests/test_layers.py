@@ -1,5 +1,5 @@
 """The layers stay honest: the core is pure, and every forbidden import direction in
-:data:`FORBIDDEN` stays unused (but for the named, temporary exceptions in :data:`EXCEPTIONS`)."""
+:data:`FORBIDDEN` stays unused."""
 
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("pushsvc", "monitor", "the monitor is built at the edge (cli/embedded.py)"),
     ("pushsvc", "cli", "the CLI is the edge: nothing below imports it"),
 ]
-
-#: (module, imported package, one-line reason): each must still be needed (see the last test).
-EXCEPTIONS: list[tuple[str, str, str]] = []  # none today
 
 
 def imports(path: Path) -> set[str]:
@@ -58,10 +55,6 @@ def violations(path: Path, target: str) -> set[str]:
     return {name for name in imports(path) if within(name, target)}
 
 
-def excepted(module: str, target: str) -> bool:
-    return any(module == m and target == t for m, t, _ in EXCEPTIONS)
-
-
 CASES = [
     pytest.param(source, target, why, path, id=f"{source}-/->{target}:{dotted(path)}")
     for source, target, why in FORBIDDEN
@@ -72,24 +65,8 @@ CASES = [
 @pytest.mark.parametrize(("source", "target", "why", "path"), CASES)
 def test_forbidden_import_direction(source: str, target: str, why: str, path: Path) -> None:
     module = dotted(path)
-    if excepted(module, target):
-        pytest.skip(f"temporary exception: {module} imports {target}")
     found = violations(path, target)
     assert not found, f"{module} imports {sorted(found)}: {source} must not import {target} ({why})"
-
-
-@pytest.mark.parametrize(
-    ("module", "target", "reason"), [pytest.param(*e, id=f"{e[0]}->{e[1]}") for e in EXCEPTIONS]
-)
-def test_every_exception_is_still_needed(module: str, target: str, reason: str) -> None:
-    path = ROOT / (module.replace(".", "/") + ".py")
-    assert path.is_file(), f"exception for {module}, which no longer exists: remove it"
-    assert any(within(module, s) and t == target for s, t, _ in FORBIDDEN), (
-        f"exception for {module} -> {target} matches no forbidden direction"
-    )
-    assert violations(path, target), (
-        f"{module} no longer imports {target}: remove its exception ({reason})"
-    )
 
 
 @pytest.mark.parametrize("path", modules("pushsvc/core"), ids=lambda p: p.name)
