@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from pushsvc.http.answers import body
 from pushsvc.http.openapi import BODY, NO_BODY, answers
 from pushsvc.http.publishing import error_response
 from pushsvc.node.operations import Operations, S
@@ -42,7 +42,7 @@ def admin_routes(ops: Operations[S]) -> APIRouter:
 
     @v1.get("/faults", summary="Faults injected on this node", **answers(200, FaultsState))
     async def faults() -> dict[str, Any]:
-        return msgspec.to_builtins(ops.faults())  # type: ignore[no-any-return]
+        return body(ops.faults())
 
     @v1.post(
         "/faults", summary="Inject faults on this node (game days)",
@@ -52,7 +52,7 @@ def admin_routes(ops: Operations[S]) -> APIRouter:
         if not ops.faults_enabled:
             return refused()
         state = ops.inject(request.drop_deliveries, request.stop_bus)
-        return msgspec.to_builtins(state)  # type: ignore[no-any-return]
+        return body(state)
 
     @v1.delete(
         "/faults", summary="Clear every fault on this node", **answers(200, FaultsState, *NO_BODY)
@@ -60,6 +60,6 @@ def admin_routes(ops: Operations[S]) -> APIRouter:
     async def clear() -> dict[str, Any] | Response:
         if not ops.faults_enabled:
             return refused()
-        return msgspec.to_builtins(ops.clear_faults())  # type: ignore[no-any-return]
+        return body(ops.clear_faults())
 
     return v1

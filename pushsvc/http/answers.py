@@ -24,6 +24,12 @@ RENAMED = {"NodeInfo": "NodeDescription", "SessionInfo": "SessionDescription"}
 RESULT_OR_ERROR = ("PublishResult", "ItemError")
 
 
+def body(answer: msgspec.Struct) -> dict[str, Any]:
+    """``answer`` as the JSON object a route returns."""
+    built: dict[str, Any] = msgspec.to_builtins(answer)
+    return built
+
+
 class BatchResult(msgspec.Struct, kw_only=True, frozen=True):
     """Every message published, one result each, in order."""
 

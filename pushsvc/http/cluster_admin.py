@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from pushsvc.core.streams import NAME_PATTERN
+from pushsvc.http.answers import body
 from pushsvc.http.openapi import NO_BODY, answers
 from pushsvc.node.operations import Operations, S
 from pushsvc.records import (
@@ -53,7 +53,7 @@ def cluster_admin_routes(ops: Operations[S]) -> APIRouter:
     async def local_sessions(
         user: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
     ) -> dict[str, Any]:
-        return msgspec.to_builtins(ops.local_sessions(user, limit))  # type: ignore[no-any-return]
+        return body(ops.local_sessions(user, limit))
 
     @v1.delete(
         "/sessions", summary="Close every session of a patient (4010)",
@@ -65,7 +65,7 @@ def cluster_admin_routes(ops: Operations[S]) -> APIRouter:
         holders = await ops.close_user(user)
         if holders is None:
             raise HTTPException(404, f"no open session of user {user!r}")
-        return {"user": user, "sessions": msgspec.to_builtins(holders)}
+        return body(UserSessionsClosing(user=user, sessions=holders))
 
     @v1.post(
         "/users/{user}/revoke", summary="Revoke a patient's tokens (4001)",
@@ -74,7 +74,7 @@ def cluster_admin_routes(ops: Operations[S]) -> APIRouter:
     async def revoke_user(
         user: Annotated[str, Path(pattern=NAME_PATTERN)],
     ) -> dict[str, Any]:
-        return msgspec.to_builtins(await ops.revoke_user(user))  # type: ignore[no-any-return]
+        return body(await ops.revoke_user(user))
 
     @v1.post(
         "/nodes/{node_id}/drain", summary="Drain a node (1001)",
@@ -84,7 +84,7 @@ def cluster_admin_routes(ops: Operations[S]) -> APIRouter:
         draining = await ops.drain(node_id)
         if draining is None:
             raise HTTPException(404, f"no live node {node_id[:128]!r}")
-        return msgspec.to_builtins(draining)  # type: ignore[no-any-return]
+        return body(draining)
 
     @v1.get(
         "/messages/{message_id}/trace", summary="A message's trace context",
@@ -94,6 +94,6 @@ def cluster_admin_routes(ops: Operations[S]) -> APIRouter:
         found = await ops.message_trace(message_id)
         if found is None:
             raise HTTPException(404, f"no message {message_id[:64]!r} (or its trail expired)")
-        return msgspec.to_builtins(found)  # type: ignore[no-any-return]
+        return body(found)
 
     return v1
