@@ -121,6 +121,16 @@ def notifications(
         page.wait_for_timeout(50)
 
 
+def shown_within(page: Any, count: int, ms: int) -> bool:
+    """Whether `count` notifications are shown within `ms` milliseconds."""
+    deadline = time.monotonic() + ms / 1000
+    while time.monotonic() < deadline:
+        if len(page.evaluate(NOTIFICATIONS)) == count:
+            return True
+        page.wait_for_timeout(50)
+    return False
+
+
 def worker_of(context: Any) -> Any:
     (worker,) = [w for w in context.service_workers if "/client/pushsvc-sw.js" in w.url]
     return worker
@@ -187,7 +197,11 @@ def test_a_push_shows_its_notification_once_per_message(browser: Any, node: Node
         assert len(notifications(page, 1)) == 1
 
         # Another message gets its own; a push the worker cannot read still shows something.
-        pushes.push({**call, "id": "m-lab-2", "title": "Your lab result is ready", "body": ""})
+        lab = {**call, "id": "m-lab-2", "title": "Your lab result is ready", "body": ""}
+        for _ in range(3):  # DevTools may hand a push to a worker that is still busy and drop it
+            pushes.push(lab)  # tagged: a push delivered twice still shows once
+            if shown_within(page, 2, 3000):
+                break
         notifications(page, 2)
         pushes.push("not json")
         shown_all = notifications(page, 3)
