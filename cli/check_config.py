@@ -218,7 +218,7 @@ async def topology_checks(cluster: Cluster) -> list[Check]:
     settings = cluster.settings
     target = parse(settings.redis_url or "")
     checks = [await sentinel_check(target)] if target.mode == "sentinel" else []
-    link = Link(target, timeout=2.0, slot_key=cluster.redis.keys.bus_seq)  # Cluster: its master
+    link = Link(target, timeout=2.0, slot_key=cluster.redis.keys.nodes)  # Cluster: its master
     try:
         role = await link.call("ROLE")  # the link checked already that it is a master
         where = link.locator.last or (target.addresses[0] if target.addresses else None)

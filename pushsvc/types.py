@@ -28,17 +28,18 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):
-    """What the bus carries: one message and its offset in each stream it was appended to.
+    """What the bus carries: one message and its offset in a stream it was appended to.
 
-    ``seq`` numbers every envelope on the bus (1, 2, 3, …, cluster-wide): a node that sees a
-    jump knows it missed envelopes and catches up from history. 0 means "not numbered" (an
-    envelope rebuilt from history during a catch-up).
+    A live envelope (from the bus) names one stream, and ``after`` is the offset of the entry
+    before it in that stream ("0-0" when it is the stream's first): a node whose newest offset
+    of the stream is older than ``after`` missed envelopes of that stream and catches up from
+    history. ``after`` is None for an envelope rebuilt from history during a catch-up.
     """
 
     message: Message
     offsets: dict[StreamName, Offset]
     origin: NodeId = ""
-    seq: int = 0
+    after: Offset | None = None
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False):

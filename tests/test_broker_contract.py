@@ -143,7 +143,8 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
         url = cluster.url()
     opened: list[Broker] = []
 
-    async def open_(*, subscriber: Recorder | None = None, history_size: int = 1000,
+    async def open_(*, subscriber: Recorder | None = None, follow: tuple[str, ...] = (),
+                    history_size: int = 1000,
                     history_ttl: int = 86_400, ledger_retention: float = 3600,
                     idempotency_ttl: int = 86_400) -> Broker:  # fmt: skip
         broker: Broker
@@ -161,6 +162,7 @@ async def open_broker(request: pytest.FixtureRequest) -> AsyncIterator[OpenBroke
             broker.bus.subscribe(subscriber.envelope, subscriber.command, subscriber.resync)
         await broker.start()
         opened.append(broker)
+        await broker.bus.follow(follow)
         return broker
 
     yield open_
@@ -180,7 +182,7 @@ async def test_publish_returns_ordered_offsets_and_the_bus_carries_them(
     open_broker: OpenBroker,
 ) -> None:
     rec = Recorder()
-    broker = await open_broker(subscriber=rec)
+    broker = await open_broker(subscriber=rec, follow=("user:p1", "topic:c205", "all"))
     m1, m2, m3 = message(), message(ack=False), message()
     items = [(m1, ["user:p1", "topic:c205"]), (m2, ["user:p1"]), (m3, ["topic:c205", "all"])]
     placed = await publish(broker, items, origin="node-a")
@@ -191,14 +193,47 @@ async def test_publish_returns_ordered_offsets_and_the_bus_carries_them(
     ]
     assert offsets.parse(placed[0]["user:p1"]) < offsets.parse(placed[1]["user:p1"])
     assert offsets.parse(placed[0]["topic:c205"]) < offsets.parse(placed[2]["topic:c205"])
-    await rec.until(lambda: len(rec.envelopes) >= 3)
+    # one envelope per (message, stream), in publish order, each naming the entry before it
+    await rec.until(lambda: len(rec.envelopes) >= 5)
     assert [(e.message, e.offsets, e.origin) for e in rec.envelopes] == [
-        (m, p, "node-a") for (m, _), p in zip(items, placed, strict=True)
+        (m, {stream: offset}, "node-a")
+        for (m, _), p in zip(items, placed, strict=True)
+        for stream, offset in p.items()
     ]
     assert bytes(rec.envelopes[0].message.data) == bytes(m1.data)
-    seqs = [e.seq for e in rec.envelopes]
-    assert seqs == list(range(seqs[0], seqs[0] + 3)) and seqs[0] >= 1
-    assert await broker.bus.position() == seqs[-1]
+    before: dict[str, str] = {}
+    for e in rec.envelopes:
+        [(stream, offset)] = e.offsets.items()
+        assert e.after == before.get(stream, "0-0")
+        before[stream] = offset
+
+
+async def test_the_bus_carries_only_the_followed_streams(open_broker: OpenBroker) -> None:
+    rec = Recorder()
+    broker = await open_broker(subscriber=rec, follow=("user:a",))
+    a, b, both = message(), message(), message()
+    await publish(broker, [(a, ["user:a"]), (b, ["user:b"]), (both, ["user:b", "user:a"])], "n")
+    await rec.until(lambda: len(rec.envelopes) >= 2)
+    await asyncio.sleep(0.05 * UNIT)
+    assert [(e.message.id, list(e.offsets)) for e in rec.envelopes] == [
+        (a.id, ["user:a"]),
+        (both.id, ["user:a"]),
+    ]
+    broker.bus.unfollow(["user:a"])
+    await broker.bus.follow(["user:b", "user:b"])
+    await broker.bus.follow([])  # nothing to wait for
+    rec.envelopes.clear()
+    later_a, later_b = message(), message()
+    await publish(broker, [(later_a, ["user:a"]), (later_b, ["user:b"])], "n")
+    await rec.until(lambda: len(rec.envelopes) >= 1)
+    await asyncio.sleep(0.05 * UNIT)
+    assert [(e.message.id, list(e.offsets)) for e in rec.envelopes] == [(later_b.id, ["user:b"])]
+    # following again what was just left is live at once (no confirmation is lost in between)
+    broker.bus.unfollow(["user:b"])
+    await broker.bus.follow(["user:b"])
+    again = message()
+    await publish(broker, [(again, ["user:b"])], "n")
+    await rec.until(lambda: again.id in {e.message.id for e in rec.envelopes})
 
 
 async def test_publish_starts_each_trail(broker: Broker) -> None:
@@ -220,7 +255,7 @@ async def test_publish_starts_each_trail(broker: Broker) -> None:
 
 async def test_offsets_keep_growing_across_publishes(open_broker: OpenBroker) -> None:
     rec = Recorder()
-    broker = await open_broker(subscriber=rec)
+    broker = await open_broker(subscriber=rec, follow=("user:p2",))
     placed = []
     for _ in range(5):
         placed += await publish(broker, [(message(), ["user:p2"])], origin="n")
@@ -230,9 +265,8 @@ async def test_offsets_keep_growing_across_publishes(open_broker: OpenBroker) ->
     assert [e.offsets["user:p2"] for e in rec.envelopes] == offs
 
 
-async def test_empty_publish_and_empty_position(broker: Broker) -> None:
+async def test_empty_publish(broker: Broker) -> None:
     assert await publish(broker, [], origin="n") == []
-    assert await broker.bus.position() == 0
 
 
 async def test_history_reads_exactly_what_follows_an_offset(broker: Broker) -> None:
@@ -511,7 +545,7 @@ async def test_sessions_vanish_with_their_node(broker: Broker) -> None:
 
 async def test_a_bound_key_appends_nothing_again(open_broker: OpenBroker) -> None:
     rec = Recorder()
-    broker = await open_broker(subscriber=rec)
+    broker = await open_broker(subscriber=rec, follow=("user:i",))
     first, second, third = message(), message(), message()
     (placed,) = await broker.publish([Publication(first, ["user:i"], "c:k1", "fa")], "n")
     assert isinstance(placed, Placed) and not placed.duplicate

@@ -405,20 +405,51 @@ def bus_received(node: NodeHandle) -> float:
     return float(line.split()[1])
 
 
+async def risen_to(nodes: list[NodeHandle], before: list[float], wanted: list[float]) -> None:
+    """Wait until each node's bus counter rose by ``wanted`` since ``before``, then a little
+    longer, and check that it rose by exactly that."""
+    deadline = time.monotonic() + 10 * UNIT
+    risen = [bus_received(n) - b for n, b in zip(nodes, before, strict=True)]
+    while time.monotonic() < deadline and any(r < w for r, w in zip(risen, wanted, strict=True)):
+        await asyncio.sleep(0.05)
+        risen = [bus_received(n) - b for n, b in zip(nodes, before, strict=True)]
+    await asyncio.sleep(0.3 * UNIT)  # anything more that was coming has come
+    risen = [bus_received(n) - b for n, b in zip(nodes, before, strict=True)]
+    assert risen == wanted
+
+
 @pytest.mark.redis
-def test_every_node_counts_the_envelopes_it_receives_from_the_bus(
+async def test_a_node_receives_from_the_bus_only_what_its_sessions_read(
     cluster: list[NodeHandle],
 ) -> None:
-    """A broadcast reaches every node's bus: the publishing node's and the other's counter rise."""
+    """Routed delivery: a patient's messages reach only the node that holds the patient's
+    session (published on the other one), a broadcast every node with a session, and a node
+    whose last reader left receives nothing more of that stream."""
     a, b = cluster
-    before = [bus_received(a), bus_received(b)]
-    for n in range(5):
-        body = {"to": {"all": True}, "event": "bus.count", "data": {"n": n}, "ack": False}
+    user, other = f"routed-{os.getpid()}-b", f"routed-{os.getpid()}-a"
+    on_b = await Wire.open(b.client_url, b.token(user, []), device="phone")
+    on_a = await Wire.open(a.client_url, a.token(other, []), device="tab")
+    try:
+        before = [bus_received(a), bus_received(b)]
+        for n in range(5):
+            body = {"to": {"users": [user]}, "event": "bus.count", "data": {"n": n}, "ack": False}
+            assert a.api("POST", "/v1/messages", json=body).status_code == 202
+        assert [m["data"]["n"] for m in await on_b.messages(5)] == [0, 1, 2, 3, 4]
+        await risen_to([a, b], before, [0, 5])
+
+        before = [bus_received(a), bus_received(b)]
+        body = {"to": {"all": True}, "event": "bus.count", "data": {"n": 5}, "ack": False}
+        assert b.api("POST", "/v1/messages", json=body).status_code == 202
+        assert [m["data"]["n"] for m in await on_a.messages(1)] == [5]
+        assert [m["data"]["n"] for m in await on_b.messages(1)] == [5]
+        await risen_to([a, b], before, [1, 1])
+
+        await on_b.close()
+        await asyncio.sleep(0.3 * UNIT)  # the session's end reaches node b, which unsubscribes
+        before = [bus_received(a), bus_received(b)]
+        body = {"to": {"users": [user]}, "event": "bus.count", "data": {"n": 6}, "ack": False}
         assert a.api("POST", "/v1/messages", json=body).status_code == 202
-    deadline = time.monotonic() + 10 * UNIT
-    while time.monotonic() < deadline:
-        risen = [bus_received(a) - before[0], bus_received(b) - before[1]]
-        if min(risen) >= 5:
-            break
-        time.sleep(0.05)
-    assert min(risen) >= 5, risen
+        await risen_to([a, b], before, [0, 0])
+    finally:
+        await on_a.close()
+        await on_b.close()

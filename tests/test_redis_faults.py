@@ -32,6 +32,7 @@ async def subscribed(server: RedisServer) -> AsyncIterator[tuple[RedisBroker, Re
     broker = redis_broker(Settings(redis_url=server.url, node_id="faults"))
     broker.bus.subscribe(rec.envelope, rec.command, rec.resync)
     await broker.start()
+    await broker.bus.follow(["user:p"])
     try:
         yield broker, rec
     finally:
@@ -44,7 +45,6 @@ def operations(broker: RedisBroker) -> list[Callable[[], Awaitable[Any]]]:
         lambda: publish(broker, [(message(), ["user:p"])], origin="faults"),
         lambda: broker.history.read("user:p", None, 10),
         lambda: broker.history.last_offset("user:p"),
-        broker.bus.position,
         lambda: broker.bus.send_command(Command(kind="drain", node="x")),
         broker.registry.nodes,
         lambda: broker.registry.find_session("s1"),
@@ -64,6 +64,7 @@ async def assert_unavailable_fast(broker: RedisBroker, within: float, sample: in
 
 
 async def assert_delivers(broker: RedisBroker, rec: Recorder) -> None:
+    await broker.bus.follow(["user:p"])
     before = len(rec.envelopes)
     placed = await publish(broker, [(message(), ["user:p"])], origin="faults")
     await rec.until(lambda: len(rec.envelopes) > before)
@@ -130,7 +131,8 @@ async def test_bad_bus_messages_and_failing_callbacks_do_not_stop_the_bus(
     broker.bus.subscribe(on_envelope, lambda _: None)
     await broker.start()
     try:
-        server.command("PUBLISH", broker.keys.bus, "not json")
+        await broker.bus.follow(["user:p"])
+        server.command("PUBLISH", broker.keys.stream_channel("user:p"), "not json")
         server.command("PUBLISH", broker.keys.commands, '{"kind": 1}')
         first, second = message(), message()
         await publish(broker, [(first, ["user:p"]), (second, ["user:p"])], origin="robust")

@@ -120,6 +120,7 @@ async def test_deployments_on_one_redis_never_hear_each_other(redis: RedisServer
     for b, rec in zip(brokers, recorders, strict=True):
         b.bus.subscribe(rec.envelope, rec.command, rec.resync)
         await b.start()
+        await b.bus.follow(["user:same"])
     try:
         sent = [message() for _ in brokers]
         for b, m in zip(brokers, sent, strict=True):
@@ -130,7 +131,7 @@ async def test_deployments_on_one_redis_never_hear_each_other(redis: RedisServer
         assert [[e.message for e in rec.envelopes] for rec in recorders] == [[m] for m in sent]
         reads = [await b.history.read("user:same", None, 10) for b in brokers]
         assert [[e.message for e in got] for got in reads] == [[m] for m in sent]
-        assert len({b.keys.bus for b in brokers}) == 3
+        assert len({b.keys.stream_channel("user:same") for b in brokers}) == 3
     finally:
         for b in brokers:
             await b.close()

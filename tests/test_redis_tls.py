@@ -40,6 +40,7 @@ async def test_every_connection_speaks_tls_with_the_urls_certificates(
     await broker.start()
     try:
         assert broker.up  # the subscriber connected, with the client certificate
+        await broker.bus.follow(["user:tls"])
         sent = message()
         [placed] = await broker.publish([Publication(sent, ["user:tls"])], "tls")
         assert isinstance(placed, Placed)

@@ -40,6 +40,7 @@ async def test_the_broker_follows_a_failover(sentinel: SentinelSetup) -> None:
     broker = redis_broker(Settings(redis_url=sentinel.url(), node_id="follow"), timeout=0.5 * UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
     await broker.start()
+    await broker.bus.follow(["user:a"])
     try:
         assert broker.up
         first = message()

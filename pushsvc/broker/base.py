@@ -6,7 +6,8 @@ A :class:`Broker` is one object with five parts, each a small interface:
   envelope on the bus and starts its delivery trail as one atomic step, so every node sees a
   stream's envelopes in offset order and an accepted message always has a trail.
 - :class:`History` reads a stream's entries back (resume, offline inbox, catch-up).
-- :class:`Bus` carries envelopes and operator commands to every node.
+- :class:`Bus` carries each envelope to the nodes that follow its stream, and operator
+  commands to every node.
 - :class:`Registry` knows the nodes and their sessions (heartbeats with TTLs).
 - :class:`Ledger` keeps each message's delivery trail, written in batches off the hot path.
 - :class:`Lease` lets one of several monitors be the active one.
@@ -34,7 +35,7 @@ idempotent). ``up`` is False while the broker cannot be reached; publishing then
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import msgspec
@@ -185,6 +186,9 @@ class History(abc.ABC):
 
 
 class Bus(abc.ABC):
+    """Routed delivery: a node receives the envelopes of the streams it follows (those its
+    sessions read), and every command."""
+
     @abc.abstractmethod
     def subscribe(
         self,
@@ -192,19 +196,28 @@ class Bus(abc.ABC):
         on_command: Callable[[Command], None],
         on_resync: Callable[[], None] | None = None,
     ) -> None:
-        """Deliver every envelope and every command to the callbacks, in bus order.
+        """Deliver the envelopes of followed streams and every command to the callbacks: one
+        envelope per (message, stream), each stream's in offset order.
 
-        ``on_resync`` is called each time the subscription is re-established after it was lost:
-        envelopes may have been missed meanwhile, and the node catches up from history.
-        Call before ``start()``; one subscriber per broker."""
+        ``on_resync`` is called each time the subscription is re-established after it was lost,
+        before any envelope that arrived after that: envelopes may have been missed meanwhile,
+        and the node catches up from history. Call before ``start()``; one subscriber per
+        broker."""
+
+    @abc.abstractmethod
+    async def follow(self, streams: Iterable[str]) -> None:
+        """Receive the envelopes of ``streams`` from now on. Returns once the broker confirmed
+        it, so a history read after it misses nothing between history and live; raises
+        :class:`pushsvc.errors.BrokerUnavailable` when that cannot be confirmed in time (the
+        streams stay wanted and are followed once the bus is back)."""
+
+    @abc.abstractmethod
+    def unfollow(self, streams: Iterable[str]) -> None:
+        """Stop receiving the envelopes of ``streams`` (soon: some may still arrive)."""
 
     @abc.abstractmethod
     async def send_command(self, command: Command) -> None:
         """Deliver ``command`` to the node it names."""
-
-    @abc.abstractmethod
-    async def position(self) -> int:
-        """The ``seq`` of the newest envelope put on the bus (0 before the first)."""
 
 
 class Registry(abc.ABC):

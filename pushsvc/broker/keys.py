@@ -19,10 +19,15 @@ who reads it.
 ``{p}body:<message id>`` — string; the Message as JSON, of a message appended to several
     streams. Expires when history reads stop returning it (publish time + ``history_ttl``).
     The publish script → history reads.
-``{p}db{db}:bus`` — pub/sub channel; one Envelope JSON per published message, in publish order.
-    The publish script → every node's bus reader.
-``{p}bus:seq`` — string; the ``seq`` of the newest envelope (INCR). No TTL.
-    The publish script → ``Bus.position()``.
+``{p}db{db}:s:<stream>`` — pub/sub channel (sharded on Redis Cluster: ``SPUBLISH`` /
+    ``SSUBSCRIBE``); one Envelope JSON per message appended to that stream, in offset order,
+    each with the offset of the entry before it (``after``: "0-0" for a stream's first), so a
+    node finds a gap per stream. The publish script → the nodes whose sessions read the stream
+    (a node follows a stream's channel while one of its sessions reads it).
+``{p}db{db}:probe:<node>`` — pub/sub channel (sharded on Cluster); the node's own liveness
+    probe: its bus publishes to it every second through the command connection and expects its
+    subscription to hear it (a subscription left on a demoted master hears nothing).
+    The node's bus → the same node's bus.
 ``{p}db{db}:commands`` — pub/sub channel; Command JSON.
     ``Bus.send_command`` (API, CLI) → every node's bus reader.
 ``{p}nodes`` — sorted set; member = node id, score = its heartbeat expiry (unix s).
@@ -123,8 +128,6 @@ class Keyspace:
             prefix = "{" + prefix + "}"
         self.prefix = prefix
         self.db = db
-        self.bus = f"{prefix}db{db}:bus"
-        self.bus_seq = prefix + "bus:seq"
         self.commands = f"{prefix}db{db}:commands"
         self.nodes = prefix + "nodes"
         self.monitor_lease = prefix + "monitor:lease"
@@ -134,6 +137,14 @@ class Keyspace:
 
     def stream(self, stream: str) -> str:
         return f"{self.prefix}stream:{stream}"
+
+    def stream_channel(self, stream: str) -> str:
+        """The channel that carries the envelopes of ``stream``."""
+        return f"{self.prefix}db{self.db}:s:{stream}"
+
+    def probe(self, node_id: str) -> str:
+        """The channel of ``node_id``'s bus liveness probe."""
+        return f"{self.prefix}db{self.db}:probe:{node_id}"
 
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"

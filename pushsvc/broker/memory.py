@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pushsvc.broker.base import (
     Accepted,
@@ -66,10 +66,13 @@ class MemoryHistory(History):
         """Streams held."""
         return len(self._streams)
 
-    def append(self, stream: str, message: Message) -> str:
+    def append(self, stream: str, message: Message) -> tuple[str, str]:
+        """Append ``message`` to ``stream``: its offset, and the offset of the entry before it
+        ("0-0" when the stream had none)."""
         now_ms = int(self._clock() * 1000)
         self.sweep(now_ms)
-        position = offsets.next_position(self._last.pop(stream, offsets.ZERO), now_ms)
+        before = self._last.pop(stream, offsets.ZERO)
+        position = offsets.next_position(before, now_ms)
         self._last[stream] = position
         offset = offsets.format_position(position)
         entries = self._streams.get(stream)
@@ -77,7 +80,7 @@ class MemoryHistory(History):
             entries = self._streams[stream] = deque(maxlen=self._size)
         entries.append(HistoryEntry(offset, message))
         self._trim(entries, now_ms)
-        return offset
+        return offset, offsets.format_position(before)
 
     def sweep(self, now_ms: int) -> None:
         """Drop the streams last appended to more than the TTL ago (oldest first, O(1) each)."""
@@ -115,10 +118,13 @@ class MemoryHistory(History):
 
 
 class MemoryBus(Bus):
+    """The bus within one process: an envelope reaches the subscriber when its stream is
+    followed, as on Redis."""
+
     def __init__(self) -> None:
         self._on_envelope: Callable[[Envelope], None] | None = None
         self._on_command: Callable[[Command], None] | None = None
-        self.seq = 0
+        self.followed: set[str] = set()
 
     def subscribe(
         self,
@@ -129,12 +135,15 @@ class MemoryBus(Bus):
         self._on_envelope = on_envelope
         self._on_command = on_command
 
-    def deliver(self, envelope: Envelope) -> None:
-        if self._on_envelope is not None:
-            self._on_envelope(envelope)
+    async def follow(self, streams: Iterable[str]) -> None:
+        self.followed.update(streams)
 
-    async def position(self) -> int:
-        return self.seq
+    def unfollow(self, streams: Iterable[str]) -> None:
+        self.followed.difference_update(streams)
+
+    def deliver(self, stream: str, envelope: Envelope) -> None:
+        if self._on_envelope is not None and stream in self.followed:
+            self._on_envelope(envelope)
 
     async def send_command(self, command: Command) -> None:
         if self._on_command is not None:
@@ -442,12 +451,13 @@ class MemoryBroker(Broker):
                 results.append(again)
                 continue
             m = item.message
-            placed = {stream: self._history.append(stream, m) for stream in item.streams}
+            appended = {stream: self._history.append(stream, m) for stream in item.streams}
+            placed = {stream: offset for stream, (offset, _) in appended.items()}
             self._ledger.start(
                 Published(m.id, m.event, m.ts / 1000, m.expires / 1000, m.ack, placed)
             )
-            self._bus.seq += 1
-            self._bus.deliver(Envelope(m, placed, origin, self._bus.seq))
+            for stream, (offset, after) in appended.items():
+                self._bus.deliver(stream, Envelope(m, {stream: offset}, origin, after))
             result = Placed(id=m.id, offsets=placed, fingerprint=item.fingerprint)
             if item.key is not None:
                 self.keys.bind(item.key, result)

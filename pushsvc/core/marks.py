@@ -40,6 +40,10 @@ class StreamMarks:
     def knows(self, stream: str) -> bool:
         return stream in self._marks
 
+    def get(self, stream: str) -> Position | None:
+        """The mark of ``stream``, None when no local session reads it yet."""
+        return self._marks.get(stream)
+
     def forget(self, stream: str) -> None:
         """No local session reads ``stream`` any more."""
         self._marks.pop(stream, None)

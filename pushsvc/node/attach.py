@@ -1,8 +1,10 @@
 """A session's arrival: hello, then what it missed, then live (DESIGN §4, §5).
 
 :func:`hello` verifies the token and the resume offsets, registers the session (live messages are
-buffered from here on) and starts :func:`replay`, which reads history, writes the welcome and the
-replayed messages, flushes the buffer without duplicates and switches the session to live.
+buffered from here on) and starts :func:`replay`, which follows the session's streams on the bus
+(confirmed before anything is read, so nothing falls between history and live), reads history,
+writes the welcome and the replayed messages, flushes the buffer without duplicates and switches
+the session to live.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ async def replay(
             t = core.TOKEN_REVOKED
             session.close(t.code, t.slug, t.message)
             return
+        # Live first, then history: whatever is appended after the history read arrives live.
+        await node.broker.bus.follow(session.streams)
         chosen = await missed(node, session, wanted, positions)
     except (BrokerError, OSError) as exc:
         node.log.warning("replay failed", extra={"session": session.id, "error": str(exc)})

@@ -1,9 +1,9 @@
 """Catching up from history when the bus lost envelopes, so no live session silently misses one.
 
-The bus numbers envelopes cluster-wide (``Envelope.seq``). A node notices a loss three ways:
-a jump in ``seq`` between two envelopes; the bus telling it the subscription was re-established
-(``on_resync``); or the periodic position check finding the bus ahead of what arrived here for
-longer than one check interval (a subscription that died without a word).
+A node notices a loss two ways: an envelope whose ``after`` (the offset before it in its stream)
+is newer than the newest offset of that stream that reached this node (a gap in that stream);
+or the bus telling it the subscription was re-established (``on_resync``: the bus itself finds a
+subscription that died without a word, see :mod:`pushsvc.broker.redis.bus`).
 
 Then it *holds* the fan-out (new envelopes wait), reads every locally subscribed stream's history
 from just before the newest offset of that stream that reached it (:mod:`pushsvc.core.marks`:
@@ -12,7 +12,7 @@ envelopes after them. Sessions drop what they already have by offset, so a messa
 written twice and never skipped.
 
 The ``stop_bus`` fault (game days, :mod:`pushsvc.node.faults`) drops every envelope here and
-suspends all three ways of noticing, so the node looks like one whose subscription died without a
+suspends both ways of noticing, so the node looks like one whose subscription died without a
 word and whose self-healing failed; :meth:`CatchUp.restart` ends it with a catch-up.
 """
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECK_INTERVAL = 1.0
+RETRY_INTERVAL = 1.0  # between attempts to read history while the broker fails
 
 
 class CatchUp:
@@ -67,32 +67,33 @@ class CatchUp:
         self._faults = faults
         self._spawn = spawn
         self._history_size = history_size
-        self.seq = 0  # newest envelope seq seen here
         self.marks = marks.StreamMarks()  # per locally read stream, the newest offset seen here
         self._since: dict[str, offsets.Position] | None = None  # catch-up wanted from these marks
         self._running = False
-        self._suspect: int | None = None  # bus position seen ahead of us at the last check
         self.recoveries = 0
 
     def envelope(self, envelope: Envelope) -> None:
-        """Bus callback: check the sequence, then hand the envelope to the fan-out."""
+        """Bus callback: check each stream for a gap, then hand the envelope to the fan-out."""
         if self._faults.stop_bus:
             return
         metrics.bus_received.inc()
-        seq = envelope.seq
-        if seq and self.seq and seq > self.seq + 1:
-            log.warning(
-                "bus gap", extra={"node": self._node_id, "expected": self.seq + 1, "got": seq}
-            )
-            self.request()
-        self.seq = max(self.seq, seq)
-        first = next(iter(envelope.offsets.values()), None)
-        if seq and first is not None:  # a live envelope: it was appended a moment ago
-            self._clock.observe(offsets.parse(first), int(time.time() * 1000))
+        after = envelope.after
         index = self._index
+        marks_ = self.marks
         for stream, offset in envelope.offsets.items():
-            if index.get(stream) is not None:
-                self.marks.seen(stream, offsets.parse(offset))
+            if index.get(stream) is None:
+                continue
+            position = offsets.parse(offset)
+            if after is not None:
+                mark = marks_.get(stream)
+                if mark is not None and offsets.parse(after) > mark:
+                    log.warning(
+                        "bus gap",
+                        extra={"node": self._node_id, "stream": stream, "after": after},
+                    )
+                    self.request()  # snapshots the marks before this envelope moves them
+                self._clock.observe(position, int(time.time() * 1000))  # appended just now
+            marks_.seen(stream, position)
         self._fanout.submit(envelope)
 
     def start(self, stream: str, end: str | None) -> None:
@@ -105,11 +106,14 @@ class CatchUp:
         return self.marks.knows(stream)
 
     def forget(self, streams: tuple[str, ...]) -> None:
-        """``streams`` of a closed session: drop the marks of those no local session reads."""
+        """``streams`` of a closed session: drop the marks of those no local session reads, and
+        stop following them on the bus."""
         index = self._index
-        for stream in streams:
-            if index.get(stream) is None:
-                self.marks.forget(stream)
+        gone = [stream for stream in streams if index.get(stream) is None]
+        for stream in gone:
+            self.marks.forget(stream)
+        if gone:
+            self._broker.bus.unfollow(gone)
 
     def resync(self) -> None:
         """Bus callback: the subscription came back after a loss."""
@@ -118,7 +122,6 @@ class CatchUp:
 
     def restart(self) -> None:
         """The ``stop_bus`` fault was cleared: catch up on what it swallowed."""
-        self._suspect = None
         self.request()
 
     def request(self) -> None:
@@ -138,7 +141,7 @@ class CatchUp:
                 except (BrokerError, OSError) as exc:
                     log.warning("catch-up failed, retrying", extra={"error": str(exc)})
                     self._since = marks.merge(self._since, since)
-                    await asyncio.sleep(CHECK_INTERVAL)
+                    await asyncio.sleep(RETRY_INTERVAL)
                     continue
                 self._fanout.release(entries)
                 self.recoveries += 1
@@ -166,30 +169,3 @@ class CatchUp:
             if entries:
                 self.marks.seen(stream, offsets.parse(entries[-1].offset))
         return out
-
-    async def watch(self) -> None:
-        """Compare the bus position with what arrived here, every second, until cancelled."""
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL)
-            if self._faults.stop_bus:
-                continue
-            seen = self.seq  # before asking: envelopes keep arriving while we wait
-            try:
-                position = await self._broker.bus.position()
-            except (BrokerError, OSError):
-                continue
-            if position < seen:  # below what had already arrived: the counter restarted
-                self.seq = position
-                self._suspect = None
-            elif position == self.seq:
-                self._suspect = None
-            elif self._suspect is not None and self.seq < self._suspect:
-                log.warning(
-                    "bus silent while behind",
-                    extra={"node": self._node_id, "here": self.seq, "bus": position},
-                )
-                self._suspect = None
-                self.seq = position
-                self.request()
-            else:
-                self._suspect = position

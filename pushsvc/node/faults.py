@@ -9,7 +9,7 @@ Only reachable through ``POST /v1/admin/faults`` on a node started with
   The node still counts the delivery as *expected* (it believes it owes it), which is what the
   monitor reconciles.
 - ``stop_bus``: envelopes from the bus no longer reach the fan-out, and the self-healing that
-  would notice (the catch-up's position check and resyncs) is suspended: a wedged subscription
+  would notice (the catch-up's gap checks and resyncs) is suspended: a wedged subscription
   whose node keeps its heartbeat. Clearing it catches up from history.
 """
 

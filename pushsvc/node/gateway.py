@@ -3,16 +3,15 @@
 Lifecycle: ``await node.start(listener)`` binds the client listener, ``listener`` making each
 accepted connection's protocol (the HTTP edge, given where the node is assembled, which hands
 upgraded connections to a :class:`~pushsvc.node.session.Session`), and joins the cluster: it
-reads the bus position, replaces whatever an earlier process of the same id left in the
-registry, registers and starts the background tasks (fan-out, housekeeping, accounting, registry
-heartbeat). When the broker cannot be reached, ``start()`` returns anyway and the node keeps
-trying to join with capped backoff; until it has joined, the client listener refuses upgrades
-with 503 and ``ready`` is False. ``await node.drain()`` stops accepting and closes every
-connection (sessions with 1001) so clients resume elsewhere; ``await node.close()`` drains (if
-not done), cancels every task, flushes the accounting and deregisters (when it had joined) and
-closes the client listener. Both are idempotent, both work while the broker is down, and
-``close()`` undoes only what ``start()`` did: the broker belongs to whoever made it, who closes
-it after the node.
+replaces whatever an earlier process of the same id left in the registry, registers and starts
+the background tasks (fan-out, housekeeping, accounting, registry heartbeat). When the broker
+cannot be reached, ``start()`` returns anyway and the node keeps trying to join with capped
+backoff; until it has joined, the client listener refuses upgrades with 503 and ``ready`` is
+False. ``await node.drain()`` stops accepting and closes every connection (sessions with 1001) so
+clients resume elsewhere; ``await node.close()`` drains (if not done), cancels every task, flushes
+the accounting and deregisters (when it had joined) and closes the client listener. Both are
+idempotent, both work while the broker is down, and ``close()`` undoes only what ``start()`` did:
+the broker belongs to whoever made it, who closes it after the node.
 """
 
 from __future__ import annotations
@@ -172,9 +171,8 @@ class Node:
         self.log.info("node started", extra={"client": self.client_addr, "pid": os.getpid()})
 
     async def _join(self) -> None:
-        """Read the bus position, replace this id's old registry entry, register, then start the
-        background work. Raises :class:`BrokerError` (or OSError) when the broker fails."""
-        self.catchup.seq = await self.broker.bus.position()
+        """Replace this id's old registry entry, register, then start the background work.
+        Raises :class:`BrokerError` (or OSError) when the broker fails."""
         # A node restarted under the same id must not bring back its dead sessions.
         await self.broker.registry.deregister(self.id)
         self.started = time.time()
@@ -182,7 +180,6 @@ class Node:
         self.joined = True
         for job in (
             self.fanout.run(),
-            self.catchup.watch(),
             self._housekeeping(),
             self.accounting.run(),
             self._heartbeat(),

@@ -7,9 +7,10 @@ Modules: ``url`` (the Redis URL forms, parsed once), ``sentinel`` (where the mas
 Key names and the keyspace are documented in :mod:`pushsvc.broker.keys`.
 
 Publishing runs the publish script once per :data:`PUBLISH_CHUNK` messages, every run of a batch
-in one round trip: each message is appended to its streams, numbered, announced on the bus,
-given its trail and bound to its idempotency key inside one atomic script run, so every
-subscriber sees a stream's envelopes in offset order, a message accepted by a node that dies
+in one round trip: each message is appended to its streams, announced on each stream's channel
+(with the offset before it, for per-stream gap detection), given its trail and bound to its
+idempotency key inside one atomic script run, so every node that follows a stream sees its
+envelopes in offset order, a message accepted by a node that dies
 right after still has its trail, and a key is bound exactly when its message was appended.
 A run that fails leaves the messages before the failure appended (Redis does not roll a script
 back): their outcome is reported unknown, and a retry with their keys finds them.
@@ -79,14 +80,15 @@ class RedisBroker(Broker):
         if isinstance(target, str):
             target = parse(target)
         self.keys = keys = Keyspace(prefix, target.db, one_slot=target.mode == "cluster")
-        self._link = link = Link(target, timeout, slot_key=keys.bus_seq)
+        self._link = link = Link(target, timeout, slot_key=keys.nodes)
+        self._publish = "SPUBLISH" if target.mode == "cluster" else "PUBLISH"
         self._replicas = min_replicas
         self._maxlen = history_size
         self._ttl = history_ttl
         self._keep_ms = idempotency_ttl * 1000
         self._retention_ms = int(ledger_retention * 1000)
         self.history = RedisHistory(link, keys, history_ttl)
-        self.bus = self._bus = RedisBus(link, keys)
+        self.bus = self._bus = RedisBus(link, keys, sharded=target.mode == "cluster")
         self.registry = RedisRegistry(link, keys, node_ttl)
         self.ledger = RedisLedger(
             link, keys, ledger_retention, early_ttl=history_ttl + ledger_retention
@@ -119,10 +121,10 @@ class RedisBroker(Broker):
         await self._link.aclose()
 
     async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
-        head: list[Arg] = [self._maxlen, self._ttl, self.keys.bus, _encode(origin), self._keep_ms]
+        head: list[Arg] = [self._maxlen, self._ttl, self._publish, _encode(origin), self._keep_ms]
         calls: list[tuple[list[Arg], list[Arg]]] = []
         for start in range(0, len(items), PUBLISH_CHUNK):
-            keys: list[Arg] = [self.keys.bus_seq]
+            keys: list[Arg] = []
             args = list(head)
             for item in items[start : start + PUBLISH_CHUNK]:
                 message, streams = item.message, item.streams
@@ -139,6 +141,7 @@ class RedisBroker(Broker):
                 args += (len(streams), _encode(message), published_head(message), expire_at)
                 args += (message.id, item.fingerprint, keyed, body_at)
                 args += [_encode(s) for s in streams]
+                args += [self.keys.stream_channel(s) for s in streams]
             calls.append((keys, args))
         replies = await self._link.run_each(PUBLISH, calls, replicas=self._replicas)
         out: list[Outcome] = []

@@ -1,18 +1,29 @@
-"""The bus over Redis pub/sub: one dedicated connection, one reader task, callbacks in bus order.
+"""The bus over Redis pub/sub: routed delivery on one dedicated connection, one reader task,
+callbacks in the order Redis sent them.
 
-The reader subscribes to the envelope channel and the command channel on a connection of its own
-and calls ``on_envelope`` / ``on_command`` for each message, in the order Redis sent them (the
-publish script puts a stream's envelopes on the channel in offset order).
+Each stream has a channel (:meth:`pushsvc.broker.keys.Keyspace.stream_channel`); the publish
+script puts each message's envelope on the channel of every stream it was appended to. A node
+*follows* the streams its sessions read: the reader subscribes to their channels (``SSUBSCRIBE``
+on Redis Cluster, where the channels are sharded with the keyspace's slot; ``SUBSCRIBE``
+elsewhere), plus the command channel and its own probe channel, so a node receives only the
+messages it has readers for. :meth:`RedisBus.follow` returns once Redis confirmed the
+subscription: a session reads history after that, so nothing falls between history and live.
+Follows and unfollows made during one turn of the event loop go out as one command.
 
-Losing the subscription — Redis restarted, ``CLIENT KILL TYPE pubsub``, the output buffer limit, a
-connection that went silent — is detected, the bus reports itself down, and the reader reconnects
-with capped exponential backoff and full jitter (:data:`BACKOFF_BASE` to :data:`BACKOFF_CAP`).
-Once subscribed again it calls ``on_resync()`` before any new envelope: whatever was published
-meanwhile is only in history now.
+Losing the subscription — Redis restarted, a failover, ``CLIENT KILL TYPE pubsub``, the output
+buffer limit, a slot that moved away on Cluster (Redis then cancels its sharded subscriptions),
+a connection that went silent — is detected, the bus reports itself down, and the reader
+reconnects (to wherever the master is now) with capped exponential backoff and full jitter
+(:data:`BACKOFF_BASE` to :data:`BACKOFF_CAP`), subscribes to every followed stream again and
+waits for every confirmation. Then it calls ``on_resync()`` before passing on any envelope that
+arrived on the new connection: whatever was published meanwhile is only in history now.
 
-A silent connection is found by a watchdog: after ``ping_interval`` seconds without a message it
-sends PING, and a connection that then stays mute for ``ping_timeout`` seconds is closed, which
-ends the reader's wait; the reader itself reads without a timer per message.
+Two probes keep the subscription honest. A watchdog sends PING after ``ping_interval`` seconds
+without a message and closes a connection that then stays mute for ``ping_timeout`` seconds. And
+every ``ping_interval`` the bus publishes to its own probe channel through the command
+connection, which always follows the master: when Redis answers that nobody heard it twice in a
+row, the subscription is on a server that no longer gets the publishes (a demoted master that
+still answers PING), and it is dropped and made again.
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -31,12 +43,15 @@ from pushsvc.broker.base import Bus, Command
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Connection, Link
 from pushsvc.core.backoff import backoff_delay
+from pushsvc.errors import BrokerError, BrokerUnavailable
 from pushsvc.types import Envelope
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
+CHUNK = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
+PROBE_STRIKES = 2  # probes nobody heard before the subscription is made again
 
 
 class SubscriptionLost(Exception):
@@ -44,13 +59,15 @@ class SubscriptionLost(Exception):
 
 
 class RedisBus(Bus):
-    """Call :meth:`subscribe`, then ``await start()``; ``await close()`` at the end."""
+    """Call :meth:`subscribe`, then ``await start()``; ``await close()`` at the end.
+    ``sharded``: Redis Cluster's sharded pub/sub for the stream and probe channels."""
 
     def __init__(
         self,
         link: Link,
         keys: Keyspace,
         *,
+        sharded: bool = False,
         ping_interval: float = 1.0,
         ping_timeout: float = 2.0,
     ) -> None:
@@ -58,8 +75,13 @@ class RedisBus(Bus):
         self._keys = keys
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        self._bus_channel = keys.bus.encode()
+        if sharded:
+            self._sub, self._unsub, self._publish = "SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH"
+        else:
+            self._sub, self._unsub, self._publish = "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH"
         self._command_channel = keys.commands.encode()
+        self._probe_channel = keys.probe(secrets.token_hex(8)).encode()
+        self._stream_prefix = keys.stream_channel("").encode()
         self._envelopes = msgspec.json.Decoder(Envelope)
         self._commands = msgspec.json.Decoder(Command)
         self._encoder = msgspec.json.Encoder()
@@ -71,11 +93,26 @@ class RedisBus(Bus):
         self._lost = False  # a subscription existed (or was due) and went away
         self._heard = False  # the subscription received something since the watchdog looked
         self.subscriptions = 0  # how many times the reader subscribed
+        # Routed delivery. Channels are bytes, as Redis names them in its replies.
+        self._wanted: set[bytes] = set()  # the channels of the followed streams
+        self._connection: Connection | None = None  # the subscription, once established
+        self._confirmed: set[bytes] = set()  # subscribed on the current connection
+        self._asked: set[bytes] = set()  # SUBSCRIBE sent on it, not confirmed yet
+        self._leaving: dict[bytes, int] = {}  # UNSUBSCRIBEs sent on it, not confirmed yet
+        self._to_subscribe: set[bytes] = set()  # for the next flush
+        self._to_unsubscribe: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._flush_due = False
 
     @property
     def connected(self) -> bool:
         """True while the subscription is established."""
         return self._subscribed.is_set()
+
+    @property
+    def followed(self) -> int:
+        """How many streams are followed."""
+        return len(self._wanted)
 
     def subscribe(
         self,
@@ -90,9 +127,99 @@ class RedisBus(Bus):
     async def send_command(self, command: Command) -> None:
         await self._link.call("PUBLISH", self._keys.commands, self._encoder.encode(command))
 
-    async def position(self) -> int:
-        value = await self._link.call("GET", self._keys.bus_seq)
-        return int(value) if value else 0
+    # -- following streams ----------------------------------------------------------------------
+
+    def _channel(self, stream: str) -> bytes:
+        return self._stream_prefix + stream.encode()
+
+    async def follow(self, streams: Iterable[str]) -> None:
+        waits: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        for stream in streams:
+            channel = self._channel(stream)
+            self._wanted.add(channel)
+            self._to_unsubscribe.discard(channel)
+            leaving = channel in self._leaving
+            if channel in self._confirmed and not leaving:
+                continue
+            if leaving or channel not in self._asked:
+                self._to_subscribe.add(channel)
+            waiter = loop.create_future()
+            self._waiters.setdefault(channel, []).append(waiter)
+            waits.append(waiter)
+        if not waits:
+            return
+        self._schedule_flush()
+        try:
+            async with asyncio.timeout(self._link.timeout + self._ping_timeout):
+                for waiter in waits:
+                    await asyncio.shield(waiter)
+        except TimeoutError:
+            raise BrokerUnavailable("redis did not confirm the subscription in time") from None
+
+    def unfollow(self, streams: Iterable[str]) -> None:
+        for stream in streams:
+            channel = self._channel(stream)
+            if channel not in self._wanted:
+                continue
+            self._wanted.discard(channel)
+            self._to_subscribe.discard(channel)
+            if channel in self._confirmed or channel in self._asked:
+                self._to_unsubscribe.add(channel)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_due and self._connection is not None:
+            self._flush_due = True
+            asyncio.get_running_loop().create_task(self._flush(self._connection))
+
+    async def _flush(self, connection: Connection) -> None:
+        """Send the (un)subscriptions asked since the last flush, in chunks of :data:`CHUNK`."""
+        self._flush_due = False
+        if connection is not self._connection:
+            return  # lost meanwhile: the next connection subscribes to what is wanted then
+        unsubscribe, self._to_unsubscribe = list(self._to_unsubscribe), set()
+        asked, self._to_subscribe = self._to_subscribe, set()
+        subscribe = [
+            c
+            for c in asked
+            if c in self._leaving or (c not in self._confirmed and c not in self._asked)
+        ]  # (a new connection subscribed to what was wanted when it was made)
+        try:
+            for start in range(0, len(unsubscribe), CHUNK):
+                chunk = unsubscribe[start : start + CHUNK]
+                for channel in chunk:
+                    self._leaving[channel] = self._leaving.get(channel, 0) + 1
+                await connection.send_command(self._unsub, *chunk, check_health=False)
+            for start in range(0, len(subscribe), CHUNK):
+                chunk = subscribe[start : start + CHUNK]
+                self._asked.update(chunk)
+                await connection.send_command(self._sub, *chunk, check_health=False)
+        except (RedisError, OSError, AttributeError):
+            pass  # the reader fails on its own, and the next connection subscribes again
+
+    def _confirm(self, channel: bytes) -> None:
+        self._asked.discard(channel)
+        self._confirmed.add(channel)
+        for waiter in self._waiters.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _cancelled(self, channel: bytes) -> None:
+        """An unsubscribe reply: ours, or Redis cancelling a subscription on its own."""
+        left = self._leaving.get(channel)
+        if left is not None:
+            if left > 1:
+                self._leaving[channel] = left - 1
+            else:
+                del self._leaving[channel]
+            self._confirmed.discard(channel)
+            return
+        self._confirmed.discard(channel)
+        if channel in self._wanted or not channel.startswith(self._stream_prefix):
+            raise SubscriptionLost(f"the server cancelled the subscription to {channel!r}")
+
+    # -- the reader -----------------------------------------------------------------------------
 
     async def start(self, wait: float) -> None:
         """Start the reader; wait up to ``wait`` seconds for the first subscription.
@@ -117,6 +244,10 @@ class RedisBus(Bus):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._subscribed.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()
 
     async def _run(self) -> None:
         attempt = 0
@@ -133,6 +264,12 @@ class RedisBus(Bus):
                     log.debug("bus subscribe failed", extra={"error": str(exc)})
             finally:
                 self._subscribed.clear()
+                self._connection = None
+                self._confirmed.clear()
+                self._asked.clear()
+                self._leaving.clear()
+                self._to_subscribe.clear()
+                self._to_unsubscribe.clear()
                 if connection is not None:
                     await connection.disconnect(nowait=True)
             self._lost = True
@@ -140,26 +277,44 @@ class RedisBus(Bus):
             attempt += 1
 
     async def _listen(self, connection: Connection) -> None:
-        """Subscribe on ``connection`` and dispatch until it fails (it always ends by raising)."""
-        await connection.send_command(
-            "SUBSCRIBE", self._keys.bus, self._keys.commands, check_health=False
-        )
-        pending = {self._bus_channel, self._command_channel}
+        """Subscribe on ``connection`` to the commands, the probe and every followed stream,
+        then dispatch until it fails (it always ends by raising)."""
+        await connection.send_command("SUBSCRIBE", self._keys.commands, check_health=False)
+        await connection.send_command(self._sub, self._probe_channel, check_health=False)
+        streams = list(self._wanted)
+        for start in range(0, len(streams), CHUNK):
+            await connection.send_command(
+                self._sub, *streams[start : start + CHUNK], check_health=False
+            )
+        self._asked.update(streams)
+        pending = {self._command_channel, self._probe_channel, *streams}
+        early: list[Any] = []  # messages that came before every confirmation
         while pending:
             reply = await connection.read_response(timeout=self._ping_timeout)
             if reply is None:
                 raise SubscriptionLost("no subscribe confirmation in time")
-            if reply[0] != b"subscribe":
-                raise SubscriptionLost(f"unexpected reply while subscribing: {reply[0]!r}")
-            pending.discard(reply[1])
+            kind = reply[0]
+            if kind in (b"subscribe", b"ssubscribe"):
+                pending.discard(reply[1])
+                self._confirm(reply[1])
+            elif kind in (b"unsubscribe", b"sunsubscribe"):
+                self._cancelled(reply[1])
+            elif kind in (b"message", b"smessage"):
+                early.append(reply)
+            else:
+                raise SubscriptionLost(f"unexpected reply while subscribing: {kind!r}")
+        self._connection = connection
         self._subscribed.set()
         self._link.reachable = True
         self.subscriptions += 1
         if self._lost:
             self._lost = False
-            log.info("bus subscription re-established")
+            log.info("bus subscription re-established", extra={"streams": len(streams)})
             if self._on_resync is not None:
                 self._call(self._on_resync)
+        for reply in early:
+            self._dispatch(reply)
+        self._schedule_flush()  # what was followed or unfollowed while subscribing
         self._heard = True
         watchdog = asyncio.get_running_loop().create_task(self._watch(connection))
         try:
@@ -173,11 +328,24 @@ class RedisBus(Bus):
                 await watchdog
 
     async def _watch(self, connection: Connection) -> None:
-        """PING after ``ping_interval`` without a reply; disconnect (so that the reader fails)
-        when nothing at all arrives within ``ping_timeout`` after that."""
+        """Every ``ping_interval``: publish to the probe channel through the command connection
+        and drop the subscription when nobody heard it :data:`PROBE_STRIKES` times in a row;
+        PING when nothing arrived, and disconnect (so that the reader fails) when nothing at all
+        arrives within ``ping_timeout`` after that."""
+        strikes = 0
+        probe: asyncio.Task[int | None] | None = None
+        loop = asyncio.get_running_loop()
         while True:
             self._heard = False
+            if probe is None or probe.done():  # one probe in flight at most, never waited for
+                if probe is not None:
+                    strikes = strikes + 1 if probe.result() == 0 else 0
+                probe = loop.create_task(self._probe())
             await asyncio.sleep(self._ping_interval)
+            if strikes >= PROBE_STRIKES:
+                log.warning("bus subscription no longer hears the master, subscribing again")
+                await connection.disconnect(nowait=True)
+                return
             if self._heard:
                 continue
             try:
@@ -192,15 +360,26 @@ class RedisBus(Bus):
                 await connection.disconnect(nowait=True)
                 return
 
+    async def _probe(self) -> int | None:
+        """Publish to the probe channel: how many subscriptions heard it (None: no answer)."""
+        try:
+            return int(await self._link.call(self._publish, self._probe_channel, b""))
+        except BrokerError:
+            return None  # the command connection has its own trouble
+
     def _dispatch(self, reply: Any) -> None:
-        """One pub/sub reply: ``[b"message", channel, data]`` or ``[b"pong", b""]``. An
-        ``unsubscribe`` the server sent on its own ends the subscription (it is made again)."""
-        if reply[0] != b"message":
-            if reply[0] in (b"unsubscribe", b"sunsubscribe"):
-                raise SubscriptionLost(f"the server cancelled the subscription to {reply[1]!r}")
+        """One pub/sub reply: ``[b"message", channel, data]`` (``smessage`` when sharded), a
+        (un)subscribe confirmation, or ``[b"pong", b""]``. An unsubscribe the server sent on its
+        own ends the subscription (it is made again)."""
+        kind = reply[0]
+        if kind not in (b"message", b"smessage"):
+            if kind in (b"subscribe", b"ssubscribe"):
+                self._confirm(reply[1])
+            elif kind in (b"unsubscribe", b"sunsubscribe"):
+                self._cancelled(reply[1])
             return
         channel, data = reply[1], reply[2]
-        if channel == self._bus_channel:
+        if channel.startswith(self._stream_prefix):
             try:
                 envelope = self._envelopes.decode(data)
             except msgspec.DecodeError as exc:

@@ -9,29 +9,32 @@ from pushsvc.broker.redis.link import Script
 
 #: Publish a chunk of messages. Per message, atomically and in order: unless its idempotency key
 #: is bound already, XADD to each of its streams (trimmed to exactly ``maxlen`` entries, the key's
-#: TTL renewed), INCR the bus sequence, PUBLISH the envelope, start the message's trail with its
-#: Published record, and bind its key to its placement. A message for several streams is stored
-#: once, in its body key, and its entries hold only its id (field ``r`` instead of ``m``). The
-#: envelope, the record and the placement are concatenated here from pieces that are already
-#: JSON (the message, the record up to its ``streams``, the stream names, the origin) and the new
-#: entry ids, so they decode as :class:`pushsvc.types.Envelope`,
-#: :class:`pushsvc.broker.base.Published` and :class:`pushsvc.broker.base.Placed`.
+#: TTL renewed) and publish one envelope per stream on that stream's channel, carrying the offset
+#: of the stream's entry before it (``after``, "0-0" for a stream's first: per-stream gap
+#: detection), then start the message's trail with its Published record and bind its key to its
+#: placement. A message for several streams is stored once, in its body key, and its entries hold
+#: only its id (field ``r`` instead of ``m``). The envelopes, the record and the placement are
+#: concatenated here from pieces that are already JSON (the message, the record up to its
+#: ``streams``, the stream names, the origin) and the new entry ids, so they decode as
+#: :class:`pushsvc.types.Envelope`, :class:`pushsvc.broker.base.Published` and
+#: :class:`pushsvc.broker.base.Placed`.
 #:
-#: KEYS[1] the bus sequence; then per message: its trail, its idempotency key (when keyed), its
-#: stream keys, its body key (when stored apart).
-#: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] bus channel, ARGV[4] origin as JSON, ARGV[5]
-#: idempotency key TTL (ms); then per message: its stream count n, the message JSON, the
-#: Published JSON cut before the value of ``streams``, the trail's expiry (unix ms), its id and
-#: its request's fingerprint (plain: no quotes), "1" when keyed else "0", the body's expiry (unix
-#: ms; "" to store the message in the entries), its n stream names as JSON.
+#: KEYS per message: its trail, its idempotency key (when keyed), its stream keys, its body key
+#: (when stored apart).
+#: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] the publish command (``PUBLISH``, or
+#: ``SPUBLISH`` on Redis Cluster), ARGV[4] origin as JSON, ARGV[5] idempotency key TTL (ms); then
+#: per message: its stream count n, the message JSON, the Published JSON cut before the value of
+#: ``streams``, the trail's expiry (unix ms), its id and its request's fingerprint (plain: no
+#: quotes), "1" when keyed else "0", the body's expiry (unix ms; "" to store the message in the
+#: entries), its n stream names as JSON, its n streams' channels.
 #: Returns two values per message: 0 and its placement JSON, or 1 and the placement its key was
 #: bound to.
 PUBLISH = Script(
     "publish",
     """
-local maxlen, ttl, channel, origin, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local maxlen, ttl, publish, origin, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local out = {}
-local k = 1
+local k = 0
 local a = 6
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
@@ -66,14 +69,18 @@ while a <= #ARGV do
     local offsets = {}
     for i = 1, n do
       local key = KEYS[streams + i]
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+      local after = '0-0'
+      if last[1] then
+        after = last[1][1]
+      end
       local entry = redis.call('XADD', key, 'MAXLEN', maxlen, '*', field, value)
       redis.call('EXPIRE', key, ttl)
       offsets[i] = ARGV[a + 7 + i] .. ':"' .. entry .. '"'
+      redis.call(publish, ARGV[a + 7 + n + i], '{"message":' .. message .. ',"offsets":{' ..
+        offsets[i] .. '},"origin":' .. origin .. ',"after":"' .. after .. '"}')
     end
     local placed = '{' .. table.concat(offsets, ',') .. '}'
-    local seq = redis.call('INCR', KEYS[1])
-    redis.call('PUBLISH', channel, '{"message":' .. message .. ',"offsets":' .. placed ..
-      ',"origin":' .. origin .. ',"seq":' .. string.format('%d', seq) .. '}')
     redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
     redis.call('PEXPIREAT', trail, ARGV[a + 3])
     local record = '{"id":"' .. id .. '","offsets":' .. placed .. ',"fingerprint":"' ..
@@ -84,7 +91,7 @@ while a <= #ARGV do
     out[#out + 1] = 0
     out[#out + 1] = record
   end
-  a = a + 8 + n
+  a = a + 8 + 2 * n
 end
 return out
 """,
