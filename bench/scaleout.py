@@ -72,7 +72,8 @@ BUS_RECEIVED = "pushsvc_bus_messages_received_total"
 USER_PREFIX = "u"
 COLUMNS = (
     "nodes", "code", "node CPU µs/msg (sum)", "per node (mean / max)",
-    "received share (mean / max)", "Redis cmds/msg", "p50 / p99 ms", "missing",
+    "received share (mean / max)", "Redis cmds/msg", "Redis CPU µs/msg", "p50 / p99 ms",
+    "missing",
 )  # fmt: skip
 
 
@@ -131,6 +132,7 @@ class Reading:
     node_received: list[float]
     redis_commands: int
     redis_calls: dict[str, int]
+    redis_cpu_seconds: float = math.nan
 
 
 def figures(published: int, start: Reading, end: Reading) -> dict[str, object]:
@@ -156,6 +158,7 @@ def figures(published: int, start: Reading, end: Reading) -> dict[str, object]:
         "received_share_mean": sum(share) / len(share) if share else math.nan,
         "received_share_max": max(share, default=math.nan),
         "redis_commands_per_message": (end.redis_commands - start.redis_commands) / per,
+        "redis_cpu_us_per_message": (end.redis_cpu_seconds - start.redis_cpu_seconds) / per * 1e6,
         "redis_calls_per_message": calls,
     }
 
@@ -174,6 +177,7 @@ def table_row(step: dict[str, object]) -> list[str]:
         ),
         f"{n(step.get('received_share_mean')):.2f} / {n(step.get('received_share_max')):.2f}",
         f"{n(step.get('redis_commands_per_message')):.2f}",
+        f"{n(step.get('redis_cpu_us_per_message')):.0f}",
         f"{p50:.1f} / {p99:.1f}",
         f"{n(step.get('missing')):.0f} of {n(step.get('published')):.0f}",
     ]
@@ -189,6 +193,7 @@ def read(
         node_received=received,
         redis_commands=int(redis.info("stats").get("total_commands_processed", 0)),
         redis_calls=calls_by_command(redis.info("commandstats")),
+        redis_cpu_seconds=procstat.cpu_seconds(redis.pid),
     )
 
 
@@ -422,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{DISTURBED_SHARE:.0%} of a CPU while publishing"
         for s in steps
         if s.get("disturbed")
+    ]
+    notes += [
+        f"{s['nodes']} nodes {s['arm']}: the publisher fell behind "
+        f"({runner.num(s['publish_seconds']):.1f} s for {a.duration:g} s of messages)"
+        for s in steps
+        if runner.num(s.get("publish_seconds")) > 1.05 * a.duration
     ]
     rows = [table_row(s) for s in steps if "failed" not in s]
     doc["table"] = [dict(zip(COLUMNS, r, strict=True)) for r in rows]

@@ -35,10 +35,9 @@ def test_commandstats_become_calls_per_command() -> None:
 
 
 def test_figures_are_per_accepted_message() -> None:
-    start = Reading([1.0, 2.0], [10.0, 10.0], 1_000, {"xadd": 5, "publish": 5, "info": 1})
-    end = Reading(
-        [1.5, 2.25], [1_010.0, 510.0], 4_000, {"xadd": 1_005, "publish": 1_005, "info": 1}
-    )
+    start = Reading([1.0, 2.0], [10.0, 10.0], 1_000, {"xadd": 5, "publish": 5, "info": 1}, 3.0)
+    calls = {"xadd": 1_005, "publish": 1_005, "info": 1}
+    end = Reading([1.5, 2.25], [1_010.0, 510.0], 4_000, calls, 3.04)
     f = figures(1_000, start, end)
     assert f["node_cpu_us_per_message"] == [500.0, 250.0]
     assert f["node_cpu_us_per_message_sum"] == 750.0
@@ -49,6 +48,7 @@ def test_figures_are_per_accepted_message() -> None:
     assert f["received_share_max"] == 1.0
     assert f["redis_commands_per_message"] == 3.0
     assert f["redis_calls_per_message"] == {"publish": 1.0, "xadd": 1.0}
+    assert f["redis_cpu_us_per_message"] == pytest.approx(40.0)
 
 
 def test_a_node_without_the_bus_counter_has_no_share() -> None:
@@ -56,6 +56,7 @@ def test_a_node_without_the_bus_counter_has_no_share() -> None:
     f = figures(10, start, Reading([0.001], [math.nan], 20, {}))
     assert math.isnan(f["received_share_max"])  # type: ignore[arg-type]
     assert f["redis_commands_per_message"] == 2.0
+    assert math.isnan(f["redis_cpu_us_per_message"])  # type: ignore[arg-type]
 
 
 def test_a_table_row_reads_a_step() -> None:
@@ -64,8 +65,8 @@ def test_a_table_row_reads_a_step() -> None:
         "node_cpu_us_per_message_sum": 1358.2, "node_cpu_us_per_message_mean": 339.6,
         "node_cpu_us_per_message_max": 342.4, "received_share_mean": 0.25,
         "received_share_max": 0.31, "redis_commands_per_message": 13.364,
-        "latency_ms": {"p50": 2.61, "p99": 16.7},
+        "redis_cpu_us_per_message": 81.4, "latency_ms": {"p50": 2.61, "p99": 16.7},
     }  # fmt: skip
     assert table_row(step) == [
-        "4", "now", "1358", "340 / 342", "0.25 / 0.31", "13.36", "2.6 / 16.7", "0 of 2400",
+        "4", "now", "1358", "340 / 342", "0.25 / 0.31", "13.36", "81", "2.6 / 16.7", "0 of 2400",
     ]  # fmt: skip
