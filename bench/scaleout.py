@@ -17,11 +17,11 @@ round-robin to the nodes' internal APIs.
 Over the publish phase (and a short settle after it) it measures, per node: CPU time
 (utime+stime from ``/proc``, the node's process and its children) and the
 ``pushsvc_bus_messages_received_total`` delta; and for Redis the ``total_commands_processed``
-delta and the calls per command (``INFO commandstats``). Each is divided by the messages accepted:
-node CPU µs per message (summed over the nodes, and per node), each node's received share (1.0
-when every node gets every message, 1/N at best for user-targeted routing) and Redis commands per
-message. Latency runs from ``time.time_ns()`` just before the publish request is written to the
-frame's arrival at its client (one machine clock).
+delta, the calls per command (``INFO commandstats``) and its CPU time. Each is divided by the
+messages accepted: node CPU µs per message (summed over the nodes, and per node), each node's
+received share (1.0 when every node gets every message, 1/N at best for user-targeted routing),
+Redis commands and Redis CPU µs per message. Latency runs from ``time.time_ns()`` just before
+the publish request is written to the frame's arrival at its client (one machine clock).
 
 ``--before REV`` exports that commit with ``git archive`` and runs the same series on it,
 interleaved: before N=2, now N=2, before N=4, … Prints a table and writes
