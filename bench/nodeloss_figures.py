@@ -1,0 +1,191 @@
+"""The figures of a node-loss run (``bench.nodeloss``), from what the publisher and every client
+recorded, and the table they make.
+
+A victim client is one whose first ``welcome`` came from the victim node. Its resume time runs
+from the ``kill -9`` to its first ``welcome`` from another node. Latency runs from just before a
+publish was first written to the arrival of the message at its user's app (one machine clock);
+a message that reached a victim client through the replay after its resume counts with that
+whole wait. Windows are by publish time: ``steady`` before the kill, ``during`` the ``--window``
+seconds after it, ``after`` the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass
+
+from bench import stats
+from bench.report import Row
+from bench.resumeload import Report
+
+
+@dataclass
+class Run:
+    kill_ns: int
+    end_ns: int
+    victim_node: str
+    ramp_s: float
+    accepted: list[tuple[int, str, int, int]]  # (user index, id, first sent ns, attempts)
+    statuses: dict[str, int]
+    abandoned: int
+    reports: list[Report]
+    settled_s: float | None
+    survivor_cpu_window_s: list[float]
+
+
+def _ms(values: list[float]) -> dict[str, float | int]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in stats.summary(values).items()}
+
+
+def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
+    devices = {d.index: d for r in run.reports for d in r.devices}
+    errors: Counter[str] = Counter()
+    for r in run.reports:
+        errors.update(r.errors)
+    kill = run.kill_ns
+    victims = [d for d in devices.values() if d.welcomes and d.welcomes[0][1] == run.victim_node]
+    victim_users = {d.index for d in victims}
+    resume_ms: list[float] = []
+    noticed_ms: list[float] = []
+    unresumed = 0
+    for d in victims:
+        later = [t for t, node in d.welcomes if t > kill and node != run.victim_node]
+        if later:
+            resume_ms.append((later[0] - kill) / 1e6)
+        else:
+            unresumed += 1
+        lost = [t for t in d.losses if t >= kill]
+        if lost:
+            noticed_ms.append((lost[0] - kill) / 1e6)
+    others_dropped = sum(
+        1
+        for d in devices.values()
+        if d.index not in victim_users and any(t >= kill for t in d.losses)
+    )
+    arrivals = {d.index: dict(d.arrivals) for d in devices.values()}
+    owner = {mid: user for user, mid, _, _ in run.accepted}
+    window_end = kill + int(a.window * 1e9)
+    lat: dict[str, list[float]] = {
+        k: [] for k in ("steady", "during_survivors", "during_victims", "during", "after")
+    }
+    lost_ids: list[str] = []
+    for user, mid, sent, _ in run.accepted:
+        got = arrivals.get(user, {}).get(mid)
+        if got is None:
+            lost_ids.append(mid)
+            continue
+        ms = (got - sent) / 1e6
+        if sent < kill:
+            lat["steady"].append(ms)
+        elif sent < window_end:
+            lat["during"].append(ms)
+            lat["during_victims" if user in victim_users else "during_survivors"].append(ms)
+        else:
+            lat["after"].append(ms)
+    misrouted = sum(
+        1 for index, got in arrivals.items() for mid in got if owner.get(mid, index) != index
+    )
+    unaccounted = sum(1 for got in arrivals.values() for mid in got if mid not in owner)
+    retried = sum(1 for s in run.accepted if s[3] > 1)
+    cpu = sum(run.survivor_cpu_window_s)
+    return {
+        "clients": len(devices),
+        "victim_sessions": len(victims),
+        "ramp_s": round(run.ramp_s, 1),
+        "resumed": len(resume_ms),
+        "unresumed": unresumed,
+        "all_resumed_s": round(max(resume_ms) / 1e3, 2) if resume_ms and not unresumed else None,
+        "resume_ms": _ms(resume_ms),
+        "loss_noticed_ms": _ms(noticed_ms),
+        "survivor_clients_dropped": others_dropped,
+        "failed_attempts": sum(d.failed_attempts for d in devices.values()),
+        "client_errors": dict(errors),
+        "stopped": sum(1 for d in devices.values() if d.stopped),
+        "accepted": len(run.accepted),
+        "accepted_after_retry": retried,
+        "abandoned": run.abandoned,
+        "publish_statuses": run.statuses,
+        "lost": len(lost_ids),
+        "lost_ids": lost_ids[:20],
+        "duplicates_to_app": sum(d.duplicates for d in devices.values()),
+        "offset_dropped": sum(d.offset_dropped for d in devices.values()),
+        "dropped_unseen": sum(d.dropped_unseen for d in devices.values()),
+        "misrouted": misrouted,
+        "unaccounted": unaccounted,
+        "latency_ms": {k: _ms(v) for k, v in lat.items()},
+        "settled_s": run.settled_s,
+        "survivor_cpu_window_s": [round(c, 2) for c in run.survivor_cpu_window_s],
+        "survivor_cpu_per_resume_us": round(cpu / len(resume_ms) * 1e6) if resume_ms else None,
+        "publish_s_after_kill": round((run.end_ns - kill) / 1e9, 1),
+    }
+
+
+def _lat(result: dict[str, object], window: str) -> str:
+    lat = result["latency_ms"]
+    assert isinstance(lat, dict)
+    s = lat[window]
+    if not s.get("count"):
+        return "no messages"
+    return f"p50 {s['p50']:,.1f} · p99 {s['p99']:,.1f} · max {s['max']:,.1f} ms ({s['count']:,})"
+
+
+def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
+    res = r["resume_ms"]
+    noticed = r["loss_noticed_ms"]
+    assert isinstance(res, dict)
+    assert isinstance(noticed, dict)
+    all_s = r["all_resumed_s"]
+    ok_resume = isinstance(all_s, float) and all_s <= a.target
+    dist = (
+        f"p50 {res['p50'] / 1e3:.2f} · p90 {res['p90'] / 1e3:.2f} · p99 {res['p99'] / 1e3:.2f} s"
+        if res.get("count")
+        else "none"
+    )
+    notice = (
+        f"p50 {noticed['p50']:.0f} · max {noticed['max']:.0f} ms" if noticed.get("count") else ""
+    )
+    statuses = r["publish_statuses"]
+    assert isinstance(statuses, dict)
+    w = f"{a.window:g} s after the kill"
+    return [
+        Row(
+            "sessions on the victim at the kill / asked",
+            f"{r['victim_sessions']:,} / {a.sessions:,}",
+            met=r["victim_sessions"] == a.sessions,
+        ),
+        Row(
+            "kill → every victim client has a welcome from a survivor",
+            f"{all_s} s ({r['resumed']:,} resumed, {r['unresumed']} not)",
+            f"≤ {a.target:g} s",
+            met=ok_resume,
+        ),
+        Row("resume time from the kill", dist),
+        Row("kill → clients see their connection end", notice),
+        Row(
+            "failed reconnect attempts · survivors' clients dropped",
+            f"{r['failed_attempts']:,} {r['client_errors'] or ''} · "
+            f"{r['survivor_clients_dropped']}",
+        ),
+        Row(
+            "user messages accepted (202) · retried · abandoned",
+            f"{r['accepted']:,} · {r['accepted_after_retry']} · {r['abandoned']} {statuses}",
+        ),
+        Row("accepted but not received by the user's app", f"{r['lost']}", "0", met=r["lost"] == 0),
+        Row(
+            "duplicates to the app after offset dedupe · redeliveries dropped by offset",
+            f"{r['duplicates_to_app']} · {r['offset_dropped']} ({r['dropped_unseen']} unseen)",
+            "0",
+            met=r["duplicates_to_app"] == 0 and r["dropped_unseen"] == 0,
+        ),
+        Row("misrouted · unaccounted ids", f"{r['misrouted']} · {r['unaccounted']}", "0 · 0"),
+        Row("latency, steady state (before the kill)", _lat(r, "steady")),
+        Row(f"latency, {w}: survivors' users", _lat(r, "during_survivors")),
+        Row(f"latency, {w}: the victim's users (incl. reconnect)", _lat(r, "during_victims")),
+        Row(f"latency, {w}: all users", _lat(r, "during")),
+        Row("latency, later (until the publisher stopped)", _lat(r, "after")),
+        Row(
+            f"survivors' CPU in the {w} · per resumed session",
+            f"{r['survivor_cpu_window_s']} s · {r['survivor_cpu_per_resume_us']} µs",
+        ),
+    ]
