@@ -310,8 +310,12 @@ async def scenario(
         pub = Publisher(apis, run, user_prefix, len(home), random.Random(a.seed))
         stop = asyncio.Event()
         publishing = asyncio.create_task(pub.run_until(a.rate, stop))
-        await asyncio.sleep(a.before)
+        await asyncio.sleep(max(0.0, a.before - a.window))
+        cpu_start = [procstat.cpu_seconds(n.pid) for n in survivors]
+        await asyncio.sleep(min(a.before, a.window))
         cpu_before = [procstat.cpu_seconds(n.pid) for n in survivors]
+        scale = a.window / min(a.before, a.window)
+        cpu_baseline = [(b - c) * scale for b, c in zip(cpu_before, cpu_start, strict=True)]
         kill_ns = time.time_ns()
         os.kill(victim.pid, signal.SIGKILL)
         log(f"kill -9 {victim.pid} (the victim, {a.sessions:,} sessions)")
@@ -343,6 +347,7 @@ async def scenario(
             reports=list(reports),
             settled_s=settled,
             survivor_cpu_window_s=cpu_window,
+            survivor_cpu_before_s=cpu_baseline,
         ),
     )
 

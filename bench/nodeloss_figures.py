@@ -32,6 +32,7 @@ class Run:
     reports: list[Report]
     settled_s: float | None
     survivor_cpu_window_s: list[float]
+    survivor_cpu_before_s: list[float]  # the same length of time just before the kill
 
 
 def _ms(values: list[float]) -> dict[str, float | int]:
@@ -47,17 +48,23 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
     victims = [d for d in devices.values() if d.welcomes and d.welcomes[0][1] == run.victim_node]
     victim_users = {d.index for d in victims}
     resume_ms: list[float] = []
+    handshake_ms: list[float] = []  # the successful attempt: dial -> welcome
+    waited_ms: list[float] = []  # connection end -> that attempt's dial (backoff, retries)
     noticed_ms: list[float] = []
     unresumed = 0
     for d in victims:
         later = [t for t, node in d.welcomes if t > kill and node != run.victim_node]
-        if later:
-            resume_ms.append((later[0] - kill) / 1e6)
-        else:
-            unresumed += 1
         lost = [t for t in d.losses if t >= kill]
         if lost:
             noticed_ms.append((lost[0] - kill) / 1e6)
+        if not later:
+            unresumed += 1
+            continue
+        resume_ms.append((later[0] - kill) / 1e6)
+        dial = max(t for t in d.dials if t <= later[0])
+        handshake_ms.append((later[0] - dial) / 1e6)
+        if lost:
+            waited_ms.append((dial - lost[0]) / 1e6)
     others_dropped = sum(
         1
         for d in devices.values()
@@ -88,7 +95,7 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
     )
     unaccounted = sum(1 for got in arrivals.values() for mid in got if mid not in owner)
     retried = sum(1 for s in run.accepted if s[3] > 1)
-    cpu = sum(run.survivor_cpu_window_s)
+    cpu = sum(run.survivor_cpu_window_s) - sum(run.survivor_cpu_before_s)
     return {
         "clients": len(devices),
         "victim_sessions": len(victims),
@@ -98,6 +105,8 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
         "all_resumed_s": round(max(resume_ms) / 1e3, 2) if resume_ms and not unresumed else None,
         "resume_ms": _ms(resume_ms),
         "loss_noticed_ms": _ms(noticed_ms),
+        "reconnect_wait_ms": _ms(waited_ms),
+        "resume_handshake_ms": _ms(handshake_ms),
         "survivor_clients_dropped": others_dropped,
         "failed_attempts": sum(d.failed_attempts for d in devices.values()),
         "client_errors": dict(errors),
@@ -116,6 +125,7 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
         "latency_ms": {k: _ms(v) for k, v in lat.items()},
         "settled_s": run.settled_s,
         "survivor_cpu_window_s": [round(c, 2) for c in run.survivor_cpu_window_s],
+        "survivor_cpu_before_s": [round(c, 2) for c in run.survivor_cpu_before_s],
         "survivor_cpu_per_resume_us": round(cpu / len(resume_ms) * 1e6) if resume_ms else None,
         "publish_s_after_kill": round((run.end_ns - kill) / 1e9, 1),
     }
@@ -128,6 +138,14 @@ def _lat(result: dict[str, object], window: str) -> str:
     if not s.get("count"):
         return "no messages"
     return f"p50 {s['p50']:,.1f} · p99 {s['p99']:,.1f} · max {s['max']:,.1f} ms ({s['count']:,})"
+
+
+def _pct(result: dict[str, object], name: str) -> str:
+    s = result[name]
+    assert isinstance(s, dict)
+    if not s.get("count"):
+        return ""
+    return f"p50 {s['p50']:,.0f} · p99 {s['p99']:,.0f} · max {s['max']:,.0f} ms"
 
 
 def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
@@ -145,6 +163,8 @@ def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
     notice = (
         f"p50 {noticed['p50']:.0f} · max {noticed['max']:.0f} ms" if noticed.get("count") else ""
     )
+    waited = _pct(r, "reconnect_wait_ms")
+    shake = _pct(r, "resume_handshake_ms")
     statuses = r["publish_statuses"]
     assert isinstance(statuses, dict)
     w = f"{a.window:g} s after the kill"
@@ -162,6 +182,8 @@ def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
         ),
         Row("resume time from the kill", dist),
         Row("kill → clients see their connection end", notice),
+        Row("connection end → the successful reconnect's dial (backoff, retries)", waited),
+        Row("that reconnect: dial → welcome (handshake, hello, replay start)", shake),
         Row(
             "failed reconnect attempts · survivors' clients dropped",
             f"{r['failed_attempts']:,} {r['client_errors'] or ''} · "
@@ -185,7 +207,8 @@ def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
         Row(f"latency, {w}: all users", _lat(r, "during")),
         Row("latency, later (until the publisher stopped)", _lat(r, "after")),
         Row(
-            f"survivors' CPU in the {w} · per resumed session",
-            f"{r['survivor_cpu_window_s']} s · {r['survivor_cpu_per_resume_us']} µs",
+            f"survivors' CPU in the {w} · before it · extra per resumed session",
+            f"{r['survivor_cpu_window_s']} · {r['survivor_cpu_before_s']} s · "
+            f"{r['survivor_cpu_per_resume_us']} µs",
         ),
     ]

@@ -104,6 +104,7 @@ class DeviceReport(msgspec.Struct, frozen=True, array_like=True):
     index: int
     arrivals: list[tuple[str, int]]  # (message id, arrival) as handed to the app
     welcomes: list[tuple[int, str]]  # (when, node id) of every welcome
+    dials: list[int]  # when each connection attempt began
     losses: list[int]  # when an open session's connection ended
     failed_attempts: int
     duplicates: int  # past the offset check, with an id the app already had
@@ -145,6 +146,7 @@ class Device:
         self.seen: set[str] = set()
         self.arrivals: list[tuple[str, int]] = []
         self.welcomes: list[tuple[int, str]] = []
+        self.dials: list[int] = []
         self.losses: list[int] = []
         self.failed_attempts = 0
         self.duplicates = 0
@@ -218,6 +220,7 @@ class Device:
         pool = self.pool
         loop = asyncio.get_running_loop()
         conn = Conn(self, loop.create_future())
+        self.dials.append(time.time_ns())
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(pool.setup.connect_timeout):
@@ -424,6 +427,7 @@ class Pool:
                 d.index,
                 d.arrivals,
                 d.welcomes,
+                d.dials,
                 d.losses,
                 d.failed_attempts,
                 d.duplicates,
