@@ -268,6 +268,7 @@ async def scenario(
     nodes: list[server.StartedServer],
     api_key: str,
     secret: str,
+    redis_pid: int,
 ) -> dict[str, object]:
     home = homes(a)
     user_prefix = f"nl{run}-"
@@ -311,18 +312,16 @@ async def scenario(
         stop = asyncio.Event()
         publishing = asyncio.create_task(pub.run_until(a.rate, stop))
         await asyncio.sleep(max(0.0, a.before - a.window))
-        cpu_start = [procstat.cpu_seconds(n.pid) for n in survivors]
+        pids = ([n.pid for n in survivors], [p.proc.pid for p in procs])
+        window = procstat.Window(*pids, [redis_pid, victim.pid])
         await asyncio.sleep(min(a.before, a.window))
-        cpu_before = [procstat.cpu_seconds(n.pid) for n in survivors]
-        scale = a.window / min(a.before, a.window)
-        cpu_baseline = [(b - c) * scale for b, c in zip(cpu_before, cpu_start, strict=True)]
+        cpu_before = window.close()
+        window = procstat.Window(*pids, [redis_pid])
         kill_ns = time.time_ns()
         os.kill(victim.pid, signal.SIGKILL)
         log(f"kill -9 {victim.pid} (the victim, {a.sessions:,} sessions)")
         await asyncio.sleep(a.window)
-        cpu_window = [
-            procstat.cpu_seconds(n.pid) - c for n, c in zip(survivors, cpu_before, strict=True)
-        ]
+        cpu_during = window.close()
         await asyncio.sleep(max(0.0, a.after - a.window))
         stop.set()
         await publishing
@@ -346,8 +345,8 @@ async def scenario(
             abandoned=pub.abandoned,
             reports=list(reports),
             settled_s=settled,
-            survivor_cpu_window_s=cpu_window,
-            survivor_cpu_before_s=cpu_baseline,
+            cpu_before=cpu_before,
+            cpu_during=cpu_during,
         ),
     )
 
@@ -381,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["nodes"] = [{"pid": n.pid, "command": n.command} for n in nodes]
         doc["redis_pid"] = redis.pid
         doc["load_before_run"] = os.getloadavg()
-        result = asyncio.run(scenario(a, run, nodes, api_key, secret))
+        result = asyncio.run(scenario(a, run, nodes, api_key, secret, redis.pid))
         doc["load_after_run"] = os.getloadavg()
     finally:
         for node in nodes:

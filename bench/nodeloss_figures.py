@@ -5,8 +5,12 @@ A victim client is one whose first ``welcome`` came from the victim node. Its re
 from the ``kill -9`` to its first ``welcome`` from another node. Latency runs from just before a
 publish was first written to the arrival of the message at its user's app (one machine clock);
 a message that reached a victim client through the replay after its resume counts with that
-whole wait. Windows are by publish time: ``steady`` before the kill, ``during`` the ``--window``
-seconds after it, ``after`` the rest.
+whole wait. Windows are by publish time: ``steady`` until 1 s before the kill, ``just_before``
+that last second, ``during`` the ``--window`` seconds after the kill, ``after`` the rest.
+
+CPU is read from ``/proc`` over the window after the kill and over as long just before it, split
+into the survivors, the load clients, Redis (and the victim, before the kill) and all other
+work on the machine (the machine is shared: other work competes for the same cores).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 from bench import stats
 from bench.report import Row
 from bench.resumeload import Report
+
+STEADY_MARGIN_NS = 1_000_000_000  # published this close to the kill: not steady state
 
 
 @dataclass
@@ -31,8 +37,25 @@ class Run:
     abandoned: int
     reports: list[Report]
     settled_s: float | None
-    survivor_cpu_window_s: list[float]
-    survivor_cpu_before_s: list[float]  # the same length of time just before the kill
+    cpu_during: dict[str, object]  # procstat.Window over the window after the kill
+    cpu_before: dict[str, object]  # the same, over as long (at most) just before the kill
+
+
+def _cpu(window: dict[str, object]) -> dict[str, float]:
+    """CPU seconds of a :class:`bench.procstat.Window`: the survivors, the load clients, Redis
+    (and the victim, before the kill), and every other process on the machine."""
+    names = {
+        "seconds": "seconds",
+        "survivors": "server_cpu_seconds",
+        "clients": "client_cpu_seconds",
+        "redis_victim": "helper_cpu_seconds",
+        "others": "other_cpu_seconds",
+    }
+    out = {}
+    for name, key in names.items():
+        value = window.get(key)
+        out[name] = round(value, 2) if isinstance(value, float) else 0.0
+    return out
 
 
 def _ms(values: list[float]) -> dict[str, float | int]:
@@ -74,7 +97,8 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
     owner = {mid: user for user, mid, _, _ in run.accepted}
     window_end = kill + int(a.window * 1e9)
     lat: dict[str, list[float]] = {
-        k: [] for k in ("steady", "during_survivors", "during_victims", "during", "after")
+        k: []
+        for k in ("steady", "just_before", "during_survivors", "during_victims", "during", "after")
     }
     lost_ids: list[str] = []
     for user, mid, sent, _ in run.accepted:
@@ -83,8 +107,10 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
             lost_ids.append(mid)
             continue
         ms = (got - sent) / 1e6
-        if sent < kill:
+        if sent < kill - STEADY_MARGIN_NS:
             lat["steady"].append(ms)
+        elif sent < kill:
+            lat["just_before"].append(ms)
         elif sent < window_end:
             lat["during"].append(ms)
             lat["during_victims" if user in victim_users else "during_survivors"].append(ms)
@@ -95,7 +121,8 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
     )
     unaccounted = sum(1 for got in arrivals.values() for mid in got if mid not in owner)
     retried = sum(1 for s in run.accepted if s[3] > 1)
-    cpu = sum(run.survivor_cpu_window_s) - sum(run.survivor_cpu_before_s)
+    during, before = _cpu(run.cpu_during), _cpu(run.cpu_before)
+    extra = during["survivors"] - before["survivors"] * during["seconds"] / before["seconds"]
     return {
         "clients": len(devices),
         "victim_sessions": len(victims),
@@ -124,9 +151,9 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
         "unaccounted": unaccounted,
         "latency_ms": {k: _ms(v) for k, v in lat.items()},
         "settled_s": run.settled_s,
-        "survivor_cpu_window_s": [round(c, 2) for c in run.survivor_cpu_window_s],
-        "survivor_cpu_before_s": [round(c, 2) for c in run.survivor_cpu_before_s],
-        "survivor_cpu_per_resume_us": round(cpu / len(resume_ms) * 1e6) if resume_ms else None,
+        "cpu_during": during,
+        "cpu_before": before,
+        "survivor_cpu_per_resume_us": round(extra / len(resume_ms) * 1e6) if resume_ms else None,
         "publish_s_after_kill": round((run.end_ns - kill) / 1e9, 1),
     }
 
@@ -138,6 +165,15 @@ def _lat(result: dict[str, object], window: str) -> str:
     if not s.get("count"):
         return "no messages"
     return f"p50 {s['p50']:,.1f} · p99 {s['p99']:,.1f} · max {s['max']:,.1f} ms ({s['count']:,})"
+
+
+def _cpu_text(cpu: object) -> str:
+    assert isinstance(cpu, dict)
+    return (
+        f"{cpu['seconds']:.1f} s wall: survivors {cpu['survivors']:.1f} · clients "
+        f"{cpu['clients']:.1f} · redis (+ victim) {cpu['redis_victim']:.1f} · "
+        f"other work {cpu['others']:.1f}"
+    )
 
 
 def _pct(result: dict[str, object], name: str) -> str:
@@ -201,14 +237,13 @@ def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
             met=r["duplicates_to_app"] == 0 and r["dropped_unseen"] == 0,
         ),
         Row("misrouted · unaccounted ids", f"{r['misrouted']} · {r['unaccounted']}", "0 · 0"),
-        Row("latency, steady state (before the kill)", _lat(r, "steady")),
+        Row("latency, steady state (until 1 s before the kill)", _lat(r, "steady")),
+        Row("latency, published in the last 1 s before the kill", _lat(r, "just_before")),
         Row(f"latency, {w}: survivors' users", _lat(r, "during_survivors")),
         Row(f"latency, {w}: the victim's users (incl. reconnect)", _lat(r, "during_victims")),
         Row(f"latency, {w}: all users", _lat(r, "during")),
         Row("latency, later (until the publisher stopped)", _lat(r, "after")),
-        Row(
-            f"survivors' CPU in the {w} · before it · extra per resumed session",
-            f"{r['survivor_cpu_window_s']} · {r['survivor_cpu_before_s']} s · "
-            f"{r['survivor_cpu_per_resume_us']} µs",
-        ),
+        Row(f"CPU s in the {w}", _cpu_text(r["cpu_during"])),
+        Row("CPU s just before the kill", _cpu_text(r["cpu_before"])),
+        Row("survivors' extra CPU per resumed session", f"{r['survivor_cpu_per_resume_us']} µs"),
     ]
