@@ -317,12 +317,14 @@ async def scenario(
         await asyncio.sleep(min(a.before, a.window))
         cpu_before = window.close()
         window = procstat.Window(*pids, [redis_pid])
+        whole = procstat.Window(*pids, [redis_pid])
         kill_ns = time.time_ns()
         os.kill(victim.pid, signal.SIGKILL)
         log(f"kill -9 {victim.pid} (the victim, {a.sessions:,} sessions)")
         await asyncio.sleep(a.window)
         cpu_during = window.close()
         await asyncio.sleep(max(0.0, a.after - a.window))
+        cpu_after = whole.close()
         stop.set()
         await publishing
         end_ns = time.time_ns()
@@ -347,6 +349,7 @@ async def scenario(
             settled_s=settled,
             cpu_before=cpu_before,
             cpu_during=cpu_during,
+            cpu_after=cpu_after,
         ),
     )
 

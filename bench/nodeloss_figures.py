@@ -8,9 +8,10 @@ a message that reached a victim client through the replay after its resume count
 whole wait. Windows are by publish time: ``steady`` until 1 s before the kill, ``just_before``
 that last second, ``during`` the ``--window`` seconds after the kill, ``after`` the rest.
 
-CPU is read from ``/proc`` over the window after the kill and over as long just before it, split
-into the survivors, the load clients, Redis (and the victim, before the kill) and all other
-work on the machine (the machine is shared: other work competes for the same cores).
+CPU is read from ``/proc`` over the window after the kill, from the kill to the end of
+``--after``, and over as long as the window just before the kill, split into the survivors, the
+load clients, Redis (and the victim, before the kill) and all other work on the machine (the
+machine is shared: other work competes for the same cores).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Run:
     settled_s: float | None
     cpu_during: dict[str, object]  # procstat.Window over the window after the kill
     cpu_before: dict[str, object]  # the same, over as long (at most) just before the kill
+    cpu_after: dict[str, object]  # the same, from the kill to the end of ``--after``
 
 
 def _cpu(window: dict[str, object]) -> dict[str, float]:
@@ -121,8 +123,8 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
     )
     unaccounted = sum(1 for got in arrivals.values() for mid in got if mid not in owner)
     retried = sum(1 for s in run.accepted if s[3] > 1)
-    during, before = _cpu(run.cpu_during), _cpu(run.cpu_before)
-    extra = during["survivors"] - before["survivors"] * during["seconds"] / before["seconds"]
+    during, before, after = _cpu(run.cpu_during), _cpu(run.cpu_before), _cpu(run.cpu_after)
+    extra = after["survivors"] - before["survivors"] * after["seconds"] / before["seconds"]
     return {
         "clients": len(devices),
         "victim_sessions": len(victims),
@@ -153,6 +155,7 @@ def figures(a: argparse.Namespace, run: Run) -> dict[str, object]:
         "settled_s": run.settled_s,
         "cpu_during": during,
         "cpu_before": before,
+        "cpu_after": after,
         "survivor_cpu_per_resume_us": round(extra / len(resume_ms) * 1e6) if resume_ms else None,
         "publish_s_after_kill": round((run.end_ns - kill) / 1e9, 1),
     }
@@ -245,5 +248,9 @@ def rows(a: argparse.Namespace, r: dict[str, object]) -> list[Row]:
         Row("latency, later (until the publisher stopped)", _lat(r, "after")),
         Row(f"CPU s in the {w}", _cpu_text(r["cpu_during"])),
         Row("CPU s just before the kill", _cpu_text(r["cpu_before"])),
-        Row("survivors' extra CPU per resumed session", f"{r['survivor_cpu_per_resume_us']} µs"),
+        Row(f"CPU s from the kill to {a.after:g} s after it", _cpu_text(r["cpu_after"])),
+        Row(
+            "survivors' extra CPU per resumed session (over the rate before the kill)",
+            f"{r['survivor_cpu_per_resume_us']} µs",
+        ),
     ]
