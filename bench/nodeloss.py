@@ -50,7 +50,7 @@ import msgspec
 from bench import nodeloss_figures, procstat, redisproc, runner, server
 from bench.api import ApiClient
 from bench.report import log, print_table, rows_json, write_json
-from bench.resumeload import (
+from bench.resumewire import (
     Collect,
     Command,
     Count,

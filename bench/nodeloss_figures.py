@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from bench import stats
 from bench.report import Row
-from bench.resumeload import Report
+from bench.resumewire import Report
 
 STEADY_MARGIN_NS = 1_000_000_000  # published this close to the kill: not steady state
 

@@ -1,13 +1,14 @@
 """Load worker of clients that reconnect and resume, as a real app does when its node dies.
 
 Started by ``bench.nodeloss`` as ``python -m bench.resumeload``; one JSON command per line on
-stdin, one JSON reply per line on stdout (the structs below). Each client is one user with one
-device. It connects to its home node's URL from the worker's ``source_ip``, sends ``hello`` with
-its token, device and the last offset it saw on each stream (``resume``), acks every message
-that asks for it (one ``ack`` frame per read), and answers pings. When its connection ends
-(EOF, reset or a close frame) it waits a full-jitter backoff (uniform in 0 to ``backoff_base`` s,
-the bound doubling after each failed attempt, at most ``backoff_cap``) and reconnects to
-another URL of the list, as a load balancer that stopped routing to a dead node would send it.
+stdin, one JSON reply per line on stdout (the structs of ``bench.resumewire``). Each client is
+one user with one device. It connects to its home node's URL from the worker's ``source_ip``,
+sends ``hello`` with its token, device and the last offset it saw on each stream (``resume``),
+acks every message that asks for it (one ``ack`` frame per read), and answers pings. When its
+connection ends (EOF, reset or a close frame) it waits a full-jitter backoff (uniform in 0 to
+``backoff_base`` s, the bound doubling after each failed attempt, at most ``backoff_cap``) and
+reconnects to another URL of the list, as a load balancer that stopped routing to a dead node
+would send it.
 
 What the app sees is deduplicated by offset: a message whose offset is not past the last one
 seen on its stream is acked and dropped (a replay of an unacked message, or a redelivery).
@@ -36,95 +37,24 @@ import orjson
 
 from bench import wsproto
 from bench.common import mint_token, user_id
+from bench.resumewire import (
+    Collect,
+    Command,
+    Count,
+    Counted,
+    DeviceReport,
+    Failed,
+    Ramp,
+    Ramped,
+    Ready,
+    Reply,
+    Report,
+    Setup,
+)
 from bench.sourceports import SourcePorts, connect_from
 
 STOP_CODES = frozenset({4001, 4002, 4010})  # the protocol says: do not reconnect
 PONG = orjson.dumps({"type": "pong"})
-
-
-class Setup(msgspec.Struct, tag=True, frozen=True):
-    """Clients ``first .. first + len(homes) - 1``; client ``first + i`` starts on
-    ``urls[homes[i]]``. Answered by :class:`Ready` once every token is minted."""
-
-    worker: int
-    run: str
-    urls: list[str]
-    homes: list[int]
-    first: int
-    source_ip: str
-    user_prefix: str
-    token_secret: str
-    token_ttl: int
-    concurrency: int
-    connect_timeout: float
-    backoff_base: float
-    backoff_cap: float
-    deadline: float
-    seed: int
-
-
-class Ramp(msgspec.Struct, tag=True, frozen=True):
-    """Connect every client (``concurrency`` at a time); answered by :class:`Ramped` when each
-    has had its first ``welcome`` or ``limit`` seconds passed."""
-
-    limit: float
-
-
-class Count(msgspec.Struct, tag=True, frozen=True):
-    """Answered by :class:`Counted`: distinct benchmark messages the app got so far."""
-
-
-class Collect(msgspec.Struct, tag=True, frozen=True):
-    """Close every connection, answer :class:`Report` and exit."""
-
-
-Command = Setup | Ramp | Count | Collect
-
-
-class Ready(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    pid: int
-
-
-class Ramped(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    ok: int
-    seconds: float
-
-
-class Counted(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    received: int
-    open: int
-
-
-class DeviceReport(msgspec.Struct, frozen=True, array_like=True):
-    """What one client saw. Times are ``time.time_ns()``."""
-
-    index: int
-    arrivals: list[tuple[str, int]]  # (message id, arrival) as handed to the app
-    welcomes: list[tuple[int, str]]  # (when, node id) of every welcome
-    dials: list[int]  # when each connection attempt began
-    losses: list[int]  # when an open session's connection ended
-    failed_attempts: int
-    duplicates: int  # past the offset check, with an id the app already had
-    offset_dropped: int  # acked and dropped: offset not past the stream's last
-    dropped_unseen: int  # of those, ids the app never had (the offset check would lose them)
-    stopped: str  # why the client gave up ("" if it did not)
-
-
-class Report(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    devices: list[DeviceReport]
-    errors: dict[str, int]
-
-
-class Failed(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    error: str
-
-
-Reply = Ready | Ramped | Counted | Report | Failed
 
 
 def offset_key(offset: str) -> tuple[int, int]:

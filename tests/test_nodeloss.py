@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from bench.nodeloss_figures import Run, figures, rows
-from bench.resumeload import Device, DeviceReport, Pool, Report, Setup, offset_key
+from bench.resumeload import Device, Pool, offset_key
+from bench.resumewire import DeviceReport, Report, Setup
 
 S = 1_000_000_000  # ns
 KILL = 100 * S
