@@ -52,6 +52,8 @@ BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 CHUNK = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
 PROBE_STRIKES = 2  # probes nobody heard before the subscription is made again
+WANTED = 1  # a channel's state: its stream is followed
+CONFIRMED = 2  # subscribed on the current connection
 
 
 class SubscriptionLost(Exception):
@@ -94,9 +96,10 @@ class RedisBus(Bus):
         self._heard = False  # the subscription received something since the watchdog looked
         self.subscriptions = 0  # how many times the reader subscribed
         # Routed delivery. Channels are bytes, as Redis names them in its replies.
-        self._wanted: set[bytes] = set()  # the channels of the followed streams
+        # channel -> WANTED | CONFIRMED bits (one entry, one bytes object per channel: a node
+        # may follow tens of thousands of streams)
+        self._state: dict[bytes, int] = {}
         self._connection: Connection | None = None  # the subscription, once established
-        self._confirmed: set[bytes] = set()  # subscribed on the current connection
         self._asked: set[bytes] = set()  # SUBSCRIBE sent on it, not confirmed yet
         self._leaving: dict[bytes, int] = {}  # UNSUBSCRIBEs sent on it, not confirmed yet
         self._to_subscribe: set[bytes] = set()  # for the next flush
@@ -108,11 +111,6 @@ class RedisBus(Bus):
     def connected(self) -> bool:
         """True while the subscription is established."""
         return self._subscribed.is_set()
-
-    @property
-    def followed(self) -> int:
-        """How many streams are followed."""
-        return len(self._wanted)
 
     def subscribe(
         self,
@@ -137,10 +135,11 @@ class RedisBus(Bus):
         loop = asyncio.get_running_loop()
         for stream in streams:
             channel = self._channel(stream)
-            self._wanted.add(channel)
+            state = self._state.get(channel, 0)
+            self._state[channel] = state | WANTED
             self._to_unsubscribe.discard(channel)
             leaving = channel in self._leaving
-            if channel in self._confirmed and not leaving:
+            if state & CONFIRMED and not leaving:
                 continue
             if leaving or channel not in self._asked:
                 self._to_subscribe.add(channel)
@@ -160,11 +159,15 @@ class RedisBus(Bus):
     def unfollow(self, streams: Iterable[str]) -> None:
         for stream in streams:
             channel = self._channel(stream)
-            if channel not in self._wanted:
+            state = self._state.get(channel, 0)
+            if not state & WANTED:
                 continue
-            self._wanted.discard(channel)
+            if state & CONFIRMED:
+                self._state[channel] = CONFIRMED
+            else:
+                del self._state[channel]
             self._to_subscribe.discard(channel)
-            if channel in self._confirmed or channel in self._asked:
+            if state & CONFIRMED or channel in self._asked:
                 self._to_unsubscribe.add(channel)
         self._schedule_flush()
 
@@ -183,7 +186,8 @@ class RedisBus(Bus):
         subscribe = [
             c
             for c in asked
-            if c in self._leaving or (c not in self._confirmed and c not in self._asked)
+            if c in self._leaving
+            or (not self._state.get(c, 0) & CONFIRMED and c not in self._asked)
         ]  # (a new connection subscribed to what was wanted when it was made)
         try:
             for start in range(0, len(unsubscribe), CHUNK):
@@ -200,23 +204,24 @@ class RedisBus(Bus):
 
     def _confirm(self, channel: bytes) -> None:
         self._asked.discard(channel)
-        self._confirmed.add(channel)
+        self._state[channel] = self._state.get(channel, 0) | CONFIRMED
         for waiter in self._waiters.pop(channel, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
     def _cancelled(self, channel: bytes) -> None:
         """An unsubscribe reply: ours, or Redis cancelling a subscription on its own."""
+        state = self._state.pop(channel, 0) & ~CONFIRMED
+        if state:
+            self._state[channel] = state
         left = self._leaving.get(channel)
         if left is not None:
             if left > 1:
                 self._leaving[channel] = left - 1
             else:
                 del self._leaving[channel]
-            self._confirmed.discard(channel)
             return
-        self._confirmed.discard(channel)
-        if channel in self._wanted or not channel.startswith(self._stream_prefix):
+        if state & WANTED or not channel.startswith(self._stream_prefix):
             raise SubscriptionLost(f"the server cancelled the subscription to {channel!r}")
 
     # -- the reader -----------------------------------------------------------------------------
@@ -265,7 +270,7 @@ class RedisBus(Bus):
             finally:
                 self._subscribed.clear()
                 self._connection = None
-                self._confirmed.clear()
+                self._state = {c: WANTED for c, state in self._state.items() if state & WANTED}
                 self._asked.clear()
                 self._leaving.clear()
                 self._to_subscribe.clear()
@@ -281,7 +286,7 @@ class RedisBus(Bus):
         then dispatch until it fails (it always ends by raising)."""
         await connection.send_command("SUBSCRIBE", self._keys.commands, check_health=False)
         await connection.send_command(self._sub, self._probe_channel, check_health=False)
-        streams = list(self._wanted)
+        streams = list(self._state)  # (all wanted: nothing is confirmed on a new connection)
         for start in range(0, len(streams), CHUNK):
             await connection.send_command(
                 self._sub, *streams[start : start + CHUNK], check_health=False
@@ -335,30 +340,35 @@ class RedisBus(Bus):
         strikes = 0
         probe: asyncio.Task[int | None] | None = None
         loop = asyncio.get_running_loop()
-        while True:
-            self._heard = False
-            if probe is None or probe.done():  # one probe in flight at most, never waited for
-                if probe is not None:
-                    strikes = strikes + 1 if probe.result() == 0 else 0
-                probe = loop.create_task(self._probe())
-            await asyncio.sleep(self._ping_interval)
-            if strikes >= PROBE_STRIKES:
-                log.warning("bus subscription no longer hears the master, subscribing again")
-                await connection.disconnect(nowait=True)
-                return
-            if self._heard:
-                continue
-            try:
-                await connection.send_command("PING", check_health=False)
-            except (RedisError, OSError, AttributeError):
-                # The connection is gone: the reader fails on its own. (redis-py raises
-                # AttributeError when the reader's failure closed it in the middle of this write.)
-                return
-            await asyncio.sleep(self._ping_timeout)
-            if not self._heard:
-                log.warning("bus subscription silent", extra={"timeout": self._ping_timeout})
-                await connection.disconnect(nowait=True)
-                return
+        try:
+            while True:
+                self._heard = False
+                if probe is None or probe.done():  # one probe in flight at most, never waited for
+                    if probe is not None:
+                        strikes = strikes + 1 if probe.result() == 0 else 0
+                    probe = loop.create_task(self._probe())
+                await asyncio.sleep(self._ping_interval)
+                if strikes >= PROBE_STRIKES:
+                    log.warning("bus subscription no longer hears the master, subscribing again")
+                    await connection.disconnect(nowait=True)
+                    return
+                if self._heard:
+                    continue
+                try:
+                    await connection.send_command("PING", check_health=False)
+                except (RedisError, OSError, AttributeError):
+                    # The connection is gone: the reader fails on its own. (redis-py raises
+                    # AttributeError when the reader's failure closed it in the middle of this
+                    # write.)
+                    return
+                await asyncio.sleep(self._ping_timeout)
+                if not self._heard:
+                    log.warning("bus subscription silent", extra={"timeout": self._ping_timeout})
+                    await connection.disconnect(nowait=True)
+                    return
+        finally:
+            if probe is not None:
+                probe.cancel()  # a command in flight must not outlive the bus
 
     async def _probe(self) -> int | None:
         """Publish to the probe channel: how many subscriptions heard it (None: no answer)."""

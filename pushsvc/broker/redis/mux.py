@@ -18,6 +18,7 @@ finds the master again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -217,7 +218,9 @@ class Mux:
             done.set_result(None)
         finally:
             self._connecting = None
-            if done.done() and not done.cancelled():
+            if not done.done():  # cancelled by close(): nobody may wait for ever
+                done.set_exception(RedisConnectionError("closed while connecting"))
+            if not done.cancelled():
                 done.exception()  # retrieved: nobody else may be waiting
 
     async def _greet(self, transport: asyncio.Transport) -> None:
@@ -255,6 +258,12 @@ class Mux:
                 waiter.future.set_exception(exc)
 
     async def close(self) -> None:
+        """Drop the connection, and one still being made (it would outlive the close)."""
+        opener = self._opener
+        if opener is not None and not opener.done():
+            opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opener
         self.abort(RedisConnectionError("closed"))
 
 
