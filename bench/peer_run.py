@@ -365,6 +365,7 @@ async def _users(
     log(f"user-targeted: {total} messages at {plan.rate:g}/s")
     loop = asyncio.get_running_loop()
     window = procstat.Window(cluster.pids(), group.pids, [cluster.redis.pid])
+    per_node = [procstat.sample([n.pid]).cpu_seconds for n in cluster.nodes]
     start = loop.time()
     async with asyncio.TaskGroup() as tg:
         for seq in range(total):
@@ -374,6 +375,10 @@ async def _users(
             tg.create_task(one(seq, rng.choice(users)))
     publish_seconds = loop.time() - start
     cpu = window.close()
+    cpu["per_node_cpu_seconds"] = [
+        procstat.sample([n.pid]).cpu_seconds - t0
+        for n, t0 in zip(cluster.nodes, per_node, strict=True)
+    ]
     arrivals: dict[int, int] = {}
     dups = acks = 0
     deadline = time.monotonic() + plan.drain
