@@ -62,6 +62,8 @@ class Setup(msgspec.Struct, tag=True, frozen=True):
 
     ``run`` identifies this benchmark run: the benchmark's messages carry it in ``data.run``, and
     messages of other runs (replayed history of an earlier run on the same node) are not counted.
+    ``protocol`` is ``"pushsvc"`` (tokens, ``hello`` / ``welcome``) or ``"socketio"`` (Socket.IO 4
+    over a WebSocket, the user named in the namespace CONNECT; no tokens), see ``bench.sioconn``.
     """
 
     worker: int
@@ -83,6 +85,7 @@ class Setup(msgspec.Struct, tag=True, frozen=True):
     """PEM private key to mint RS256 / ES256 tokens with (``token_algorithm``), else HS256."""
     token_algorithm: str = "HS256"
     tokens: list[str] = []
+    protocol: str = "pushsvc"
 
 
 class Ramp(msgspec.Struct, tag=True, frozen=True):

@@ -9,6 +9,9 @@ connections answer
 time (``time.time_ns()``, taken when the bytes are handed over by the event loop) of the benchmark's
 broadcast and user-targeted messages.
 
+With ``Setup.protocol = "socketio"`` the connections speak Socket.IO 4 instead
+(``bench.sioconn``): the same processes, timing and commands drive a Socket.IO peer.
+
 The process exits when stdin closes, after ``Close``, or at its deadline. Its garbage collector is
 off so that a client-side collection cannot show up as delivery latency.
 """
@@ -53,6 +56,7 @@ from bench.common import (
     private_key,
     user_id,
 )
+from bench.sioconn import SioConn
 from bench.sourceports import SourcePorts, connect_from
 from bench.wsconn import OPEN, Conn, HandshakeFailed
 
@@ -91,7 +95,13 @@ class Worker:
         algorithm = "HS256"
         if setup.token_private_key is not None:
             key, algorithm = private_key(setup.token_private_key), setup.token_algorithm
-        if key is not None:
+        if setup.protocol not in ("pushsvc", "socketio"):
+            raise ValueError(f"unknown protocol {setup.protocol!r}")
+        self.conn_type: type[Conn] = Conn
+        if setup.protocol == "socketio":
+            self.conn_type = SioConn
+            self.tokens = []
+        elif key is not None:
             ttl, topics = setup.token_ttl, setup.topics
             self.tokens = [
                 mint_token(key, user_id(setup.user_prefix, i), ttl, topics, now, algorithm)
@@ -99,7 +109,7 @@ class Worker:
             ]
         else:
             self.tokens = setup.tokens
-        if len(self.tokens) != setup.count:
+        if setup.protocol == "pushsvc" and len(self.tokens) != setup.count:
             raise ValueError(f"{len(self.tokens)} tokens for {setup.count} connections")
 
     # -- called by connections ---------------------------------------------------------------
@@ -179,7 +189,7 @@ class Worker:
     async def _open(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         s = self.setup
         welcomed: asyncio.Future[None] = loop.create_future()
-        conn = Conn(self, slot, welcomed)
+        conn = self.conn_type(self, slot, welcomed)
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(s.connect_timeout):
