@@ -20,7 +20,10 @@ Over the publish phase (and a short settle after it) it measures, per node: CPU 
 delta, the calls per command (``INFO commandstats``) and its CPU time. Each is divided by the
 messages accepted: node CPU µs per message (summed over the nodes, and per node), each node's
 received share (1.0 when every node gets every message, 1/N at best for user-targeted routing),
-Redis commands and Redis CPU µs per message. Latency runs from ``time.time_ns()`` just before
+Redis commands and Redis CPU µs per message. Each node's CPU with its clients open and no
+traffic is measured for ``--idle`` seconds before the publish phase; "net of idle" takes that
+rate over the window away (the heartbeats, timers and bus probes of N nodes are a cost of N
+nodes, not of the messages). Latency runs from ``time.time_ns()`` just before
 the publish request is written to the frame's arrival at its client (one machine clock).
 
 ``--before REV`` exports that commit with ``git archive`` and runs the same series on it,
@@ -71,7 +74,7 @@ from bench.workers import REPO_ROOT, WorkerGroup
 BUS_RECEIVED = "pushsvc_bus_messages_received_total"
 USER_PREFIX = "u"
 COLUMNS = (
-    "nodes", "code", "node CPU µs/msg (sum)", "per node (mean / max)",
+    "nodes", "code", "node CPU µs/msg (sum)", "net of idle", "per node (mean / max)",
     "received share (mean / max)", "Redis cmds/msg", "Redis CPU µs/msg", "p50 / p99 ms",
     "missing",
 )  # fmt: skip
@@ -91,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per worker")
     p.add_argument("--client-cpus", default="1", help="CPUs of the load workers and the publisher")
     p.add_argument("--settle", type=float, default=2.0, help="seconds after the ramp")
+    p.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of no traffic to measure idle node CPU"
+    )
     p.add_argument("--drain", type=float, default=15.0, help="seconds to wait for stragglers")
     p.add_argument("--seed", type=int, default=1, help="for the choice of users")
     p.add_argument("--timeout", type=float, default=600.0, help="limit per step, seconds")
@@ -133,15 +139,23 @@ class Reading:
     redis_commands: int
     redis_calls: dict[str, int]
     redis_cpu_seconds: float = math.nan
+    at: float = 0.0  # when it was read (monotonic seconds)
 
 
-def figures(published: int, start: Reading, end: Reading) -> dict[str, object]:
-    """Per-message figures between two readings of the same nodes."""
+def figures(
+    published: int, start: Reading, end: Reading, idle: list[float] | None = None
+) -> dict[str, object]:
+    """Per-message figures between two readings of the same nodes. ``idle``: each node's CPU
+    seconds per second with no traffic (heartbeats, timers, the bus probe), measured before the
+    publish phase: the net figure takes that much per second of the window away, so what is
+    left is what the messages cost."""
     per = max(published, 1)
     cpu_us = [
         (b - a) / per * 1e6
         for a, b in zip(start.node_cpu_seconds, end.node_cpu_seconds, strict=True)
     ]
+    window = end.at - start.at
+    net_us = [us - rate * window / per * 1e6 for us, rate in zip(cpu_us, idle or [], strict=False)]
     share = [(b - a) / per for a, b in zip(start.node_received, end.node_received, strict=True)]
     calls = {
         cmd: (n - start.redis_calls.get(cmd, 0)) / per
@@ -154,6 +168,9 @@ def figures(published: int, start: Reading, end: Reading) -> dict[str, object]:
         "node_cpu_us_per_message": cpu_us,
         "node_cpu_us_per_message_mean": sum(cpu_us) / len(cpu_us) if cpu_us else math.nan,
         "node_cpu_us_per_message_max": max(cpu_us, default=math.nan),
+        "node_idle_cpu_per_second": idle or [],
+        "node_cpu_net_us_per_message": net_us,
+        "node_cpu_net_us_per_message_sum": sum(net_us) if idle else math.nan,
         "received_share": share,
         "received_share_mean": sum(share) / len(share) if share else math.nan,
         "received_share_max": max(share, default=math.nan),
@@ -171,6 +188,7 @@ def table_row(step: dict[str, object]) -> list[str]:
         str(step["nodes"]),
         str(step["arm"]),
         f"{n(step.get('node_cpu_us_per_message_sum')):.0f}",
+        f"{n(step.get('node_cpu_net_us_per_message_sum')):.0f}",
         (
             f"{n(step.get('node_cpu_us_per_message_mean')):.0f} / "
             f"{n(step.get('node_cpu_us_per_message_max')):.0f}"
@@ -194,7 +212,17 @@ def read(
         redis_commands=int(redis.info("stats").get("total_commands_processed", 0)),
         redis_calls=calls_by_command(redis.info("commandstats")),
         redis_cpu_seconds=procstat.cpu_seconds(redis.pid),
+        at=time.monotonic(),
     )
+
+
+async def idle_cpu(nodes: list[server.StartedServer], seconds: float) -> list[float]:
+    """Each node's CPU seconds per second over ``seconds`` with its clients open and no
+    traffic."""
+    before, t0 = [_tree_cpu(x.pid) for x in nodes], time.monotonic()
+    await asyncio.sleep(seconds)
+    after, t1 = [_tree_cpu(x.pid) for x in nodes], time.monotonic()
+    return [(b - a) / (t1 - t0) for a, b in zip(before, after, strict=True)]
 
 
 def _tree_cpu(pid: int) -> float:
@@ -270,7 +298,8 @@ async def step(
         if not connected:
             raise RuntimeError("no client connected")
         await asyncio.sleep(a.settle)
-        doc.update(await publish_phase(a, nodes, group, redis, api_key, run_id, connected))
+        idle = await idle_cpu(nodes, a.idle)
+        doc.update(await publish_phase(a, nodes, group, redis, api_key, run_id, connected, idle))
         doc["rss_at_end_mib"] = [
             procstat.sample([x.pid, *procstat.descendants(x.pid)]).rss_kib / 1024 for x in nodes
         ]
@@ -291,6 +320,7 @@ async def publish_phase(
     api_key: str,
     run_id: str,
     connected: list[int],
+    idle: list[float],
 ) -> dict[str, object]:
     """Publish to random connected users, round-robin over the nodes; read the counters around
     it; collect the arrivals."""
@@ -341,7 +371,7 @@ async def publish_phase(
     end = replace(end, node_received=await bus_received(nodes))
     duplicates = await collect(group, sent, arrivals, time.monotonic() + a.drain)
     latency = [(arrivals[s] - t) / 1e6 for s, t in sent.items() if s in arrivals]
-    out = figures(len(sent), start, end)
+    out = figures(len(sent), start, end, idle)
     out.update(
         {
             "requested": total,

@@ -49,6 +49,15 @@ def test_figures_are_per_accepted_message() -> None:
     assert f["redis_commands_per_message"] == 3.0
     assert f["redis_calls_per_message"] == {"publish": 1.0, "xadd": 1.0}
     assert f["redis_cpu_us_per_message"] == pytest.approx(40.0)
+    assert math.isnan(f["node_cpu_net_us_per_message_sum"])  # type: ignore[arg-type]
+
+
+def test_the_net_figure_takes_the_idle_cpu_of_the_window_away() -> None:
+    start = Reading([1.0, 2.0], [0.0, 0.0], 0, {}, at=100.0)
+    end = Reading([1.5, 2.25], [0.0, 0.0], 0, {}, at=110.0)  # 10 s: idle 0.2 and 0.01 CPU-s
+    f = figures(1_000, start, end, idle=[0.02, 0.001])
+    assert f["node_cpu_net_us_per_message"] == pytest.approx([300.0, 240.0])
+    assert f["node_cpu_net_us_per_message_sum"] == pytest.approx(540.0)
 
 
 def test_a_node_without_the_bus_counter_has_no_share() -> None:
@@ -67,6 +76,7 @@ def test_a_table_row_reads_a_step() -> None:
         "received_share_max": 0.31, "redis_commands_per_message": 13.364,
         "redis_cpu_us_per_message": 81.4, "latency_ms": {"p50": 2.61, "p99": 16.7},
     }  # fmt: skip
+    step["node_cpu_net_us_per_message_sum"] = 1200.4
     assert table_row(step) == [
-        "4", "now", "1358", "340 / 342", "0.25 / 0.31", "13.36", "81", "2.6 / 16.7", "0 of 2400",
+        "4", "now", "1358", "1200", "340 / 342", "0.25 / 0.31", "13.36", "81", "2.6 / 16.7", "0 of 2400",
     ]  # fmt: skip
