@@ -87,6 +87,25 @@ async def test_stopped_redis_fails_fast_then_the_bus_resyncs(
     assert rec.resyncs == 1
 
 
+async def test_a_stream_followed_while_redis_is_down_is_followed_once_it_is_back(
+    server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
+) -> None:
+    """follow() cannot be confirmed while Redis is away: it says so in bounded time, and the
+    stream stays wanted, so the next subscription takes it."""
+    broker, rec = subscribed
+    server.stop()
+    await rec.until(lambda: not broker.up, 2 * UNIT)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await broker.bus.follow(["user:late"])
+    assert time.monotonic() - started < 5 * UNIT
+    server.start()
+    await rec.until(lambda: broker.up and rec.resyncs == 1, 10 * UNIT)
+    late = message()
+    await publish(broker, [(late, ["user:late"])], origin="faults")
+    await rec.until(lambda: late.id in {e.message.id for e in rec.envelopes})
+
+
 async def test_killed_subscription_is_reestablished(
     server: RedisServer, subscribed: tuple[RedisBroker, Recorder]
 ) -> None:

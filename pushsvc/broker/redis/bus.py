@@ -106,6 +106,7 @@ class RedisBus(Bus):
         self._to_unsubscribe: set[bytes] = set()
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._flush_due = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -174,7 +175,9 @@ class RedisBus(Bus):
     def _schedule_flush(self) -> None:
         if not self._flush_due and self._connection is not None:
             self._flush_due = True
-            asyncio.get_running_loop().create_task(self._flush(self._connection))
+            task = asyncio.get_running_loop().create_task(self._flush(self._connection))
+            self._flushes.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, connection: Connection) -> None:
         """Send the (un)subscriptions asked since the last flush, in chunks of :data:`CHUNK`."""
