@@ -6,7 +6,7 @@ write, and replies are parsed as they arrive. It connects with a timeout of ``ti
 fails a caller whose reply has not come within ``timeout``, and sends a command at most once (no
 retries): an operation that cannot reach Redis fails within about ``timeout`` instead of hanging,
 and a publish is never doubled by a retry after its reply was lost. The bus subscriber has a
-connection of its own (:meth:`Link.connection`).
+connection of its own (:meth:`Link.subscriber`).
 
 Commands are packed here (:func:`pack`, a few lines of RESP). Replies are raw RESP2 — bytes,
 ints, flat lists and None — parsed next to the command that asked for them.
@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from redis.asyncio.connection import Connection as TcpConnection
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.broker.redis.mux import Arg, Command, Mux, pack
 from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
+from pushsvc.broker.redis.subscriber import Subscriber
 from pushsvc.broker.redis.url import Target, parse
 from pushsvc.errors import BrokerError, BrokerUnavailable
 
@@ -42,15 +39,12 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
 class Connection(Protocol):
-    """The calls made on one redis-py asyncio connection."""
+    """The calls the bus makes on its subscriber connection (those of redis-py's asyncio
+    connection, which :class:`.subscriber.Subscriber` implements)."""
 
     async def connect(self) -> None: ...
 
     async def send_command(self, *args: Arg, check_health: bool = True) -> None: ...
-
-    async def send_packed_command(
-        self, command: list[bytes], check_health: bool = True
-    ) -> None: ...
 
     async def read_response(self, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109 - redis-py API
 
@@ -81,37 +75,16 @@ class Link:
         self._mux = Mux(self.locator)
 
     async def subscriber(self) -> Connection:
-        """A new connection to the master, connected and checked with ``ROLE``, outside the
-        multiplexed one: the caller owns it and must ``await disconnect()`` it. Raises a
-        redis-py error or OSError when none can be made."""
-        target = self.target
-        common: dict[str, Any] = {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,
-        }
-        made: TcpConnection | UnixDomainSocketConnection
-        if target.path is not None:
-            address = target.path
-            made = UnixDomainSocketConnection(
-                path=target.path,
-                username=target.username,
-                password=target.password,
-                db=target.db,
-                **common,
-            )
-        else:
-            host, port = await self.locator.locate()
-            address = f"{host}:{port}"
-            kind = TcpConnection if target.tls is None else SSLConnection
-            made = kind(**target.connection_kwargs((host, port)), **common)
-        connection = cast(Connection, made)
+        """A new connection to the master (:class:`.subscriber.Subscriber`), connected and
+        checked with ``ROLE``, outside the multiplexed one: the caller owns it and must
+        ``await disconnect()`` it. Raises a redis-py ConnectionError or TimeoutError when none
+        can be made."""
+        address = None if self.target.path is not None else await self.locator.locate()
+        connection = Subscriber(self.target, address, self.timeout)
         try:
             await connection.connect()
             await connection.send_command(*ROLE, check_health=False)
-            check_role(await connection.read_response(timeout=self.timeout), address)
+            check_role(await connection.read_response(timeout=self.timeout), connection.where)
         except BaseException:
             # waits for the close (bounded by the connect timeout): a TLS transport left to
             # finish closing on its own may outlive the caller, unclosed
