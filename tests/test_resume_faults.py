@@ -4,10 +4,13 @@ and a real redis-server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import UNIT, NodeHandle, RedisServer, launch_node, start_node, wait_until
@@ -135,4 +138,35 @@ async def test_killed_subscriptions_lose_nothing_whatever_the_clocks(
             m = await client.recv_msg(timeout=10 * UNIT)
             got.add(m["id"])
             await client.ack(m["id"])
+        await client.close()
+
+
+def catchups(node: NodeHandle) -> float:
+    text = httpx.get(node.internal_url + "/metrics", timeout=5 * UNIT).text
+    (line,) = [x for x in text.splitlines() if x.startswith("pushsvc_bus_catchups_total ")]
+    return float(line.split()[1])
+
+
+async def test_an_envelope_lost_on_the_bus_is_found_by_the_next_one_of_its_stream(
+    server: RedisServer,
+) -> None:
+    """Each envelope names the offset before it in its stream: the next envelope of a stream
+    whose previous one never arrived makes the node catch that stream up from history."""
+    with start_node(redis_url=server.url) as node:
+        user = uid()
+        client = await Wire.open(node.client_url, node.token(user), device="d")
+        first = node.publish({"to": {"users": [user]}, "event": "e", "data": 0})
+        assert (await client.recv_msg())["id"] == first["id"]
+        await client.ack(first["id"])
+        # an entry appended without its envelope, as if the bus had lost it
+        now = int(time.time() * 1000)
+        lost = {"id": "lost-" + secrets.token_hex(4), "event": "e", "data": 1, "ts": now,
+                "ack": True, "expires": now + 60_000}  # fmt: skip
+        server.command("XADD", f"pushsvc:stream:user:{user}", "*", "m", json.dumps(lost))
+        await client.silent(0.3 * UNIT)  # nothing says it is there yet
+        before = catchups(node)
+        after = node.publish({"to": {"users": [user]}, "event": "e", "data": 2})
+        got = await client.messages(2, timeout=10 * UNIT)
+        assert [m["id"] for m in got] == [lost["id"], after["id"]]
+        assert catchups(node) == before + 1
         await client.close()
