@@ -228,6 +228,11 @@ async def test_the_bus_carries_only_the_followed_streams(open_broker: OpenBroker
     await rec.until(lambda: len(rec.envelopes) >= 1)
     await asyncio.sleep(0.05 * UNIT)
     assert [(e.message.id, list(e.offsets)) for e in rec.envelopes] == [(later_b.id, ["user:b"])]
+    # a follow given up while it waits returns at once, subscribed or not
+    given_up = asyncio.ensure_future(broker.bus.follow(["user:gone"]))
+    await asyncio.sleep(0)
+    broker.bus.unfollow(["user:gone"])
+    await asyncio.wait_for(given_up, 1 * UNIT)
     # following again what was just left is live at once (no confirmation is lost in between)
     broker.bus.unfollow(["user:b"])
     await broker.bus.follow(["user:b"])

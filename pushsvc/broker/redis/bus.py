@@ -170,6 +170,10 @@ class RedisBus(Bus):
             self._to_subscribe.discard(channel)
             if state & CONFIRMED or channel in self._asked:
                 self._to_unsubscribe.add(channel)
+            else:  # never asked for: whoever waits for it has nothing to wait for
+                for waiter in self._waiters.pop(channel, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
