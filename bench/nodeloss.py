@@ -63,7 +63,7 @@ from bench.resumewire import (
     Report,
     Setup,
 )
-from bench.workers import REPO_ROOT
+from bench.workers import REPO_ROOT, stop_process
 
 EVENT = "bench.nodeloss"
 RETRY_S = 0.1
@@ -147,15 +147,7 @@ class LoadProc:
 
     async def stop(self, grace: float) -> None:
         """Close stdin, wait ``grace`` s, then kill this process (by its PID)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(grace):
-                await self.proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, grace)
 
 
 @dataclass

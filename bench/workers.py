@@ -24,6 +24,20 @@ LINE_LIMIT = 256 * 1024 * 1024
 R = TypeVar("R", bound=Reply)
 
 
+async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Close ``proc``'s stdin (it exits at EOF), wait up to ``grace`` seconds, then kill it by
+    its PID and reap it."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 class WorkerError(Exception):
     """A load worker failed, exited early, or answered out of turn."""
 
@@ -81,15 +95,7 @@ class WorkerProc:
 
     async def stop(self, grace: float) -> None:
         """Close stdin, wait up to ``grace`` seconds, then kill this worker (by its PID)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(grace):
-                await self.proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, grace)
 
 
 class WorkerGroup:
