@@ -27,17 +27,15 @@ from bench.common import (
     BroadcastArrivals,
     Close,
     CollectBroadcast,
-    CollectUser,
     GetStatus,
     Ramp,
     Ramped,
     Setup,
     Status,
-    UserArrivals,
     user_id,
 )
 from bench.node import DISTURBED_SHARE
-from bench.phases import split
+from bench.phases import collect_user, split
 from bench.report import log
 from bench.workers import REPO_ROOT, WorkerGroup
 
@@ -380,18 +378,7 @@ async def _users(
         for n, t0 in zip(cluster.nodes, per_node, strict=True)
     ]
     arrivals: dict[int, int] = {}
-    dups = acks = 0
-    deadline = time.monotonic() + plan.drain
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        dups = sum(r.duplicates for r in replies)
-        acks = sum(r.acks_sent for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    dups, acks = await collect_user(group, sent, arrivals, time.monotonic() + plan.drain)
     lat = [(arrivals[s] - t0) / 1e6 for s, t0 in sent.items() if s in arrivals]
     summary = stats.summary(lat)
     out["user"] = {

@@ -222,19 +222,7 @@ async def user_phase(
     publish_cpu = window.close()
 
     arrivals: dict[int, int] = {}
-    dup_ids = 0
-    acks = 0
-    deadline = time.monotonic() + opts.user_drain
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        dup_ids = sum(r.duplicates for r in replies)
-        acks = sum(r.acks_sent for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    dup_ids, acks = await collect_user(group, sent, arrivals, time.monotonic() + opts.user_drain)
     lat = [(arrivals[s] - t0) / 1e6 for s, t0 in sent.items() if s in arrivals]
     summary = stats.summary(lat)
     missing = sum(1 for s in sent if s not in arrivals)
@@ -269,3 +257,20 @@ async def user_phase(
             met=missing == 0 and dup_ids == 0 and not errors,
         ),
     ]
+
+
+async def collect_user(
+    group: WorkerGroup, sent: dict[int, int], arrivals: dict[int, int], deadline: float
+) -> tuple[int, int]:
+    """Gather user-targeted arrivals into ``arrivals`` until every message of ``sent`` arrived or
+    ``deadline`` (monotonic) passes; return the duplicates and the acks the workers counted."""
+    while True:
+        replies = await group.call(CollectUser(), UserArrivals)
+        for r in replies:
+            for seq, t in r.arrivals:
+                arrivals.setdefault(seq, t)
+        duplicates = sum(r.duplicates for r in replies)
+        acks = sum(r.acks_sent for r in replies)
+        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
+            return duplicates, acks
+        await asyncio.sleep(0.2)

@@ -58,15 +58,14 @@ from bench.api import ApiClient
 from bench.common import (
     USER_EVENT,
     Close,
-    CollectUser,
     Ramp,
     Ramped,
     Setup,
     Status,
-    UserArrivals,
     user_id,
 )
 from bench.node import DISTURBED_SHARE
+from bench.phases import collect_user
 from bench.regression import export
 from bench.report import log, write_json
 from bench.workers import REPO_ROOT, WorkerGroup
@@ -365,11 +364,11 @@ async def publish_phase(
     arrivals: dict[int, int] = {}
     # The end reading waits for the deliveries (up to 2 s), not for stragglers: idle node time
     # would be counted as cost otherwise.
-    await collect(group, sent, arrivals, time.monotonic() + min(2.0, a.drain))
+    await collect_user(group, sent, arrivals, time.monotonic() + min(2.0, a.drain))
     end = read(redis, nodes, [])
     cpu = window.close()
     end = replace(end, node_received=await bus_received(nodes))
-    duplicates = await collect(group, sent, arrivals, time.monotonic() + a.drain)
+    duplicates, _ = await collect_user(group, sent, arrivals, time.monotonic() + a.drain)
     latency = [(arrivals[s] - t) / 1e6 for s, t in sent.items() if s in arrivals]
     out = figures(len(sent), start, end, idle)
     out.update(
@@ -389,23 +388,6 @@ async def publish_phase(
     wall = runner.num(cpu.get("seconds"))
     out["disturbed"] = bool(other > DISTURBED_SHARE * wall)
     return out
-
-
-async def collect(
-    group: WorkerGroup, sent: dict[int, int], arrivals: dict[int, int], deadline: float
-) -> int:
-    """Gather user-targeted arrivals into ``arrivals`` until every message of ``sent`` arrived or
-    ``deadline`` (monotonic) passes; return the duplicates the workers counted."""
-    duplicates = 0
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        duplicates = sum(r.duplicates for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            return duplicates
-        await asyncio.sleep(0.2)
 
 
 async def run(a: argparse.Namespace, doc: dict[str, object], before: Path | None) -> None:
