@@ -32,6 +32,7 @@ from bench.common import (
     Ramped,
     Setup,
     Status,
+    clients_at_end,
     user_id,
 )
 from bench.node import DISTURBED_SHARE
@@ -210,18 +211,7 @@ async def _drive(system: System, cluster: Cluster, plan: Plan, out: dict[str, ob
             await _broadcasts(system, cluster, group, api, plan, run, out)
             users = [user_id(prefix, i) for i in connected]
             await _users(system, cluster, group, api, plan, run, users, out)
-        status = await group.call(GetStatus(), Status)
-        closed: Counter[str] = Counter()
-        for s in status:
-            closed.update(s.closed)
-        out["clients"] = {
-            "open_at_end": sum(s.open for s in status),
-            "closed_during_run": dict(closed),
-            "protocol_errors": sum(s.protocol_errors for s in status),
-            "pings_answered": sum(s.pings_answered for s in status),
-            "unexpected_frames": sum(s.unexpected_frames for s in status),
-            "foreign_messages": sum(s.foreign_messages for s in status),
-        }
+        out["clients"] = clients_at_end(await group.call(GetStatus(), Status))
         await group.call(Close(timeout=10.0), Status)
     finally:
         await group.stop(15.0)
