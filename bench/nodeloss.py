@@ -49,7 +49,7 @@ import msgspec
 
 from bench import nodeloss_figures, procstat, redisproc, runner, server
 from bench.api import ApiClient
-from bench.report import log, print_table, rows_json, write_json
+from bench.report import finish, log, print_table, rows_json, write_json
 from bench.resumewire import (
     Collect,
     Command,
@@ -398,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.rate:g} user msg/s",
         rows,
     )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"JSON: {json_path}")
-    if a.check and any(r.met is False for r in rows):
-        return 1
-    return 0
+    return finish(rows, notes, json_path, check=a.check)
 
 
 if __name__ == "__main__":
