@@ -49,6 +49,7 @@ import msgspec
 
 from bench import nodeloss_figures, procstat, redisproc, runner, server
 from bench.api import ApiClient
+from bench.common import Ready
 from bench.report import finish, log, print_table, rows_json, write_json
 from bench.resumewire import (
     Collect,
@@ -58,7 +59,6 @@ from bench.resumewire import (
     Failed,
     Ramp,
     Ramped,
-    Ready,
     Reply,
     Report,
     Setup,

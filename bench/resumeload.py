@@ -36,7 +36,7 @@ import msgspec
 import orjson
 
 from bench import wsproto
-from bench.common import mint_token, user_id
+from bench.common import Ready, mint_token, user_id
 from bench.resumewire import (
     Collect,
     Command,
@@ -46,7 +46,6 @@ from bench.resumewire import (
     Failed,
     Ramp,
     Ramped,
-    Ready,
     Reply,
     Report,
     Setup,
