@@ -16,8 +16,10 @@ import random
 import secrets
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procstat, redisproc, runner, server, stats
 from bench.api import ApiClient
@@ -36,7 +38,7 @@ from bench.common import (
     user_id,
 )
 from bench.node import DISTURBED_SHARE
-from bench.phases import collect_user, split
+from bench.phases import PublishTally, collect_user, paced, split
 from bench.report import log
 from bench.workers import REPO_ROOT, WorkerGroup
 
@@ -333,35 +335,17 @@ async def _users(
     if total <= 0:
         return
     rng = random.Random(plan.seed)
-    sent: dict[int, int] = {}
-    http_ms: list[float] = []
-    errors: Counter[str] = Counter()
+    tally = PublishTally()
+    sent, http_ms, errors = tally.sent, tally.http_ms, tally.errors
 
-    async def one(seq: int, user: str) -> None:
-        path, body = system.publish(user, USER_EVENT, seq, run, plan.pushsvc_ack)
-        try:
-            resp = await api.post_json(path, body)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            errors[type(exc).__name__] += 1
-            return
-        if resp.status == 202:
-            sent[seq] = resp.sent_ns
-            http_ms.append(resp.elapsed_ns / 1e6)
-        else:
-            errors[f"HTTP {resp.status}"] += 1
+    def one(seq: int) -> Coroutine[Any, Any, None]:
+        path, body = system.publish(rng.choice(users), USER_EVENT, seq, run, plan.pushsvc_ack)
+        return tally.post(api, path, body, seq)
 
     log(f"user-targeted: {total} messages at {plan.rate:g}/s")
-    loop = asyncio.get_running_loop()
     window = procstat.Window(cluster.pids(), group.pids, [cluster.redis.pid])
     per_node = [procstat.sample([n.pid]).cpu_seconds for n in cluster.nodes]
-    start = loop.time()
-    async with asyncio.TaskGroup() as tg:
-        for seq in range(total):
-            delay = start + seq / plan.rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tg.create_task(one(seq, rng.choice(users)))
-    publish_seconds = loop.time() - start
+    publish_seconds = await paced(total, plan.rate, one)
     cpu = window.close()
     cpu["per_node_cpu_seconds"] = [
         procstat.sample([n.pid]).cpu_seconds - t0

@@ -45,10 +45,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -65,7 +66,7 @@ from bench.common import (
     user_id,
 )
 from bench.node import DISTURBED_SHARE
-from bench.phases import collect_user
+from bench.phases import PublishTally, collect_user, paced
 from bench.regression import export
 from bench.report import log, write_json
 from bench.workers import REPO_ROOT, WorkerGroup
@@ -325,42 +326,27 @@ async def publish_phase(
     it; collect the arrivals."""
     total = int(a.rate * a.duration)
     rng = random.Random(a.seed)
-    sent: dict[int, int] = {}
-    errors: Counter[str] = Counter()
+    tally = PublishTally()
+    sent, errors = tally.sent, tally.errors
     async with contextlib.AsyncExitStack() as stack:
         apis = [
             await stack.enter_async_context(ApiClient(x.internal_urls[0], api_key, size=16))
             for x in nodes
         ]
 
-        async def one(seq: int, user: str) -> None:
+        def one(seq: int) -> Coroutine[Any, Any, None]:
+            user = user_id(USER_PREFIX, rng.choice(connected))
             body = {"to": {"users": [user]}, "event": USER_EVENT,
                     "data": {"seq": seq, "run": run_id}}  # fmt: skip
-            try:
-                resp = await apis[seq % len(apis)].post_json("/v1/messages", body)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                errors[type(exc).__name__] += 1
-                return
-            if resp.status == 202:
-                sent[seq] = resp.sent_ns
-            else:
-                errors[f"HTTP {resp.status}"] += 1
+            return tally.post(apis[seq % len(apis)], "/v1/messages", body, seq)
 
         received0 = await bus_received(nodes)
         start = read(redis, nodes, received0)
         node_pids = [p for x in nodes for p in (x.pid, *procstat.descendants(x.pid))]
         window = procstat.Window(node_pids, group.pids, [redis.pid])
         load = os.getloadavg()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
         log(f"publishing {total} user messages at {a.rate:g}/s over {len(nodes)} nodes")
-        async with asyncio.TaskGroup() as tg:
-            for seq in range(total):
-                delay = t0 + seq / a.rate - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tg.create_task(one(seq, user_id(USER_PREFIX, rng.choice(connected))))
-        publish_seconds = loop.time() - t0
+        publish_seconds = await paced(total, a.rate, one)
     arrivals: dict[int, int] = {}
     # The end reading waits for the deliveries (up to 2 s), not for stragglers: idle node time
     # would be counted as cost otherwise.
