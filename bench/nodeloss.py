@@ -63,7 +63,7 @@ from bench.resumewire import (
     Report,
     Setup,
 )
-from bench.workers import REPO_ROOT, stop_process
+from bench.workers import spawn_module, stop_process
 
 EVENT = "bench.nodeloss"
 RETRY_S = 0.1
@@ -117,17 +117,7 @@ class LoadProc:
 
     @classmethod
     async def spawn(cls) -> LoadProc:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.resumeload",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO_ROOT,
-            limit=1 << 28,
-            preexec_fn=procstat.die_with_parent,  # prctl only, safe before exec
-        )
-        return cls(proc)
+        return cls(await spawn_module("bench.resumeload", 1 << 28))
 
     async def call(self, cmd: Command, kind: type[R]) -> R:
         stdin, stdout = self.proc.stdin, self.proc.stdout
