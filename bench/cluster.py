@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from bench import procstat, redisproc, runner, server
-from bench.report import Row, log, print_table, rows_json, write_json
+from bench.report import Row, finish, log, print_table, rows_json, write_json
 from bench.targets import (
     BASELINE_CLUSTER_BROADCAST,
     BASELINE_CLUSTER_RSS,
@@ -122,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["notes"] = notes
     write_json(json_path, doc)
     print_table(f"{name} cluster broadcast · N={a.connections:,} · {a.workers} workers", rows)
-    for note in notes:
-        print(f"note: {note}")
-    print(f"JSON: {json_path}")
-    if a.check and any(r.met is False for r in rows):
-        return 1
-    return 0 if run.get("exit_status") == 0 else 2
+    missed = finish(rows, notes, json_path, check=a.check)
+    return missed or (0 if run.get("exit_status") == 0 else 2)
 
 
 def server_name(template: str) -> str:

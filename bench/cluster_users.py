@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from bench import procstat, redisproc, runner, server
-from bench.report import Row, log, print_table, rows_json, write_json
+from bench.report import Row, finish, log, print_table, rows_json, write_json
 from bench.targets import TARGET_CLUSTER_USER_P99_MS
 
 SCENARIOS = {
@@ -152,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.rate:g}/s for {a.duration:g} s",
         rows,
     )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"JSON: {json_path}")
-    if a.check and any(r.met is False for r in rows):
-        return 1
-    return 0
+    return finish(rows, notes, json_path, check=a.check)
 
 
 def row(a: argparse.Namespace, scenario: str, run: dict[str, object]) -> Row:

@@ -8,7 +8,9 @@ or when its deadline passes, whichever comes first.
 
 from __future__ import annotations
 
-from typing import Final
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Final
 
 import jwt
 import msgspec
@@ -166,6 +168,22 @@ class Status(msgspec.Struct, tag=True, frozen=True):
     pings_answered: int
     unexpected_frames: int
     foreign_messages: int
+
+
+def clients_at_end(status: Sequence[Status]) -> dict[str, Any]:
+    """The clients' figures of every worker's :class:`Status`, summed (``closed_during_run``:
+    connections closed by the server or lost, by close code or ``lost``)."""
+    closed: Counter[str] = Counter()
+    for s in status:
+        closed.update(s.closed)
+    return {
+        "open_at_end": sum(s.open for s in status),
+        "closed_during_run": dict(closed),
+        "protocol_errors": sum(s.protocol_errors for s in status),
+        "pings_answered": sum(s.pings_answered for s in status),
+        "unexpected_frames": sum(s.unexpected_frames for s in status),
+        "foreign_messages": sum(s.foreign_messages for s in status),
+    }
 
 
 class WorkerFailed(msgspec.Struct, tag=True, frozen=True):

@@ -28,7 +28,6 @@ import contextlib
 import os
 import resource
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from pathlib import Path
 from bench import procstat, provenance
 from bench.api import ApiClient
 from bench.broadcast import broadcast_phase
-from bench.common import Close, GetStatus, Status
+from bench.common import Close, GetStatus, Status, clients_at_end
 from bench.node import Node, attach_or_start, scrape
 from bench.options import Options, parse_args
 from bench.phases import mint_over_http, ramp_phase, setups, user_phase
@@ -114,20 +113,10 @@ async def measure(opts: Options, node: Node, res: Results) -> None:
             metrics_after = await scrape(node)
             gc_figures(metrics_before, metrics_after, res)
             res.doc["server_metrics"] = server_view(metrics_before, metrics_after)
-            status = await group.call(GetStatus(), Status)
-            closed: Counter[str] = Counter()
-            for s in status:
-                closed.update(s.closed)
-            res.doc["clients"] = {
-                "open_at_end": sum(s.open for s in status),
-                "closed_during_run": dict(closed),
-                "protocol_errors": sum(s.protocol_errors for s in status),
-                "pings_answered": sum(s.pings_answered for s in status),
-                "unexpected_frames": sum(s.unexpected_frames for s in status),
-                "foreign_messages": sum(s.foreign_messages for s in status),
-            }
-            if closed:
-                res.notes.append(f"connections closed during the run: {dict(closed)}")
+            clients = clients_at_end(await group.call(GetStatus(), Status))
+            res.doc["clients"] = clients
+            if closed := clients["closed_during_run"]:
+                res.notes.append(f"connections closed during the run: {closed}")
             pids = node.pids()
             if pids:
                 res.doc["memory_at_end_kib"] = procstat.sample(pids).rss_kib

@@ -49,7 +49,8 @@ import msgspec
 
 from bench import nodeloss_figures, procstat, redisproc, runner, server
 from bench.api import ApiClient
-from bench.report import log, print_table, rows_json, write_json
+from bench.common import Ready
+from bench.report import finish, log, print_table, rows_json, write_json
 from bench.resumewire import (
     Collect,
     Command,
@@ -58,12 +59,11 @@ from bench.resumewire import (
     Failed,
     Ramp,
     Ramped,
-    Ready,
     Reply,
     Report,
     Setup,
 )
-from bench.workers import REPO_ROOT
+from bench.workers import spawn_module, stop_process
 
 EVENT = "bench.nodeloss"
 RETRY_S = 0.1
@@ -117,17 +117,7 @@ class LoadProc:
 
     @classmethod
     async def spawn(cls) -> LoadProc:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.resumeload",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO_ROOT,
-            limit=1 << 28,
-            preexec_fn=procstat.die_with_parent,  # prctl only, safe before exec
-        )
-        return cls(proc)
+        return cls(await spawn_module("bench.resumeload", 1 << 28))
 
     async def call(self, cmd: Command, kind: type[R]) -> R:
         stdin, stdout = self.proc.stdin, self.proc.stdout
@@ -147,15 +137,7 @@ class LoadProc:
 
     async def stop(self, grace: float) -> None:
         """Close stdin, wait ``grace`` s, then kill this process (by its PID)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(grace):
-                await self.proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, grace)
 
 
 @dataclass
@@ -406,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.rate:g} user msg/s",
         rows,
     )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"JSON: {json_path}")
-    if a.check and any(r.met is False for r in rows):
-        return 1
-    return 0
+    return finish(rows, notes, json_path, check=a.check)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import random
 import secrets
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procstat, redisproc, runner, server, stats
 from bench.api import ApiClient
@@ -27,17 +29,16 @@ from bench.common import (
     BroadcastArrivals,
     Close,
     CollectBroadcast,
-    CollectUser,
     GetStatus,
     Ramp,
     Ramped,
     Setup,
     Status,
-    UserArrivals,
+    clients_at_end,
     user_id,
 )
 from bench.node import DISTURBED_SHARE
-from bench.phases import split
+from bench.phases import PublishTally, collect_user, paced, split
 from bench.report import log
 from bench.workers import REPO_ROOT, WorkerGroup
 
@@ -212,18 +213,7 @@ async def _drive(system: System, cluster: Cluster, plan: Plan, out: dict[str, ob
             await _broadcasts(system, cluster, group, api, plan, run, out)
             users = [user_id(prefix, i) for i in connected]
             await _users(system, cluster, group, api, plan, run, users, out)
-        status = await group.call(GetStatus(), Status)
-        closed: Counter[str] = Counter()
-        for s in status:
-            closed.update(s.closed)
-        out["clients"] = {
-            "open_at_end": sum(s.open for s in status),
-            "closed_during_run": dict(closed),
-            "protocol_errors": sum(s.protocol_errors for s in status),
-            "pings_answered": sum(s.pings_answered for s in status),
-            "unexpected_frames": sum(s.unexpected_frames for s in status),
-            "foreign_messages": sum(s.foreign_messages for s in status),
-        }
+        out["clients"] = clients_at_end(await group.call(GetStatus(), Status))
         await group.call(Close(timeout=10.0), Status)
     finally:
         await group.stop(15.0)
@@ -345,53 +335,24 @@ async def _users(
     if total <= 0:
         return
     rng = random.Random(plan.seed)
-    sent: dict[int, int] = {}
-    http_ms: list[float] = []
-    errors: Counter[str] = Counter()
+    tally = PublishTally()
+    sent, http_ms, errors = tally.sent, tally.http_ms, tally.errors
 
-    async def one(seq: int, user: str) -> None:
-        path, body = system.publish(user, USER_EVENT, seq, run, plan.pushsvc_ack)
-        try:
-            resp = await api.post_json(path, body)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            errors[type(exc).__name__] += 1
-            return
-        if resp.status == 202:
-            sent[seq] = resp.sent_ns
-            http_ms.append(resp.elapsed_ns / 1e6)
-        else:
-            errors[f"HTTP {resp.status}"] += 1
+    def one(seq: int) -> Coroutine[Any, Any, None]:
+        path, body = system.publish(rng.choice(users), USER_EVENT, seq, run, plan.pushsvc_ack)
+        return tally.post(api, path, body, seq)
 
     log(f"user-targeted: {total} messages at {plan.rate:g}/s")
-    loop = asyncio.get_running_loop()
     window = procstat.Window(cluster.pids(), group.pids, [cluster.redis.pid])
     per_node = [procstat.sample([n.pid]).cpu_seconds for n in cluster.nodes]
-    start = loop.time()
-    async with asyncio.TaskGroup() as tg:
-        for seq in range(total):
-            delay = start + seq / plan.rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tg.create_task(one(seq, rng.choice(users)))
-    publish_seconds = loop.time() - start
+    publish_seconds = await paced(total, plan.rate, one)
     cpu = window.close()
     cpu["per_node_cpu_seconds"] = [
         procstat.sample([n.pid]).cpu_seconds - t0
         for n, t0 in zip(cluster.nodes, per_node, strict=True)
     ]
     arrivals: dict[int, int] = {}
-    dups = acks = 0
-    deadline = time.monotonic() + plan.drain
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        dups = sum(r.duplicates for r in replies)
-        acks = sum(r.acks_sent for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    dups, acks = await collect_user(group, sent, arrivals, time.monotonic() + plan.drain)
     lat = [(arrivals[s] - t0) / 1e6 for s, t0 in sent.items() if s in arrivals]
     summary = stats.summary(lat)
     out["user"] = {

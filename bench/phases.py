@@ -8,6 +8,8 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from bench import procstat, stats
 from bench.api import ApiClient
@@ -17,6 +19,45 @@ from bench.options import Options
 from bench.report import Results, Row, log
 from bench.targets import BASELINE_HANDSHAKE, BASELINE_RSS, TARGET_HANDSHAKE_US, TARGET_RSS_KIB
 from bench.workers import WorkerGroup
+
+
+class PublishTally:
+    """User-targeted messages posted one by one: ``sent`` maps the ``seq`` of each accepted one
+    (202) to when its request was written (``time.time_ns()``); ``http_ms`` holds their request
+    times, ``errors`` the others by HTTP status or exception."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}
+        self.http_ms: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+    async def post(self, api: ApiClient, path: str, body: object, seq: int) -> None:
+        try:
+            resp = await api.post_json(path, body)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.errors[type(exc).__name__] += 1
+            return
+        if resp.status == 202:
+            self.sent[seq] = resp.sent_ns
+            self.http_ms.append(resp.elapsed_ns / 1e6)
+        else:
+            self.errors[f"HTTP {resp.status}"] += 1
+
+
+async def paced(
+    total: int, rate: float, start: Callable[[int], Coroutine[Any, Any, None]]
+) -> float:
+    """Run ``start(seq)`` for every ``seq`` in ``range(total)``, the n-th begun ``n / rate``
+    seconds after the first; return the seconds from the first begun to the last ended."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with asyncio.TaskGroup() as tg:
+        for seq in range(total):
+            delay = t0 + seq / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tg.create_task(start(seq))
+    return loop.time() - t0
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -187,54 +228,25 @@ async def user_phase(
     if total <= 0 or not connected:
         return
     rng = random.Random(opts.seed)
-    sent: dict[int, int] = {}
-    http_ms: list[float] = []
-    errors: Counter[str] = Counter()
+    tally = PublishTally()
+    sent, http_ms, errors = tally.sent, tally.http_ms, tally.errors
 
-    async def one(seq: int, user: str) -> None:
+    def one(seq: int) -> Coroutine[Any, Any, None]:
+        user = user_id(opts.user_prefix, rng.choice(connected))
         body = {
             "to": {"users": [user]},
             "event": USER_EVENT,
             "data": {"seq": seq, "run": opts.run_id},
         }
-        try:
-            resp = await api.post_json("/v1/messages", body)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            errors[type(exc).__name__] += 1
-            return
-        if resp.status == 202:
-            sent[seq] = resp.sent_ns
-            http_ms.append(resp.elapsed_ns / 1e6)
-        else:
-            errors[f"HTTP {resp.status}"] += 1
+        return tally.post(api, "/v1/messages", body, seq)
 
     log(f"user-targeted: {total} messages at {opts.user_rate:g}/s")
-    loop = asyncio.get_running_loop()
     window = procstat.Window(node.pids(), group.pids, node.helper_pids)
-    start = loop.time()
-    async with asyncio.TaskGroup() as tg:
-        for seq in range(total):
-            delay = start + seq / opts.user_rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tg.create_task(one(seq, user_id(opts.user_prefix, rng.choice(connected))))
-    publish_seconds = loop.time() - start
+    publish_seconds = await paced(total, opts.user_rate, one)
     publish_cpu = window.close()
 
     arrivals: dict[int, int] = {}
-    dup_ids = 0
-    acks = 0
-    deadline = time.monotonic() + opts.user_drain
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        dup_ids = sum(r.duplicates for r in replies)
-        acks = sum(r.acks_sent for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    dup_ids, acks = await collect_user(group, sent, arrivals, time.monotonic() + opts.user_drain)
     lat = [(arrivals[s] - t0) / 1e6 for s, t0 in sent.items() if s in arrivals]
     summary = stats.summary(lat)
     missing = sum(1 for s in sent if s not in arrivals)
@@ -269,3 +281,20 @@ async def user_phase(
             met=missing == 0 and dup_ids == 0 and not errors,
         ),
     ]
+
+
+async def collect_user(
+    group: WorkerGroup, sent: dict[int, int], arrivals: dict[int, int], deadline: float
+) -> tuple[int, int]:
+    """Gather user-targeted arrivals into ``arrivals`` until every message of ``sent`` arrived or
+    ``deadline`` (monotonic) passes; return the duplicates and the acks the workers counted."""
+    while True:
+        replies = await group.call(CollectUser(), UserArrivals)
+        for r in replies:
+            for seq, t in r.arrivals:
+                arrivals.setdefault(seq, t)
+        duplicates = sum(r.duplicates for r in replies)
+        acks = sum(r.acks_sent for r in replies)
+        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
+            return duplicates, acks
+        await asyncio.sleep(0.2)

@@ -35,7 +35,7 @@ from bench import procstat, redisproc, runner, server, stats
 from bench.httpload import Done, Job
 from bench.node import DISTURBED_SHARE, QUIET_PROBE_S
 from bench.phases import split
-from bench.report import Row, log, print_table, rows_json, write_json
+from bench.report import Row, finish, log, print_table, rows_json, write_json
 from bench.targets import TARGET_BATCH_MPS, TARGET_PUBLISH_RPS
 from bench.workers import REPO_ROOT
 
@@ -245,12 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["notes"] = notes
     write_json(json_path, doc)
     print_table("pushsvc publish API throughput · one node", rows)
-    for note in notes:
-        print(f"note: {note}")
-    print(f"JSON: {json_path}")
-    if a.check and any(r.met is False for r in rows):
-        return 1
-    return 0
+    return finish(rows, notes, json_path, check=a.check)
 
 
 def row(r: dict[str, object]) -> Row:

@@ -53,6 +53,15 @@ def print_table(title: str, rows: list[Row], console: Console | None = None) -> 
     console.print(table)
 
 
+def finish(rows: list[Row], notes: list[str], json_path: Path, *, check: bool) -> int:
+    """After the table: print the notes and where the JSON document is; return the exit status
+    of ``--check`` (1 when ``check`` and a row missed its target, else 0)."""
+    for note in notes:
+        print(f"note: {note}")
+    print(f"JSON: {json_path}")
+    return 1 if check and any(r.met is False for r in rows) else 0
+
+
 def rows_json(rows: list[Row]) -> list[dict[str, object]]:
     return [asdict(r) for r in rows]
 

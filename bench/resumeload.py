@@ -36,7 +36,7 @@ import msgspec
 import orjson
 
 from bench import wsproto
-from bench.common import mint_token, user_id
+from bench.common import Ready, mint_token, user_id
 from bench.resumewire import (
     Collect,
     Command,
@@ -46,12 +46,12 @@ from bench.resumewire import (
     Failed,
     Ramp,
     Ramped,
-    Ready,
     Reply,
     Report,
     Setup,
 )
 from bench.sourceports import SourcePorts, connect_from
+from bench.wsconn import WsClient
 
 STOP_CODES = frozenset({4001, 4002, 4010})  # the protocol says: do not reconnect
 PONG = orjson.dumps({"type": "pong"})
@@ -180,17 +180,14 @@ class HandshakeFailed(Exception):
     """A connection ended before ``welcome``; the message is the failure's category."""
 
 
-class Conn(asyncio.Protocol):
+class Conn(WsClient):
     """One WebSocket connection of a :class:`Device`: handshake, hello, frames."""
 
     def __init__(self, device: Device, opened: asyncio.Future[None]) -> None:
+        super().__init__()
         self.device = device
         self.opened = opened
         self.ended: asyncio.Future[int] = opened.get_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-        self.key = wsproto.new_key()
-        self.head = b""
-        self.codec = wsproto.ClientCodec()
         self.upgraded = False
         self.open = False
         self.code = 1006
@@ -213,7 +210,7 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         t = time.time_ns()
         if not self.upgraded:
-            data = self._handshake(data)
+            data = self._upgrade(data)
             if not data:
                 return
         try:
@@ -235,23 +232,13 @@ class Conn(asyncio.Protocol):
         for i in range(0, len(acks), 1000):
             self.send_text(orjson.dumps({"type": "ack", "ids": acks[i : i + 1000]}))
 
-    def _handshake(self, data: bytes) -> bytes:
-        buf = self.head + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            self.head = buf
-            return b""
-        self.head = b""
-        try:
-            wsproto.parse_handshake_response(buf[:end], self.key)
-        except wsproto.WsProtocolError:
-            status = buf[: buf.find(b"\r\n")].decode(errors="replace")
-            self._fail(f"handshake {status[9:12]}")
-            self.abort()
-            return b""
+    def _refused(self, response: bytes, exc: wsproto.WsProtocolError) -> None:
+        status = response[: response.find(b"\r\n")].decode(errors="replace")
+        self._fail(f"handshake {status[9:12]}")
+
+    def _upgraded(self) -> None:
         self.upgraded = True
         self.send_text(self.device.hello())
-        return buf[end + 4 :]
 
     def _text(self, payload: bytes, t: int, acks: list[str]) -> None:
         dev = self.device
@@ -283,22 +270,6 @@ class Conn(asyncio.Protocol):
         if not self.opened.done():
             self.opened.set_exception(HandshakeFailed(reason))
             self.opened.exception()  # retrieved by Device._connect, or never awaited
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def send_text(self, payload: bytes) -> None:
-        self._write(wsproto.encode_frame(wsproto.OP_TEXT, payload))
-
-    def close(self, code: int) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wsproto.encode_frame(wsproto.OP_CLOSE, code.to_bytes(2, "big")))
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class Pool:

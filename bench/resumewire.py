@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from bench.common import Ready  # the fan-out workers' own (worker, PID): import it from there
+
 
 class Setup(msgspec.Struct, tag=True, frozen=True):
     """Clients ``first .. first + len(homes) - 1``; client ``first + i`` starts on
@@ -47,11 +49,6 @@ class Collect(msgspec.Struct, tag=True, frozen=True):
 
 
 Command = Setup | Ramp | Count | Collect
-
-
-class Ready(msgspec.Struct, tag=True, frozen=True):
-    worker: int
-    pid: int
 
 
 class Ramped(msgspec.Struct, tag=True, frozen=True):

@@ -45,10 +45,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -58,15 +59,14 @@ from bench.api import ApiClient
 from bench.common import (
     USER_EVENT,
     Close,
-    CollectUser,
     Ramp,
     Ramped,
     Setup,
     Status,
-    UserArrivals,
     user_id,
 )
 from bench.node import DISTURBED_SHARE
+from bench.phases import PublishTally, collect_user, paced
 from bench.regression import export
 from bench.report import log, write_json
 from bench.workers import REPO_ROOT, WorkerGroup
@@ -326,50 +326,35 @@ async def publish_phase(
     it; collect the arrivals."""
     total = int(a.rate * a.duration)
     rng = random.Random(a.seed)
-    sent: dict[int, int] = {}
-    errors: Counter[str] = Counter()
+    tally = PublishTally()
+    sent, errors = tally.sent, tally.errors
     async with contextlib.AsyncExitStack() as stack:
         apis = [
             await stack.enter_async_context(ApiClient(x.internal_urls[0], api_key, size=16))
             for x in nodes
         ]
 
-        async def one(seq: int, user: str) -> None:
+        def one(seq: int) -> Coroutine[Any, Any, None]:
+            user = user_id(USER_PREFIX, rng.choice(connected))
             body = {"to": {"users": [user]}, "event": USER_EVENT,
                     "data": {"seq": seq, "run": run_id}}  # fmt: skip
-            try:
-                resp = await apis[seq % len(apis)].post_json("/v1/messages", body)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                errors[type(exc).__name__] += 1
-                return
-            if resp.status == 202:
-                sent[seq] = resp.sent_ns
-            else:
-                errors[f"HTTP {resp.status}"] += 1
+            return tally.post(apis[seq % len(apis)], "/v1/messages", body, seq)
 
         received0 = await bus_received(nodes)
         start = read(redis, nodes, received0)
         node_pids = [p for x in nodes for p in (x.pid, *procstat.descendants(x.pid))]
         window = procstat.Window(node_pids, group.pids, [redis.pid])
         load = os.getloadavg()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
         log(f"publishing {total} user messages at {a.rate:g}/s over {len(nodes)} nodes")
-        async with asyncio.TaskGroup() as tg:
-            for seq in range(total):
-                delay = t0 + seq / a.rate - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tg.create_task(one(seq, user_id(USER_PREFIX, rng.choice(connected))))
-        publish_seconds = loop.time() - t0
+        publish_seconds = await paced(total, a.rate, one)
     arrivals: dict[int, int] = {}
     # The end reading waits for the deliveries (up to 2 s), not for stragglers: idle node time
     # would be counted as cost otherwise.
-    await collect(group, sent, arrivals, time.monotonic() + min(2.0, a.drain))
+    await collect_user(group, sent, arrivals, time.monotonic() + min(2.0, a.drain))
     end = read(redis, nodes, [])
     cpu = window.close()
     end = replace(end, node_received=await bus_received(nodes))
-    duplicates = await collect(group, sent, arrivals, time.monotonic() + a.drain)
+    duplicates, _ = await collect_user(group, sent, arrivals, time.monotonic() + a.drain)
     latency = [(arrivals[s] - t) / 1e6 for s, t in sent.items() if s in arrivals]
     out = figures(len(sent), start, end, idle)
     out.update(
@@ -389,23 +374,6 @@ async def publish_phase(
     wall = runner.num(cpu.get("seconds"))
     out["disturbed"] = bool(other > DISTURBED_SHARE * wall)
     return out
-
-
-async def collect(
-    group: WorkerGroup, sent: dict[int, int], arrivals: dict[int, int], deadline: float
-) -> int:
-    """Gather user-targeted arrivals into ``arrivals`` until every message of ``sent`` arrived or
-    ``deadline`` (monotonic) passes; return the duplicates the workers counted."""
-    duplicates = 0
-    while True:
-        replies = await group.call(CollectUser(), UserArrivals)
-        for r in replies:
-            for seq, t in r.arrivals:
-                arrivals.setdefault(seq, t)
-        duplicates = sum(r.duplicates for r in replies)
-        if all(s in arrivals for s in sent) or time.monotonic() > deadline:
-            return duplicates
-        await asyncio.sleep(0.2)
 
 
 async def run(a: argparse.Namespace, doc: dict[str, object], before: Path | None) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 
-from bench import wsproto
 from bench.common import user_id
 from bench.wsconn import CLOSED, HELLO, OPEN, Conn
 
@@ -30,21 +29,8 @@ class SioConn(Conn):
 
     __slots__ = ()
 
-    def _handshake(self, data: bytes) -> bytes:
-        buf = self.head + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            self.head = buf
-            return b""
-        self.head = b""
-        try:
-            wsproto.parse_handshake_response(buf[:end], self.key)
-        except wsproto.WsProtocolError as exc:
-            self._fail(f"handshake: {exc}")
-            self.abort()
-            return b""
+    def _upgraded(self) -> None:
         self.state = HELLO  # waiting for the open packet, then for the namespace's CONNECT
-        return buf[end + 4 :]
 
     def _text(self, payload: bytes, t: int) -> dict[str, Any] | None:
         """Handle one Engine.IO packet; return the event's argument if it is a ``msg``."""

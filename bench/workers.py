@@ -24,6 +24,35 @@ LINE_LIMIT = 256 * 1024 * 1024
 R = TypeVar("R", bound=Reply)
 
 
+async def spawn_module(module: str, limit: int) -> asyncio.subprocess.Process:
+    """Start ``python -m module`` from the repository root, stdin and stdout piped (lines up to
+    ``limit`` bytes), stderr inherited; it is killed when this process dies."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+        limit=limit,
+        preexec_fn=procstat.die_with_parent,  # prctl only, safe before exec
+    )
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Close ``proc``'s stdin (it exits at EOF), wait up to ``grace`` seconds, then kill it by
+    its PID and reap it."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 class WorkerError(Exception):
     """A load worker failed, exited early, or answered out of turn."""
 
@@ -39,17 +68,7 @@ class WorkerProc:
 
     @classmethod
     async def spawn(cls, index: int) -> WorkerProc:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.wsload",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO_ROOT,
-            limit=LINE_LIMIT,
-            preexec_fn=procstat.die_with_parent,  # prctl only, safe before exec
-        )
-        return cls(index, proc)
+        return cls(index, await spawn_module("bench.wsload", LINE_LIMIT))
 
     @property
     def pid(self) -> int:
@@ -81,15 +100,7 @@ class WorkerProc:
 
     async def stop(self, grace: float) -> None:
         """Close stdin, wait up to ``grace`` seconds, then kill this worker (by its PID)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(grace):
-                await self.proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await stop_process(self.proc, grace)
 
 
 class WorkerGroup:

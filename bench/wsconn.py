@@ -29,20 +29,78 @@ class HandshakeFailed(Exception):
     """A connection did not reach ``welcome``; the message is the failure's category."""
 
 
-class Conn(asyncio.Protocol):
-    """One client connection: handshake, hello, then frames."""
+class WsClient(asyncio.Protocol):
+    """The client end of one WebSocket: the upgrade, and frames out.
 
-    __slots__ = ("codec", "head", "key", "slot", "state", "transport", "welcomed", "worker")
+    A subclass writes the upgrade request in ``connection_made``, passes what arrives to
+    :meth:`_upgrade` until that returns bytes, feeds those and the rest to ``codec``, and says in
+    :meth:`_refused` and :meth:`_upgraded` what a refused and an accepted upgrade mean to it.
+    """
 
-    def __init__(self, worker: Worker, slot: int, welcomed: asyncio.Future[None]) -> None:
-        self.worker = worker
-        self.slot = slot
-        self.welcomed = welcomed
-        self.state = HANDSHAKE
+    __slots__ = ("codec", "head", "key", "transport")
+
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.key = wsproto.new_key()
         self.head = b""
         self.codec = wsproto.ClientCodec()
+
+    def _upgrade(self, data: bytes) -> bytes:
+        """Take bytes of the upgrade response; return the bytes that follow it.
+
+        ``b""`` while the response is incomplete, when nothing follows it, and when it refuses the
+        upgrade (after :meth:`_refused`, with the connection aborted).
+        """
+        buf = self.head + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.head = buf
+            return b""
+        self.head = b""
+        try:
+            wsproto.parse_handshake_response(buf[:end], self.key)
+        except wsproto.WsProtocolError as exc:
+            self._refused(buf, exc)
+            self.abort()
+            return b""
+        self._upgraded()
+        return buf[end + 4 :]
+
+    def _refused(self, response: bytes, exc: wsproto.WsProtocolError) -> None:
+        """The server's ``response`` (its head and what followed) is not a valid upgrade."""
+
+    def _upgraded(self) -> None:
+        """The upgrade succeeded; frames follow."""
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def send_text(self, payload: bytes) -> None:
+        self._write(wsproto.encode_frame(wsproto.OP_TEXT, payload))
+
+    def close(self, code: int) -> None:
+        """Send a close frame and close the transport after it is written."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wsproto.encode_frame(wsproto.OP_CLOSE, code.to_bytes(2, "big")))
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Conn(WsClient):
+    """One client connection: handshake, hello, then frames."""
+
+    __slots__ = ("slot", "state", "welcomed", "worker")
+
+    def __init__(self, worker: Worker, slot: int, welcomed: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.worker = worker
+        self.slot = slot
+        self.welcomed = welcomed
+        self.state = HANDSHAKE
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -68,7 +126,7 @@ class Conn(asyncio.Protocol):
             w.on_msg(self, w.last_msg, t)
             return
         if self.state == HANDSHAKE:
-            data = self._handshake(data)
+            data = self._upgrade(data)
             if not data:
                 return
         try:
@@ -97,19 +155,10 @@ class Conn(asyncio.Protocol):
             elif opcode != wsproto.OP_PONG:
                 self.worker.unexpected_frames += 1
 
-    def _handshake(self, data: bytes) -> bytes:
-        buf = self.head + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            self.head = buf
-            return b""
-        self.head = b""
-        try:
-            wsproto.parse_handshake_response(buf[:end], self.key)
-        except wsproto.WsProtocolError as exc:
-            self._fail(f"handshake: {exc}")
-            self.abort()
-            return b""
+    def _refused(self, response: bytes, exc: wsproto.WsProtocolError) -> None:
+        self._fail(f"handshake: {exc}")
+
+    def _upgraded(self) -> None:
         self.state = HELLO
         s = self.worker.setup
         index = s.first + self.slot
@@ -119,7 +168,6 @@ class Conn(asyncio.Protocol):
             "device": f"{s.device_prefix}{index}",
         }
         self.send_text(orjson.dumps(hello))
-        return buf[end + 4 :]
 
     def _text(self, payload: bytes, t: int) -> dict[str, Any] | None:
         """Handle one text message; return it if it is a ``msg``."""
@@ -155,21 +203,7 @@ class Conn(asyncio.Protocol):
             # Retrieved by the ramp; mark it so a late failure is not logged as unretrieved.
             self.welcomed.exception()
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def send_text(self, payload: bytes) -> None:
-        self._write(wsproto.encode_frame(wsproto.OP_TEXT, payload))
-
     def close(self, code: int) -> None:
-        """Send a close frame and close the transport after it is written."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wsproto.encode_frame(wsproto.OP_CLOSE, code.to_bytes(2, "big")))
-            self.transport.close()
+        super().close(code)
         if self.state == OPEN:
             self.state = CLOSED
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
