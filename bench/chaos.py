@@ -8,8 +8,8 @@
 two replicas, three sentinels) or ``cluster`` (three masters with a replica each), see
 :mod:`bench.chaos_topology`; there the ``failover`` fault kills the master, and the verdict also
 gives, per failover, how long the publishers were refused. Nodes then confirm each publish on
-``--min-replicas`` replicas (``WAIT``, default 1) before its 202, so a failover loses nothing
-that was answered 202.
+``--min-replicas`` replicas (``WAIT``, default 1) before its 202, so a 202'd message is on a
+replica before its master can die.
 
 Starts a persistent ``redis-server`` (append-only file), ``--nodes`` nodes with fault injection
 on, Alertmanager and ``pushsvc monitor`` (all on free ports of 127.0.0.1). ``--devices`` devices

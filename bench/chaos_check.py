@@ -20,7 +20,8 @@
   missing without the ``drop`` fault (n/a when none did): a loss nobody reports is the worst.
 - **failover: publishes refused** — per ``failover`` fault, from the kill to the later of the
   first 202 to a publish sent after it and the last refused answer (503, 409, timeout, refused
-  connection) before the next fault: at most ``refusal_limit`` s (n/a without failovers).
+  connection) before the next fault: at most ``refusal_limit`` s (a campaign without the
+  ``failover`` fault has no such row; one whose failovers all failed fails it).
 """
 
 from __future__ import annotations
@@ -260,18 +261,19 @@ def judge(
 
     done = failovers(faults, publishers, load_end if load_end is not None else float("inf"))
     windows = [f.failover["refused_s"] for f in done if f.failover]
-    worst = max((w if w is not None else float("inf") for w in windows), default=None)
-    v.add(
-        f"failover: publishes refused <= {refusal_limit:g} s",
-        None if worst is None else worst <= refusal_limit,
-        "-" if worst is None else f"{worst:g} s",
-        "no failover"
-        if worst is None
-        else f"{len(done)} failovers, refused for " + ", ".join(f"{w} s" for w in windows),
-    )
+    tried = sum(1 for f in faults if f.kind == "failover")
+    if tried:  # a campaign without the fault has no such row (standalone: as it always was)
+        worst = max((w if w is not None else float("inf") for w in windows), default=None)
+        v.add(
+            f"failover: publishes refused <= {refusal_limit:g} s",
+            worst is not None and worst <= refusal_limit,
+            "-" if worst is None else f"{worst:g} s",
+            f"{len(done)} of {tried} failovers done, refused for "
+            + (", ".join(f"{w} s" for w in windows) or "-"),
+        )
 
     v.facts = {
-        "failover_refused_s": windows,
+        **({"failover_refused_s": windows} if tried else {}),
         "published_202": len(accepted),
         "retried_publishes": sum(1 for s in accepted if s.attempts > 1),
         "publish_answers": dict(sorted(statuses.items())),

@@ -118,6 +118,10 @@ class Topology:
     def url(self) -> str:
         raise NotImplementedError
 
+    def start(self) -> None:
+        """Start every process and wait until the topology is whole."""
+        raise NotImplementedError
+
     def master(self) -> RedisProc:
         raise NotImplementedError
 
@@ -163,13 +167,18 @@ class Topology:
         self.master().freeze()
 
     def thaw(self) -> None:
-        for p in self.data:
+        """SIGCONT what was frozen; then wait until whole (a freeze longer than the down-after
+        time makes Sentinel or Cluster fail the master over)."""
+        frozen = [p for p in self.data if p.frozen]
+        for p in frozen:
             p.thaw()
+        if frozen:
+            self.wait_whole()
 
     def repair(self) -> None:
         """After a fault that failed half-way: every process thawed and running, in sync."""
-        self.thaw()
         for p in [*self.data, *self.helpers]:
+            p.thaw()
             if not p.running:
                 p.start()
         self.wait_whole()

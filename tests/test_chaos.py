@@ -259,4 +259,8 @@ def test_the_judge_holds_a_failover_to_the_refusal_limit() -> None:
         assert (row["result"], row["value"]) == (result, f"{took:g} s")
         assert v.facts["failover_refused_s"] == [took]
     quiet = judge([publisher()], [], [], NOWHERE, {}, set())
-    assert next(r for r in quiet.rows if r["invariant"].startswith("failover"))["result"] == "n/a"
+    assert not any(r["invariant"].startswith("failover") for r in quiet.rows)
+    assert "failover_refused_s" not in quiet.facts
+    broken = Fault(5, "failover", 0, 0, began=99.0, outcome="error: TimeoutError()")
+    v = judge([publisher()], [], [broken], NOWHERE, {}, set(), 200.0)
+    assert next(r for r in v.rows if r["invariant"].startswith("failover"))["result"] == "FAIL"
