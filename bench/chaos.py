@@ -77,6 +77,13 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-replicas", type=int, help="nodes' redis_min_replicas [0 standalone, else 1]"
     )
+    p.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a config line for every Sentinel or Cluster data process (repeatable)",
+    )
     p.add_argument("--refusal-limit", type=float, default=5.0, help="most s a failover refuses [5]")
     p.add_argument("--fault-every", type=float, default=8, help="seconds between faults [8]")
     p.add_argument("--settle", type=float, default=30, help="most s to wait for deliveries [30]")
@@ -95,6 +102,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown faults {sorted(unknown)}; known: {','.join(ALL_FAULTS)}")
     if standalone and set(args.fault_list) & set(FAILOVER_FAULTS):
         p.error("the failover fault needs --redis sentinel or cluster")
+    if standalone and args.redis_config:
+        p.error("--redis-config needs --redis sentinel or cluster")
     if not 1 <= args.publishers <= CALLERS:
         p.error(f"--publishers must be 1 to {CALLERS}")
     if args.nodes < 2:
@@ -108,7 +117,7 @@ async def campaign(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     redis = (
         ChaosRedis(work / "redis")
         if args.redis == "standalone"
-        else topology(args.redis, work / "redis")
+        else topology(args.redis, work / "redis", args.redis_config)
     )
     try:
         await asyncio.to_thread(redis.start)
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "redis": args.redis,
         "min_replicas": args.min_replicas,
+        "redis_config": args.redis_config,
         "duration": args.duration,
         "nodes": args.nodes,
         "devices": args.devices,

@@ -214,9 +214,9 @@ class Topology:
 class SentinelRedis(Topology):
     """A master, ``replicas`` replicas and three sentinels watching them as MASTER_NAME."""
 
-    def __init__(self, work: Path, replicas: int = 2) -> None:
-        first = RedisProc(soak.free_port(), work / "d0", DATA)
-        follow = [*DATA, f"replicaof 127.0.0.1 {first.port}"]
+    def __init__(self, work: Path, extra: list[str], replicas: int = 2) -> None:
+        first = RedisProc(soak.free_port(), work / "d0", [*DATA, *extra])
+        follow = [*DATA, *extra, f"replicaof 127.0.0.1 {first.port}"]
         self.data = [first] + [
             RedisProc(soak.free_port(), work / f"d{i}", follow) for i in range(1, replicas + 1)
         ]
@@ -272,9 +272,10 @@ class ClusterRedis(Topology):
 
     one_slot = True
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, extra: list[str]) -> None:
         config = [
             *DATA,
+            *extra,
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
             f"cluster-node-timeout {DOWN_AFTER_MS}",
@@ -356,6 +357,7 @@ def _free(port: int) -> bool:
     return True
 
 
-def topology(kind: str, work: Path) -> SentinelRedis | ClusterRedis:
-    """The topology ``--redis`` names (not standalone), not started."""
-    return SentinelRedis(work) if kind == "sentinel" else ClusterRedis(work)
+def topology(kind: str, work: Path, extra: list[str]) -> SentinelRedis | ClusterRedis:
+    """The topology ``--redis`` names (not standalone), not started; ``extra`` config lines
+    for every data process (``--redis-config``)."""
+    return SentinelRedis(work, extra) if kind == "sentinel" else ClusterRedis(work, extra)
