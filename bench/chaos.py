@@ -2,6 +2,14 @@
 
     .venv/bin/python -m bench.chaos --seed 7 --duration 600 --nodes 3 --devices 60 --rate 20
     .venv/bin/python -m bench.chaos --faults kill,term,drop --duration 60 --json
+    .venv/bin/python -m bench.chaos --redis sentinel --faults failover,kill,pubsub --seed 3
+
+``--redis`` chooses Redis: one ``standalone`` server (the default), or ``sentinel`` (a master,
+two replicas, three sentinels) or ``cluster`` (three masters with a replica each), see
+:mod:`bench.chaos_topology`; there the ``failover`` fault kills the master, and the verdict also
+gives, per failover, how long the publishers were refused. Nodes then confirm each publish on
+``--min-replicas`` replicas (``WAIT``, default 1) before its 202, so a 202'd message is on a
+replica before its master can die.
 
 Starts a persistent ``redis-server`` (append-only file), ``--nodes`` nodes with fault injection
 on, Alertmanager and ``pushsvc monitor`` (all on free ports of 127.0.0.1). ``--devices`` devices
@@ -39,8 +47,9 @@ import httpx
 from bench import provenance, soak
 from bench.chaos_check import dropped, judge, missing_pairs
 from bench.chaos_cluster import CALLERS, ChaosMonitor, ChaosNode, ChaosRedis, settle_policy
-from bench.chaos_faults import FAULTS, Injector, schedule
+from bench.chaos_faults import ALL_FAULTS, FAILOVER_FAULTS, FAULTS, Injector, schedule
 from bench.chaos_load import Device, Publisher, devices_for
+from bench.chaos_topology import Topology, topology
 
 RESULTS = soak.RESULTS
 
@@ -59,18 +68,42 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=10, help="publishes per second in all [10]")
     p.add_argument("--publishers", type=int, default=3, help="callers publishing [3]")
     p.add_argument(
-        "--faults", default=",".join(FAULTS), help="comma list [all]: " + ",".join(FAULTS)
+        "--redis",
+        choices=("standalone", "sentinel", "cluster"),
+        default="standalone",
+        help="Redis topology [standalone]",
     )
+    p.add_argument("--faults", help="comma list [all of the topology's]: " + ",".join(ALL_FAULTS))
+    p.add_argument(
+        "--min-replicas", type=int, help="nodes' redis_min_replicas [0 standalone, else 1]"
+    )
+    p.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a config line for every Sentinel or Cluster data process (repeatable)",
+    )
+    p.add_argument("--refusal-limit", type=float, default=5.0, help="most s a failover refuses [5]")
     p.add_argument("--fault-every", type=float, default=8, help="seconds between faults [8]")
     p.add_argument("--settle", type=float, default=30, help="most s to wait for deliveries [30]")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--report", help="JSON file [bench/results/chaos-<seed>.json]")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = p.parse_args(argv)
+    standalone = args.redis == "standalone"
+    if args.faults is None:
+        args.faults = ",".join(FAULTS if standalone else ALL_FAULTS)
+    if args.min_replicas is None:
+        args.min_replicas = 0 if standalone else 1
     args.fault_list = [f for f in args.faults.split(",") if f]
-    unknown = set(args.fault_list) - set(FAULTS)
+    unknown = set(args.fault_list) - set(ALL_FAULTS)
     if unknown:
-        p.error(f"unknown faults {sorted(unknown)}; known: {','.join(FAULTS)}")
+        p.error(f"unknown faults {sorted(unknown)}; known: {','.join(ALL_FAULTS)}")
+    if standalone and set(args.fault_list) & set(FAILOVER_FAULTS):
+        p.error("the failover fault needs --redis sentinel or cluster")
+    if standalone and args.redis_config:
+        p.error("--redis-config needs --redis sentinel or cluster")
     if not 1 <= args.publishers <= CALLERS:
         p.error(f"--publishers must be 1 to {CALLERS}")
     if args.nodes < 2:
@@ -80,9 +113,21 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def campaign(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     (work / "redis").mkdir()
-    redis = ChaosRedis(work / "redis")
-    redis.start()
-    nodes = [ChaosNode(f"chaos-{i}", redis.url, work) for i in range(args.nodes)]
+    redis: ChaosRedis | Topology
+    redis = (
+        ChaosRedis(work / "redis")
+        if args.redis == "standalone"
+        else topology(args.redis, work / "redis", args.redis_config)
+    )
+    try:
+        await asyncio.to_thread(redis.start)
+    except BaseException:
+        redis.stop()
+        raise
+    nodes = [
+        ChaosNode(f"chaos-{i}", redis.url, work, min_replicas=args.min_replicas)
+        for i in range(args.nodes)
+    ]
     monitor: ChaosMonitor | None = None
     try:
         with soak.alertmanager() as am:
@@ -100,7 +145,11 @@ async def campaign(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 async def _run(
-    args: argparse.Namespace, redis: ChaosRedis, nodes: list[ChaosNode], mon: ChaosMonitor, am: str
+    args: argparse.Namespace,
+    redis: ChaosRedis | Topology,
+    nodes: list[ChaosNode],
+    mon: ChaosMonitor,
+    am: str,
 ) -> dict[str, Any]:
     devices = await devices_for(nodes, args.devices, args.per_user)
     users = sorted({d.user for d in devices})
@@ -141,7 +190,15 @@ async def _run(
             said = None  # judged as a failure: the monitor must answer
         loss_alerts = {n for (name, n) in alerts.seen if name == "PushDeliveryLoss"}
         verdict = await asyncio.to_thread(
-            judge, pubs, devices, injector.done, nodes[0].api, said, loss_alerts
+            judge,
+            pubs,
+            devices,
+            injector.done,
+            nodes[0].api,
+            said,
+            loss_alerts,
+            last_publish,
+            args.refusal_limit,
         )
     finally:
         stop_all.set()
@@ -185,7 +242,8 @@ async def _settle(
 
 def print_table(result: dict[str, Any]) -> None:
     print(
-        f"fault campaign  seed {result['seed']}  {result['duration']:g} s  "
+        f"fault campaign  redis {result.get('redis', 'standalone')}  seed {result['seed']}  "
+        f"{result['duration']:g} s  "
         f"{result['nodes']} nodes  {result['devices']} devices  {result['rate']:g} msg/s  "
         f"commit {str(result['commit'])[:10]}"
     )
@@ -202,6 +260,15 @@ def print_table(result: dict[str, Any]) -> None:
     for k, v in result["facts"].items():
         print(f"{k:<26} {v}")
     print(f"{'alerts seen':<26} {result['alerts_seen']}")
+    for f in result["faults"]:
+        if f["kind"] == "failover" and f["failover"]:
+            w = f["failover"]
+            print(
+                f"{'failover at ' + str(f['started']) + ' s':<26} refused {w.get('refused_s')} s "
+                f"(first 202 after {w.get('first_202_s')} s, last refusal "
+                f"{w.get('last_refused_s')} s: {w.get('refused_answers')}), promoted after "
+                f"{w['promoted_s']} s"
+            )
     print(f"{'settled after s':<26} {result['settled_after_s']}")
 
 
@@ -211,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     head = {
         "argv": sys.argv[1:] if argv is None else argv,  # replays the same campaign
         "seed": args.seed,
+        "redis": args.redis,
+        "min_replicas": args.min_replicas,
+        "redis_config": args.redis_config,
         "duration": args.duration,
         "nodes": args.nodes,
         "devices": args.devices,

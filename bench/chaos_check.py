@@ -18,6 +18,10 @@
   the monitor's metrics or in a ``PushDeliveryLoss`` alert in Alertmanager.
 - **monitor: real loss reported** — likewise each node where an ``ack: true`` message went
   missing without the ``drop`` fault (n/a when none did): a loss nobody reports is the worst.
+- **failover: publishes refused** — per ``failover`` fault, from the kill to the later of the
+  first 202 to a publish sent after it and the last refused answer (503, 409, timeout, refused
+  connection) before the next fault: at most ``refusal_limit`` s (a campaign without the
+  ``failover`` fault has no such row; one whose failovers all failed fails it).
 """
 
 from __future__ import annotations
@@ -104,6 +108,38 @@ def trail_states(api: str, ids: list[str]) -> dict[str, str]:
     return out
 
 
+def refusal_window(
+    answers: list[tuple[float, float, str]], killed: float, until: float
+) -> dict[str, Any]:
+    """What the publishers saw of one failover: ``answers`` are (sent, answered, status) in
+    ``time.monotonic()``; the master was killed at ``killed``, the next fault began at
+    ``until``. Seconds from the kill to the first 202 of a publish sent after it, to the last
+    refused answer, the refusal window (the later of the two), and the refused answers."""
+    after = [(s, a, st) for s, a, st in answers if a >= killed and s < until]
+    first_202 = min((a for s, a, st in after if st == "202" and s >= killed), default=None)
+    refused = sorted((a, st) for s, a, st in after if st != "202")
+    ends = [t for t in (first_202, refused[-1][0] if refused else None) if t is not None]
+    return {
+        "first_202_s": None if first_202 is None else round(first_202 - killed, 2),
+        "last_refused_s": round(refused[-1][0] - killed, 2) if refused else None,
+        "refused_s": round(max(ends) - killed, 2) if ends else None,
+        "refused_answers": _count(st for _, st in refused),
+    }
+
+
+def failovers(faults: list[Fault], publishers: list[Publisher], load_end: float) -> list[Fault]:
+    """The failover faults that killed a master, each given its :func:`refusal_window`."""
+    answers = [x for p in publishers for x in p.answers]
+    out = []
+    for i, f in enumerate(faults):
+        if f.kind != "failover" or f.killed_at is None or f.failover is None:
+            continue
+        until = next((g.began for g in faults[i + 1 :] if g.began is not None), load_end)
+        f.failover |= refusal_window(answers, f.killed_at, until)
+        out.append(f)
+    return out
+
+
 def judge(
     publishers: list[Publisher],
     devices: list[Device],
@@ -111,6 +147,8 @@ def judge(
     api: str,
     monitor_missing: dict[str, dict[str, float]] | None,
     loss_alerts: set[str],
+    load_end: float | None = None,
+    refusal_limit: float = 5.0,
 ) -> Verdict:
     v = Verdict()
     accepted = [s for p in publishers for s in p.accepted]
@@ -221,7 +259,21 @@ def judge(
             or "no acked message went missing",
         )
 
+    done = failovers(faults, publishers, load_end if load_end is not None else float("inf"))
+    windows = [f.failover["refused_s"] for f in done if f.failover]
+    tried = sum(1 for f in faults if f.kind == "failover")
+    if tried:  # a campaign without the fault has no such row (standalone: as it always was)
+        worst = max((w if w is not None else float("inf") for w in windows), default=None)
+        v.add(
+            f"failover: publishes refused <= {refusal_limit:g} s",
+            worst is not None and worst <= refusal_limit,
+            "-" if worst is None else f"{worst:g} s",
+            f"{len(done)} of {tried} failovers done, refused for "
+            + (", ".join(f"{w} s" for w in windows) or "-"),
+        )
+
     v.facts = {
+        **({"failover_refused_s": windows} if tried else {}),
         "published_202": len(accepted),
         "retried_publishes": sum(1 for s in accepted if s.attempts > 1),
         "publish_answers": dict(sorted(statuses.items())),

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from bench import soak
+from pushsvc.broker.keys import Keyspace
 
 KEY = soak.KEY
 CALLERS = 16  # named publish keys, one per campaign publisher (``--publishers`` at most this)
@@ -41,7 +42,7 @@ NODE = {**soak.NODE, "drain_timeout": 3}
 MONITOR = {**soak.MONITOR, "reconnect_window": 10, "loss_window": 600}
 
 
-def _spawn(argv: list[str], env: dict[str, Any], log: Path, extra: dict[str, str]) -> Any:
+def spawn(argv: list[str], env: dict[str, Any], log: Path, extra: dict[str, str]) -> Any:
     child = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSVC_")}
     child.update({f"PUSHSVC_{k.upper()}": str(v) for k, v in env.items()})
     child.update(extra)
@@ -51,7 +52,7 @@ def _spawn(argv: list[str], env: dict[str, Any], log: Path, extra: dict[str, str
         )
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> int | None:
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> int | None:
     """Send ``sig`` and wait ``grace`` s (then SIGKILL); the exit status, None if not running."""
     if proc is None or proc.poll() is not None:
         return None
@@ -102,12 +103,12 @@ class ChaosRedis:
             "--maxmemory-policy",
             "noeviction",
         ]
-        self.proc = _spawn(argv, {}, self.dir / "redis.log", {})
+        self.proc = spawn(argv, {}, self.dir / "redis.log", {})
         soak.wait(lambda: soak._ping(self.port), 30, "redis-server answers PING")
 
     def stop(self) -> None:
         self.thaw()
-        _stop(self.proc, signal.SIGTERM, 20)
+        stop_process(self.proc, signal.SIGTERM, 20)
         self.proc = None
 
     def restart(self, down_for: float) -> None:
@@ -142,6 +143,22 @@ class ChaosRedis:
                 return int(line.split(":")[1])
         raise RuntimeError("INFO memory without used_memory")
 
+    def kill_pubsub(self) -> str:
+        """``CLIENT KILL TYPE pubsub``: every node's bus subscription is cut; how many."""
+        return self.cli("CLIENT", "KILL", "TYPE", "pubsub")
+
+    def keyspace(self) -> Keyspace:
+        return Keyspace()
+
+    def repair(self) -> None:
+        """After a fault that failed half-way: thawed and running."""
+        self.thaw()
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+    def failover(self) -> dict[str, float | str]:
+        raise RuntimeError("a standalone redis-server has no failover (--redis sentinel|cluster)")
+
 
 def libfaketime() -> str:
     """The multi-threaded libfaketime of Debian's ``faketime`` package."""
@@ -160,6 +177,7 @@ class ChaosNode:
     port: int = field(default_factory=soak.free_port)
     internal_port: int = field(default_factory=soak.free_port)
     proc: subprocess.Popen[bytes] | None = None
+    min_replicas: int = 0  # replicas WAIT must confirm before a publish is answered 202
     skew: float = 0.0  # seconds its wall clock is shifted by (faketime); 0: the real clock
     exits: list[int | None] = field(default_factory=list)
 
@@ -180,6 +198,7 @@ class ChaosNode:
             "api_keys": API_KEYS,
             "token_secret": SECRET,
             "log_level": "WARNING",
+            "redis_min_replicas": self.min_replicas,
             **NODE,
         }
         argv = [sys.executable, "-m", "cli", "serve", "--enable-fault-injection"]
@@ -195,7 +214,7 @@ class ChaosNode:
         if soak.ready(self.api + "/readyz"):
             raise RuntimeError(f"{self.node_id}: an earlier process still serves {self.api}")
         self.skew = skew
-        self.proc = _spawn(argv, env, self.logs / f"{self.node_id}.log", extra)
+        self.proc = spawn(argv, env, self.logs / f"{self.node_id}.log", extra)
         soak.wait(self.ready, ready_s, f"{self.node_id} ready")
 
     def ready(self) -> bool:
@@ -205,7 +224,7 @@ class ChaosNode:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM (drain) or SIGKILL; records the exit status."""
-        self.exits.append(_stop(self.proc, sig, 20))
+        self.exits.append(stop_process(self.proc, sig, 20))
         self.proc = None
 
 
@@ -229,11 +248,11 @@ class ChaosMonitor:
             **MONITOR,
         }
         argv = [sys.executable, "-m", "cli", "monitor"]
-        self.proc = _spawn(argv, env, self.logs / "monitor.log", {})
+        self.proc = spawn(argv, env, self.logs / "monitor.log", {})
         soak.wait(lambda: soak.ready(f"http://127.0.0.1:{self.port}/healthz"), 30, "monitor up")
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM, 20)
+        stop_process(self.proc, signal.SIGTERM, 20)
         self.proc = None
 
     def missing(self) -> dict[str, dict[str, float]]:

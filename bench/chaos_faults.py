@@ -19,7 +19,12 @@ Fault classes (``--faults``):
                       device's node so its devices resume through the entry
 ``drop``              the node's ``drop_deliveries`` fault (30 % of messages) for 6 to 9 s: the
                       deliberate losses the monitor must report
+``failover``          (``--redis sentinel|cluster`` only) SIGKILL the master (on Cluster: of the
+                      keyspace's slot), wait for the promotion, start it again as a replica
 ====================  ===========================================================================
+
+On Sentinel and Cluster the Redis faults (``redis-restart``, ``redis-freeze``, ``maxmemory``,
+``garbage``) aim at the current master; ``pubsub`` cuts the subscriptions on every data process.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from bench.chaos_cluster import KEY, ChaosNode, ChaosRedis
+from bench.chaos_cluster import KEY, ChaosNode
 from pushsvc.broker.keys import Keyspace
 
 FAULTS = (
@@ -48,6 +53,8 @@ FAULTS = (
     "garbage",
     "drop",
 )
+FAILOVER_FAULTS = ("failover",)  # only where Redis has replicas to promote
+ALL_FAULTS = FAULTS + FAILOVER_FAULTS
 DROP_FRACTION = 0.3
 GARBAGE = "\xff{not json"
 
@@ -63,6 +70,9 @@ class Fault:
     outcome: str = ""
     window: tuple[float, float] | None = None  # drop: unix s the fault was on
     node_id: str = ""
+    began: float | None = None  # time.monotonic() it started at
+    killed_at: float | None = None  # failover: time.monotonic() the master was killed
+    failover: dict[str, Any] | None = None  # failover: addresses, promotion, refusal window
 
     def row(self) -> dict[str, Any]:
         return {
@@ -75,6 +85,7 @@ class Fault:
             "outcome": self.outcome,
             "node": self.node_id,
             "window": self.window,
+            "failover": self.failover,
         }
 
 
@@ -103,9 +114,24 @@ def schedule(
     return out
 
 
+class RedisUnderTest(Protocol):
+    """What the faults need of Redis: :class:`bench.chaos_cluster.ChaosRedis` or a topology of
+    :mod:`bench.chaos_topology` (whose faults aim at the current master)."""
+
+    def cli(self, *args: str) -> str: ...
+    def used_memory(self) -> int: ...
+    def kill_pubsub(self) -> str: ...
+    def keyspace(self) -> Keyspace: ...
+    def restart(self, down_for: float) -> None: ...
+    def freeze(self) -> None: ...
+    def thaw(self) -> None: ...
+    def repair(self) -> None: ...
+    def failover(self) -> dict[str, float | str]: ...
+
+
 @dataclass
 class Injector:
-    redis: ChaosRedis
+    redis: RedisUnderTest
     nodes: list[ChaosNode]
     users: list[str]
     first_node_of: dict[str, int]  # user -> index of the node of its first device
@@ -119,12 +145,16 @@ class Injector:
                     await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
                 return
-            fault.started = round(time.monotonic() - started, 1)
+            fault.began = time.monotonic()
+            fault.started = round(fault.began - started, 1)
             try:
                 fault.outcome = await self.inject(fault) or "ok"
             except Exception as exc:  # a fault that cannot be undone is a finding
                 fault.outcome = f"error: {exc!r}"[:200]
-                await asyncio.to_thread(self.repair)
+                try:
+                    await asyncio.to_thread(self.repair)
+                except Exception as again:  # recorded: the next fault goes on
+                    fault.outcome += f"; repair: {again!r}"[:200]
             fault.took = round(time.monotonic() - started - fault.started, 1)
             self.done.append(fault)
 
@@ -143,8 +173,17 @@ class Injector:
                 await asyncio.to_thread(node.start, f.param)
                 return f"exit {node.exits[-1]}, restarted {f.param:+g} s"
             case "pubsub":
-                killed = await asyncio.to_thread(self.redis.cli, "CLIENT", "KILL", "TYPE", "pubsub")
+                killed = await asyncio.to_thread(self.redis.kill_pubsub)
                 return f"{killed} killed"
+            case "failover":
+                done = await asyncio.to_thread(self.redis.failover)
+                f.killed_at = float(done.pop("killed_at"))
+                f.failover = done
+                f.node_id = str(done["old"]).rpartition(":")[2]
+                return (
+                    f"{done['old']} killed, {done['new']} promoted after {done['promoted_s']} s, "
+                    f"whole after {done['whole_s']} s"
+                )
             case "redis-restart":
                 await asyncio.to_thread(self.redis.restart, f.param)
             case "redis-freeze":
@@ -162,7 +201,7 @@ class Injector:
                 return f"maxmemory {limit} (used {used})"
             case "garbage":
                 user = self.users[f.target % len(self.users)]
-                key = Keyspace().stream(f"user:{user}")
+                key = self.redis.keyspace().stream(f"user:{user}")
                 entry = await asyncio.to_thread(self.redis.cli, "XADD", key, "*", "m", GARBAGE)
                 node = self.nodes[self.first_node_of[user]]
                 f.node_id = node.node_id
@@ -189,9 +228,7 @@ class Injector:
 
     def repair(self) -> None:
         """After a fault that failed half-way: Redis thawed and running, every node running."""
-        self.redis.thaw()
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
-            self.redis.start()
+        self.redis.repair()
         for node in self.nodes:
             if node.proc is None or node.proc.poll() is not None:
                 try:

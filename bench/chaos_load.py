@@ -105,6 +105,8 @@ class Publisher:
     abandoned: list[str] = field(default_factory=list)  # keys never answered 202
     latencies: list[float] = field(default_factory=list)  # s from first attempt to the 202
     odd: list[str] = field(default_factory=list)  # the first answers other than 202/409/503
+    #: every attempt: (sent, answered) as time.monotonic(), and its status or exception name
+    answers: list[tuple[float, float, str]] = field(default_factory=list)
 
     async def run(self, rate: float, stop: asyncio.Event) -> None:
         """Publish about ``rate`` messages per second, one at a time, until ``stop``."""
@@ -147,13 +149,16 @@ class Publisher:
         while time.monotonic() < deadline:
             node = self.nodes[(turn + attempt) % len(self.nodes)]
             attempt += 1
+            sent = time.monotonic()
             try:
                 r = await h.post(node.api + "/v1/messages", json=body)
             except httpx.HTTPError as exc:
                 self.statuses[type(exc).__name__] += 1
+                self.answers.append((sent, time.monotonic(), type(exc).__name__))
                 await asyncio.sleep(0.1)
                 continue
             self.statuses[str(r.status_code)] += 1
+            self.answers.append((sent, time.monotonic(), str(r.status_code)))
             if r.status_code == 202:
                 msg_id = str(r.json()["id"])
                 ids = self.ids_by_key.setdefault(key, set())

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import options
-from bench.chaos_check import judge, missing_pairs
-from bench.chaos_faults import DROP_FRACTION, FAULTS, Fault, schedule
+from bench.chaos_check import judge, missing_pairs, refusal_window
+from bench.chaos_faults import ALL_FAULTS, DROP_FRACTION, FAULTS, Fault, schedule
 from bench.chaos_load import Device, Publisher, Sent
 from tests.support import ROOT, UNIT
 
@@ -179,6 +179,9 @@ def test_a_short_campaign_keeps_every_guarantee(tmp_path: Path) -> None:
         (["--faults", "kill,drop"], True),
         (["--faults", "kill,meteor"], False),
         (["--nodes", "1"], False),
+        (["--faults", "failover"], False),  # a standalone redis-server has nobody to promote
+        (["--redis", "sentinel", "--faults", "kill,drop"], True),
+        (["--redis", "raft", "--faults", "kill,drop"], False),
     ],
 )
 def test_the_campaign_refuses_what_it_cannot_run(argv: list[str], ok: bool) -> None:
@@ -202,3 +205,62 @@ def test_a_dropped_delivery_replayed_after_the_fan_out_check_counts_as_missed() 
         assert next(r for r in rows if r["invariant"] == "monitor: no false loss")["result"] == (
             verdict
         )
+
+
+def test_the_topology_chooses_the_default_faults_and_replicas() -> None:
+    standalone, cluster = options([]), options(["--redis", "cluster"])
+    assert (standalone.fault_list, standalone.min_replicas) == (list(FAULTS), 0)
+    assert (cluster.fault_list, cluster.min_replicas) == (list(ALL_FAULTS), 1)
+    assert "failover" in cluster.fault_list
+    assert options(["--redis", "sentinel", "--min-replicas", "0"]).min_replicas == 0
+
+
+KILLED = 100.0
+
+
+@pytest.mark.parametrize(
+    ("answers", "first_202", "last_refused", "refused"),
+    [
+        # (sent, answered, status) after a kill at 100 s; the next fault began at 130 s
+        ([(101.0, 101.1, "503"), (102.0, 102.5, "202")], 2.5, 1.1, 2.5),
+        # a 202 in flight at the kill does not end the window, a later refusal extends it
+        (
+            [(99.9, 100.2, "202"), (101, 101, "503"), (103, 103, "202"), (103, 104, "503")],
+            3.0,
+            4.0,
+            4.0,
+        ),
+        ([(101.0, 106.0, "ReadTimeout"), (106.1, 106.2, "202")], 6.2, 6.0, 6.2),
+        ([(95.0, 96.0, "503"), (131.0, 131.5, "503"), (101.0, 101.0, "202")], 1.0, None, 1.0),
+        ([], None, None, None),
+    ],
+)
+def test_the_refusal_window_runs_from_the_kill_to_the_last_refusal_or_first_202(
+    answers: list[tuple[float, float, str]],
+    first_202: float | None,
+    last_refused: float | None,
+    refused: float | None,
+) -> None:
+    w = refusal_window(answers, KILLED, 130.0)
+    assert (w["first_202_s"], w["last_refused_s"], w["refused_s"]) == (
+        first_202,
+        last_refused,
+        refused,
+    )
+
+
+def test_the_judge_holds_a_failover_to_the_refusal_limit() -> None:
+    for took, result in ((3.0, "PASS"), (7.0, "FAIL")):
+        p = publisher()
+        p.answers = [(101.0, 101.0, "503"), (KILLED + took, KILLED + took, "202")]
+        f = Fault(5, "failover", 0, 0, began=99.0, killed_at=KILLED, failover={"old": "a"})
+        v = judge([p], [], [f], NOWHERE, {}, set(), 200.0, refusal_limit=5.0)
+        row = next(r for r in v.rows if r["invariant"].startswith("failover"))
+        assert (row["result"], row["value"]) == (result, f"{took:g} s")
+        assert v.facts["failover_refused_s"] == [took]
+    quiet = judge([publisher()], [], [], NOWHERE, {}, set())
+    assert not any(r["invariant"].startswith("failover") for r in quiet.rows)
+    assert "failover_refused_s" not in quiet.facts
+    broken = Fault(5, "failover", 0, 0, began=99.0, outcome="error: TimeoutError()")
+    v = judge([publisher()], [], [broken], NOWHERE, {}, set(), 200.0)
+    assert next(r for r in v.rows if r["invariant"].startswith("failover"))["result"] == "FAIL"
