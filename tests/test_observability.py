@@ -418,14 +418,26 @@ async def risen_to(nodes: list[NodeHandle], before: list[float], wanted: list[fl
     assert risen == wanted
 
 
+@pytest.fixture
+def quiet_pair() -> Iterator[list[NodeHandle]]:
+    """Two nodes on a Redis of the test's own: nothing else publishes to them."""
+    with start_redis() as server:
+        nodes = [launch_node(redis_url=server.url, node_id=f"routed-{n}", **FAST) for n in "ab"]
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                node.stop()
+
+
 @pytest.mark.redis
 async def test_a_node_receives_from_the_bus_only_what_its_sessions_read(
-    cluster: list[NodeHandle],
+    quiet_pair: list[NodeHandle],
 ) -> None:
     """Routed delivery: a patient's messages reach only the node that holds the patient's
     session (published on the other one), a broadcast every node with a session, and a node
     whose last reader left receives nothing more of that stream."""
-    a, b = cluster
+    a, b = quiet_pair
     user, other = f"routed-{os.getpid()}-b", f"routed-{os.getpid()}-a"
     on_b = await Wire.open(b.client_url, b.token(user, []), device="phone")
     on_a = await Wire.open(a.client_url, a.token(other, []), device="tab")
