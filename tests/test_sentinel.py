@@ -179,6 +179,50 @@ async def test_min_replicas_refuses_a_publish_no_replica_confirmed(sentinel: Sen
         node.stop()
 
 
+async def test_with_min_replicas_only_confirmed_writes_are_announced(
+    sentinel: SentinelSetup,
+) -> None:
+    """A publish WAIT did not confirm is appended but its envelope is not published (a master
+    about to lose its place must show nobody what it cannot keep); the retry with its key
+    announces the first placement once it is confirmed, and another request under that key
+    announces nothing."""
+    seen = Recorder()
+    settings = Settings(redis_url=sentinel.url(), redis_min_replicas=1, node_id="fence")
+    broker = redis_broker(settings, timeout=0.5 * UNIT)
+    broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
+    await broker.start()
+    await broker.bus.follow(["user:f"])
+    try:
+        first = message()
+        [placed] = await broker.publish([Publication(first, ["user:f"])], "t")
+        assert isinstance(placed, Placed)
+        await seen.until(lambda: len(seen.envelopes) == 1)
+        assert seen.envelopes[0].after == "0-0"
+        [replica] = sentinel.replicas()
+        await asyncio.to_thread(replica.stop)
+        second = message()
+        keyed = Publication(second, ["user:f"], key="c:k", fingerprint="f")
+        [refused] = await broker.publish([keyed], "t")
+        assert isinstance(refused, BrokerUnavailable)
+        await asyncio.sleep(0.3 * UNIT)
+        assert len(seen.envelopes) == 1  # appended, not announced
+        await asyncio.to_thread(replica.start)
+        await asyncio.to_thread(sentinel.wait_in_sync)
+        [again] = await broker.publish([keyed], "t")
+        assert isinstance(again, Placed) and again.duplicate and again.id == second.id
+        await seen.until(lambda: len(seen.envelopes) == 2)
+        announced = seen.envelopes[1]
+        assert (announced.message, announced.offsets) == (second, again.offsets)
+        assert announced.after == placed.offsets["user:f"]
+        other = Publication(message(), ["user:f"], key="c:k", fingerprint="g")
+        [bound] = await broker.publish([other], "t")
+        assert isinstance(bound, Placed) and bound.duplicate and bound.id == second.id
+        await asyncio.sleep(0.3 * UNIT)
+        assert len(seen.envelopes) == 2
+    finally:
+        await broker.close()
+
+
 def test_check_config_reports_the_sentinel_topology(sentinel: SentinelSetup) -> None:
     def checks(**env: str) -> dict[str, dict[str, str]]:
         result = CliRunner().invoke(

@@ -17,7 +17,11 @@ back): their outcome is reported unknown, and a retry with their keys finds them
 
 With ``min_replicas`` > 0 a publish is placed only once ``WAIT`` confirms that many
 replicas have it; otherwise its outcome is :class:`pushsvc.errors.BrokerUnavailable` (it may be
-appended and announced already: the retry with its key finds it).
+appended already: the retry with its key finds it). Its envelopes are then published only after
+``WAIT`` confirmed the writes, not inside the script: a master that lost its place in a failover
+(frozen, back for a moment before it is made a replica) shows nodes nothing it cannot keep, so
+no device is handed a message that is then lost, and no node's position in a stream moves past
+entries it has not seen. A retry whose key is bound announces the first placement again.
 
 Needs Redis 6.2 or newer. ``up`` is False while the bus is not subscribed or the last command
 could not reach Redis; such operations raise :class:`pushsvc.errors.BrokerUnavailable` within
@@ -25,6 +29,8 @@ about ``timeout`` seconds.
 """
 
 from __future__ import annotations
+
+import logging
 
 import msgspec
 
@@ -41,6 +47,8 @@ from pushsvc.broker.redis.scripts import PUBLISH
 from pushsvc.broker.redis.url import Target, parse
 from pushsvc.errors import BrokerError
 from pushsvc.types import Message
+
+log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 128  # messages per script run: bounds how long one run holds the server
 
@@ -121,7 +129,9 @@ class RedisBroker(Broker):
         await self._link.aclose()
 
     async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
-        head: list[Arg] = [self._maxlen, self._ttl, self._publish, _encode(origin), self._keep_ms]
+        defer = self._replicas > 0  # announce only what WAIT confirmed
+        announce: Arg = "" if defer else self._publish
+        head: list[Arg] = [self._maxlen, self._ttl, announce, _encode(origin), self._keep_ms]
         calls: list[tuple[list[Arg], list[Arg]]] = []
         for start in range(0, len(items), PUBLISH_CHUNK):
             keys: list[Arg] = []
@@ -145,16 +155,43 @@ class RedisBroker(Broker):
             calls.append((keys, args))
         replies = await self._link.run_each(PUBLISH, calls, replicas=self._replicas)
         out: list[Outcome] = []
+        envelopes: list[tuple[Arg, ...]] = []
+        width = 3 if defer else 2
         for start, reply in zip(range(0, len(items), PUBLISH_CHUNK), replies, strict=True):
             chunk = len(items[start : start + PUBLISH_CHUNK])
             if isinstance(reply, BrokerError):
                 out += [reply] * chunk
                 continue
-            for flag, record in zip(reply[::2], reply[1::2], strict=True):
-                placed = _placed.decode(record)
-                placed.duplicate = flag == 1
+            for i in range(0, len(reply), width):
+                placed = _placed.decode(reply[i + 1])
+                placed.duplicate = reply[i] == 1
                 out.append(placed)
+                if defer:
+                    pairs = reply[i + 2]
+                    envelopes += [
+                        (self._publish, channel, text)
+                        for channel, text in zip(pairs[::2], pairs[1::2], strict=True)
+                    ]
+        if envelopes:
+            await self._announce(envelopes)
         return out
+
+    async def _announce(self, envelopes: list[tuple[Arg, ...]]) -> None:
+        """Publish the envelopes of writes ``WAIT`` confirmed (tried twice). Those messages are
+        placed whatever happens here: a node that missed an envelope finds the gap with the next
+        one of its stream, or catches up when its subscription is made again, and a device
+        that reconnects gets it from history."""
+        for attempt in (1, 2):
+            try:
+                await self._link.pipeline(envelopes)
+            except BrokerError as exc:
+                if attempt == 2:
+                    log.warning(
+                        "announcing confirmed messages failed",
+                        extra={"error": str(exc), "envelopes": len(envelopes)},
+                    )
+            else:
+                return
 
 
 def published_head(message: Message) -> bytes:

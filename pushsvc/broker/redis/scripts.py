@@ -19,21 +19,34 @@ from pushsvc.broker.redis.link import Script
 #: :class:`pushsvc.types.Envelope`, :class:`pushsvc.broker.base.Published` and
 #: :class:`pushsvc.broker.base.Placed`.
 #:
+#: With ARGV[3] empty the script announces nothing and returns each message's announcements
+#: instead, for the caller to publish once ``WAIT`` confirmed the writes: a master that lost its
+#: place in a failover (frozen, then back for a moment) must not show devices what it cannot
+#: keep. A message whose key is bound already is announced again then (from its entries, same
+#: offsets, when the request's fingerprint is the first one's): its first run may have stayed
+#: unannounced.
+#:
 #: KEYS per message: its trail, its idempotency key (when keyed), its stream keys, its body key
 #: (when stored apart).
 #: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] the publish command (``PUBLISH``, or
-#: ``SPUBLISH`` on Redis Cluster), ARGV[4] origin as JSON, ARGV[5] idempotency key TTL (ms); then
-#: per message: its stream count n, the message JSON, the Published JSON cut before the value of
-#: ``streams``, the trail's expiry (unix ms), its id and its request's fingerprint (plain: no
-#: quotes), "1" when keyed else "0", the body's expiry (unix ms; "" to store the message in the
-#: entries), its n stream names as JSON, its n streams' channels.
+#: ``SPUBLISH`` on Redis Cluster; empty: announce nothing), ARGV[4] origin as JSON, ARGV[5]
+#: idempotency key TTL (ms); then per message: its stream count n, the message JSON, the
+#: Published JSON cut before the value of ``streams``, the trail's expiry (unix ms), its id and
+#: its request's fingerprint (plain: no quotes), "1" when keyed else "0", the body's expiry (unix
+#: ms; "" to store the message in the entries), its n stream names as JSON, its n streams'
+#: channels.
 #: Returns two values per message: 0 and its placement JSON, or 1 and the placement its key was
-#: bound to.
+#: bound to; with ARGV[3] empty a third: its announcements, [channel, envelope, …].
 PUBLISH = Script(
     "publish",
     """
 local maxlen, ttl, publish, origin, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local defer = publish == ''
 local out = {}
+local function envelope(message, name, entry, after)
+  return '{"message":' .. message .. ',"offsets":{' .. name .. ':"' .. entry .. '"},"origin":' ..
+    origin .. ',"after":"' .. after .. '"}'
+end
 local k = 0
 local a = 6
 while a <= #ARGV do
@@ -60,6 +73,30 @@ while a <= #ARGV do
   if held then
     out[#out + 1] = 1
     out[#out + 1] = held
+    if defer then
+      local again = {}
+      local record = cjson.decode(held)
+      if record['fingerprint'] == ARGV[a + 5] then
+        for i = 1, n do
+          local key, name = KEYS[streams + i], ARGV[a + 7 + i]
+          local offset = record['offsets'][cjson.decode(name)]
+          local entry = offset and redis.call('XRANGE', key, offset, offset)[1]
+          if entry then
+            local stored = entry[2][2]
+            if entry[2][1] == 'r' then
+              stored = body and redis.call('GET', body)
+            end
+            if stored then
+              local last = redis.call('XREVRANGE', key, '(' .. offset, '-', 'COUNT', 1)
+              local after = last[1] and last[1][1] or '0-0'
+              again[#again + 1] = ARGV[a + 7 + n + i]
+              again[#again + 1] = envelope(stored, name, offset, after)
+            end
+          end
+        end
+      end
+      out[#out + 1] = again
+    end
   else
     local field, value = 'm', message
     if body then
@@ -67,6 +104,7 @@ while a <= #ARGV do
       field, value = 'r', id
     end
     local offsets = {}
+    local announce = {}
     for i = 1, n do
       local key = KEYS[streams + i]
       local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
@@ -77,8 +115,14 @@ while a <= #ARGV do
       local entry = redis.call('XADD', key, 'MAXLEN', maxlen, '*', field, value)
       redis.call('EXPIRE', key, ttl)
       offsets[i] = ARGV[a + 7 + i] .. ':"' .. entry .. '"'
-      redis.call(publish, ARGV[a + 7 + n + i], '{"message":' .. message .. ',"offsets":{' ..
-        offsets[i] .. '},"origin":' .. origin .. ',"after":"' .. after .. '"}')
+      local channel = ARGV[a + 7 + n + i]
+      local text = envelope(message, ARGV[a + 7 + i], entry, after)
+      if defer then
+        announce[#announce + 1] = channel
+        announce[#announce + 1] = text
+      else
+        redis.call(publish, channel, text)
+      end
     end
     local placed = '{' .. table.concat(offsets, ',') .. '}'
     redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
@@ -90,6 +134,9 @@ while a <= #ARGV do
     end
     out[#out + 1] = 0
     out[#out + 1] = record
+    if defer then
+      out[#out + 1] = announce
+    end
   end
   a = a + 8 + 2 * n
 end
