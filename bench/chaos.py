@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 
 from bench import provenance, soak
-from bench.chaos_check import dropped, judge, missing_pairs
+from bench.chaos_check import dropped, judge, logged_drops, missing_pairs
 from bench.chaos_cluster import CALLERS, ChaosMonitor, ChaosNode, ChaosRedis, settle_policy
 from bench.chaos_faults import ALL_FAULTS, FAILOVER_FAULTS, FAULTS, Injector, schedule
 from bench.chaos_load import Device, Publisher, devices_for
@@ -181,7 +181,7 @@ async def _run(
         await asyncio.gather(*load)
         last_publish = time.monotonic()
         await asyncio.to_thread(injector.repair)
-        settled = await _settle(pubs, devices, injector, args.settle)
+        settled = await _settle(pubs, devices, injector, args.settle, nodes[0].logs)
         wait_monitor = last_publish + settle_policy() - time.monotonic()
         await asyncio.sleep(max(0.0, wait_monitor))
         try:
@@ -199,6 +199,7 @@ async def _run(
             loss_alerts,
             last_publish,
             args.refusal_limit,
+            nodes[0].logs,
         )
     finally:
         stop_all.set()
@@ -227,14 +228,15 @@ async def _connected(devices: list[Device], within: float) -> None:
 
 
 async def _settle(
-    pubs: list[Publisher], devices: list[Device], injector: Injector, within: float
+    pubs: list[Publisher], devices: list[Device], injector: Injector, within: float, logs: Path
 ) -> float | None:
     """Wait until nothing is missing but what the ``drop`` fault ate; seconds waited (None:
     still missing after ``within``)."""
     start = time.monotonic()
     while time.monotonic() - start < within:
         missing, _ = missing_pairs(pubs, devices)
-        if all(dropped(m.sent, m.device, injector.done) for m in missing):
+        logged = logged_drops(logs)
+        if all(dropped(m.sent, m.device, injector.done, logged) for m in missing):
             return round(time.monotonic() - start, 1)
         await asyncio.sleep(1)
     return None

@@ -2,8 +2,10 @@
 
 - **delivered** — every (202'd id, device its address covers) pair was received, or the
   message's trail (``GET /v1/messages/{id}``) says ``expired``. Pairs lost on purpose (the
-  ``drop`` fault: a dropped id, published while its window was open, to a device on that node)
-  are counted apart, as *injected*.
+  ``drop`` fault: an id the device's node logged as dropped — it may have been published well
+  before the window and written in it, by a replay or a redelivery; without the logs, a dropped
+  id published while its window was open, to a device on that node) are counted apart, as
+  *injected*.
 - **misrouted** — no device was handed a message whose address does not cover it.
 - **double ids** — at most one id per (caller, idempotency key): from every 202 of every retry,
   and from the ids the devices received (each message carries its key in ``data``).
@@ -26,8 +28,11 @@
 
 from __future__ import annotations
 
+import json
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,8 +69,42 @@ class Verdict:
         return any(r["result"] == "FAIL" for r in self.rows)
 
 
-def dropped(sent: Sent, device: Device, faults: list[Fault]) -> bool:
-    """True when the ``drop`` fault may have eaten this pair on purpose."""
+#: What a node logs for each message its ``drop_deliveries`` fault dropped.
+DROPPED_LINE = "delivery dropped by a fault"
+
+
+def logged_drops(logs: Path | None) -> dict[str, set[str]] | None:
+    """node id -> the message ids its ``drop`` fault dropped, from the nodes' JSON log lines
+    (``<node id>.log`` in ``logs``, appended to across restarts); None without ``logs``."""
+    if logs is None:
+        return None
+    out: dict[str, set[str]] = {}
+    for path in logs.glob("*.log"):
+        ids = out.setdefault(path.stem, set())
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if DROPPED_LINE not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("msg") == DROPPED_LINE and "message_id" in record:
+                    ids.add(str(record["message_id"]))
+    return out
+
+
+def dropped(
+    sent: Sent,
+    device: Device,
+    faults: list[Fault],
+    logged: Mapping[str, set[str]] | None = None,
+) -> bool:
+    """True when the ``drop`` fault ate this pair on purpose: the device's node logged the id as
+    dropped (``logged``), or, without logs, may have (a dropped id, 202'd while a window of that
+    node was open)."""
+    if logged is not None:
+        return sent.id in logged.get(device.node, ())
     if zlib.crc32(sent.id.encode()) / 2**32 >= DROP_FRACTION:
         return False
     return any(
@@ -149,12 +188,14 @@ def judge(
     loss_alerts: set[str],
     load_end: float | None = None,
     refusal_limit: float = 5.0,
+    logs: Path | None = None,
 ) -> Verdict:
     v = Verdict()
     accepted = [s for p in publishers for s in p.accepted]
     missing, pairs = missing_pairs(publishers, devices)
-    injected = [m for m in missing if dropped(m.sent, m.device, faults)]
-    others = [m for m in missing if not dropped(m.sent, m.device, faults)]
+    logged = logged_drops(logs)
+    injected = [m for m in missing if dropped(m.sent, m.device, faults, logged)]
+    others = [m for m in missing if not dropped(m.sent, m.device, faults, logged)]
     states = trail_states(api, sorted({m.sent.id for m in others}))
     unexcused = [m for m in others if states.get(m.sent.id) != "expired"]
     samples = ", ".join(
@@ -211,7 +252,7 @@ def judge(
     for m in missing:
         if m.sent.users:  # acked messages are the ones the monitor reconciles
             truth[m.device.node] = truth.get(m.device.node, 0) + 1
-    late = _healed(publishers, devices, faults, late_after=FANOUT_AFTER)
+    late = _healed(publishers, devices, faults, late_after=FANOUT_AFTER, logged=logged)
     for d, _ in late:  # missing at the monitor's fan-out check: it counts them, rightly
         truth[d.node] = truth.get(d.node, 0) + 1
     lost_on = {m.device.node for m in injected}
@@ -285,7 +326,7 @@ def judge(
         "reconnects": sum(max(0, d.connections - 1) for d in devices),
         "missing_pairs": len(missing),
         "injected_missing_pairs": len(injected),
-        "injected_but_delivered": len(_healed(publishers, devices, faults)),
+        "injected_but_delivered": len(_healed(publishers, devices, faults, logged=logged)),
         "injected_delivered_late": len(late),
         "expired_pairs": sum(1 for m in others if states.get(m.sent.id) == "expired"),
         "trail_states_of_missing": _count(states.values()),
@@ -312,7 +353,11 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
 
 
 def _healed(
-    publishers: list[Publisher], devices: list[Device], faults: list[Fault], late_after: float = 0
+    publishers: list[Publisher],
+    devices: list[Device],
+    faults: list[Fault],
+    late_after: float = 0,
+    logged: Mapping[str, set[str]] | None = None,
 ) -> list[tuple[Device, Sent]]:
     """Acked-message pairs the ``drop`` fault aimed at that arrived after all, more than
     ``late_after`` s after their 202 (a restart of the node replays what was not acked)."""
@@ -325,5 +370,7 @@ def _healed(
         for s in p.accepted
         for u in s.users
         for d in by_user.get(u, [])
-        if s.id in d.received and d.received[s.id] - s.at > late_after and dropped(s, d, faults)
+        if s.id in d.received
+        and d.received[s.id] - s.at > late_after
+        and dropped(s, d, faults, logged)
     ]

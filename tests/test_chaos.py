@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import options
-from bench.chaos_check import judge, missing_pairs, refusal_window
+from bench.chaos_check import dropped, judge, logged_drops, missing_pairs, refusal_window
 from bench.chaos_faults import ALL_FAULTS, DROP_FRACTION, FAULTS, Fault, schedule
 from bench.chaos_load import Device, Publisher, Sent
 from tests.support import ROOT, UNIT
@@ -205,6 +205,27 @@ def test_a_dropped_delivery_replayed_after_the_fan_out_check_counts_as_missed() 
         assert next(r for r in rows if r["invariant"] == "monitor: no false loss")["result"] == (
             verdict
         )
+
+
+def test_what_a_node_logged_as_dropped_is_what_counts_as_dropped(tmp_path: Path) -> None:
+    """A message published long before a node's drop window can be dropped in it (a replay to a
+    device that resumed there): the node's log says so, whatever the publish time."""
+    lines = [
+        {"ts": 1.0, "level": "warning", "msg": "delivery dropped by a fault", "message_id": "m1"},
+        {"ts": 2.0, "level": "warning", "msg": "bus gap", "stream": "user:p0"},
+        {"ts": 3.0, "level": "warning", "msg": "delivery dropped by a fault", "message_id": "m2"},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\nnot json delivery dropped by a fault\n"
+    (tmp_path / "n0.log").write_text(text)
+    (tmp_path / "n1.log").write_text("")
+    logged = logged_drops(tmp_path)
+    assert logged == {"n0": {"m1", "m2"}, "n1": set()}
+    window = Fault(5, "drop", 0, 5, window=(190.0, 200.0), node_id="n0")
+    early = sent("m1", "k", at=100.0)  # 202'd 90 s before the window opened
+    assert dropped(early, device("p0", "p0-d0", node="n0"), [window], logged)
+    assert not dropped(early, device("p0", "p0-d1", node="n1"), [window], logged)
+    assert not dropped(sent("m3", "k3", at=195.0), device("p0", "p0-d0"), [window], logged)
+    assert logged_drops(None) is None
 
 
 def test_the_topology_chooses_the_default_faults_and_replicas() -> None:
