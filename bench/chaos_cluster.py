@@ -65,8 +65,38 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -
         return -signal.SIGKILL
 
 
+class RedisControls:
+    """Freeze, thaw and ``redis-cli`` for one ``redis-server`` process of the campaign (the
+    dataclasses below hold ``port``, ``proc`` and ``frozen``)."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    frozen: bool
+
+    def freeze(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.frozen:
+            self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def cli(self, *args: str) -> str:
+        """One command through ``redis-cli``; its output (raises on a failed exit)."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+
+
 @dataclass
-class ChaosRedis:
+class ChaosRedis(RedisControls):
     """A ``redis-server`` with ``appendonly yes`` in ``dir``, restartable on the same port."""
 
     dir: Path
@@ -115,27 +145,6 @@ class ChaosRedis:
         self.stop()
         time.sleep(down_for)
         self.start()
-
-    def freeze(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGSTOP)
-            self.frozen = True
-
-    def thaw(self) -> None:
-        if self.proc is not None and self.frozen:
-            self.proc.send_signal(signal.SIGCONT)
-        self.frozen = False
-
-    def cli(self, *args: str) -> str:
-        """One command through ``redis-cli``; its output (raises on a failed exit)."""
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
 
     def used_memory(self) -> int:
         for line in self.cli("INFO", "memory").splitlines():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import soak
-from bench.chaos_cluster import spawn, stop_process
+from bench.chaos_cluster import RedisControls, spawn, stop_process
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.sentinel import key_slot
 
@@ -36,7 +36,7 @@ DATA = ['save ""', "appendonly yes", "appendfsync everysec", "maxmemory-policy n
 
 
 @dataclass
-class RedisProc:
+class RedisProc(RedisControls):
     """One ``redis-server`` (data node or sentinel) from a config file written once: on a
     restart it keeps what Sentinel or Cluster rewrote there."""
 
@@ -73,27 +73,6 @@ class RedisProc:
         self.thaw()
         stop_process(self.proc, sig, 20)
         self.proc = None
-
-    def freeze(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGSTOP)
-            self.frozen = True
-
-    def thaw(self) -> None:
-        if self.proc is not None and self.frozen:
-            self.proc.send_signal(signal.SIGCONT)
-        self.frozen = False
-
-    def cli(self, *args: str) -> str:
-        """One command through ``redis-cli``; its output (raises on a failed exit)."""
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
 
     def answers(self, *args: str) -> str | None:
         """:meth:`cli`, or None when the server does not answer."""
