@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc.broker.redis.sentinel import ROLE, Locator, check_role
+from pushsvc.broker.redis.url import Target
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -116,16 +117,8 @@ class Mux:
         self._locator = locator
         target = locator.target
         self._ssl = target.tls.context() if target.tls is not None else None
-        hello: list[Command] = []
-        if target.password is not None:
-            user = target.username
-            hello.append(
-                ("AUTH", target.password) if user is None else ("AUTH", user, target.password)
-            )
-        if target.db:
-            hello.append(("SELECT", target.db))
-        hello.append(ROLE)  # last: its reply says whether this server takes writes
-        self._hello = hello
+        # ROLE last: its reply says whether this server takes writes
+        self._hello = [*login(target), ROLE]
         self.address = ""  # where the connection goes (host:port or path), once it went
         self.waiting: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
@@ -265,6 +258,19 @@ class Mux:
             with contextlib.suppress(asyncio.CancelledError):
                 await opener
         self.abort(RedisConnectionError("closed"))
+
+
+def login(target: Target) -> list[Command]:
+    """The commands a new connection sends first: AUTH and SELECT, as the URL asks."""
+    commands: list[Command] = []
+    if target.password is not None:
+        user = target.username
+        commands.append(
+            ("AUTH", target.password) if user is None else ("AUTH", user, target.password)
+        )
+    if target.db:
+        commands.append(("SELECT", target.db))
+    return commands
 
 
 def pack(command: Command) -> bytes:

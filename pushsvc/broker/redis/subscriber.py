@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pushsvc.broker.redis.mux import Arg, Command, pack, reply_error
+from pushsvc.broker.redis.mux import Arg, login, pack, reply_error
 from pushsvc.broker.redis.url import Address, Target
 
 #: Unread replies past which the socket is paused (resumed when half of them are read).
@@ -132,15 +132,7 @@ class Subscriber:
             raise RedisConnectionError(message) from exc
 
     async def _log_in(self) -> None:
-        target = self.target
-        hello: list[Command] = []
-        if target.password is not None:
-            user = target.username
-            hello.append(
-                ("AUTH", target.password) if user is None else ("AUTH", user, target.password)
-            )
-        if target.db:
-            hello.append(("SELECT", target.db))
+        hello = login(self.target)
         if not hello:
             return
         self._write(b"".join(pack(c) for c in hello))
