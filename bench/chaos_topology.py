@@ -25,8 +25,7 @@ from pathlib import Path
 
 from bench import soak
 from bench.chaos_cluster import RedisControls, spawn, stop_process
-from pushsvc.broker.keys import Keyspace
-from pushsvc.broker.redis.sentinel import key_slot
+from pushsvc.broker.keys import Keyspace, key_slot
 
 MASTER_NAME = "pushsvc-chaos"
 DOWN_AFTER_MS = 1000  # a master silent this long is down, for a sentinel and for Cluster

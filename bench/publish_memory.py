@@ -62,7 +62,7 @@ async def measure(
     redis = redisproc.start()
     broker = redis_broker(Settings(redis_url=redis.url, node_id="bench"))
     try:
-        await broker._link.call("CONFIG", "SET", "stream-node-max-bytes", node_bytes)
+        await broker._parts.control.call("CONFIG", "SET", "stream-node-max-bytes", node_bytes)
         await broker.publish([Publication(message(0), ["user:warm-up"])], "bench")
         await setup(broker)
         before = int(redis.info("memory")["used_memory"])

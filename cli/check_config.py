@@ -210,27 +210,59 @@ REPLICA_LAG = 1 << 20
 async def topology_checks(cluster: Cluster) -> list[Check]:
     """Sentinel (each sentinel answers, they agree on the master, the quorum can fail over), the
     master (it takes writes) and its replicas (connected, in step, as many as
-    ``redis_min_replicas`` asks). Nothing for a standalone Redis without replicas when none are
-    asked for."""
-    from pushsvc.broker.redis.link import Link  # noqa: PLC0415 - only this check needs it
-    from pushsvc.broker.redis.url import parse  # noqa: PLC0415
+    ``redis_min_replicas`` asks); on Redis Cluster every master that holds a partition of the
+    keyspace, and how the partitions are spread. Nothing for a standalone Redis without replicas
+    when none are asked for."""
+    from pushsvc.broker.redis.url import parse  # noqa: PLC0415 - only this check needs it
 
     settings = cluster.settings
     target = parse(settings.redis_url or "")
     checks = [await sentinel_check(target)] if target.mode == "sentinel" else []
-    link = Link(target, timeout=2.0, slot_key=cluster.redis.keys.nodes)  # Cluster: its master
+    keys = cluster.redis.keys
+    slot_keys = [keys.nodes, *keys.tags] if target.mode == "cluster" else [keys.nodes]
+    masters: dict[str, tuple[str, str]] = {}  # address -> (status, detail)
+    spread: dict[str, int] = {}  # address -> partitions it holds
+    for n, slot_key in enumerate(slot_keys):
+        try:
+            where, role = await _master_role(target, slot_key)
+        except BrokerError as exc:
+            return [*checks, Check("redis master", "fail", exc.message)]
+        if n > 0:
+            spread[where] = spread.get(where, 0) + 1
+        if where not in masters:
+            masters[where] = _replica_verdict(where, role, settings.redis_min_replicas)
+    if target.mode == "standalone" and masters[next(iter(masters))][0] == "none":
+        return checks
+    order = {"ok": 0, "none": 1, "warn": 1, "fail": 2}  # none: no replica to fail over to
+    status = max((v[0] for v in masters.values()), key=order.__getitem__)
+    status = "warn" if status == "none" else status
+    details = "; ".join(v[1] for v in masters.values())
+    checks.append(Check("redis replicas", status, details))
+    if spread:
+        held = ", ".join(f"{where}: {count}" for where, count in sorted(spread.items()))
+        checks.append(Check("redis partitions", "ok", f"{sum(spread.values())} partitions over "
+                            f"{len(spread)} master(s) ({held})"))  # fmt: skip
+    return checks
+
+
+async def _master_role(target: Target, slot_key: str) -> tuple[str, Any]:
+    """The address of the master that holds ``slot_key`` (the master, but on Cluster) and its
+    ``ROLE`` reply; raises BrokerError when none answers."""
+    from pushsvc.broker.redis.link import Link  # noqa: PLC0415 - only this check needs it
+
+    link = Link(target, timeout=2.0, slot_key=slot_key)
     try:
         role = await link.call("ROLE")  # the link checked already that it is a master
         where = link.locator.last or (target.addresses[0] if target.addresses else None)
-    except BrokerError as exc:
-        return [*checks, Check("redis master", "fail", exc.message)]
     finally:
         await link.aclose()
+    return (f"{where[0]}:{where[1]}" if where else target.path or "?"), role
+
+
+def _replica_verdict(master: str, role: Any, wanted: int) -> tuple[str, str]:
+    """The status ("none": no replicas and none asked for) and detail of one master's
+    replicas."""
     offset, replicas = int(role[1]), role[2]
-    wanted = settings.redis_min_replicas
-    if target.mode == "standalone" and not replicas and not wanted:
-        return checks
-    master = f"{where[0]}:{where[1]}" if where else target.path or "?"
     lagging = [
         f"{ip.decode()}:{port.decode()}"
         for ip, port, at in replicas
@@ -240,15 +272,12 @@ async def topology_checks(cluster: Cluster) -> list[Check]:
     if wanted:
         detail += f", PUSHSVC_REDIS_MIN_REPLICAS={wanted}"
     if len(replicas) < wanted:
-        return [*checks, Check("redis replicas", "fail", detail + ": every publish gets 503")]
+        return "fail", detail + ": every publish gets 503"
     if lagging:
-        return [
-            *checks,
-            Check("redis replicas", "warn", f"{detail}; lagging: {', '.join(lagging)}"),
-        ]
+        return "warn", f"{detail}; lagging: {', '.join(lagging)}"
     if not replicas:
-        return [*checks, Check("redis replicas", "warn", detail + ": nothing to fail over to")]
-    return [*checks, Check("redis replicas", "ok", detail)]
+        return ("none" if not wanted else "warn"), detail + ": nothing to fail over to"
+    return "ok", detail
 
 
 async def sentinel_check(target: Target) -> Check:

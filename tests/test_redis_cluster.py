@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.redis.sentinel import key_slot
+from pushsvc.broker.keys import key_slot
 from pushsvc.brokers import redis_broker
 from pushsvc.errors import BrokerUnavailable
 from pushsvc.settings import Settings
@@ -31,9 +31,21 @@ def cluster() -> Iterator[ClusterSetup]:
         yield setup
 
 
-def holder(cluster: ClusterSetup) -> RedisProcess:
-    """The master that holds the keys."""
-    return next(m for m in cluster.masters() if int(m.command("DBSIZE")) > 0)
+def holder(cluster: ClusterSetup, key: str) -> RedisProcess:
+    """The master that holds ``key``'s slot."""
+    slot = str(key_slot(key))
+    return next(m for m in cluster.masters() if _serves(m, slot))
+
+
+def _serves(master: RedisProcess, slot: str) -> bool:
+    for line in master.command("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if "myself" in fields[2]:
+            for held in fields[8:]:
+                first, _, last = held.partition("-")
+                if held[0].isdigit() and int(first) <= int(slot) <= int(last or first):
+                    return True
+    return False
 
 
 async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> None:
@@ -48,7 +60,8 @@ async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> N
         [placed] = await broker.publish([Publication(first, ["user:a"])], "test")
         assert isinstance(placed, Placed)
         await seen.until(lambda: len(seen.envelopes) == 1)
-        master = holder(cluster)
+        stream = broker.keys.stream("user:a")
+        master = holder(cluster, stream)
         assert master.command("WAIT", "1", "5000") == "1"  # its replica has everything
         master.kill()
 
@@ -69,7 +82,7 @@ async def test_the_broker_follows_a_cluster_failover(cluster: ClusterSetup) -> N
         await seen.until(lambda: any(e.message.id == third.id for e in seen.envelopes))
         entries = await broker.history.read("user:a", None, 10)
         assert [entry.message.id for entry in entries] == [first.id, second.id, third.id]
-        assert holder(cluster) is not master
+        assert holder(cluster, stream) is not master
     finally:
         await broker.close()
 
@@ -96,9 +109,13 @@ async def test_check_config_reports_the_master_that_holds_the_keyspace(
     checks = {c["name"]: c for c in orjson.loads(result.stdout)["checks"]}
     assert checks["redis"]["status"] == "ok"
     assert checks["redis replicas"]["status"] == "ok", checks["redis replicas"]
-    assert checks["redis replicas"]["detail"].startswith(
-        f"master {holder(cluster).address} takes writes; 1 replica(s) connected"
-    )
+    masters = cluster.masters()
+    for master in masters:  # every master holds some of the 16 partitions
+        assert f"master {master.address} takes writes; 1 replica(s) connected" in (
+            checks["redis replicas"]["detail"]
+        )
+    spread = checks["redis partitions"]["detail"]
+    assert spread.startswith(f"16 partitions over {len(masters)} master(s)"), spread
 
 
 def migrate_slot(
@@ -149,16 +166,18 @@ async def test_a_slot_migration_under_traffic_loses_nothing(cluster: ClusterSetu
     try:
         for i in range(3):  # every stream exists before the move
             await broker.publish([Publication(message(), [f"user:{i}"])], "t")
-        source = holder(cluster)
+        moved = broker.keys.stream("user:1")
+        source = holder(cluster, moved)
         dest = next(m for m in cluster.masters() if m is not source)
         publishing = asyncio.create_task(publish(120))
         await asyncio.sleep(0.2)
-        slot = key_slot(broker.keys.nodes)
+        slot = key_slot(moved)
         await asyncio.to_thread(migrate_slot, cluster, slot, source, dest)
         await publishing
         assert refused > 0  # the move was felt
         assert len(placed) == 120  # each key placed, once
-        assert int(source.command("DBSIZE")) == 0 and holder(cluster) is dest
+        assert int(source.command("CLUSTER", "COUNTKEYSINSLOT", str(slot))) == 0
+        assert holder(cluster, moved) is dest
         ids = set()
         for i in range(3):
             ids |= {e.message.id for e in await broker.history.read(f"user:{i}", None, 1000)}

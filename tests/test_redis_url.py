@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pushsvc.broker.redis.sentinel import key_slot
+from pushsvc.broker.keys import key_slot
 from pushsvc.broker.redis.url import Target, Tls, parse
 from pushsvc.errors import ConfigError
 from tests.support import API_KEY, ROOT, TOKEN_SECRET, UNIT, pushsvc_command

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from pushsvc.broker.base import Escalation, Placed, Publication, Published, PushSpec
+from pushsvc.broker.keys import home
 from pushsvc.errors import BrokerError, IdempotencyConflict, PushError
 from pushsvc.telemetry import metrics, tracing
 from pushsvc.types import Message
@@ -26,13 +27,14 @@ if TYPE_CHECKING:
     from pushsvc.node.gateway import Node
 
 
-def new_id(now_ms: int) -> str:
-    """A message id: 12 hex digits of publish time in ms, then 20 random hex digits.
+def new_id(now_ms: int, partition: int = 0) -> str:
+    """A message id: 12 hex digits of publish time in ms, one for its home ``partition`` (see
+    :func:`pushsvc.broker.keys.id_partition`), then 19 random hex digits.
 
     Unique, not secret (reading a message's trail needs the API key; a client can only ack what
     it was sent): Python's generator, seeded from the OS and re-seeded in a forked child, needs no
     system call per id."""
-    return f"{now_ms:012x}{random.getrandbits(80):020x}"
+    return f"{now_ms:012x}{partition:x}{random.getrandbits(76):019x}"
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -93,7 +95,9 @@ class Publisher:
         timers: list[tuple[Escalation, float]] = []
         for item in items:
             ttl = min(item.ttl, settings.history_ttl)
-            message_id = new_id(now_ms)
+            key = item.idempotency_key
+            scoped = None if key is None else f"{caller}:{key}"
+            message_id = new_id(now_ms, home(item.streams, scoped))
             message = Message(
                 id=message_id,
                 event=item.event,
@@ -104,11 +108,9 @@ class Publisher:
                 traceparent=sends.start(message_id, item.event, item.streams),
             )
             timers += node.escalator.plan(message, item.streams, item.push)
-            key = item.idempotency_key
-            if key is None:
+            if scoped is None:
                 publications.append(Publication(message, item.streams))
             else:
-                scoped = f"{caller}:{key}"
                 publications.append(Publication(message, item.streams, scoped, item.fingerprint()))
         try:
             # Timers first: a message appended is never without its timer; the timer of one

@@ -40,8 +40,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from pushsvc.broker.base import Bus, Command
-from pushsvc.broker.keys import Keyspace
+from pushsvc.broker.keys import Keyspace, partition_of
 from pushsvc.broker.redis.link import Connection, Link
+from pushsvc.broker.redis.partitions import Partitions
 from pushsvc.core.backoff import backoff_delay
 from pushsvc.errors import BrokerError, BrokerUnavailable
 from pushsvc.types import Envelope
@@ -62,7 +63,9 @@ class SubscriptionLost(Exception):
 
 class RedisBus(Bus):
     """Call :meth:`subscribe`, then ``await start()``; ``await close()`` at the end.
-    ``sharded``: Redis Cluster's sharded pub/sub for the stream and probe channels."""
+    ``sharded``: Redis Cluster's sharded pub/sub for the stream and probe channels.
+    ``partition``: where the probe channel is (on Cluster, the partition this bus serves).
+    ``commands``: whether it also listens to the command channel."""
 
     def __init__(
         self,
@@ -70,6 +73,8 @@ class RedisBus(Bus):
         keys: Keyspace,
         *,
         sharded: bool = False,
+        partition: int = 0,
+        commands: bool = True,
         ping_interval: float = 1.0,
         ping_timeout: float = 2.0,
     ) -> None:
@@ -81,9 +86,8 @@ class RedisBus(Bus):
             self._sub, self._unsub, self._publish = "SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH"
         else:
             self._sub, self._unsub, self._publish = "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH"
-        self._command_channel = keys.commands.encode()
-        self._probe_channel = keys.probe(secrets.token_hex(8)).encode()
-        self._stream_prefix = keys.stream_channel("").encode()
+        self._command_channel = keys.commands.encode() if commands else None
+        self._probe_channel = keys.probe(secrets.token_hex(8), partition).encode()
         self._envelopes = msgspec.json.Decoder(Envelope)
         self._commands = msgspec.json.Decoder(Command)
         self._encoder = msgspec.json.Encoder()
@@ -129,7 +133,7 @@ class RedisBus(Bus):
     # -- following streams ----------------------------------------------------------------------
 
     def _channel(self, stream: str) -> bytes:
-        return self._stream_prefix + stream.encode()
+        return self._keys.stream_channel(stream).encode()
 
     async def follow(self, streams: Iterable[str]) -> None:
         waits: list[asyncio.Future[None]] = []
@@ -228,7 +232,7 @@ class RedisBus(Bus):
             else:
                 del self._leaving[channel]
             return
-        if state & WANTED or not channel.startswith(self._stream_prefix):
+        if state & WANTED or channel in (self._command_channel, self._probe_channel):
             raise SubscriptionLost(f"the server cancelled the subscription to {channel!r}")
 
     # -- the reader -----------------------------------------------------------------------------
@@ -291,7 +295,8 @@ class RedisBus(Bus):
     async def _listen(self, connection: Connection) -> None:
         """Subscribe on ``connection`` to the commands, the probe and every followed stream,
         then dispatch until it fails (it always ends by raising)."""
-        await connection.send_command("SUBSCRIBE", self._keys.commands, check_health=False)
+        if self._command_channel is not None:
+            await connection.send_command("SUBSCRIBE", self._command_channel, check_health=False)
         await connection.send_command(self._sub, self._probe_channel, check_health=False)
         streams = list(self._state)  # (all wanted: nothing is confirmed on a new connection)
         for start in range(0, len(streams), CHUNK):
@@ -299,7 +304,9 @@ class RedisBus(Bus):
                 self._sub, *streams[start : start + CHUNK], check_health=False
             )
         self._asked.update(streams)
-        pending = {self._command_channel, self._probe_channel, *streams}
+        pending = {self._probe_channel, *streams}
+        if self._command_channel is not None:
+            pending.add(self._command_channel)
         early: list[Any] = []  # messages that came before every confirmation
         while pending:
             reply = await connection.read_response(timeout=self._ping_timeout)
@@ -396,15 +403,7 @@ class RedisBus(Bus):
                 self._cancelled(reply[1])
             return
         channel, data = reply[1], reply[2]
-        if channel.startswith(self._stream_prefix):
-            try:
-                envelope = self._envelopes.decode(data)
-            except msgspec.DecodeError as exc:
-                log.warning("undecodable envelope dropped", extra={"error": str(exc)})
-                return
-            if self._on_envelope is not None:
-                self._call(self._on_envelope, envelope)
-        elif channel == self._command_channel:
+        if channel == self._command_channel:
             try:
                 command = self._commands.decode(data)
             except msgspec.DecodeError as exc:
@@ -412,6 +411,14 @@ class RedisBus(Bus):
                 return
             if self._on_command is not None:
                 self._call(self._on_command, command)
+        elif channel != self._probe_channel:  # a stream's
+            try:
+                envelope = self._envelopes.decode(data)
+            except msgspec.DecodeError as exc:
+                log.warning("undecodable envelope dropped", extra={"error": str(exc)})
+                return
+            if self._on_envelope is not None:
+                self._call(self._on_envelope, envelope)
 
     @staticmethod
     def _call(callback: Callable[..., None], *args: Any) -> None:
@@ -420,3 +427,67 @@ class RedisBus(Bus):
             callback(*args)
         except Exception:
             log.exception("bus callback failed")
+
+
+class PartitionedBus(Bus):
+    """The bus on Redis Cluster: one :class:`RedisBus` per partition, each with its own
+    subscription at the master of its partition's slot (sharded channels are served by the
+    master of their slot only), following the streams of its partition; the first one also
+    listens to the command channel. It is connected while every one of them is."""
+
+    def __init__(self, parts: Partitions) -> None:
+        self._buses = [
+            RedisBus(link, parts.keys, sharded=True, partition=k, commands=k == 0)
+            for k, link in enumerate(parts.links)
+        ]
+
+    @property
+    def connected(self) -> bool:
+        return all(bus.connected for bus in self._buses)
+
+    @property
+    def subscriptions(self) -> int:
+        """How many times the readers subscribed, in all."""
+        return sum(bus.subscriptions for bus in self._buses)
+
+    def subscribe(
+        self,
+        on_envelope: Callable[[Envelope], None],
+        on_command: Callable[[Command], None],
+        on_resync: Callable[[], None] | None = None,
+    ) -> None:
+        for bus in self._buses:
+            bus.subscribe(on_envelope, on_command, on_resync)
+
+    async def send_command(self, command: Command) -> None:
+        await self._buses[0].send_command(command)
+
+    async def follow(self, streams: Iterable[str]) -> None:
+        await asyncio.gather(*(
+            self._buses[k].follow(group) for k, group in self._split(streams).items()
+        ))  # fmt: skip
+
+    def unfollow(self, streams: Iterable[str]) -> None:
+        for k, group in self._split(streams).items():
+            self._buses[k].unfollow(group)
+
+    @staticmethod
+    def _split(streams: Iterable[str]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for stream in streams:
+            out.setdefault(partition_of(stream), []).append(stream)
+        return out
+
+    async def start(self, wait: float) -> None:
+        await asyncio.gather(*(bus.start(wait) for bus in self._buses))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(bus.close() for bus in self._buses))
+
+
+def bus_for(parts: Partitions) -> RedisBus | PartitionedBus:
+    """The bus of a broker whose links are ``parts``: one subscription on a standalone or
+    Sentinel-managed Redis, one per partition on Redis Cluster."""
+    if parts.split:
+        return PartitionedBus(parts)
+    return RedisBus(parts.control, parts.keys)

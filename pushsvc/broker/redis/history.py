@@ -13,6 +13,7 @@ An entry that does not decode is left out, counted in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 import msgspec
 
 from pushsvc.broker.base import History
-from pushsvc.broker.keys import Keyspace
+from pushsvc.broker.keys import partition_of
 from pushsvc.broker.redis.link import Link
+from pushsvc.broker.redis.partitions import Partitions
 from pushsvc.core import offsets
 from pushsvc.telemetry import metrics
 from pushsvc.types import HistoryEntry, Message
@@ -38,9 +40,9 @@ def redis_ms(reply: Any) -> int:
 
 
 class RedisHistory(History):
-    def __init__(self, link: Link, keys: Keyspace, ttl: float) -> None:
-        self._link = link
-        self._keys = keys
+    def __init__(self, parts: Partitions, ttl: float) -> None:
+        self._parts = parts
+        self._keys = parts.keys
         self._ttl_ms = int(ttl * 1000)
         self._decoder = msgspec.json.Decoder(Message)
 
@@ -50,18 +52,30 @@ class RedisHistory(History):
     async def read_many(
         self, reads: Sequence[tuple[str, str | None]], limit: int
     ) -> list[list[HistoryEntry]]:
-        """One ``XRANGE`` per read, :data:`READ_CHUNK` of them per round trip."""
+        """One ``XRANGE`` per read, :data:`READ_CHUNK` of them per round trip (per partition
+        group: on Redis Cluster the groups are read at once)."""
         out: list[list[HistoryEntry]] = [[] for _ in reads]
         if limit <= 0:
             return out
-        wanted: list[tuple[int, str, str]] = []
+        groups: dict[int, list[tuple[int, str, str]]] = {}
         for i, (stream, after) in enumerate(reads):
             start = offsets.range_start(after)
             if start is not None:
-                wanted.append((i, start, stream))
+                group = self._parts.group(partition_of(stream))
+                groups.setdefault(group, []).append((i, start, stream))
+        await asyncio.gather(*(
+            self._read_group(group, wanted, limit, out) for group, wanted in groups.items()
+        ))  # fmt: skip
+        return out
+
+    async def _read_group(
+        self, group: int, wanted: list[tuple[int, str, str]], limit: int,
+        out: list[list[HistoryEntry]],
+    ) -> None:  # fmt: skip
+        link = self._parts.link(group)
         for first in range(0, len(wanted), READ_CHUNK):
             chunk = wanted[first : first + READ_CHUNK]
-            clock, *replies = await self._link.pipeline([
+            clock, *replies = await link.pipeline([
                 ("TIME",),
                 *(
                     ("XRANGE", self._keys.stream(stream), start, "+", "COUNT", limit)
@@ -69,13 +83,18 @@ class RedisHistory(History):
                 ),
             ])  # fmt: skip
             raw = [[self._raw(item) for item in reply] for reply in replies]
-            bodies = await self._bodies({r for entries in raw for _, r, _ in entries if r})
+            bodies = await self._bodies(link, {
+                self._parts.body(r, stream)
+                for (_, _, stream), entries in zip(chunk, raw, strict=True)
+                for _, r, _ in entries
+                if r
+            })  # fmt: skip
             horizon = redis_ms(clock) - self._ttl_ms
             bad = 0
             for (i, _, stream), entries in zip(chunk, raw, strict=True):
                 kept = []
                 for offset, ref, inline in entries:
-                    value = inline if ref is None else bodies.get(ref)
+                    value = inline if ref is None else bodies.get(self._parts.body(ref, stream))
                     if ref is not None and value is None:  # its body expired: so did the entry
                         continue
                     message = self._message(value)
@@ -88,18 +107,19 @@ class RedisHistory(History):
                 out[i] = kept
             if bad:
                 metrics.history_undecodable.inc(bad)
-        return out
 
     async def last_offset(self, stream: str) -> str | None:
-        reply = await self._link.call("XREVRANGE", self._keys.stream(stream), "+", "-", "COUNT", 1)
+        link = self._parts.link(self._parts.group(partition_of(stream)))
+        reply = await link.call("XREVRANGE", self._keys.stream(stream), "+", "-", "COUNT", 1)
         return reply[0][0].decode() if reply else None
 
-    async def _bodies(self, refs: set[str]) -> dict[str, bytes | None]:
-        """The stored bodies of the messages ``refs`` (None: gone), one round trip."""
-        if not refs:
+    @staticmethod
+    async def _bodies(link: Link, keys: set[str]) -> dict[str, bytes | None]:
+        """The stored bodies under ``keys`` (None: gone), one round trip."""
+        if not keys:
             return {}
-        wanted = sorted(refs)
-        found = await self._link.pipeline([("GET", self._keys.body(m)) for m in wanted])
+        wanted = sorted(keys)
+        found = await link.pipeline([("GET", key) for key in wanted])
         return dict(zip(wanted, found, strict=True))
 
     @staticmethod

@@ -6,7 +6,8 @@ sends a batch in one round trip, one script call per :data:`CHUNK` records. Ever
 a Sent that beats its Published still ends up in the trail. A trail expires with its message plus
 ``retention`` seconds; until its Published record arrives it is kept ``early_ttl`` seconds.
 
-The same script keeps the delivery accounting (``{p}tally:<bucket>``, ``{p}msgs:<bucket>``): the
+The same script keeps the delivery accounting (``{P}tally:<bucket>``, ``{P}msgs:<bucket>``, in
+the message's home partition: the monitor's reads sum the partitions): the
 trail's per-device markers decide whether a record is the first of its (message, device) pair,
 and the counts are summed in the script, so the accounting costs no round trip of its own. The
 accounting keys live ``retention`` seconds after their last write. Which record moves which counter
@@ -15,7 +16,9 @@ is stated in :class:`pushsvc.core.accounting.Tallies`; the script follows it.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -35,13 +38,16 @@ from pushsvc.broker.base import (
     Tally,
     bucket_of,
 )
-from pushsvc.broker.keys import Keyspace
+from pushsvc.broker.keys import PARTITIONS, Keyspace, id_partition
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
+from pushsvc.broker.redis.partitions import Partitions
 from pushsvc.broker.redis.scripts import ACKED, LEASE, LEDGER, RATE, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 
 CHUNK = 1000  # records per script call: bounds how long one call holds the server
+
+_T = TypeVar("_T")
 
 _encode = msgspec.json.Encoder().encode
 _published = msgspec.json.Decoder(Published)
@@ -51,35 +57,54 @@ _first_ack = msgspec.json.Decoder(tuple[str, str, float])
 
 
 class RedisLedger(Ledger):
-    def __init__(self, link: Link, keys: Keyspace, retention: float, early_ttl: float) -> None:
-        self._link = link
-        self._keys = keys
+    """Each record goes to its message's home partition, where the trail and that partition's
+    accounting are; the monitor's reads sum the partitions."""
+
+    def __init__(self, parts: Partitions, retention: float, early_ttl: float) -> None:
+        self._parts = parts
+        self._keys = parts.keys
         self._retention = retention
         self._early_ttl = max(1, int(early_ttl))
         self._bucket_ttl = max(1, int(retention))
 
     async def record(self, events: list[LedgerEvent]) -> None:
+        groups: dict[int, list[LedgerEvent]] = {}
+        for event in events:
+            groups.setdefault(self._group(event.message_id), []).append(event)
+        await asyncio.gather(*(
+            self._parts.link(group).run_all(LEDGER, self._calls(batch))
+            for group, batch in groups.items()
+        ))  # fmt: skip
+
+    def _calls(self, events: list[LedgerEvent]) -> list[tuple[list[Arg], list[Arg]]]:
         calls: list[tuple[list[Arg], list[Arg]]] = []
         keys_of = self._keys
         for start in range(0, len(events), CHUNK):
-            numbers: dict[int, int] = {}  # bucket -> its number in this call (1-based)
+            # (bucket, partition) -> its number in this call (1-based)
+            numbers: dict[tuple[int, int], int] = {}
             trails: list[Arg] = []
             values: list[Arg] = []
             for event in events[start : start + CHUNK]:
                 bucket = bucket_of(event.message_id)
                 number = 0
                 if bucket is not None and not isinstance(event, Published | SentCount):
-                    number = numbers.setdefault(bucket, len(numbers) + 1)
+                    where = (bucket, id_partition(event.message_id))
+                    number = numbers.setdefault(where, len(numbers) + 1)
                 trails.append(keys_of.trail(event.message_id))
                 values += self._args(event)
                 values.append(number)
             keys: list[Arg] = []
-            for bucket in numbers:  # in number order: dicts keep insertion order
-                keys += (keys_of.tally(bucket), keys_of.bucket_messages(bucket))
+            for bucket, partition in numbers:  # in number order: dicts keep insertion order
+                keys += (
+                    keys_of.tally(bucket, partition),
+                    keys_of.bucket_messages(bucket, partition),
+                )
             head: list[Arg] = [self._early_ttl, self._bucket_ttl, len(numbers)]
             calls.append((keys + trails, head + values))
-        if calls:
-            await self._link.run_all(LEDGER, calls)
+        return calls
+
+    def _group(self, message_id: str) -> int:
+        return self._parts.group(id_partition(message_id))
 
     def _args(self, event: LedgerEvent) -> tuple[Arg, Arg, Arg, Arg, Arg, Arg, Arg, Arg]:
         """The kind and seven script values of one record (see ``scripts.LEDGER``)."""
@@ -109,31 +134,60 @@ class RedisLedger(Ledger):
                 return ("x", event.device, event.node, "", "", "", "", "")
 
     async def tallies(self, buckets: list[int]) -> dict[int, Tally]:
-        replies = await self._link.pipeline([("HGETALL", self._keys.tally(b)) for b in buckets])
-        out: dict[int, Tally] = {}
-        for bucket, flat in zip(buckets, replies, strict=True):
-            tally: Tally = {}
+        """The tallies of ``buckets``, summed over the partitions."""
+        wanted = [(b, k) for b in buckets for k in range(PARTITIONS)]
+        replies = await self._each(wanted, lambda w: ("HGETALL", self._keys.tally(*w)), w_group)
+        out: dict[int, Tally] = {bucket: {} for bucket in buckets}
+        for (bucket, _), flat in zip(wanted, replies, strict=True):
+            tally = out[bucket]
             for field, value in zip(flat[::2], flat[1::2], strict=True):
                 counter, _, node = field.decode().partition(":")
-                tally.setdefault(node, {})[counter] = int(value)
-            out[bucket] = tally
+                counts = tally.setdefault(node, {})
+                counts[counter] = counts.get(counter, 0) + int(value)
         return out
 
     async def bucket_messages(self, bucket: int) -> list[str]:
-        members = await self._link.call("SMEMBERS", self._keys.bucket_messages(bucket))
-        return sorted(m.decode() for m in members)
+        wanted = [(bucket, k) for k in range(PARTITIONS)]
+        replies = await self._each(
+            wanted, lambda w: ("SMEMBERS", self._keys.bucket_messages(*w)), w_group
+        )
+        return sorted({m.decode() for members in replies for m in members})
 
     async def pairs(self, message_ids: list[str]) -> list[Pair]:
         out: list[Pair] = []
         for start in range(0, len(message_ids), CHUNK):
             chunk = message_ids[start : start + CHUNK]
-            replies = await self._link.pipeline([("HGETALL", self._keys.trail(m)) for m in chunk])
+            replies = await self._each(
+                chunk, lambda m: ("HGETALL", self._keys.trail(m)), id_partition
+            )
             for message_id, flat in zip(chunk, replies, strict=True):
                 out += _pairs_of(message_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         return out
 
+    async def _each(
+        self,
+        items: Sequence[_T],
+        command: Callable[[_T], tuple[Arg, ...]],
+        partition: Callable[[_T], int],
+    ) -> list[Any]:
+        """The reply to ``command(item)`` for each of ``items``, sent to the link of
+        ``partition(item)``: one round trip per group, the groups at once."""
+        groups: dict[int, list[int]] = {}
+        for n, item in enumerate(items):
+            groups.setdefault(self._parts.group(partition(item)), []).append(n)
+        replies = await asyncio.gather(*(
+            self._parts.link(group).pipeline([command(items[n]) for n in indices])
+            for group, indices in groups.items()
+        ))  # fmt: skip
+        out: list[Any] = [None] * len(items)
+        for indices, group_replies in zip(groups.values(), replies, strict=True):
+            for n, reply in zip(indices, group_replies, strict=True):
+                out[n] = reply
+        return out
+
     async def trail(self, message_id: str) -> Trail | None:
-        flat = await self._link.call("HGETALL", self._keys.trail(message_id))
+        link = self._parts.for_id(message_id)
+        flat = await link.call("HGETALL", self._keys.trail(message_id))
         fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
         raw = fields.pop(b"p", None)
         if raw is None:
@@ -149,13 +203,26 @@ class RedisLedger(Ledger):
         return trail
 
     async def acked_ids(self, device: str, message_ids: list[str]) -> set[str]:
-        if not message_ids:
-            return set()
-        chunks = [message_ids[i : i + CHUNK] for i in range(0, len(message_ids), CHUNK)]
-        calls = [([self._keys.trail(m) for m in chunk], [device]) for chunk in chunks]
-        replies = await self._link.run_all(ACKED, calls)
-        flags = [flag for reply in replies for flag in reply]
-        return {m for m, flag in zip(message_ids, flags, strict=True) if flag}
+        groups: dict[int, list[str]] = {}
+        for message_id in message_ids:
+            groups.setdefault(self._group(message_id), []).append(message_id)
+        replies = await asyncio.gather(*(
+            self._parts.link(group).run_all(ACKED, [
+                ([self._keys.trail(m) for m in ids[i : i + CHUNK]], [device])
+                for i in range(0, len(ids), CHUNK)
+            ])
+            for group, ids in groups.items()
+        ))  # fmt: skip
+        acked: set[str] = set()
+        for ids, group_replies in zip(groups.values(), replies, strict=True):
+            flags = [flag for reply in group_replies for flag in reply]
+            acked.update(m for m, flag in zip(ids, flags, strict=True) if flag)
+        return acked
+
+
+def w_group(wanted: tuple[int, int]) -> int:
+    """The partition of a (bucket, partition) pair."""
+    return wanted[1]
 
 
 def _deliveries(fields: dict[bytes, bytes]) -> tuple[dict[str, Delivery], dict[str, str]]:

@@ -12,7 +12,9 @@ connects again.
 Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
 A ``READONLY`` reply (the server was demoted by a failover), or on Redis Cluster a ``MOVED`` or
 ``ASK`` (the slot is served elsewhere now), drops the connection the same way: the next call
-finds the master again.
+finds the master again. Cluster's ``CLUSTERDOWN`` (some slot has no master during a failover)
+and ``TRYAGAIN`` are returned as connection errors: Redis is unavailable for now, the connection
+stays.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def reply_error(error: ResponseError) -> Exception:
             return kind(text[len(prefix) :])
     if text.startswith("LOADING "):
         return BusyLoadingError(text[len("LOADING ") :])
+    if text.startswith(("CLUSTERDOWN ", "TRYAGAIN ")):  # Cluster: a failover or a migration
+        return RedisConnectionError(text)
     return error
 
 

@@ -9,6 +9,7 @@ member to fall due again when its lease ends.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -25,6 +26,7 @@ from pushsvc.broker.base import (
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
+from pushsvc.broker.redis.partitions import Partitions
 from pushsvc.broker.redis.scripts import CLAIM, ENQUEUE, SCHEDULE, SEEN, SETTLE, UNSUBSCRIBE
 
 _encode = msgspec.json.Encoder().encode
@@ -39,9 +41,13 @@ def _ms(seconds: float) -> int:
 
 
 class RedisEscalations(Escalations):
-    def __init__(self, link: Link, keys: Keyspace, retention: float, keep: float) -> None:
-        self._link = link
-        self._keys = keys
+    """Subscriptions and timers on the control link; the trail's push marks in the message's
+    home partition."""
+
+    def __init__(self, parts: Partitions, retention: float, keep: float) -> None:
+        self._parts = parts
+        self._link = parts.control
+        self._keys = parts.keys
         self._retention = max(1, int(retention))
         self._keep = keep  # seconds an escalation's hash outlives its message
 
@@ -128,10 +134,12 @@ class RedisEscalations(Escalations):
 
     async def pushed(self, name: str, message_id: str, device: str, at: float) -> None:
         field = "w:" + device
-        await self._link.pipeline([
-            ("HSETNX", self._keys.escalation(name), field, repr(at)),
-            ("HSETNX", self._keys.trail(message_id), field, repr(at)),
-        ])  # fmt: skip
+        await asyncio.gather(
+            self._link.call("HSETNX", self._keys.escalation(name), field, repr(at)),
+            self._parts.for_id(message_id).call(
+                "HSETNX", self._keys.trail(message_id), field, repr(at)
+            ),
+        )
 
     async def reschedule(self, name: str, due: float, step: str, attempts: int) -> None:
         await self._link.pipeline([

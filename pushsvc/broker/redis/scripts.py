@@ -26,13 +26,19 @@ from pushsvc.broker.redis.link import Script
 #: offsets, when the request's fingerprint is the first one's): its first run may have stayed
 #: unannounced.
 #:
-#: KEYS per message: its trail, its idempotency key (when keyed), its stream keys, its body key
-#: (when stored apart).
+#: The script runs on the keys of one partition group (:mod:`pushsvc.broker.redis.partitions`):
+#: on Redis Cluster a message for streams of several partitions is placed by one run per
+#: partition, its home first (trail and idempotency key), then the others, each with its own
+#: placement key in place of the idempotency key and no trail.
+#:
+#: KEYS per message: its trail (when it has one here), its idempotency or placement key (when
+#: keyed), its stream keys, its body key (when stored apart).
 #: ARGV[1] maxlen, ARGV[2] stream TTL (s), ARGV[3] the publish command (``PUBLISH``, or
 #: ``SPUBLISH`` on Redis Cluster; empty: announce nothing), ARGV[4] origin as JSON, ARGV[5]
 #: idempotency key TTL (ms); then per message: its stream count n, the message JSON, the
 #: Published JSON cut before the value of ``streams``, the trail's expiry (unix ms), its id and
-#: its request's fingerprint (plain: no quotes), "1" when keyed else "0", the body's expiry (unix
+#: its request's fingerprint (plain: no quotes), its flags ("t": a trail key is given, "k": an
+#: idempotency or placement key is), the body's expiry (unix
 #: ms; "" to store the message in the entries), its n stream names as JSON, its n streams'
 #: channels.
 #: Returns two values per message: 0 and its placement JSON, or 1 and the placement its key was
@@ -52,10 +58,14 @@ local a = 6
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   local message, id, body_at = ARGV[a + 1], ARGV[a + 4], ARGV[a + 7]
-  k = k + 1
-  local trail = KEYS[k]
+  local flags = ARGV[a + 6]
+  local trail = nil
+  if string.find(flags, 't', 1, true) then
+    k = k + 1
+    trail = KEYS[k]
+  end
   local idem = nil
-  if ARGV[a + 6] == '1' then
+  if string.find(flags, 'k', 1, true) then
     k = k + 1
     idem = KEYS[k]
   end
@@ -125,8 +135,10 @@ while a <= #ARGV do
       end
     end
     local placed = '{' .. table.concat(offsets, ',') .. '}'
-    redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
-    redis.call('PEXPIREAT', trail, ARGV[a + 3])
+    if trail then
+      redis.call('HSETNX', trail, 'p', ARGV[a + 2] .. placed .. '}')
+      redis.call('PEXPIREAT', trail, ARGV[a + 3])
+    end
     local record = '{"id":"' .. id .. '","offsets":' .. placed .. ',"fingerprint":"' ..
       ARGV[a + 5] .. '"}'
     if idem then

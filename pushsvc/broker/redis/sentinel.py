@@ -19,6 +19,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from pushsvc.broker.keys import key_slot
 from pushsvc.broker.redis.url import Address, Target
 
 log = logging.getLogger(__name__)
@@ -124,23 +125,6 @@ async def ask(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-def key_slot(key: str) -> int:
-    """The Redis Cluster slot of ``key`` (CRC16/XMODEM of its hash tag, mod 16384)."""
-    data = key.encode()
-    start = data.find(b"{")
-    if start >= 0:
-        end = data.find(b"}", start + 1)
-        if end > start + 1:
-            data = data[start + 1 : end]
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc % 16384
 
 
 def check_role(reply: Any, address: str) -> None:
