@@ -111,8 +111,9 @@ async def test_check_config_reports_the_master_that_holds_the_keyspace(
     assert checks["redis replicas"]["status"] == "ok", checks["redis replicas"]
     masters = cluster.masters()
     for master in masters:  # every master holds some of the 16 partitions
-        assert f"master {master.address} takes writes; 1 replica(s) connected" in (
-            checks["redis replicas"]["detail"]
+        assert (
+            f"master {master.address} takes writes; 1 replica(s) connected"
+            in (checks["redis replicas"]["detail"])
         )
     spread = checks["redis partitions"]["detail"]
     assert spread.startswith(f"16 partitions over {len(masters)} master(s)"), spread
