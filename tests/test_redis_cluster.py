@@ -5,19 +5,24 @@ the cluster promotes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 
+import msgspec
 import orjson
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
 from pushsvc.broker.base import Placed, Publication
-from pushsvc.broker.keys import key_slot
+from pushsvc.broker.keys import home, key_slot
 from pushsvc.brokers import redis_broker
 from pushsvc.errors import BrokerUnavailable
+from pushsvc.node.publish import new_id
 from pushsvc.settings import Settings
+from pushsvc.types import Message
 from tests.redis_topology import ClusterSetup, RedisProcess, retry_until_placed, start_cluster
 from tests.support import UNIT
 from tests.test_broker_contract import Recorder, message
@@ -191,3 +196,54 @@ async def test_a_slot_migration_under_traffic_loses_nothing(cluster: ClusterSetu
         await seen.until(lambda: live.id in {e.message.id for e in seen.envelopes})
     finally:
         await broker.close()
+
+
+async def test_the_partitions_spread_over_the_masters_and_a_split_publish_is_placed_once(
+    cluster: ClusterSetup,
+) -> None:
+    """Patients' streams land on every master. A keyed message for two patients on two other
+    masters, one of them frozen, is refused (503); the retry with its key, under a new id as a
+    node would make it, returns the first id and appends nothing twice."""
+    broker = redis_broker(Settings(redis_url=cluster.url(), node_id="c"), timeout=0.5 * UNIT)
+    await broker.start()
+    try:
+        users = [f"user:u{i}" for i in range(64)]
+        outcomes = await broker.publish([Publication(message(), [u]) for u in users], "t")
+        assert all(isinstance(o, Placed) for o in outcomes)
+        masters = cluster.masters()
+        assert all(int(m.command("DBSIZE")) > 0 for m in masters)
+
+        key = "caller:split"
+        bound_at = holder(cluster, broker.keys.idempotency(key))
+        first, second = (m for m in masters if m is not bound_at)
+        a = next(u for u in users if holder(cluster, broker.keys.stream(u)) is first)
+        b = next(u for u in users if holder(cluster, broker.keys.stream(u)) is second)
+
+        def made(streams: list[str]) -> Message:  # as a node makes it: its id names its home
+            return msgspec.structs.replace(message(), id=new_id(now_ms(), home(streams, key)))
+
+        sent = made([a, b])
+        assert second.proc is not None
+        os.kill(second.proc.pid, signal.SIGSTOP)
+        try:
+            [outcome] = await broker.publish([Publication(sent, [a, b], key, "f")], "t")
+        finally:
+            os.kill(second.proc.pid, signal.SIGCONT)
+        assert isinstance(outcome, BrokerUnavailable), outcome
+
+        retry = Publication(made([a, b]), [a, b], key, "f")
+        await retry_until_placed(broker, retry, 10 * UNIT)
+        [again] = await broker.publish([retry], "t")
+        assert isinstance(again, Placed) and again.duplicate
+        assert again.id == sent.id and list(again.offsets) == [a, b]
+        for user in (a, b):
+            ids = [e.message.id for e in await broker.history.read(user, None, 100)]
+            assert ids.count(sent.id) == 1 and retry.message.id not in ids
+        trail = await broker.ledger.trail(sent.id)
+        assert trail is not None and trail.streams == again.offsets
+    finally:
+        await broker.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -197,7 +197,7 @@ class RedisBroker(Broker):
 
     async def _place(self, parts: list[_Part], origin: str) -> list[Outcome]:
         """Run the publish script for ``parts``, one link's runs in one round trip (the links
-        at once); the outcome of each part, in order."""
+        at once); the outcome of each part, in order. Raises when no link replied at all."""
         defer = self._replicas > 0  # announce only what WAIT confirmed
         announce: Arg = "" if defer else self._publish
         head: list[Arg] = [self._maxlen, self._ttl, announce, _encode(origin), self._keep_ms]
@@ -212,10 +212,19 @@ class RedisBroker(Broker):
         replies = await asyncio.gather(*(
             self._parts.link(group).run_each(PUBLISH, calls, replicas=self._replicas)
             for group, _, calls in runs
-        ))  # fmt: skip
+        ), return_exceptions=True)  # fmt: skip
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        if failed and len(failed) == len(replies):
+            raise failed[0]  # no reply at all: nothing is known of any of them
         out: list[Outcome] = [BrokerError("not placed")] * len(parts)
         width = 3 if defer else 2
         for (group, chunks, _), group_replies in zip(runs, replies, strict=True):
+            if isinstance(group_replies, BaseException):
+                if not isinstance(group_replies, BrokerError):
+                    raise group_replies
+                for n in (n for chunk in chunks for n in chunk):
+                    out[n] = group_replies  # no reply at all: these may or may not be placed
+                continue
             envelopes: list[tuple[Arg, ...]] = []
             for chunk, reply in zip(chunks, group_replies, strict=True):
                 if isinstance(reply, BrokerError):
