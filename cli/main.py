@@ -18,6 +18,7 @@ from cli.export import export
 from cli.key import api_key
 from cli.kick import kick
 from cli.listen import listen
+from cli.migrate import migrate_keyspace
 from cli.monitor import monitor
 from cli.nodes import nodes
 from cli.publish import publish
@@ -109,3 +110,4 @@ app.command()(monitor)
 app.add_typer(export, name="export")
 app.command("vapid-keys")(vapid_keys)
 app.command()(webhooks)
+app.command("migrate-keyspace")(migrate_keyspace)

@@ -45,6 +45,7 @@ SETTINGS_FLAGS: dict[str, frozenset[str]] = {
     "stats": CLUSTER,
     "drain": CLUSTER,
     "webhooks": CLUSTER,
+    "migrate-keyspace": CLUSTER | {"registry_interval"},
     "check-config": CLUSTER | {"alertmanager_url"},
     "export alerts": frozenset({"runbook_base_url"}),
 }

@@ -111,6 +111,11 @@ class RedisBroker(Broker):
         self._closed = False
 
     @property
+    def partitions(self) -> Partitions:
+        """The links that serve the keyspace's partitions."""
+        return self._parts
+
+    @property
     def up(self) -> bool:
         return self._started and not self._closed and self._bus.connected and self._parts.reachable
 
@@ -174,6 +179,8 @@ class RedisBroker(Broker):
                 continue  # another request's key: the publisher answers the conflict
             message = _as_placed(item.message, bound.id)
             for group, streams in plans[i].items():
+                if all(s in bound.offsets for s in streams):
+                    continue  # a duplicate whose first placement there is known
                 key = None if item.key is None else keys.placed(message.id, group)
                 runs.append(_Part(i, group, message, streams, key, item.fingerprint,
                                   trail=False, own=False))  # fmt: skip
