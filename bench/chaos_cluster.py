@@ -159,6 +159,10 @@ class ChaosRedis(RedisControls):
     def keyspace(self) -> Keyspace:
         return Keyspace()
 
+    def cli_key(self, key: str, *args: str) -> str:
+        """:meth:`cli` (one server holds every key)."""
+        return self.cli(*args)
+
     def repair(self) -> None:
         """After a fault that failed half-way: thawed and running."""
         self.thaw()

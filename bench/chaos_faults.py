@@ -119,6 +119,7 @@ class RedisUnderTest(Protocol):
     :mod:`bench.chaos_topology` (whose faults aim at the current master)."""
 
     def cli(self, *args: str) -> str: ...
+    def cli_key(self, key: str, *args: str) -> str: ...
     def used_memory(self) -> int: ...
     def kill_pubsub(self) -> str: ...
     def keyspace(self) -> Keyspace: ...
@@ -202,7 +203,9 @@ class Injector:
             case "garbage":
                 user = self.users[f.target % len(self.users)]
                 key = self.redis.keyspace().stream(f"user:{user}")
-                entry = await asyncio.to_thread(self.redis.cli, "XADD", key, "*", "m", GARBAGE)
+                entry = await asyncio.to_thread(
+                    self.redis.cli_key, key, "XADD", key, "*", "m", GARBAGE
+                )
                 node = self.nodes[self.first_node_of[user]]
                 f.node_id = node.node_id
                 await asyncio.to_thread(node.stop, signal.SIGTERM)

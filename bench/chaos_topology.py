@@ -125,6 +125,10 @@ class Topology:
     def cli(self, *args: str) -> str:
         return self.master().cli(*args)
 
+    def cli_key(self, key: str, *args: str) -> str:
+        """:meth:`cli` on the server that holds ``key``."""
+        return self.cli(*args)
+
     def used_memory(self) -> int:
         return int(self.master().info("memory")["used_memory"])
 
@@ -281,7 +285,15 @@ class ClusterRedis(Topology):
                 return p
         raise ValueError(f"no running master holds slot {self.slot}")
 
-    def _holds(self, p: RedisProc) -> bool:
+    def cli_key(self, key: str, *args: str) -> str:
+        slot = key_slot(key)
+        for p in self.data:
+            if p.running and not p.frozen and self._holds(p, slot):
+                return p.cli(*args)
+        raise ValueError(f"no running master holds slot {slot}")
+
+    def _holds(self, p: RedisProc, slot: int | None = None) -> bool:
+        slot = self.slot if slot is None else slot
         for line in (p.answers("CLUSTER", "NODES") or "").splitlines():
             fields = line.split()
             if len(fields) < 8 or "myself" not in fields[2]:
@@ -290,7 +302,7 @@ class ClusterRedis(Topology):
                 return False
             for r in fields[8:]:
                 m = re.fullmatch(r"(\d+)(?:-(\d+))?", r)
-                if m and int(m[1]) <= self.slot <= int(m[2] or m[1]):
+                if m and int(m[1]) <= slot <= int(m[2] or m[1]):
                     return True
         return False
 

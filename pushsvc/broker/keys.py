@@ -143,7 +143,7 @@ PARTITIONS = 16
 #: came back.
 USER_INDEX_TTL = 7 * 86_400
 
-#: How long a dead node's id stays in ``{p}nodes`` after its heartbeat expired (clock skew margin).
+#: How long a dead node's id stays in ``{c}nodes`` after its heartbeat expired (clock skew margin).
 NODE_PRUNE_AFTER = 60.0
 
 _SLOTS = 16384

@@ -18,6 +18,10 @@ reconnects (to wherever the master is now) with capped exponential backoff and f
 waits for every confirmation. Then it calls ``on_resync()`` before passing on any envelope that
 arrived on the new connection: whatever was published meanwhile is only in history now.
 
+On Redis Cluster a sharded channel is served by the master of its slot only, so the bus there is
+a :class:`PartitionedBus`: one such subscription per partition of the keyspace, each at the
+master of its partition, following the streams of its partition.
+
 Two probes keep the subscription honest. A watchdog sends PING after ``ping_interval`` seconds
 without a message and closes a connection that then stays mute for ``ping_timeout`` seconds. And
 every ``ping_interval`` the bus publishes to its own probe channel through the command
