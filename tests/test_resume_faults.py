@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pushsvc.broker.keys import Keyspace
 from tests.support import UNIT, NodeHandle, RedisServer, launch_node, start_node, wait_until
 from tests.wire import Wire
 
@@ -162,7 +163,8 @@ async def test_an_envelope_lost_on_the_bus_is_found_by_the_next_one_of_its_strea
         now = int(time.time() * 1000)
         lost = {"id": "lost-" + secrets.token_hex(4), "event": "e", "data": 1, "ts": now,
                 "ack": True, "expires": now + 60_000}  # fmt: skip
-        server.command("XADD", f"pushsvc:stream:user:{user}", "*", "m", json.dumps(lost))
+        stream = Keyspace().stream(f"user:{user}")
+        server.command("XADD", stream, "*", "m", json.dumps(lost))
         await client.silent(0.3 * UNIT)  # nothing says it is there yet
         before = catchups(node)
         after = node.publish({"to": {"users": [user]}, "event": "e", "data": 2})
