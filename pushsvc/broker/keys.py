@@ -75,8 +75,10 @@ Sentinel-managed Redis, the hash tag ``{pushsvc:}`` on Redis Cluster, whose one 
     the message's key finds its id at home and its placement here, and appends nothing twice.
     ``idempotency_ttl``. The publish script → itself.
 ``{P}tally:<bucket>`` — hash; the delivery accounting of one bucket (its start, unix s; see
-    ``base.bucket_of``) for the messages whose home is that partition (the monitor sums the
-    partitions): field ``<counter>:<node>`` → count, counters as in ``base.COUNTERS``.
+    ``base.bucket_of``) for the messages whose home is that partition on Redis Cluster (the
+    monitor sums the partitions; on one server, where one script run may span every partition,
+    all of it is in partition 0): field ``<counter>:<node>`` → count, counters as in
+    ``base.COUNTERS``.
     The ledger retention after its last write. The ledger script → ``Ledger.tallies`` (monitor).
 ``{P}msgs:<bucket>`` — set; ids of the messages published in that bucket (one ``Accepted``
     record each; adding one is what counts it as published). Same TTL as the tally.

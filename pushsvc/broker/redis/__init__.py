@@ -139,49 +139,26 @@ class RedisBroker(Broker):
         await self._parts.aclose()
 
     async def publish(self, items: list[Publication], origin: str) -> list[Outcome]:
-        parts, keys = self._parts, self.keys
         # A message is one run when its streams, its trail and its idempotency key are in one
         # group (always, but on Redis Cluster). Otherwise (split) its key is bound first, in the
         # key's group with nothing appended, so that a retry learns the first id before it
         # places anything; then one run per group appends it under a placement key; then its
         # trail gets its Published record. Appends go in the order of the items, per group.
         out: list[Outcome] = [BrokerError("not placed")] * len(items)
-        plans: list[dict[int, list[str]]] = []  # per item: its streams by group
-        split: list[int] = []
-        runs: list[_Part] = []
-        binds: list[_Part] = []
-        for i, item in enumerate(items):
-            m = item.message
-            trail = parts.group(id_partition(m.id))
-            anchor = trail if item.key is None else parts.group(partition_of(item.key))
-            plan: dict[int, list[str]] = {}
-            for stream in item.streams:
-                plan.setdefault(parts.group(partition_of(stream)), []).append(stream)
-            plans.append(plan)
-            scoped = None if item.key is None else keys.idempotency(item.key)
-            if set(plan) <= {anchor} and trail == anchor:
-                runs.append(_Part(i, anchor, m, item.streams, scoped, item.fingerprint,
-                                  trail=True, own=True))  # fmt: skip
-                continue
-            split.append(i)
-            if scoped is not None:
-                binds.append(_Part(i, anchor, m, [], scoped, item.fingerprint,
-                                   trail=trail == anchor, own=True))  # fmt: skip
-            else:
-                out[i] = Placed(id=m.id, offsets={})
+        runs, binds, plans = self._plan(items, out)
         for part, outcome in zip(binds, await self._place(binds, origin), strict=True):
             out[part.item] = outcome
-        for i in split:
+        for i, plan in plans.items():
             item, bound = items[i], out[i]
             if not isinstance(bound, Placed):
                 continue
             if bound.duplicate and bound.fingerprint != item.fingerprint:
                 continue  # another request's key: the publisher answers the conflict
             message = _as_placed(item.message, bound.id)
-            for group, streams in plans[i].items():
+            for group, streams in plan.items():
                 if all(s in bound.offsets for s in streams):
                     continue  # a duplicate whose first placement there is known
-                key = None if item.key is None else keys.placed(message.id, group)
+                key = None if item.key is None else self.keys.placed(message.id, group)
                 runs.append(_Part(i, group, message, streams, key, item.fingerprint,
                                   trail=False, own=False))  # fmt: skip
         runs.sort(key=lambda part: part.item)
@@ -194,13 +171,47 @@ class RedisBroker(Broker):
                     out[part.item] = outcome
                 else:
                     bound.offsets.update(outcome.offsets)
-        for i in split:
+        for i in plans:
             placed = out[i]
             if isinstance(placed, Placed):  # in the order the streams were asked for
                 found = placed.offsets
                 placed.offsets = {s: found[s] for s in items[i].streams if s in found}
-        await self._complete_trails(items, split, out)
+        await self._complete_trails(items, list(plans), out)
         return out
+
+    def _plan(
+        self, items: list[Publication], out: list[Outcome]
+    ) -> tuple[list[_Part], list[_Part], dict[int, dict[int, list[str]]]]:
+        """The runs of the messages placed in one run, the binding runs of the split ones, and
+        the streams by group of each split one (by its index). An unkeyed split message needs
+        no binding: its outcome starts placed, with no offsets."""
+        parts, keys = self._parts, self.keys
+        runs: list[_Part] = []
+        binds: list[_Part] = []
+        plans: dict[int, dict[int, list[str]]] = {}
+        for i, item in enumerate(items):
+            m = item.message
+            scoped = None if item.key is None else keys.idempotency(item.key)
+            if not parts.split:  # one server: every message is one run
+                runs.append(_Part(i, 0, m, item.streams, scoped, item.fingerprint,
+                                  trail=True, own=True))  # fmt: skip
+                continue
+            trail = parts.group(id_partition(m.id))
+            anchor = trail if item.key is None else parts.group(partition_of(item.key))
+            plan: dict[int, list[str]] = {}
+            for stream in item.streams:
+                plan.setdefault(parts.group(partition_of(stream)), []).append(stream)
+            if set(plan) <= {anchor} and trail == anchor:
+                runs.append(_Part(i, anchor, m, item.streams, scoped, item.fingerprint,
+                                  trail=True, own=True))  # fmt: skip
+                continue
+            plans[i] = plan
+            if scoped is not None:
+                binds.append(_Part(i, anchor, m, [], scoped, item.fingerprint,
+                                   trail=trail == anchor, own=True))  # fmt: skip
+            else:
+                out[i] = Placed(id=m.id, offsets={})
+        return runs, binds, plans
 
     async def _place(self, parts: list[_Part], origin: str) -> list[Outcome]:
         """Run the publish script for ``parts``, one link's runs in one round trip (the links

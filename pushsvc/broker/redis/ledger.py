@@ -88,7 +88,7 @@ class RedisLedger(Ledger):
                 bucket = bucket_of(event.message_id)
                 number = 0
                 if bucket is not None and not isinstance(event, Published | SentCount):
-                    where = (bucket, id_partition(event.message_id))
+                    where = (bucket, self._group(event.message_id))
                     number = numbers.setdefault(where, len(numbers) + 1)
                 trails.append(keys_of.trail(event.message_id))
                 values += self._args(event)
