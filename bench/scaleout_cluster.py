@@ -110,8 +110,8 @@ def server_figures(
     end: list[ServerReading],
 ) -> list[dict[str, object]]:
     """Per process of ``layout`` (readings in the same order): commands and CPU µs per
-    message; for a master also its share of the masters' commands and CPU, and of the
-    partitions."""
+    message, and the calls per message of each command it ran; for a master also its share of
+    the masters' commands and CPU, and of the partitions."""
     per = max(published, 1)
     cmds = [(b.commands - a.commands) / per for a, b in zip(start, end, strict=True)]
     cpu = [(b.cpu_seconds - a.cpu_seconds) / per * 1e6 for a, b in zip(start, end, strict=True)]
@@ -125,6 +125,7 @@ def server_figures(
             "role": h.role,
             "commands_per_message": cmds[i],
             "cpu_us_per_message": cpu[i],
+            "calls_per_message": _calls(per, start[i], end[i]),
         }
         if h.role == "master":
             row |= {
@@ -136,6 +137,14 @@ def server_figures(
             }
         out.append(row)
     return out
+
+
+def _calls(per: int, start: ServerReading, end: ServerReading) -> dict[str, float]:
+    return {
+        cmd: (n - start.calls.get(cmd, 0)) / per
+        for cmd, n in sorted(end.calls.items())
+        if n != start.calls.get(cmd, 0)
+    }
 
 
 def summed(readings: list[ServerReading], layout: list[Holding]) -> ServerReading:

@@ -147,6 +147,9 @@ def test_each_master_has_its_share_of_the_masters_work() -> None:
     assert [r.get("command_share") for r in rows] == [0.6, 0.2, 0.2, None]
     assert [r.get("cpu_share") for r in rows] == pytest.approx([0.6, 0.2, 0.2, None])
     assert [r.get("partition_share") for r in rows] == [0.375, 0.3125, 0.3125, None]
+    assert [r["calls_per_message"] for r in rows] == [
+        {"spublish": 1.0, "xadd": 1.0}, {"xadd": 0.5}, {"xadd": 0.5}, {},
+    ]  # fmt: skip
     total = summed(end, layout)
     assert (total.commands, total.calls) == (10_300, {"xadd": 2_003, "spublish": 1_000})
     assert total.cpu_seconds == pytest.approx(3.5)
