@@ -5,6 +5,7 @@ Run from the repository root::
 
     python -m bench.scaleout                                  # 2, 4, 8 nodes, the code now
     python -m bench.scaleout --nodes 2,4,8 --before 99b58ec   # before | now per node count
+    python -m bench.scaleout --redis cluster --nodes 2,4 --before 62fef41   # each master's share
 
 For each node count N it starts N ``pushsvc serve`` processes (separate processes, not
 ``--workers``, not pinned) on free ports, all on one ``redis-server`` of its own (emptied with
@@ -29,6 +30,12 @@ the publish request is written to the frame's arrival at its client (one machine
 ``--before REV`` exports that commit with ``git archive`` and runs the same series on it,
 interleaved: before N=2, now N=2, before N=4, … Prints a table and writes
 ``bench/results/scaleout-<UTC time>.json``.
+
+``--redis cluster`` runs the steps on a Redis Cluster of three masters with a replica each
+(:mod:`bench.scaleout_cluster`; ``FLUSHALL`` on every master before each step): the Redis figures
+are then the masters' sums, and a second table gives each master's commands and CPU µs per
+message (``INFO stats`` and ``INFO cpu`` deltas over the same window), its share of the masters'
+and its share of the keyspace's partitions.
 """
 
 from __future__ import annotations
