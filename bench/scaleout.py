@@ -8,9 +8,10 @@ Run from the repository root::
     python -m bench.scaleout --redis cluster --nodes 2,4 --before 62fef41   # each master's share
 
 For each node count N it starts N ``pushsvc serve`` processes (separate processes, not
-``--workers``, not pinned) on free ports, all on one ``redis-server`` of its own (emptied with
-``FLUSHALL`` before each step), and one load worker (``bench.wsload``, pinned to
-``--client-cpus`` with this process) per node that opens ``--users-per-node`` clients to it, one
+``--workers``) on free ports, all on one ``redis-server`` of its own (emptied with ``FLUSHALL``
+before each step), nodes and Redis free to run on every CPU this process could use before it
+pinned itself; and one load worker (``bench.wsload``, pinned to ``--client-cpus`` with this
+process) per node that opens ``--users-per-node`` clients to it, one
 per user (``u<i>``), which ack what they get. Then it publishes ``{"to":{"users":["u<i>"]}}`` to
 random connected users at ``--rate`` per second for ``--duration`` seconds, the requests going
 round-robin to the nodes' internal APIs.
@@ -342,7 +343,7 @@ async def step(
                 **runner.code_env(code),
             }
             log_path = json_path.with_suffix(f".{tag}.node-{i}.log")
-            nodes.append(server.start(server.DEFAULT_CMD, env, [], log_path, []))
+            nodes.append(server.start(server.DEFAULT_CMD, env, a.all_cpus, log_path, []))
         await asyncio.gather(*(server.wait_ready(x, 120.0) for x in nodes))
         log(f"{tag}: {n} nodes ready (pids {[x.pid for x in nodes]})")
         doc["node_pids"] = [x.pid for x in nodes]
@@ -451,13 +452,15 @@ def _pids(redis: Store) -> list[int]:
     return redis.pids if isinstance(redis, ClusterStore) else [redis.pid]
 
 
-def start_redis(kind: str) -> Store:
-    """The bench's own Redis, started: one ``redis-server``, or a Cluster."""
+def start_redis(kind: str, cpus: list[int]) -> Store:
+    """The bench's own Redis, started on ``cpus``: one ``redis-server``, or a Cluster."""
     if kind == "standalone":
-        return redisproc.start()
+        return redisproc.start(cpus)
     cluster = ClusterStore()
     try:
         cluster.start()
+        for pid in cluster.pids:
+            procstat.pin(pid, cpus)
     except BaseException:
         cluster.stop()
         raise
@@ -465,7 +468,7 @@ def start_redis(kind: str) -> Store:
 
 
 async def run(a: argparse.Namespace, doc: dict[str, object], before: Path | None) -> None:
-    redis = start_redis(a.redis)
+    redis = start_redis(a.redis, a.all_cpus)
     if isinstance(redis, redisproc.RedisProc):
         log(f"redis-server pid {redis.pid} on {redis.url}")
     if isinstance(redis, ClusterStore):
@@ -496,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     runner.raise_fd_limit()
     a.client_cpu_list = procstat.parse_cpus(a.client_cpus)
+    a.all_cpus = sorted(os.sched_getaffinity(0))
     runner.pin_self(a.client_cpu_list)
     a.json_path = a.json or runner.RESULTS / f"scaleout-{runner.stamp()}.json"
-    params = {k: v for k, v in vars(a).items() if k not in ("json_path", "client_cpu_list")}
+    hidden = ("json_path", "client_cpu_list", "all_cpus")
+    params = {k: v for k, v in vars(a).items() if k not in hidden}
     doc = runner.header("scaleout", a.label, params)
     with tempfile.TemporaryDirectory(prefix="pushsvc-before-") as tmp:
         before = None
