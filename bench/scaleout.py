@@ -11,10 +11,10 @@ For each node count N it starts N ``pushsvc serve`` processes (separate processe
 ``--workers``) on free ports, all on one ``redis-server`` of its own (emptied with ``FLUSHALL``
 before each step), nodes and Redis free to run on every CPU this process could use before it
 pinned itself; and one load worker (``bench.wsload``, pinned to ``--client-cpus`` with this
-process) per node that opens ``--users-per-node`` clients to it, one
-per user (``u<i>``), which ack what they get. Then it publishes ``{"to":{"users":["u<i>"]}}`` to
-random connected users at ``--rate`` per second for ``--duration`` seconds, the requests going
-round-robin to the nodes' internal APIs.
+process) per node that opens ``--users-per-node`` clients to it, one per user (``u<i>``), which
+ack what they get. Then it publishes ``{"to":{"users":["u<i>"]}}`` to random connected users
+at ``--rate`` per second for ``--duration`` seconds, the requests going round-robin to the
+nodes' internal APIs.
 
 Over the publish phase (and a short settle after it) it measures, per node: CPU time
 (utime+stime from ``/proc``, the node's process and its children) and the
