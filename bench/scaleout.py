@@ -5,14 +5,16 @@ Run from the repository root::
 
     python -m bench.scaleout                                  # 2, 4, 8 nodes, the code now
     python -m bench.scaleout --nodes 2,4,8 --before 99b58ec   # before | now per node count
+    python -m bench.scaleout --redis cluster --nodes 2,4 --before 62fef41   # each master's share
 
 For each node count N it starts N ``pushsvc serve`` processes (separate processes, not
-``--workers``, not pinned) on free ports, all on one ``redis-server`` of its own (emptied with
-``FLUSHALL`` before each step), and one load worker (``bench.wsload``, pinned to
-``--client-cpus`` with this process) per node that opens ``--users-per-node`` clients to it, one
-per user (``u<i>``), which ack what they get. Then it publishes ``{"to":{"users":["u<i>"]}}`` to
-random connected users at ``--rate`` per second for ``--duration`` seconds, the requests going
-round-robin to the nodes' internal APIs.
+``--workers``) on free ports, all on one ``redis-server`` of its own (emptied with ``FLUSHALL``
+before each step), nodes and Redis free to run on every CPU this process could use before it
+pinned itself; and one load worker (``bench.wsload``, pinned to ``--client-cpus`` with this
+process) per node that opens ``--users-per-node`` clients to it, one per user (``u<i>``), which
+ack what they get. Then it publishes ``{"to":{"users":["u<i>"]}}`` to random connected users
+at ``--rate`` per second for ``--duration`` seconds, the requests going round-robin to the
+nodes' internal APIs.
 
 Over the publish phase (and a short settle after it) it measures, per node: CPU time
 (utime+stime from ``/proc``, the node's process and its children) and the
@@ -29,6 +31,12 @@ the publish request is written to the frame's arrival at its client (one machine
 ``--before REV`` exports that commit with ``git archive`` and runs the same series on it,
 interleaved: before N=2, now N=2, before N=4, … Prints a table and writes
 ``bench/results/scaleout-<UTC time>.json``.
+
+``--redis cluster`` runs the steps on a Redis Cluster of three masters with a replica each
+(:mod:`bench.scaleout_cluster`; ``FLUSHALL`` on every master before each step): the Redis figures
+are then the masters' sums, and a second table gives each master's commands and CPU µs per
+message (``INFO stats`` and ``INFO cpu`` deltas over the same window), its share of the masters'
+and its share of the keyspace's partitions.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +77,9 @@ from bench.node import DISTURBED_SHARE
 from bench.phases import PublishTally, collect_user, paced
 from bench.regression import export
 from bench.report import log, write_json
+from bench.scaleout_cluster import ClusterStore, ServerReading, server_figures, summed
 from bench.workers import REPO_ROOT, WorkerGroup
+from pushsvc.broker.keys import PARTITIONS
 
 BUS_RECEIVED = "pushsvc_bus_messages_received_total"
 USER_PREFIX = "u"
@@ -78,6 +88,12 @@ COLUMNS = (
     "received share (mean / max)", "Redis cmds/msg", "Redis CPU µs/msg", "p50 / p99 ms",
     "missing",
 )  # fmt: skip
+SERVER_COLUMNS = (
+    "nodes", "code", "Redis", "partitions (share)", "cmds/msg", "cmd share", "CPU µs/msg",
+    "CPU share",
+)  # fmt: skip
+
+Store = redisproc.RedisProc | ClusterStore
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--drain", type=float, default=15.0, help="seconds to wait for stragglers")
     p.add_argument("--seed", type=int, default=1, help="for the choice of users")
+    p.add_argument(
+        "--redis",
+        choices=("standalone", "cluster"),
+        default="standalone",
+        help="one redis-server, or a Redis Cluster of 3 masters with a replica each",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="limit per step, seconds")
     p.add_argument("--label", default="")
     p.add_argument("--json", type=Path, help="default bench/results/scaleout-<time>.json")
@@ -140,6 +162,7 @@ class Reading:
     redis_calls: dict[str, int]
     redis_cpu_seconds: float = math.nan
     at: float = 0.0  # when it was read (monotonic seconds)
+    servers: list[ServerReading] = field(default_factory=list)  # each process of a Cluster
 
 
 def figures(
@@ -180,6 +203,39 @@ def figures(
     }
 
 
+def server_rows(step: dict[str, object]) -> list[list[str]]:
+    """The lines of the per-master table, from a step run on a Cluster: one per master, then
+    the replicas added up."""
+    n = runner.num
+    servers = step.get("redis_servers")
+    if not isinstance(servers, list):
+        return []
+    head = [str(step["nodes"]), str(step["arm"])]
+    rows = []
+    for s in servers:
+        if s.get("role") != "master":
+            continue
+        held = f"{len(s['partitions'])} ({n(s['partition_share']):.2f})"
+        rows.append(
+            [
+                *head,
+                f"master {s['address']}",
+                held + (" + control" if s.get("control") else ""),
+                f"{n(s['commands_per_message']):.2f}",
+                f"{n(s['command_share']):.2f}",
+                f"{n(s['cpu_us_per_message']):.0f}",
+                f"{n(s['cpu_share']):.2f}",
+            ]
+        )
+    replicas = [s for s in servers if s.get("role") == "replica"]
+    if replicas:
+        cmds = sum(n(s["commands_per_message"]) for s in replicas)
+        cpu = sum(n(s["cpu_us_per_message"]) for s in replicas)
+        label = f"{len(replicas)} replicas"
+        rows.append([*head, label, "", f"{cmds:.2f}", "", f"{cpu:.0f}", ""])
+    return rows
+
+
 def table_row(step: dict[str, object]) -> list[str]:
     """One line of the printed table, from a step of the result document."""
     d, n = runner.dig, runner.num
@@ -201,11 +257,22 @@ def table_row(step: dict[str, object]) -> list[str]:
     ]
 
 
-def read(
-    redis: redisproc.RedisProc, nodes: list[server.StartedServer], received: list[float]
-) -> Reading:
+def read(redis: Store, nodes: list[server.StartedServer], received: list[float]) -> Reading:
     """Node CPU and Redis counters now; ``received`` is each node's bus counter, read separately
-    (over HTTP, which costs the node CPU: read it outside the CPU window)."""
+    (over HTTP, which costs the node CPU: read it outside the CPU window). On a Cluster the
+    Redis counters are the masters' sums, and each process's are kept."""
+    if isinstance(redis, ClusterStore):
+        servers = redis.read()
+        total = summed(servers, redis.layout)
+        return Reading(
+            node_cpu_seconds=[_tree_cpu(x.pid) for x in nodes],
+            node_received=received,
+            redis_commands=total.commands,
+            redis_calls=total.calls,
+            redis_cpu_seconds=total.cpu_seconds,
+            at=time.monotonic(),
+            servers=servers,
+        )
     return Reading(
         node_cpu_seconds=[_tree_cpu(x.pid) for x in nodes],
         node_received=received,
@@ -246,14 +313,17 @@ async def bus_received(nodes: list[server.StartedServer]) -> list[float]:
     return out
 
 
-def flushall(redis: redisproc.RedisProc) -> None:
+def flushall(redis: Store) -> None:
     """Empty the benchmark's Redis: each step starts from no history, sessions or streams."""
+    if isinstance(redis, ClusterStore):
+        redis.flush()
+        return
     cmd = ["redis-cli", "-p", str(redis.port), "FLUSHALL"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
 
 async def step(
-    a: argparse.Namespace, n: int, arm: str, code: Path, redis: redisproc.RedisProc, tag: str
+    a: argparse.Namespace, n: int, arm: str, code: Path, redis: Store, tag: str
 ) -> dict[str, object]:
     """One step: N fresh nodes running ``code``, their clients, the publish phase; its figures."""
     flushall(redis)
@@ -273,7 +343,7 @@ async def step(
                 **runner.code_env(code),
             }
             log_path = json_path.with_suffix(f".{tag}.node-{i}.log")
-            nodes.append(server.start(server.DEFAULT_CMD, env, [], log_path, []))
+            nodes.append(server.start(server.DEFAULT_CMD, env, a.all_cpus, log_path, []))
         await asyncio.gather(*(server.wait_ready(x, 120.0) for x in nodes))
         log(f"{tag}: {n} nodes ready (pids {[x.pid for x in nodes]})")
         doc["node_pids"] = [x.pid for x in nodes]
@@ -316,7 +386,7 @@ async def publish_phase(
     a: argparse.Namespace,
     nodes: list[server.StartedServer],
     group: WorkerGroup,
-    redis: redisproc.RedisProc,
+    redis: Store,
     api_key: str,
     run_id: str,
     connected: list[int],
@@ -343,7 +413,7 @@ async def publish_phase(
         received0 = await bus_received(nodes)
         start = read(redis, nodes, received0)
         node_pids = [p for x in nodes for p in (x.pid, *procstat.descendants(x.pid))]
-        window = procstat.Window(node_pids, group.pids, [redis.pid])
+        window = procstat.Window(node_pids, group.pids, _pids(redis))
         load = os.getloadavg()
         log(f"publishing {total} user messages at {a.rate:g}/s over {len(nodes)} nodes")
         publish_seconds = await paced(total, a.rate, one)
@@ -357,6 +427,8 @@ async def publish_phase(
     duplicates, _ = await collect_user(group, sent, arrivals, time.monotonic() + a.drain)
     latency = [(arrivals[s] - t) / 1e6 for s, t in sent.items() if s in arrivals]
     out = figures(len(sent), start, end, idle)
+    if isinstance(redis, ClusterStore):
+        out["redis_servers"] = server_figures(len(sent), redis.layout, start.servers, end.servers)
     out.update(
         {
             "requested": total,
@@ -376,9 +448,36 @@ async def publish_phase(
     return out
 
 
+def _pids(redis: Store) -> list[int]:
+    return redis.pids if isinstance(redis, ClusterStore) else [redis.pid]
+
+
+def start_redis(kind: str, cpus: list[int]) -> Store:
+    """The bench's own Redis, started on ``cpus``: one ``redis-server``, or a Cluster."""
+    if kind == "standalone":
+        return redisproc.start(cpus)
+    cluster = ClusterStore()
+    try:
+        cluster.start()
+        for pid in cluster.pids:
+            procstat.pin(pid, cpus)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 async def run(a: argparse.Namespace, doc: dict[str, object], before: Path | None) -> None:
-    redis = redisproc.start()
-    log(f"redis-server pid {redis.pid} on {redis.url}")
+    redis = start_redis(a.redis, a.all_cpus)
+    if isinstance(redis, redisproc.RedisProc):
+        log(f"redis-server pid {redis.pid} on {redis.url}")
+    if isinstance(redis, ClusterStore):
+        log(f"Redis Cluster pids {redis.pids} on {redis.url}")
+        doc["redis_layout"] = [
+            {"address": h.address, "role": h.role, "partitions": list(h.partitions),
+             "control": h.control}
+            for h in redis.layout
+        ]  # fmt: skip
     steps: list[dict[str, object]] = []
     doc["steps"] = steps
     try:
@@ -400,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     runner.raise_fd_limit()
     a.client_cpu_list = procstat.parse_cpus(a.client_cpus)
+    a.all_cpus = sorted(os.sched_getaffinity(0))
     runner.pin_self(a.client_cpu_list)
     a.json_path = a.json or runner.RESULTS / f"scaleout-{runner.stamp()}.json"
-    params = {k: v for k, v in vars(a).items() if k not in ("json_path", "client_cpu_list")}
+    hidden = ("json_path", "client_cpu_list", "all_cpus")
+    params = {k: v for k, v in vars(a).items() if k not in hidden}
     doc = runner.header("scaleout", a.label, params)
     with tempfile.TemporaryDirectory(prefix="pushsvc-before-") as tmp:
         before = None
@@ -417,6 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpus}; redis-server on any CPU",
         "received share: 1.00 when every node gets every message; 1/N for routing by stream",
     ]
+    if a.redis == "cluster":
+        notes.append(
+            "Redis Cluster, 3 masters with a replica each: Redis commands and CPU are the "
+            "masters' sums; a master's share is of the masters' commands or CPU, beside its "
+            f"share of the {PARTITIONS} partitions (control: the slot of the keys outside them, "
+            "which held every key before the partitions)"
+        )
     notes += [
         f"{s['nodes']} nodes {s['arm']}: failed: {s['failed']}" for s in steps if "failed" in s
     ]
@@ -434,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows = [table_row(s) for s in steps if "failed" not in s]
     doc["table"] = [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+    spread = [r for s in steps if "failed" not in s for r in server_rows(s)]
+    if a.redis == "cluster":
+        doc["redis_table"] = [dict(zip(SERVER_COLUMNS, r, strict=True)) for r in spread]
     doc["notes"] = notes
     doc["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(a.json_path, doc)
@@ -442,16 +553,18 @@ def main(argv: list[str] | None = None) -> int:
         f"pushsvc user-targeted cost vs nodes · {a.users_per_node} users/node · "
         f"{a.rate:g}/s for {a.duration:g} s{before_txt}"
     )
-    print_rows(title, rows)
+    print_rows(title, COLUMNS, rows)
+    if a.redis == "cluster":
+        print_rows("Redis Cluster: each master per message", SERVER_COLUMNS, spread)
     for note in notes:
         print(f"note: {note}")
     print(f"JSON: {a.json_path}")
     return 1 if any("failed" in s for s in steps) else 0
 
 
-def print_rows(title: str, rows: list[list[str]]) -> None:
+def print_rows(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
     table = Table(title=title, title_justify="left")
-    for i, name in enumerate(COLUMNS):
+    for i, name in enumerate(columns):
         table.add_column(name, justify="left" if i < 2 else "right")
     for row in rows:
         table.add_row(*row)

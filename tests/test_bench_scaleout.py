@@ -1,5 +1,5 @@
 """The arithmetic of ``python -m bench.scaleout``: its run order, its Redis counters and its
-per-message figures (no node is started)."""
+per-message figures, each Cluster master's among them (no node or Redis is started)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import math
 
 import pytest
 
-from bench.scaleout import Reading, calls_by_command, figures, plan, table_row
+from bench.scaleout import Reading, calls_by_command, figures, plan, server_rows, table_row
+from bench.scaleout_cluster import (
+    Holding,
+    ServerReading,
+    holdings,
+    parse_info,
+    reading,
+    server_figures,
+    summed,
+)
+from pushsvc.broker.keys import Keyspace, key_slot
 
 
 @pytest.mark.parametrize(
@@ -80,3 +90,78 @@ def test_a_table_row_reads_a_step() -> None:
     assert table_row(step) == [
         "4", "now", "1358", "1200", "340 / 342", "0.25 / 0.31", "13.36", "81", "2.6 / 16.7", "0 of 2400",
     ]  # fmt: skip
+
+
+CLUSTER_NODES = """\
+a1 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922
+a2 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+r1 127.0.0.1:7004@17004 slave a1 0 1 2 connected
+a3 127.0.0.1:7003@17003 master - 0 1 3 connected 10923-16383 [77->-a1]
+r2 127.0.0.1:7005@17005 slave a2 0 1 1 connected
+"""
+
+
+def test_each_master_holds_the_partitions_its_slots_hold() -> None:
+    tags = Keyspace().tags
+    control = key_slot(Keyspace(one_slot=True).nodes)
+    layout = holdings(CLUSTER_NODES, tags, control)
+    assert [(h.address, h.role) for h in layout] == [
+        ("127.0.0.1:7001", "master"), ("127.0.0.1:7002", "master"),
+        ("127.0.0.1:7003", "master"), ("127.0.0.1:7004", "replica"),
+        ("127.0.0.1:7005", "replica"),
+    ]  # fmt: skip
+    assert [h.partitions for h in layout[:3]] == [
+        (0, 1, 2, 3, 4), (5, 6, 7, 8, 9, 10), (11, 12, 13, 14, 15),
+    ]  # fmt: skip
+    assert control == 10022
+    assert [h.control for h in layout] == [False, True, False, False, False]
+
+
+def test_a_reading_takes_commands_cpu_and_calls_from_info() -> None:
+    text = (
+        "# Stats\r\ntotal_commands_processed:1200\r\n# CPU\r\nused_cpu_sys:1.25\r\n"
+        "used_cpu_user:2.5\r\n# Commandstats\r\ncmdstat_xadd:calls=7,usec=9\r\n"
+    )
+    r = reading("127.0.0.1:7001", parse_info(text))
+    assert r == ServerReading("127.0.0.1:7001", 1200, 3.75, {"xadd": 7})
+    assert math.isnan(reading("x", {}).cpu_seconds)
+
+
+def test_each_master_has_its_share_of_the_masters_work() -> None:
+    layout = [
+        Holding("m1", "master", (0, 1, 2, 3, 4, 5), control=True),
+        Holding("m2", "master", (6, 7, 8, 9, 10)),
+        Holding("m3", "master", (11, 12, 13, 14, 15)),
+        Holding("r1", "replica"),
+    ]
+    start = [ServerReading(h.address, 100, 1.0, {"xadd": 1}) for h in layout]
+    end = [
+        ServerReading("m1", 6_100, 1.3, {"xadd": 1_001, "spublish": 1_000}),
+        ServerReading("m2", 2_100, 1.1, {"xadd": 501}),
+        ServerReading("m3", 2_100, 1.1, {"xadd": 501}),
+        ServerReading("r1", 4_100, 1.05, {}),
+    ]
+    rows = server_figures(1_000, layout, start, end)
+    assert [r["commands_per_message"] for r in rows] == [6.0, 2.0, 2.0, 4.0]
+    assert [r["cpu_us_per_message"] for r in rows] == pytest.approx([300.0, 100.0, 100.0, 50.0])
+    assert [r.get("command_share") for r in rows] == [0.6, 0.2, 0.2, None]
+    assert [r.get("cpu_share") for r in rows] == pytest.approx([0.6, 0.2, 0.2, None])
+    assert [r.get("partition_share") for r in rows] == [0.375, 0.3125, 0.3125, None]
+    assert [r["calls_per_message"] for r in rows] == [
+        {"spublish": 1.0, "xadd": 1.0}, {"xadd": 0.5}, {"xadd": 0.5}, {},
+    ]  # fmt: skip
+    total = summed(end, layout)
+    assert (total.commands, total.calls) == (10_300, {"xadd": 2_003, "spublish": 1_000})
+    assert total.cpu_seconds == pytest.approx(3.5)
+
+
+def test_the_master_table_has_a_line_per_master_and_one_for_the_replicas() -> None:
+    layout = [Holding("m1", "master", (0, 1, 2, 3, 4, 5), control=True), Holding("r1", "replica")]
+    start = [ServerReading("m1", 0, 0.0, {}), ServerReading("r1", 0, 0.0, {})]
+    end = [ServerReading("m1", 12_000, 0.15, {}), ServerReading("r1", 9_000, 0.066, {})]
+    step = {"nodes": 2, "arm": "before", "redis_servers": server_figures(1_000, layout, start, end)}
+    assert server_rows(step) == [
+        ["2", "before", "master m1", "6 (0.38) + control", "12.00", "1.00", "150", "1.00"],
+        ["2", "before", "1 replicas", "", "9.00", "", "66", ""],
+    ]
+    assert server_rows({"nodes": 2, "arm": "now"}) == []
