@@ -49,6 +49,24 @@ class Locator:
         if target.mode == "standalone":
             return target.addresses[0]
         errors: list[str] = []
+        address = await self._named(errors)
+        if address is not None:
+            return address
+        if self.last is not None:  # no sentinel answers: try the last master (ROLE tells)
+            log.warning("no sentinel answers, trying the last master", extra={"errors": errors})
+            return self.last
+        raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
+
+    async def named(self) -> Address | None:
+        """The address of the master a sentinel (or Cluster node) names now; None when none
+        answers, or for a standalone server."""
+        if self.target.mode == "standalone":
+            return None
+        return await self._named([])
+
+    async def _named(self, errors: list[str]) -> Address | None:
+        """Ask each sentinel in turn (the one that answers is asked first next time): the
+        master named, or None and why in ``errors``."""
         for sentinel in list(self._sentinels):
             try:
                 async with asyncio.timeout(self.timeout):
@@ -66,10 +84,7 @@ class Locator:
                 log.info("redis master located", extra={"master": f"{address[0]}:{address[1]}"})
                 self.last = address
             return address
-        if self.last is not None:  # no sentinel answers: try the last master (ROLE tells)
-            log.warning("no sentinel answers, trying the last master", extra={"errors": errors})
-            return self.last
-        raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
+        return None
 
     @property
     def _wanted(self) -> str:
