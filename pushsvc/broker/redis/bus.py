@@ -27,7 +27,7 @@ dropped and made again. With Sentinel, each probe first asks the sentinels where
 (:meth:`Link.follow_master`), and either connection found on another server is dropped and made
 again there: a master that lost its place without knowing it (a failover's old master started
 again, for the seconds until Sentinel makes it a replica; one cut off from the sentinels) still
-says master to ``ROLE`` and hears its own publishes, which no probe of it would reveal.
+says master to ``ROLE``, and when both connections are on it the probe is heard.
 """
 
 from __future__ import annotations
