@@ -78,11 +78,11 @@ async def test_the_broker_follows_a_failover(sentinel: SentinelSetup) -> None:
 async def test_a_node_leaves_a_master_the_sentinels_no_longer_name(
     sentinel: SentinelSetup,
 ) -> None:
-    """A master cut off from the sentinels but not from the node (or a failover's old master
-    started again, until Sentinel makes it a replica) still takes writes: the node must move
-    both connections to the master the sentinels name, though neither was dropped and ROLE
-    still says master there (what it would publish on the old one is lost when the partition
-    heals, or refused with ``min_replicas`` > 0)."""
+    """A master Sentinel failed over while it kept running (cut off from the sentinels but not
+    from the node here; a second failover right after the first does the same) still takes
+    writes: the node must move both connections to the master the sentinels name, though
+    neither was dropped and ROLE still says master there (what it would publish on the old one
+    is lost when Sentinel demotes it, or refused with ``min_replicas`` > 0)."""
     seen = Recorder()
     broker = redis_broker(Settings(redis_url=sentinel.url(), node_id="cut"), timeout=0.5 * UNIT)
     broker.bus.subscribe(seen.envelope, seen.command, seen.resync)

@@ -25,9 +25,10 @@ connection: when Redis answers that nobody heard it twice in a row, the subscrip
 server that no longer gets the publishes (a demoted master that still answers PING), and it is
 dropped and made again. With Sentinel, each probe first asks the sentinels where the master is
 (:meth:`Link.follow_master`), and either connection found on another server is dropped and made
-again there: a master that lost its place without knowing it (a failover's old master started
-again, for the seconds until Sentinel makes it a replica; one cut off from the sentinels) still
-says master to ``ROLE``, and when both connections are on it the probe is heard.
+again there: a master that lost its place without knowing it (failed over while it kept
+running, cut off from the sentinels, or a failover's old master started again) still says master
+to ``ROLE`` until Sentinel makes it a replica, and when both connections are on it the probe is
+heard.
 """
 
 from __future__ import annotations

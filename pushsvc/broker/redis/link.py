@@ -102,9 +102,9 @@ class Link:
         """Ask the sentinels where the master is now: its ``host:port``, or None when none
         answers or the URL names no sentinels. A command connection to another server is
         dropped (the next command goes to the master): a master that lost its place and does
-        not know it yet — a failover's old master started again before Sentinel made it a
-        replica, or one cut off from the sentinels — still says master to ``ROLE`` and takes
-        writes."""
+        not know it yet — failed over while it kept running (a second failover right after the
+        first), cut off from the sentinels, or a failover's old master started again — still
+        says master to ``ROLE`` and takes writes until Sentinel makes it a replica."""
         if self.target.mode != "sentinel":
             return None
         address = await self.locator.named()
