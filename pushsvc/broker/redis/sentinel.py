@@ -5,7 +5,9 @@
 asked first next time). A sentinel's word is not enough — during a failover, or before it
 notices one, it names a server that is down or already a replica — so every connection also asks
 the server it reached for its ``ROLE`` (:data:`ROLE` in its greeting, :func:`check_role` on the
-reply) and is dropped when it is not a master.
+reply) and is dropped when it is not a master. Nor is ``ROLE`` enough: a master Sentinel has
+replaced but not yet demoted still says master, so :meth:`Locator.named` is asked again every
+second (:meth:`pushsvc.broker.redis.link.Link.follow_master`).
 """
 
 from __future__ import annotations
