@@ -75,6 +75,54 @@ async def test_the_broker_follows_a_failover(sentinel: SentinelSetup) -> None:
         await broker.close()
 
 
+async def test_a_node_leaves_a_master_the_sentinels_no_longer_name(
+    sentinel: SentinelSetup,
+) -> None:
+    """A master Sentinel failed over while it kept running (cut off from the sentinels but not
+    from the node here; a second failover right after the first does the same) still takes
+    writes: the node must move both connections to the master the sentinels name, though
+    neither was dropped and ROLE still says master there (what it would publish on the old one
+    is lost when Sentinel demotes it, or refused with ``min_replicas`` > 0)."""
+    seen = Recorder()
+    broker = redis_broker(Settings(redis_url=sentinel.url(), node_id="cut"), timeout=0.5 * UNIT)
+    broker.bus.subscribe(seen.envelope, seen.command, seen.resync)
+    stream = broker.keys.stream("user:c")
+    old = sentinel.master()
+    [new] = sentinel.replicas()
+    auth = ("-a", "cut-off", "--no-auth-warning")
+    await broker.start()
+    await broker.bus.follow(["user:c"])
+    try:
+        [placed] = await broker.publish([Publication(message(), ["user:c"])], "t")
+        assert isinstance(placed, Placed)
+        # The partition: connections made from now on, the sentinels' too, are refused; the
+        # node's stay, as they would on the side of a partition the master is on.
+        old.command("CONFIG", "SET", "requirepass", "cut-off")
+        for line in old.command(*auth, "CLIENT", "LIST").splitlines():
+            fields = dict(f.partition("=")[::2] for f in line.split())
+            if fields.get("name", "").startswith("sentinel-"):
+                old.command(*auth, "CLIENT", "KILL", "ID", fields["id"])
+        assert await asyncio.to_thread(sentinel.wait_failover, old.port) == new.port
+
+        async def on_the_new_master() -> bool:
+            sent = message()
+            try:
+                await broker.publish([Publication(sent, ["user:c"])], "t")
+            except BrokerUnavailable:
+                return False
+            await asyncio.sleep(0.1)
+            heard = any(e.message.id == sent.id for e in seen.envelopes)
+            return heard and sent.id in new.command("XRANGE", stream, "-", "+")
+
+        async with asyncio.timeout(5 * UNIT):
+            while not await on_the_new_master():
+                await asyncio.sleep(0.1)
+        assert old.command(*auth, "ROLE").startswith("master")  # cut off: still a master
+        assert broker.up
+    finally:
+        await broker.close()
+
+
 @pytest.mark.parametrize(
     ("replicas", "min_replicas"),
     [(1, 0), (2, 1)],

@@ -25,9 +25,14 @@ master of its partition, following the streams of its partition.
 Two probes keep the subscription honest. A watchdog sends PING after ``ping_interval`` seconds
 without a message and closes a connection that then stays mute for ``ping_timeout`` seconds. And
 every ``ping_interval`` the bus publishes to its own probe channel through the command
-connection, which always follows the master: when Redis answers that nobody heard it twice in a
-row, the subscription is on a server that no longer gets the publishes (a demoted master that
-still answers PING), and it is dropped and made again.
+connection: when Redis answers that nobody heard it twice in a row, the subscription is on a
+server that no longer gets the publishes (a demoted master that still answers PING), and it is
+dropped and made again. With Sentinel, each probe first asks the sentinels where the master is
+(:meth:`Link.follow_master`), and either connection found on another server is dropped and made
+again there: a master that lost its place without knowing it (failed over while it kept
+running, cut off from the sentinels, or a failover's old master started again) still says master
+to ``ROLE`` until Sentinel makes it a replica, and when both connections are on it the probe is
+heard.
 """
 
 from __future__ import annotations
@@ -364,7 +369,7 @@ class RedisBus(Bus):
                 if probe is None or probe.done():  # one probe in flight at most, never waited for
                     if probe is not None:
                         strikes = strikes + 1 if probe.result() == 0 else 0
-                    probe = loop.create_task(self._probe())
+                    probe = loop.create_task(self._probe(connection))
                 await asyncio.sleep(self._ping_interval)
                 if strikes >= PROBE_STRIKES:
                     log.warning("bus subscription no longer hears the master, subscribing again")
@@ -388,8 +393,20 @@ class RedisBus(Bus):
             if probe is not None:
                 probe.cancel()  # a command in flight must not outlive the bus
 
-    async def _probe(self) -> int | None:
-        """Publish to the probe channel: how many subscriptions heard it (None: no answer)."""
+    async def _probe(self, connection: Connection) -> int | None:
+        """Publish to the probe channel: how many subscriptions heard it (None: no answer).
+
+        With Sentinel, first ask where the master is: a command connection elsewhere is dropped
+        (:meth:`Link.follow_master`) and the publish goes to the master; a subscription
+        elsewhere is dropped and made again (None)."""
+        master = await self._link.follow_master()
+        if master is not None and master != connection.where:
+            log.warning(
+                "bus subscription is not on the master, subscribing again",
+                extra={"subscribed": connection.where, "master": master},
+            )
+            await connection.disconnect(nowait=True)
+            return None
         try:
             return int(await self._link.call(self._publish, self._probe_channel, b""))
         except BrokerError:

@@ -21,6 +21,7 @@ Callers never see a redis-py exception.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -34,13 +35,18 @@ from pushsvc.broker.redis.subscriber import Subscriber
 from pushsvc.broker.redis.url import Target, parse
 from pushsvc.errors import BrokerError, BrokerUnavailable
 
+log = logging.getLogger(__name__)
+
 #: Errors after which Redis is, for our purposes, not there.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
 class Connection(Protocol):
     """The calls the bus makes on its subscriber connection (those of redis-py's asyncio
-    connection, which :class:`.subscriber.Subscriber` implements)."""
+    connection, which :class:`.subscriber.Subscriber` implements), and ``where`` it goes."""
+
+    @property
+    def where(self) -> str: ...
 
     async def connect(self) -> None: ...
 
@@ -91,6 +97,27 @@ class Link:
             await connection.disconnect()
             raise
         return connection
+
+    async def follow_master(self) -> str | None:
+        """Ask the sentinels where the master is now: its ``host:port``, or None when none
+        answers or the URL names no sentinels. A command connection to another server is
+        dropped (the next command goes to the master): a master that lost its place and does
+        not know it yet — failed over while it kept running (a second failover right after the
+        first), cut off from the sentinels, or a failover's old master started again — still
+        says master to ``ROLE`` and takes writes until Sentinel makes it a replica."""
+        if self.target.mode != "sentinel":
+            return None
+        address = await self.locator.named()
+        if address is None:
+            return None
+        master = f"{address[0]}:{address[1]}"
+        left = self._mux.address
+        if self._mux.leave_unless(master):
+            log.warning(
+                "redis command connection left a former master",
+                extra={"left": left, "master": master},
+            )
+        return master
 
     def failure(self, exc: BaseException) -> BrokerError:
         """The pushsvc error for a redis-py or socket failure; marks the link unreachable."""

@@ -12,9 +12,9 @@ connects again.
 Nothing is re-sent: a caller whose reply was lost learns it, as with any one connection.
 A ``READONLY`` reply (the server was demoted by a failover), or on Redis Cluster a ``MOVED`` or
 ``ASK`` (the slot is served elsewhere now), drops the connection the same way: the next call
-finds the master again. Cluster's ``CLUSTERDOWN`` (some slot has no master during a failover)
-and ``TRYAGAIN`` are returned as connection errors: Redis is unavailable for now, the connection
-stays.
+finds the master again; so does :meth:`Mux.leave_unless` when the sentinels name another master.
+Cluster's ``CLUSTERDOWN`` (some slot has no master during a failover) and ``TRYAGAIN`` are
+returned as connection errors: Redis is unavailable for now, the connection stays.
 """
 
 from __future__ import annotations
@@ -230,6 +230,13 @@ class Mux:
         if refused:
             raise RedisConnectionError(f"redis refused the connection: {refused[0]}")
         check_role(role, self.address)
+
+    def leave_unless(self, address: str) -> bool:
+        """Drop the connection unless it goes to ``address`` (host:port); True when dropped."""
+        if self._transport is None or self.address == address:
+            return False
+        self.abort(RedisConnectionError(f"{self.address} is not the master, {address} is"))
+        return True
 
     def abort(self, exc: Exception) -> None:
         """Drop the connection and fail every waiting caller with ``exc``."""

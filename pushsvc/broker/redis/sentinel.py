@@ -5,7 +5,9 @@
 asked first next time). A sentinel's word is not enough — during a failover, or before it
 notices one, it names a server that is down or already a replica — so every connection also asks
 the server it reached for its ``ROLE`` (:data:`ROLE` in its greeting, :func:`check_role` on the
-reply) and is dropped when it is not a master.
+reply) and is dropped when it is not a master. Nor is ``ROLE`` enough: a master Sentinel has
+replaced but not yet demoted still says master, so :meth:`Locator.named` is asked again every
+second (:meth:`pushsvc.broker.redis.link.Link.follow_master`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ class Locator:
         if target.mode == "standalone":
             return target.addresses[0]
         errors: list[str] = []
+        address = await self._named(errors)
+        if address is not None:
+            return address
+        if self.last is not None:  # no sentinel answers: try the last master (ROLE tells)
+            log.warning("no sentinel answers, trying the last master", extra={"errors": errors})
+            return self.last
+        raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
+
+    async def named(self) -> Address | None:
+        """The address of the master a sentinel (or Cluster node) names now; None when none
+        answers, or for a standalone server."""
+        if self.target.mode == "standalone":
+            return None
+        return await self._named([])
+
+    async def _named(self, errors: list[str]) -> Address | None:
+        """Ask each sentinel in turn (the one that answers is asked first next time): the
+        master named, or None and why in ``errors``."""
         for sentinel in list(self._sentinels):
             try:
                 async with asyncio.timeout(self.timeout):
@@ -67,10 +87,7 @@ class Locator:
                 log.info("redis master located", extra={"master": f"{address[0]}:{address[1]}"})
                 self.last = address
             return address
-        if self.last is not None:  # no sentinel answers: try the last master (ROLE tells)
-            log.warning("no sentinel answers, trying the last master", extra={"errors": errors})
-            return self.last
-        raise RedisConnectionError("no sentinel names a master: " + "; ".join(errors))
+        return None
 
     @property
     def _wanted(self) -> str:
