@@ -30,7 +30,6 @@ about ``timeout`` seconds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -43,7 +42,7 @@ from pushsvc.broker.redis.history import RedisHistory
 from pushsvc.broker.redis.ledger import RedisLease, RedisLedger, RedisRateLimits
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
-from pushsvc.broker.redis.partitions import Partitions
+from pushsvc.broker.redis.partitions import Partitions, settled
 from pushsvc.broker.redis.push import RedisEscalations, RedisWebhookQueue
 from pushsvc.broker.redis.registry import RedisRegistry
 from pushsvc.broker.redis.scripts import PUBLISH
@@ -227,17 +226,17 @@ class RedisBroker(Broker):
             chunks = [indices[s : s + PUBLISH_CHUNK] for s in range(0, len(indices), PUBLISH_CHUNK)]
             calls = [self._call(head, [parts[n] for n in chunk]) for chunk in chunks]
             runs.append((group, chunks, calls))
-        replies = await asyncio.gather(*(
+        replies = await settled([
             self._parts.link(group).run_each(PUBLISH, calls, replicas=self._replicas)
             for group, _, calls in runs
-        ), return_exceptions=True)  # fmt: skip
-        failed = [r for r in replies if isinstance(r, BaseException)]
+        ])  # fmt: skip
+        failed = [r for r in replies if isinstance(r, Exception)]
         if failed and len(failed) == len(replies):
             raise failed[0]  # no reply at all: nothing is known of any of them
         out: list[Outcome] = [BrokerError("not placed")] * len(parts)
         width = 3 if defer else 2
         for (group, chunks, _), group_replies in zip(runs, replies, strict=True):
-            if isinstance(group_replies, BaseException):
+            if isinstance(group_replies, Exception):
                 if not isinstance(group_replies, BrokerError):
                     raise group_replies
                 for n in (n for chunk in chunks for n in chunk):
@@ -314,13 +313,11 @@ class RedisBroker(Broker):
                 done.setdefault(group, []).append(
                     ("SET", self.keys.idempotency(item.key), bound, "XX", "KEEPTTL")
                 )
-        results = await asyncio.gather(
-            *(self._parts.link(g).pipeline(c) for g, c in done.items()), return_exceptions=True
-        )
+        results = await settled([self._parts.link(g).pipeline(c) for g, c in done.items()])
         for result in results:
             if isinstance(result, BrokerError):  # placed all the same; the trail lacks offsets
                 log.warning("completing a trail failed", extra={"error": str(result)})
-            elif isinstance(result, BaseException):
+            elif isinstance(result, Exception):
                 raise result
 
     async def _announce(self, link: Link, envelopes: list[tuple[Arg, ...]]) -> None:

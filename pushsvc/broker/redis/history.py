@@ -13,7 +13,6 @@ An entry that does not decode is left out, counted in
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ import msgspec
 from pushsvc.broker.base import History
 from pushsvc.broker.keys import partition_of
 from pushsvc.broker.redis.link import Link
-from pushsvc.broker.redis.partitions import Partitions
+from pushsvc.broker.redis.partitions import Partitions, together
 from pushsvc.core import offsets
 from pushsvc.telemetry import metrics
 from pushsvc.types import HistoryEntry, Message
@@ -63,9 +62,9 @@ class RedisHistory(History):
             if start is not None:
                 group = self._parts.group(partition_of(stream))
                 groups.setdefault(group, []).append((i, start, stream))
-        await asyncio.gather(*(
+        await together([
             self._read_group(group, wanted, limit, out) for group, wanted in groups.items()
-        ))  # fmt: skip
+        ])  # fmt: skip
         return out
 
     async def _read_group(

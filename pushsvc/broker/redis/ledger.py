@@ -16,7 +16,6 @@ is stated in :class:`pushsvc.core.accounting.Tallies`; the script follows it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,7 +40,7 @@ from pushsvc.broker.base import (
 from pushsvc.broker.keys import PARTITIONS, Keyspace, id_partition
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
-from pushsvc.broker.redis.partitions import Partitions
+from pushsvc.broker.redis.partitions import Partitions, together
 from pushsvc.broker.redis.scripts import ACKED, LEASE, LEDGER, RATE, RELEASE
 from pushsvc.core.trail import Delivery, Trail
 
@@ -71,10 +70,10 @@ class RedisLedger(Ledger):
         groups: dict[int, list[LedgerEvent]] = {}
         for event in events:
             groups.setdefault(self._group(event.message_id), []).append(event)
-        await asyncio.gather(*(
+        await together([
             self._parts.link(group).run_all(LEDGER, self._calls(batch))
             for group, batch in groups.items()
-        ))  # fmt: skip
+        ])  # fmt: skip
 
     def _calls(self, events: list[LedgerEvent]) -> list[tuple[list[Arg], list[Arg]]]:
         calls: list[tuple[list[Arg], list[Arg]]] = []
@@ -175,10 +174,10 @@ class RedisLedger(Ledger):
         groups: dict[int, list[int]] = {}
         for n, item in enumerate(items):
             groups.setdefault(self._parts.group(partition(item)), []).append(n)
-        replies = await asyncio.gather(*(
+        replies = await together([
             self._parts.link(group).pipeline([command(items[n]) for n in indices])
             for group, indices in groups.items()
-        ))  # fmt: skip
+        ])  # fmt: skip
         out: list[Any] = [None] * len(items)
         for indices, group_replies in zip(groups.values(), replies, strict=True):
             for n, reply in zip(indices, group_replies, strict=True):
@@ -206,13 +205,13 @@ class RedisLedger(Ledger):
         groups: dict[int, list[str]] = {}
         for message_id in message_ids:
             groups.setdefault(self._group(message_id), []).append(message_id)
-        replies = await asyncio.gather(*(
+        replies = await together([
             self._parts.link(group).run_all(ACKED, [
                 ([self._keys.trail(m) for m in ids[i : i + CHUNK]], [device])
                 for i in range(0, len(ids), CHUNK)
             ])
             for group, ids in groups.items()
-        ))  # fmt: skip
+        ])  # fmt: skip
         acked: set[str] = set()
         for ids, group_replies in zip(groups.values(), replies, strict=True):
             flags = [flag for reply in group_replies for flag in reply]

@@ -15,10 +15,36 @@ each partition alone on Cluster (:meth:`Partitions.group`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from pushsvc.broker.keys import PARTITIONS, Keyspace, id_partition, partition_of
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.url import Target
+
+_T = TypeVar("_T")
+
+
+async def together(aws: list[Awaitable[_T]]) -> list[_T]:
+    """``asyncio.gather(*aws)``, without a task when there is one (one server: the common case,
+    on a path that runs per publish)."""
+    if len(aws) == 1:
+        return [await aws[0]]
+    return list(await asyncio.gather(*aws))
+
+
+async def settled(aws: list[Awaitable[_T]]) -> list[_T | Exception]:
+    """:func:`together`, with each failure in its result's place."""
+    if len(aws) == 1:
+        try:
+            return [await aws[0]]
+        except Exception as exc:  # noqa: BLE001 - in its place, as gather reports it
+            return [exc]
+    out = await asyncio.gather(*aws, return_exceptions=True)
+    for result in out:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled: not a failure to report
+    return [r for r in out if not isinstance(r, BaseException) or isinstance(r, Exception)]
 
 
 class Partitions:

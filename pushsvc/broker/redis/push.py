@@ -9,7 +9,6 @@ member to fall due again when its lease ends.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import msgspec
@@ -26,7 +25,7 @@ from pushsvc.broker.base import (
 from pushsvc.broker.keys import Keyspace
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.mux import Arg
-from pushsvc.broker.redis.partitions import Partitions
+from pushsvc.broker.redis.partitions import Partitions, together
 from pushsvc.broker.redis.scripts import CLAIM, ENQUEUE, SCHEDULE, SEEN, SETTLE, UNSUBSCRIBE
 
 _encode = msgspec.json.Encoder().encode
@@ -134,12 +133,15 @@ class RedisEscalations(Escalations):
 
     async def pushed(self, name: str, message_id: str, device: str, at: float) -> None:
         field = "w:" + device
-        await asyncio.gather(
-            self._link.call("HSETNX", self._keys.escalation(name), field, repr(at)),
-            self._parts.for_id(message_id).call(
-                "HSETNX", self._keys.trail(message_id), field, repr(at)
-            ),
-        )
+        marks = [
+            ("HSETNX", self._keys.escalation(name), field, repr(at)),
+            ("HSETNX", self._keys.trail(message_id), field, repr(at)),
+        ]
+        trails = self._parts.for_id(message_id)
+        if trails is self._link:  # one server
+            await self._link.pipeline(marks)
+        else:
+            await together([self._link.pipeline(marks[:1]), trails.pipeline(marks[1:])])
 
     async def reschedule(self, name: str, due: float, step: str, attempts: int) -> None:
         await self._link.pipeline([
