@@ -254,8 +254,12 @@ async def test_with_min_replicas_only_confirmed_writes_are_announced(
         assert isinstance(refused, BrokerUnavailable)
         await asyncio.sleep(0.3 * UNIT)
         assert len(seen.envelopes) == 1  # appended, not announced
+        with pytest.raises(BrokerUnavailable):  # nor read: a resume would show it
+            await broker.history.read("user:f", None, 10)
         await asyncio.to_thread(replica.start)
         await asyncio.to_thread(sentinel.wait_in_sync)
+        entries = await broker.history.read("user:f", None, 10)
+        assert [e.message.id for e in entries] == [first.id, second.id]
         [again] = await broker.publish([keyed], "t")
         assert isinstance(again, Placed) and again.duplicate and again.id == second.id
         await seen.until(lambda: len(seen.envelopes) == 2)

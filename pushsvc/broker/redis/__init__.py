@@ -98,7 +98,7 @@ class RedisBroker(Broker):
         self._ttl = history_ttl
         self._keep_ms = idempotency_ttl * 1000
         self._retention_ms = int(ledger_retention * 1000)
-        self.history = RedisHistory(parts, history_ttl)
+        self.history = RedisHistory(parts, history_ttl, min_replicas)
         self.bus = self._bus = bus_for(parts)
         self.registry = RedisRegistry(control, keys, node_ttl)
         self.ledger = RedisLedger(parts, ledger_retention, early_ttl=history_ttl + ledger_retention)

@@ -9,6 +9,11 @@ in Redis's clock: an entry's id is the time Redis appended it, and every read as
 expired ones.
 An entry that does not decode is left out, counted in
 ``pushsvc_history_undecodable_total``, and the others are returned.
+
+With ``min_replicas`` > 0 a read is refused (:class:`pushsvc.errors.BrokerUnavailable`, in the
+same round trip's ``ROLE``) while the master has fewer replicas connected: it may hold appends
+that ``WAIT`` never confirmed (a publish refused with 503, or a master that lost its replicas to
+a failover), and a device must not be shown what the next failover may take back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pushsvc.broker.keys import partition_of
 from pushsvc.broker.redis.link import Link
 from pushsvc.broker.redis.partitions import Partitions, together
 from pushsvc.core import offsets
+from pushsvc.errors import BrokerUnavailable
 from pushsvc.telemetry import metrics
 from pushsvc.types import HistoryEntry, Message
 
@@ -39,8 +45,9 @@ def redis_ms(reply: Any) -> int:
 
 
 class RedisHistory(History):
-    def __init__(self, parts: Partitions, ttl: float) -> None:
+    def __init__(self, parts: Partitions, ttl: float, min_replicas: int = 0) -> None:
         self._parts = parts
+        self._replicas = min_replicas
         self._keys = parts.keys
         self._ttl_ms = int(ttl * 1000)
         self._decoder = msgspec.json.Decoder(Message)
@@ -74,13 +81,22 @@ class RedisHistory(History):
         link = self._parts.link(group)
         for first in range(0, len(wanted), READ_CHUNK):
             chunk = wanted[first : first + READ_CHUNK]
+            role = [("ROLE",)] if self._replicas else []
             clock, *replies = await link.pipeline([
                 ("TIME",),
                 *(
                     ("XRANGE", self._keys.stream(stream), start, "+", "COUNT", limit)
                     for _, start, stream in chunk
                 ),
+                *role,
             ])  # fmt: skip
+            if role:
+                replicas = len(replies.pop()[2])
+                if replicas < self._replicas:
+                    raise BrokerUnavailable(
+                        f"{replicas} of {self._replicas} redis replicas connected: history is "
+                        "not read until they are back"
+                    )
             raw = [[self._raw(item) for item in reply] for reply in replies]
             bodies = await self._bodies(link, {
                 self._parts.body(r, stream)
